@@ -1,0 +1,62 @@
+"""The ``edgepack`` command line: parse options, call a stage, format its result. No logic of its own.
+
+Each command group lives in its own module here and registers itself on ``cli``; ``main()`` is the one
+place that turns an ``EdgepackError`` into ``error: ...`` / ``hint: ...`` on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import EdgepackError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgepack")
+@click.option("--debug", is_flag=True, envvar="EDGEPACK_DEBUG", help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """edgepack: turn a Hugging Face checkpoint into tested, device-fitted GGUF files.
+
+    \b
+    Typical flow:
+      edgepack convert ./my-model -o my-model-F16.gguf
+      edgepack quantize my-model-F16.gguf -t Q4_K_M -t Q8_0
+      edgepack build edgepack.toml -o dist/
+
+    Every command has --help with examples. Errors print one line and a hint; add --debug for a traceback.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="edgepack", standalone_mode=False)
+    except EdgepackError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+# Command modules register themselves on `cli` when imported.
+from . import convert as _convert  # noqa: E402,F401

@@ -1,0 +1,62 @@
+"""``edgepack convert``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..convert import OUTTYPES, convert, supported_architectures
+from ..progress import Progress
+from . import cli
+from ._output import emit_json, emit_table, human_bytes
+
+
+def _list_architectures(ctx: click.Context, _param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    emit_table(["Hugging Face class", "llama.cpp architecture"], list(supported_architectures().items()))
+    ctx.exit(0)
+
+
+@cli.command("convert")
+@click.argument("src", type=click.Path(path_type=Path), required=False)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Output .gguf file (default: <folder name>-<OUTTYPE>.gguf in the current folder).")
+@click.option("--outtype", type=click.Choice(OUTTYPES), default="auto", show_default=True,
+              help="Weight type: auto keeps the source's 16-bit type (BF16 stays BF16, else F16).")
+@click.option("--vocab-only", is_flag=True, help="Write hyperparameters and tokenizer only, no weights.")
+@click.option("--pre-tokenizer", metavar="NAME",
+              help="Override the llama.cpp pre-tokenizer detected from tokenizer.json (e.g. llama-bpe).")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--list-architectures", is_flag=True, expose_value=False, is_eager=True,
+              callback=_list_architectures, help="List supported architectures and exit.")
+def convert_command(src: Path | None, out: Path | None, outtype: str, vocab_only: bool, pre_tokenizer: str | None,
+                    force: bool, as_json: bool) -> None:
+    """Convert a Hugging Face model folder (safetensors + tokenizer) to GGUF.
+
+    SRC is a local folder with config.json, *.safetensors (sharded or not) and tokenizer files
+    (tokenizer.model or tokenizer.json). Nothing in it is executed. The output is written to a
+    temp file and renamed only when complete.
+
+    \b
+    Examples:
+      edgepack convert ./TinyLlama-1.1B-Chat -o tinyllama-F16.gguf --outtype f16
+      edgepack convert ./SmolLM2-135M --outtype q8_0 --json
+      edgepack convert --list-architectures
+    """
+    if src is None:
+        raise click.UsageError("missing SRC (a Hugging Face model folder)")
+    if out is None:
+        resolved = outtype.upper() if outtype != "auto" else "auto"
+        out = Path(f"{src.resolve().name}-{resolved}.gguf" if not vocab_only else f"{src.resolve().name}-vocab.gguf")
+    result = convert(src, out, outtype=outtype, vocab_only=vocab_only, force=force, pre_tokenizer=pre_tokenizer,
+                     progress=Progress(enabled=not as_json))
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"wrote {result.output} ({human_bytes(result.size_bytes)}, {result.outtype.upper()}, "
+               f"{result.n_tensors} tensors, {result.n_params:,} params) in {result.seconds:.1f}s")
+    click.echo(f"architecture {result.architecture} -> {result.gguf_architecture}; tokenizer: {result.tokenizer}, "
+               f"{result.vocab_size} tokens")

@@ -1,0 +1,110 @@
+"""Building blocks most families share: the standard hyperparameter table, rope handling, Q/K permutation.
+
+Family modules combine these; they are kept apart from the core so that the core never learns about a family.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gguf
+import numpy as np
+
+from ..errors import UnsupportedArchitecture
+from .spec import HFConfig, HParam, Metadata
+
+K = gguf.Keys
+F32 = gguf.GGUFValueType.FLOAT32
+U32 = gguf.GGUFValueType.UINT32
+STR = gguf.GGUFValueType.STRING
+
+# The hyperparameters every decoder-only transformer in llama.cpp reads.
+DECODER_HPARAMS: tuple[HParam, ...] = (
+    HParam(K.LLM.CONTEXT_LENGTH, ("max_position_embeddings", "n_positions", "n_ctx")),
+    HParam(K.LLM.EMBEDDING_LENGTH, ("hidden_size", "n_embd")),
+    HParam(K.LLM.BLOCK_COUNT, ("num_hidden_layers", "n_layer")),
+    HParam(K.LLM.FEED_FORWARD_LENGTH, ("intermediate_size", "n_inner")),
+    HParam(K.Attention.HEAD_COUNT, ("num_attention_heads", "n_head")),
+    HParam(K.Attention.HEAD_COUNT_KV, ("num_key_value_heads", "num_attention_heads", "n_head")),
+)
+RMS_NORM_EPS = HParam(K.Attention.LAYERNORM_RMS_EPS, ("rms_norm_eps",), float)
+
+
+def head_size_metadata(config: HFConfig) -> list[Metadata]:
+    """key/value length only when head_dim is set apart from hidden_size / n_head (e.g. Gemma, Qwen3)."""
+    if config.head_dim * config.n_head == int(config.get("hidden_size", "n_embd")):
+        return []
+    return [(K.Attention.KEY_LENGTH, config.head_dim, U32), (K.Attention.VALUE_LENGTH, config.head_dim, U32)]
+
+
+# rope types whose HF implementation changes nothing but the base frequency: safe to carry as plain rope.
+PLAIN_ROPE_TYPES = {None, "default"}
+
+
+def rope_metadata(config: HFConfig, supported: frozenset = frozenset({"linear", "llama3"})) -> list[Metadata]:
+    """rope.freq_base, rope.dimension_count and scaling keys; unknown scaling is an error, never ignored."""
+    params = config.rope_parameters
+    out: list[Metadata] = [
+        (K.Rope.FREQ_BASE, float(params.get("rope_theta", 10000.0)), F32),
+        (K.Rope.DIMENSION_COUNT, int(config.head_dim * float(params.get("partial_rotary_factor", 1.0))), U32),
+    ]
+    rope_type = params.get("rope_type")
+    if rope_type in PLAIN_ROPE_TYPES:
+        return out
+    if rope_type not in supported:
+        raise UnsupportedArchitecture(
+            f"rope scaling type {rope_type!r} is not supported for {config.architecture}",
+            f"supported rope scaling here: {', '.join(sorted(supported))}; remove rope_scaling from config.json "
+            "only if you accept a model that differs from the original")
+    if rope_type == "linear":
+        out += [(K.Rope.SCALING_TYPE, "linear", STR), (K.Rope.SCALING_FACTOR, float(params["factor"]), F32)]
+    # llama3 scaling is carried as the rope_freqs tensor (see llama3_rope_factors), as llama.cpp expects.
+    return out
+
+
+def llama3_rope_factors(config: HFConfig) -> list[tuple[str, np.ndarray]]:
+    """The per-frequency divisors llama.cpp applies for Llama-3.1-style rope scaling (tensor rope_freqs).
+
+    Computed as HF's default inverse frequencies divided by HF's llama3-scaled ones, in float64, so the
+    GGUF reproduces transformers' ``_compute_llama3_parameters`` exactly.
+    """
+    params = config.rope_parameters
+    if params.get("rope_type") != "llama3":
+        return []
+    base = float(params.get("rope_theta", 10000.0))
+    dim = config.head_dim
+    factor = float(params["factor"])
+    low_freq_factor = float(params.get("low_freq_factor", 1.0))
+    high_freq_factor = float(params.get("high_freq_factor", 4.0))
+    old_context = float(params.get("original_max_position_embeddings", 8192))
+    inv_freq = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    inv_freq = inv_freq.astype(np.float64)
+    low_freq_wavelen = old_context / low_freq_factor
+    high_freq_wavelen = old_context / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    scaled = np.where(is_medium, smoothed, scaled)
+    return [(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", (inv_freq / scaled).astype(np.float32))]
+
+
+def permute_rows(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """Reorder Q/K rows from HF's rotate-half rope layout to llama.cpp's interleaved pairs.
+
+    HF stores each head's rotary dims as [first halves..., second halves...]; llama.cpp's NORM rope rotates
+    adjacent pairs. Works on any dtype (BF16 travels as uint16), weights or biases.
+    """
+    rows = weights.shape[0]
+    return (weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(weights.shape))
+
+
+def permute_q(weights: np.ndarray, config: HFConfig) -> np.ndarray:
+    return permute_rows(weights, config.n_head)
+
+
+def permute_k(weights: np.ndarray, config: HFConfig) -> np.ndarray:
+    return permute_rows(weights, config.n_head_kv)

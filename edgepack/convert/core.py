@@ -1,0 +1,271 @@
+"""The shared converter: HF folder -> GGUF, one tensor at a time, for any registered ``ArchSpec``.
+
+Flow: read config.json and pick the family spec -> check the output path -> index the safetensors headers
+and validate every expected tensor's presence and shape -> build the vocabulary -> declare all metadata and
+tensor infos -> stream the tensors (read, transform, cast, write, forget) into a temp file beside the output
+-> fsync and rename. Peak memory is a small multiple of the largest tensor, never the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from .. import __version__
+from ..errors import BadCheckpoint, UnsupportedArchitecture, UsageError
+from ..fileio import atomic_path, check_output_path, sha256_file
+from ..progress import QUIET, Progress
+from .checkpoint import Checkpoint, TensorInfo, load_json
+from .spec import ArchSpec, HFConfig, spec_for
+from .vocab import Vocab, load_vocab
+
+QT = gguf.GGMLQuantizationType
+OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
+FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+              "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+CHUNK_ELEMENTS = 1 << 22  # elements converted per step when widening/narrowing (bounds temporaries)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the source came from, when known (filled by the Hub stage; a local folder has none of it)."""
+
+    repo_id: str | None = None
+    revision: str | None = None
+    commit_sha: str | None = None
+    license: str | None = None
+    url: str | None = None
+
+
+@dataclass
+class ConvertResult:
+    """What ``convert`` wrote."""
+
+    output: Path
+    architecture: str  # Hugging Face class
+    gguf_architecture: str
+    outtype: str
+    n_tensors: int
+    n_params: int
+    size_bytes: int
+    seconds: float
+    tokenizer: str
+    vocab_size: int
+    source_sha256: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    gguf_name: str
+    source: TensorInfo | None  # None for tensors computed from the config (extra_tensors)
+    shape: tuple[int, ...]  # HF order (row-major); GGUF stores the reverse
+    out_type: QT
+    data: np.ndarray | None = None  # only for computed tensors
+
+
+def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_only: bool = False,
+            force: bool = False, pre_tokenizer: str | None = None, provenance: Provenance | None = None,
+            progress: Progress = QUIET) -> ConvertResult:
+    """Convert the Hugging Face model folder ``src`` to the GGUF file ``out``.
+
+    ``outtype``: auto (the source's 16-bit type), f32, f16, bf16 or q8_0. ``vocab_only`` writes the
+    hyperparameters and tokenizer without weights. ``pre_tokenizer`` overrides the detected llama.cpp
+    pre-tokenizer name. Raises ``EdgepackError`` subclasses; on any failure no output is left behind.
+    """
+    started = time.monotonic()
+    src, out = Path(src), Path(out)
+    if outtype not in OUTTYPES:
+        raise UsageError(f"unknown outtype {outtype!r}", f"choose one of {', '.join(OUTTYPES)}")
+    if not src.is_dir():
+        raise BadCheckpoint(f"{src} is not a folder", "give the path of a Hugging Face model folder")
+    config = HFConfig(load_json(src / "config.json", "config.json"))
+    spec = spec_for(config.architecture)
+    spec.check(config)
+    check_output_path(out, force)
+
+    checkpoint = None if vocab_only else Checkpoint(src)
+    n_vocab = config.get("vocab_size", default=None)
+    vocab = load_vocab(src, int(n_vocab) if n_vocab else None, pre_tokenizer)
+    plan = [] if checkpoint is None else _plan_tensors(spec, config, checkpoint, outtype)
+    resolved = _resolve_outtype(outtype, checkpoint)
+
+    source_files = ([] if checkpoint is None else checkpoint.files) + [src / "config.json"] + vocab.source_files
+    progress.start("hashing sources", len(source_files))
+    hashes = {}
+    for path in source_files:
+        hashes[path.name] = sha256_file(path)
+        progress.advance()
+    progress.finish()
+
+    n_params = sum(int(np.prod(t.shape)) for t in plan)
+    writer = gguf.GGUFWriter(path=None, arch=spec.arch_name)
+    _add_general(writer, src, config, resolved, n_params, provenance, hashes, vocab_only)
+    _add_hparams(writer, spec, config)
+    vocab.add_to_gguf(writer)
+    for t in plan:
+        # With raw_dtype given, gguf-py only looks at the numpy dtype to tell byte shapes (uint8) apart.
+        writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(np.float32), _nbytes(t), raw_dtype=t.out_type)
+
+    with atomic_path(out) as tmp:
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        total = sum(_nbytes(t) for t in plan)
+        progress.start(f"converting to {out.name}", total)
+        for t in plan:
+            data = t.data if t.source is None else _load(checkpoint, t, spec, config)
+            writer.write_tensor_data(_cast(data, t.source.dtype if t.source else "F32", t.out_type))
+            progress.advance(_nbytes(t))
+            del data
+        writer.close()
+        progress.finish()
+    return ConvertResult(output=out, architecture=config.architecture, gguf_architecture=spec.arch_name,
+                         outtype=resolved, n_tensors=len(plan), n_params=n_params, size_bytes=out.stat().st_size,
+                         seconds=round(time.monotonic() - started, 3), tokenizer=vocab.source,
+                         vocab_size=len(vocab.tokens), source_sha256=hashes)
+
+
+def _resolve_outtype(outtype: str, checkpoint: Checkpoint | None) -> str:
+    if outtype != "auto":
+        return outtype
+    # As llama.cpp's converter: the highest-fidelity 16-bit type, i.e. BF16 for a BF16 source, else F16.
+    if checkpoint and any(t.dtype == "BF16" for t in checkpoint.tensors.values()):
+        return "bf16"
+    return "f16"
+
+
+def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint, outtype: str) -> list[PlannedTensor]:
+    expected = spec.tensors(config)
+    unexpected = [n for n in checkpoint.tensors if n not in expected and not spec.ignores(n)]
+    if unexpected:
+        raise UnsupportedArchitecture(
+            f"tensor {unexpected[0]} is not part of a {config.architecture} model"
+            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""),
+            "the checkpoint may be of another architecture than config.json says, or use an unsupported variant")
+    n_blocks = int(config.get("num_hidden_layers", "n_layer"))
+    name_map = gguf.get_tensor_name_map(spec.arch, n_blocks)
+    resolved = _resolve_outtype(outtype, checkpoint)
+    plan = []
+    for hf_name, shape in expected.items():
+        info = checkpoint.tensors.get(hf_name)
+        if info is None:
+            if shape.optional:  # e.g. lm_head when embeddings are tied
+                continue
+            raise BadCheckpoint(f"tensor {hf_name} is missing", "the checkpoint is incomplete: re-download it")
+        if tuple(info.shape) != tuple(shape.shape):
+            raise BadCheckpoint(f"tensor {hf_name} has shape {list(info.shape)}, expected {list(shape.shape)} "
+                                "from config.json", "config.json and the weights do not belong together")
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise UnsupportedArchitecture(f"no llama.cpp name for tensor {hf_name}", "report this as a bug")
+        plan.append(PlannedTensor(gguf_name, info, tuple(info.shape), _out_type(resolved, info.shape)))
+    for gguf_name, data in spec.extra_tensors(config):
+        plan.append(PlannedTensor(gguf_name, None, tuple(data.shape), QT.F32, data))
+    return plan
+
+
+def _out_type(outtype: str, shape: tuple[int, ...]) -> QT:
+    if len(shape) < 2:  # norms and biases stay F32, as llama.cpp expects
+        return QT.F32
+    if outtype == "q8_0":
+        return QT.Q8_0 if shape[-1] % gguf.GGML_QUANT_SIZES[QT.Q8_0][0] == 0 else QT.F16
+    return {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16}[outtype]
+
+
+def _nbytes(t: PlannedTensor) -> int:
+    block, type_size = gguf.GGML_QUANT_SIZES[t.out_type]
+    return int(np.prod(t.shape)) // block * type_size
+
+
+def _load(checkpoint: Checkpoint, t: PlannedTensor, spec: ArchSpec, config: HFConfig) -> np.ndarray:
+    data = checkpoint.read(t.source.name)
+    transform = spec.transform_for(t.source.name)
+    return transform(data, config) if transform else data
+
+
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """Widen BF16 (carried as uint16) to float32 exactly: BF16 is the top half of an IEEE float32."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def _cast(data: np.ndarray, src_dtype: str, out_type: QT) -> np.ndarray:
+    """Convert one tensor to its output type in chunks, so temporaries stay small next to the tensor."""
+    if out_type == QT.BF16 and src_dtype == "BF16":
+        return np.ascontiguousarray(data).view(np.uint8)
+    flat = np.ascontiguousarray(data).reshape(-1)
+    if out_type == QT.Q8_0:
+        return gguf.quants.quantize(_to_f32(flat, src_dtype).reshape(data.shape), QT.Q8_0)
+    out_dtype = {QT.F32: np.float32, QT.F16: np.float16, QT.BF16: np.uint16}[out_type]
+    if flat.dtype == out_dtype and src_dtype != "BF16":
+        return flat.reshape(data.shape)
+    out = np.empty(flat.shape, dtype=out_dtype)
+    for start in range(0, flat.size, CHUNK_ELEMENTS):
+        chunk = _to_f32(flat[start:start + CHUNK_ELEMENTS], src_dtype)
+        out[start:start + CHUNK_ELEMENTS] = _f32_to_bf16(chunk) if out_type == QT.BF16 else chunk
+    return out.reshape(data.shape) if out_type != QT.BF16 else out.view(np.uint8)
+
+
+def _to_f32(data: np.ndarray, src_dtype: str) -> np.ndarray:
+    if src_dtype == "BF16":
+        return bf16_to_f32(data)
+    return data.astype(np.float32, copy=False)
+
+
+def _f32_to_bf16(data: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even float32 -> BF16 bits (NaNs kept quiet), as torch and ggml do."""
+    bits = data.view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    return np.where(np.isnan(data), np.uint16(0x7FC0), rounded)
+
+
+def _add_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, config: HFConfig) -> None:
+    arch = spec.arch_name
+    for hp in spec.hparams:
+        value = config.get(*hp.names, default=hp.default)
+        if value is None:
+            continue
+        key = hp.key.format(arch=arch)
+        if hp.kind is float:
+            writer.add_float32(key, float(value))
+        elif hp.kind is bool:
+            writer.add_bool(key, bool(value))
+        else:
+            writer.add_uint32(key, int(value))
+    vocab_size = config.get("vocab_size", default=None)
+    if vocab_size:
+        writer.add_vocab_size(int(vocab_size))
+    for key, value, value_type in spec.metadata(config):
+        writer.add_key_value(key.format(arch=arch), value, value_type)
+
+
+def _add_general(writer: gguf.GGUFWriter, src: Path, config: HFConfig, outtype: str, n_params: int,
+                 provenance: Provenance | None, hashes: dict[str, str], vocab_only: bool) -> None:
+    name = provenance.repo_id.split("/")[-1] if provenance and provenance.repo_id else src.resolve().name
+    metadata = gguf.Metadata.load(None, src, name, n_params)
+    if provenance and provenance.license:
+        metadata.license = provenance.license
+    if provenance and provenance.url:
+        metadata.source_url = provenance.url
+    if provenance and provenance.repo_id:
+        metadata.source_repo_url = f"https://huggingface.co/{provenance.repo_id}"
+    if metadata.size_label is None and n_params:
+        metadata.size_label = gguf.size_label(n_params, 0, 0, 0)
+    metadata.set_gguf_meta_model(writer)
+    writer.add_type(gguf.GGUFType.MODEL)
+    if not vocab_only:
+        writer.add_file_type(FILE_TYPES[outtype])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_string("edgepack.version", __version__)
+    writer.add_string("edgepack.source.architecture", config.architecture)
+    writer.add_array("edgepack.source.files", sorted(hashes))
+    writer.add_array("edgepack.source.sha256", [hashes[k] for k in sorted(hashes)])
+    if provenance:
+        for key, value in (("repo_id", provenance.repo_id), ("revision", provenance.revision),
+                           ("commit", provenance.commit_sha), ("license", provenance.license)):
+            if value:
+                writer.add_string(f"edgepack.source.{key}", value)
+

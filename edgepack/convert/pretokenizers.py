@@ -1,0 +1,83 @@
+"""Which llama.cpp pre-tokenizer reproduces a tokenizer.json's pre_tokenizer, worked out from its structure.
+
+llama.cpp implements a fixed set of pre-tokenizers, each a list of split regexes (src/llama-vocab.cpp). A
+byte-level BPE tokenizer.json states its own: a ``Split`` step with a regex, a ``Digits`` step, or
+``ByteLevel(use_regex=true)`` (which means GPT-2's regex). We describe the steps as a short signature and
+look it up in ``KNOWN``; anything else is an error that names what was found, so that a model is never
+converted with a pre-tokenizer that silently splits text differently.
+"""
+
+from __future__ import annotations
+
+from ..errors import TokenizerError
+
+GPT2_REGEX = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)"
+LLAMA3_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+                "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+               "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+# signature (tuple of step descriptions) -> llama.cpp pre-tokenizer name (tokenizer.ggml.pre).
+KNOWN: dict[tuple[str, ...], str] = {
+    # GPT-2, Phi-2 (CodeGen), StableLM-3B, OLMo: ByteLevel with its built-in GPT-2 regex.
+    ("bytelevel-regex",): "gpt-2",
+    # Llama-3.x (and Llama-3-derived models): split on the Llama-3 regex, then bytes.
+    (f"split:{LLAMA3_REGEX}", "bytelevel"): "llama-bpe",
+    # Qwen2/2.5/3, StableLM-2: single digits instead of 1-3.
+    (f"split:{QWEN2_REGEX}", "bytelevel"): "qwen2",
+    # SmolLM/SmolLM2, StarCoder: individual digits, then the GPT-2 regex.
+    ("digits-individual", "bytelevel-regex"): "smollm",
+}
+
+# Names a user may pass to --pre-tokenizer: everything edgepack knows to be a llama.cpp BPE pre-tokenizer.
+LLAMA_CPP_PRE_TOKENIZERS = sorted(set(KNOWN.values()) | {"default", "starcoder", "stablelm2", "phi-2", "olmo",
+                                                         "falcon", "mpt", "refact", "command-r", "deepseek-llm",
+                                                         "deepseek-coder", "gpt-4o", "llama4", "tekken"})
+
+
+def _steps(pre_tokenizer: dict | None) -> list[dict]:
+    if not pre_tokenizer:
+        return []
+    if pre_tokenizer.get("type") == "Sequence":
+        out: list[dict] = []
+        for step in pre_tokenizer.get("pretokenizers", []):
+            out.extend(_steps(step))
+        return out
+    return [pre_tokenizer]
+
+
+def _describe(step: dict) -> str:
+    kind = step.get("type")
+    if kind == "ByteLevel":
+        if step.get("add_prefix_space"):
+            return "bytelevel-add-prefix-space"
+        return "bytelevel-regex" if step.get("use_regex", True) else "bytelevel"
+    if kind == "Split":
+        pattern = step.get("pattern", {})
+        regex = pattern.get("Regex", pattern.get("String"))
+        if step.get("invert") or step.get("behavior") not in ("Isolated", "Removed", None):
+            return f"split-{step.get('behavior')}{'-inverted' if step.get('invert') else ''}:{regex}"
+        return f"split:{regex}"
+    if kind == "Digits":
+        return "digits-individual" if step.get("individual_digits") else "digits"
+    return str(kind)
+
+
+def signature(tokenizer_json: dict) -> tuple[str, ...]:
+    """The tokenizer.json's pre-tokenization, described step by step."""
+    return tuple(_describe(s) for s in _steps(tokenizer_json.get("pre_tokenizer")))
+
+
+def detect_pre_tokenizer(tokenizer_json: dict, override: str | None = None) -> str:
+    """Return llama.cpp's name for this tokenizer's pre-tokenizer, or raise TokenizerError naming it."""
+    if override:
+        return override
+    found = signature(tokenizer_json)
+    name = KNOWN.get(found)
+    if name is None:
+        shown = " + ".join(found) if found else "none"
+        raise TokenizerError(
+            f"tokenizer.json pre-tokenizer not recognised: {shown}",
+            "if you know llama.cpp's equivalent, pass --pre-tokenizer NAME (known: "
+            + ", ".join(LLAMA_CPP_PRE_TOKENIZERS) + ")")
+    return name

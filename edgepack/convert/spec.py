@@ -1,0 +1,158 @@
+"""What an architecture family declares: the data a converter needs, and nothing else.
+
+A family module builds one ``ArchSpec`` and calls ``register``; the shared core (``core.py``) does the rest:
+hyperparameters are copied from config.json to GGUF keys by the ``hparams`` table, tensors are renamed with
+``gguf.TensorNameMap`` for ``arch``, ``transforms`` rewrite the few tensors whose layout differs between
+Hugging Face and llama.cpp, and ``check`` rejects configs the family cannot represent faithfully.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import gguf
+import numpy as np
+
+from ..errors import BadCheckpoint, UnsupportedArchitecture
+
+REQUIRED = object()
+
+
+class HFConfig:
+    """config.json with the differences between transformers 4.x and 5.x smoothed over.
+
+    5.x moved ``rope_theta`` and ``rope_scaling`` into ``rope_parameters`` and renamed ``torch_dtype`` to
+    ``dtype``; older GPT-style configs use ``n_ctx``/``n_embd`` names. ``get`` tries names in order.
+    """
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.text = data.get("text_config") or data
+
+    def get(self, *names: str, default=REQUIRED):
+        for name in names:
+            value = self.text.get(name)
+            if value is not None:
+                return value
+        if default is REQUIRED:
+            raise BadCheckpoint(f"config.json has no {' / '.join(names)}", "re-download config.json")
+        return default
+
+    @property
+    def architecture(self) -> str:
+        archs = self.data.get("architectures") or []
+        if not archs or not isinstance(archs, list):
+            raise BadCheckpoint("config.json names no architecture ('architectures' is missing)",
+                                "re-download config.json from the model repository")
+        return archs[0]
+
+    @property
+    def rope_parameters(self) -> dict:
+        """rope settings as one dict: rope_theta, rope_type and the scaling factors (4.x and 5.x layouts)."""
+        params = dict(self.text.get("rope_parameters") or {})
+        scaling = self.text.get("rope_scaling") or {}
+        params.update({k: v for k, v in scaling.items() if k not in params})
+        if "rope_theta" not in params and self.text.get("rope_theta") is not None:
+            params["rope_theta"] = self.text["rope_theta"]
+        if "rope_type" not in params and "type" in params:
+            params["rope_type"] = params["type"]
+        return params
+
+    @property
+    def head_dim(self) -> int:
+        explicit = self.text.get("head_dim")
+        if explicit:
+            return int(explicit)
+        return int(self.get("hidden_size", "n_embd")) // int(self.get("num_attention_heads", "n_head"))
+
+    @property
+    def n_head(self) -> int:
+        return int(self.get("num_attention_heads", "n_head"))
+
+    @property
+    def n_head_kv(self) -> int:
+        return int(self.get("num_key_value_heads", default=self.n_head))
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One GGUF key filled from config.json: ``key`` is a gguf.Keys template, ``names`` the config names tried."""
+
+    key: str
+    names: tuple[str, ...]
+    kind: type = int
+    default: object = REQUIRED
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A tensor a checkpoint must (or may) hold, with the shape config.json implies (HF row-major order)."""
+
+    shape: tuple[int, ...]
+    optional: bool = False
+
+
+# An extra GGUF key computed from the config (name, value, GGUF value type).
+Metadata = tuple[str, object, gguf.GGUFValueType]
+# A transform takes (tensor, config) and returns the tensor in llama.cpp's layout.
+Transform = Callable[[np.ndarray, HFConfig], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Everything the shared converter core needs to know about one architecture family."""
+
+    hf_classes: tuple[str, ...]
+    arch: gguf.MODEL_ARCH
+    hparams: tuple[HParam, ...]
+    # Every tensor the checkpoint holds, by HF name, in the order they are written.
+    tensors: Callable[[HFConfig], dict[str, Expected]]
+    # Keys computed from the config (rope scaling, head sizes); may raise UnsupportedArchitecture.
+    metadata: Callable[[HFConfig], Iterable[Metadata]] = lambda config: ()
+    # regex on the HF tensor name -> transform.
+    transforms: dict[str, Transform] = field(default_factory=dict)
+    # Tensors llama.cpp needs that the checkpoint does not hold (e.g. rope frequency factors).
+    extra_tensors: Callable[[HFConfig], Iterable[tuple[str, np.ndarray]]] = lambda config: ()
+    # regex on HF tensor names that carry nothing llama.cpp uses (e.g. cached rotary inv_freq buffers).
+    ignore: tuple[str, ...] = ()
+    # Called first: raise UnsupportedArchitecture for settings the family cannot reproduce exactly.
+    check: Callable[[HFConfig], None] = lambda config: None
+
+    @property
+    def arch_name(self) -> str:
+        return gguf.MODEL_ARCH_NAMES[self.arch]
+
+    def transform_for(self, hf_name: str) -> Transform | None:
+        for pattern, fn in self.transforms.items():
+            if re.search(pattern, hf_name):
+                return fn
+        return None
+
+    def ignores(self, hf_name: str) -> bool:
+        return any(re.search(p, hf_name) for p in self.ignore)
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register(spec: ArchSpec) -> ArchSpec:
+    """Make ``spec`` the converter for each of its Hugging Face classes."""
+    for cls in spec.hf_classes:
+        _REGISTRY[cls] = spec
+    return spec
+
+
+def supported_architectures() -> dict[str, str]:
+    """HF class name -> llama.cpp architecture name, for everything registered."""
+    return {cls: spec.arch_name for cls, spec in sorted(_REGISTRY.items())}
+
+
+def spec_for(hf_class: str) -> ArchSpec:
+    spec = _REGISTRY.get(hf_class)
+    if spec is None:
+        raise UnsupportedArchitecture(
+            f"architecture {hf_class} is not supported",
+            "supported: " + ", ".join(sorted(_REGISTRY)) + " (edgepack convert --list-architectures)")
+    return spec

@@ -1,0 +1,268 @@
+"""Tokenizers to GGUF vocabularies that llama.cpp tokenizes exactly like the original.
+
+Three sources, in the order llama.cpp's own converter prefers them:
+
+* ``tokenizer.model`` (SentencePiece BPE): the model the checkpoint was trained with. Pieces, scores and
+  piece types are read from its protobuf; tokens added on top (tokenizer.json / tokenizer_config.json)
+  follow. GGUF tokenizer model ``llama``.
+* ``tokenizer.json`` BPE with ``byte_fallback`` (Llama-2 style, no tokenizer.model): the same SPM-style
+  vocabulary, with scores taken from the merge ranks (a lower rank merges first in HF; in llama.cpp a
+  higher score does). GGUF tokenizer model ``llama``.
+* ``tokenizer.json`` byte-level BPE (Llama-3, GPT-2, Qwen2, SmolLM...): tokens + merges, and the
+  pre-tokenizer worked out from the file (see ``pretokenizers``). GGUF tokenizer model ``gpt2``.
+
+Special token ids, add_bos/add_eos and the chat template come from gguf-py's ``SpecialVocab``, which reads
+tokenizer_config.json, the tokenizer.json post-processor (transformers 5.x no longer writes add_bos_token)
+and config.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+
+from ..errors import TokenizerError
+from .pretokenizers import detect_pre_tokenizer
+
+TT = gguf.TokenType
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json")
+
+# sentencepiece_model.proto's ModelProto.TrainerSpec.ModelType
+SPM_UNIGRAM, SPM_BPE = 1, 2
+
+
+@dataclass
+class Vocab:
+    """A tokenizer in GGUF terms, ready to be written."""
+
+    model: str  # tokenizer.ggml.model: "llama" (SentencePiece-style) or "gpt2" (byte-level BPE)
+    tokens: list[str]
+    token_types: list[int]
+    scores: list[float] | None = None
+    pre: str | None = None  # tokenizer.ggml.pre, byte-level BPE only
+    add_space_prefix: bool | None = None
+    special: gguf.SpecialVocab | None = None
+    source: str = ""  # which file the vocabulary came from (for messages and provenance)
+    source_files: list[Path] = field(default_factory=list)
+
+    def add_to_gguf(self, writer: gguf.GGUFWriter) -> None:
+        writer.add_tokenizer_model(self.model)
+        if self.pre:
+            writer.add_tokenizer_pre(self.pre)
+        writer.add_token_list(self.tokens)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
+        writer.add_token_types(self.token_types)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
+        if self.special is not None:
+            self.special.add_to_gguf(writer, quiet=True)
+
+
+def load_vocab(folder: Path, n_vocab: int | None, pre_override: str | None = None) -> Vocab:
+    """Build the vocabulary for the model in ``folder``; ``n_vocab`` is config.json's vocab_size."""
+    spm_file, json_file = folder / "tokenizer.model", folder / "tokenizer.json"
+    tokenizer_json = _read_tokenizer_json(json_file) if json_file.is_file() else None
+    if spm_file.is_file() and _is_sentencepiece(spm_file):
+        vocab = _sentencepiece_vocab(spm_file, tokenizer_json, folder)
+    elif tokenizer_json is not None:
+        model = tokenizer_json.get("model", {})
+        if model.get("type") != "BPE":
+            raise TokenizerError(f"tokenizer.json uses a {model.get('type')} model, which edgepack does not convert",
+                                 "supported: SentencePiece tokenizer.model, BPE tokenizer.json")
+        if model.get("byte_fallback"):
+            vocab = _byte_fallback_bpe_vocab(tokenizer_json, folder)
+        else:
+            vocab = _byte_level_bpe_vocab(tokenizer_json, folder, pre_override)
+    elif spm_file.is_file():
+        raise TokenizerError("tokenizer.model is not a SentencePiece model (a tiktoken file?)",
+                             "add the model's tokenizer.json (transformers can build it from tiktoken files)")
+    else:
+        raise TokenizerError(f"no tokenizer files in {folder} (tokenizer.model or tokenizer.json)",
+                             "download the tokenizer files with the model, or pass --vocab-source DIR")
+
+    _pad_to(vocab, n_vocab)
+    vocab.special = _special_vocab(folder, vocab)
+    vocab.source_files = [folder / f for f in TOKENIZER_FILES if (folder / f).is_file()]
+    return vocab
+
+
+def _read_tokenizer_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"tokenizer.json is not valid JSON ({exc})", "re-download tokenizer.json") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise TokenizerError("tokenizer.json has no 'model' section", "re-download tokenizer.json")
+    return data
+
+
+def _is_sentencepiece(path: Path) -> bool:
+    # tiktoken "tokenizer.model" files are base64 text lines; SentencePiece ones are protobuf (binary).
+    head = path.read_bytes()[:64]
+    return not head.isascii() or head[:1] == b"\n"
+
+
+def _load_spm_proto(path: Path):
+    from sentencepiece import sentencepiece_model_pb2  # needs protobuf
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as exc:  # protobuf's DecodeError has no stable import path
+        raise TokenizerError(f"tokenizer.model cannot be parsed ({exc})", "re-download tokenizer.model") from exc
+    if not proto.pieces:
+        raise TokenizerError("tokenizer.model holds no pieces", "re-download tokenizer.model")
+    return proto
+
+
+def _added_tokens(tokenizer_json: dict | None, folder: Path) -> dict[int, tuple[str, bool]]:
+    """id -> (content, special) for tokens added on top of the base model, from every file that lists them."""
+    added: dict[int, tuple[str, bool]] = {}
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file():
+        try:
+            decoder = json.loads(config_file.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}
+        except json.JSONDecodeError as exc:
+            raise TokenizerError(f"tokenizer_config.json is not valid JSON ({exc})", "re-download it") from exc
+        for token_id, entry in decoder.items():
+            added[int(token_id)] = (entry["content"], bool(entry.get("special", False)))
+    for entry in (tokenizer_json or {}).get("added_tokens", []):
+        added[int(entry["id"])] = (entry["content"], bool(entry.get("special", False)))
+    legacy = folder / "added_tokens.json"
+    if legacy.is_file():
+        for content, token_id in json.loads(legacy.read_text(encoding="utf-8")).items():
+            added.setdefault(int(token_id), (content, False))
+    return added
+
+
+def _append_added(vocab: Vocab, added: dict[int, tuple[str, bool]], score: float | None) -> None:
+    """Mark added tokens inside the base vocabulary and append those beyond it (gaps become [PAD] tokens)."""
+    base = len(vocab.tokens)
+    for token_id in sorted(added):
+        content, special = added[token_id]
+        if token_id < base:
+            if vocab.token_types[token_id] in (TT.NORMAL, TT.USER_DEFINED):
+                vocab.token_types[token_id] = TT.CONTROL if special else TT.USER_DEFINED
+                vocab.tokens[token_id] = content
+            continue
+        while len(vocab.tokens) < token_id:
+            _append(vocab, f"[PAD{len(vocab.tokens)}]", TT.UNUSED, score)
+        _append(vocab, content, TT.CONTROL if special else TT.USER_DEFINED, score)
+
+
+def _append(vocab: Vocab, text: str, token_type: int, score: float | None) -> None:
+    vocab.tokens.append(text)
+    vocab.token_types.append(token_type)
+    if vocab.scores is not None:
+        vocab.scores.append(score if score is not None else -1000.0)
+
+
+def _sentencepiece_vocab(path: Path, tokenizer_json: dict | None, folder: Path) -> Vocab:
+    proto = _load_spm_proto(path)
+    if proto.trainer_spec.model_type != SPM_BPE:
+        raise TokenizerError("tokenizer.model is a SentencePiece unigram model; edgepack converts BPE ones",
+                             "unigram SentencePiece (T5-style) tokenizers are not supported yet")
+    # piece types in sentencepiece_model.proto use the same numbers as gguf.TokenType.
+    vocab = Vocab(model="llama",
+                  tokens=[p.piece for p in proto.pieces],
+                  token_types=[int(p.type) for p in proto.pieces],
+                  scores=[float(p.score) for p in proto.pieces],
+                  add_space_prefix=bool(proto.normalizer_spec.add_dummy_prefix),
+                  source="tokenizer.model (SentencePiece BPE)")
+    if proto.normalizer_spec.remove_extra_whitespaces:
+        raise TokenizerError("tokenizer.model collapses runs of whitespace, which llama.cpp's SentencePiece "
+                             "tokenizer does not do", "this tokenizer cannot be reproduced exactly")
+    _append_added(vocab, _added_tokens(tokenizer_json, folder), score=-1000.0)
+    return vocab
+
+
+def _byte_fallback_bpe_vocab(tokenizer_json: dict, folder: Path) -> Vocab:
+    model = tokenizer_json["model"]
+    by_id = _tokens_by_id(model["vocab"])
+    merge_rank: dict[str, int] = {}
+    for rank, merge in enumerate(model.get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        merge_rank.setdefault(left + right, rank)
+    unk = model.get("unk_token")
+    tokens, types, scores = [], [], []
+    for text in by_id:
+        tokens.append(text)
+        if text == unk:
+            types.append(TT.UNKNOWN)
+        elif len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            types.append(TT.BYTE)
+        else:
+            types.append(TT.NORMAL)
+        # llama.cpp's SPM tokenizer merges the bigram whose result scores highest: score = -merge rank.
+        scores.append(-float(merge_rank[text]) if text in merge_rank else 0.0)
+    vocab = Vocab(model="llama", tokens=tokens, token_types=types, scores=scores,
+                  add_space_prefix=_prepends_space(tokenizer_json),
+                  source="tokenizer.json (BPE with byte fallback)")
+    _append_added(vocab, _added_tokens(tokenizer_json, folder), score=-1000.0)
+    return vocab
+
+
+def _prepends_space(tokenizer_json: dict) -> bool:
+    normalizers = tokenizer_json.get("normalizer") or {}
+    steps = normalizers.get("normalizers", [normalizers])
+    if any(s.get("type") == "Prepend" and s.get("prepend") == "\u2581" for s in steps):
+        return True
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    pre_steps = pre.get("pretokenizers", [pre])
+    return any(s.get("type") == "Metaspace" and s.get("prepend_scheme", "always") in ("always", "first")
+               and s.get("add_prefix_space", True) for s in pre_steps)
+
+
+def _byte_level_bpe_vocab(tokenizer_json: dict, folder: Path, pre_override: str | None) -> Vocab:
+    pre = detect_pre_tokenizer(tokenizer_json, pre_override)
+    tokens = _tokens_by_id(tokenizer_json["model"]["vocab"])
+    vocab = Vocab(model="gpt2", tokens=tokens, token_types=[TT.NORMAL] * len(tokens), pre=pre,
+                  source=f"tokenizer.json (byte-level BPE, pre-tokenizer {pre})")
+    _append_added(vocab, _added_tokens(tokenizer_json, folder), score=None)
+    return vocab
+
+
+def _tokens_by_id(vocab_map: dict[str, int]) -> list[str]:
+    tokens: list[str | None] = [None] * len(vocab_map)
+    for text, token_id in vocab_map.items():
+        if not 0 <= token_id < len(tokens) or tokens[token_id] is not None:
+            raise TokenizerError(f"tokenizer.json vocabulary ids are not 0..{len(tokens) - 1} (id {token_id})",
+                                 "re-download tokenizer.json")
+        tokens[token_id] = text
+    return tokens  # type: ignore[return-value]
+
+
+def _pad_to(vocab: Vocab, n_vocab: int | None) -> None:
+    """Match the embedding's row count: llama.cpp requires one token per row."""
+    if n_vocab is None:
+        return
+    if len(vocab.tokens) > n_vocab:
+        raise TokenizerError(f"the tokenizer has {len(vocab.tokens)} tokens but the model only {n_vocab}",
+                             "the tokenizer files do not belong to this checkpoint")
+    while len(vocab.tokens) < n_vocab:
+        _append(vocab, f"[PAD{len(vocab.tokens)}]", TT.UNUSED, -1000.0)
+
+
+def _special_vocab(folder: Path, vocab: Vocab) -> gguf.SpecialVocab:
+    special = gguf.SpecialVocab(folder, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
+    if vocab.model == "gpt2" and not special.merges:
+        raise TokenizerError("tokenizer.json has no merges", "re-download tokenizer.json")
+    if special.chat_template is None and (folder / "chat_template.jinja").is_file():
+        special.chat_template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if vocab.model == "llama":
+        # SentencePiece models name their own specials; fill what no config file stated.
+        for kind, token_type in (("unk", TT.UNKNOWN),):
+            if kind not in special.special_token_ids and token_type in vocab.token_types:
+                special.special_token_ids[kind] = vocab.token_types.index(token_type)
+        for kind, text in (("bos", "<s>"), ("eos", "</s>")):
+            if kind not in special.special_token_ids and text in vocab.tokens:
+                special.special_token_ids[kind] = vocab.tokens.index(text)
+        # LlamaTokenizer's default when no file says otherwise: add <s>, not </s>.
+        special.add_special_token.setdefault("bos", True)
+        special.add_special_token.setdefault("eos", False)
+    return special

@@ -1,0 +1,93 @@
+"""Small file helpers every stage uses: atomic writes and content hashes.
+
+Atomic means: write to a hidden temp file in the destination's folder, fsync it, rename it over the
+destination. On any error -- KeyboardInterrupt included -- the temp file is removed and the destination is
+untouched, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import OutputError
+
+HASH_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in chunks (bounded memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_output_path(out: Path, force: bool) -> None:
+    """Refuse an existing output (unless ``force``) and a folder we cannot write, before any work is done."""
+    if out.is_dir():
+        raise OutputError(f"output {out} is a folder", "give a file path, e.g. -o model.gguf")
+    if out.exists() and not force:
+        raise OutputError(f"output {out} already exists", "pass --force to overwrite it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        raise OutputError(f"output folder {parent} does not exist", f"create it first: mkdir -p {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {parent} is not writable", "choose another -o path or fix permissions")
+
+
+@contextlib.contextmanager
+def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``out`` for a writer that opens files itself; on success fsync + rename it
+    to ``out``, on failure (KeyboardInterrupt included) remove it."""
+    out = Path(out)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {out.parent}: {exc.strerror}", "check the folder's permissions") from exc
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OutputError(f"disk full while writing {out}", "free space or write elsewhere with -o") from exc
+        raise
+    _fsync_dir(out.parent)
+
+
+@contextlib.contextmanager
+def atomic_output(out: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """Open a temp file beside ``out`` for writing; it becomes ``out`` only if the block succeeds."""
+    with atomic_path(out) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def atomic_write_bytes(out: str | os.PathLike, data: bytes) -> None:
+    with atomic_output(out, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(out: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(out, text.encode("utf-8"))
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is only durable once the directory entry is on disk too.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(folder or ".", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

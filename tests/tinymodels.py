@@ -1,0 +1,107 @@
+"""Builders for the tiny random-weight checkpoints the tests convert, and the references they compare to.
+
+Shapes come from real config.json files (../shared/fixtures/configs), shrunk but with everything else kept
+(GQA ratio, tied embeddings, rope settings, norms); tokenizers are the real files in
+../shared/fixtures/tokenizers. Weights are seeded, so every run builds the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("EDGEPACK_FIXTURES", REPO.parent / "shared" / "fixtures"))
+TOKENIZERS = FIXTURES / "tokenizers"
+CONFIGS = FIXTURES / "configs"
+TEXTS = FIXTURES / "texts"
+
+
+def real_config(name: str) -> dict:
+    return json.loads((CONFIGS / f"{name}.config.json").read_text())
+
+
+def shrink(config: dict, *, hidden: int = 256, layers: int = 2, heads: int = 4, intermediate: int = 512,
+           vocab_size: int | None = None, max_positions: int = 2048, **overrides) -> dict:
+    """A small config with the real one's structure: same GQA ratio, same head_dim rule, same flags."""
+    out = dict(config)
+    n_head = int(config.get("num_attention_heads", heads))
+    n_kv = int(config.get("num_key_value_heads", n_head))
+    ratio = max(n_head // n_kv, 1)
+    kv_heads = max(heads // ratio, 1)
+    out.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+               num_key_value_heads=kv_heads, intermediate_size=intermediate,
+               max_position_embeddings=max_positions)
+    if config.get("head_dim"):
+        out["head_dim"] = hidden // heads
+    rope = out.get("rope_scaling")
+    if rope and rope.get("original_max_position_embeddings", 0) > max_positions:
+        # keep the llama3 scaling active at this size: the original context must stay below the new one.
+        rope = dict(rope, original_max_position_embeddings=max_positions // 4)
+        out["rope_scaling"] = rope
+    if vocab_size is not None:
+        out["vocab_size"] = vocab_size
+    out.pop("transformers_version", None)
+    out.update(overrides)
+    return out
+
+
+def copy_tokenizer(src_dir: Path, dst: Path, rename: dict[str, str] | None = None) -> None:
+    """Copy tokenizer files, renaming fixture-specific names (llama_tokenizer.json -> tokenizer.json)."""
+    rename = rename or {}
+    for f in src_dir.iterdir():
+        if f.is_file() and not f.name.startswith("LICENSE"):
+            shutil.copy(f, dst / rename.get(f.name, f.name))
+
+
+def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32"):
+    """Instantiate config['architectures'][0] with seeded random weights and save it as safetensors."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cls = getattr(transformers, config["architectures"][0])
+    cfg_cls = transformers.AutoConfig.for_model(config["model_type"]).__class__
+    cfg = cfg_cls(**{k: v for k, v in config.items() if k not in ("model_type",)})
+    model = cls(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:  # norms/biases: move away from 1/0 so a wrong layout cannot hide
+                p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.05 * torch.randn_like(p))
+    model = model.to(getattr(torch, dtype))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    return model
+
+
+def hf_logits(model, token_ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        logits = model.float()(torch.tensor([token_ids])).logits[0]
+    return logits.numpy().astype(np.float32)
+
+
+def llama_cpp_logits(gguf_path: Path, token_ids: list[int]) -> np.ndarray:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf_path), n_ctx=max(64, len(token_ids) + 8), logits_all=True, n_threads=2,
+                          n_batch=512, verbose=False, type_k=0, type_v=0)  # F32 KV cache: F16 alone costs ~1e-3
+    try:
+        llm.eval(token_ids)
+        return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def compare(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """(max |Δ| over all logits, fraction of positions whose argmax agrees)."""
+    max_abs = float(np.max(np.abs(reference - got)))
+    top1 = float(np.mean(reference.argmax(-1) == got.argmax(-1)))
+    return max_abs, top1
