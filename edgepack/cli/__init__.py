@@ -1,7 +1,7 @@
 """The ``edgepack`` command line: parse options, call a stage, format its result. No logic of its own.
 
 Each command group lives in its own module here and registers itself on ``cli``; ``main()`` is the one
-place that turns an ``EdgepackError`` into ``error: ...`` / ``hint: ...`` on stderr and an exit code.
+place that turns an ``EdgepackError`` into one ``error: ... (hint: ...)`` line on stderr and an exit code.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       edgepack quantize my-model-F16.gguf -t Q4_K_M -t Q8_0
       edgepack build edgepack.toml -o dist/
 
-    Every command has --help with examples. Errors print one line and a hint; add --debug for a traceback.
+    Every command has --help with examples. Errors print one line with a hint; add --debug for a traceback.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     except EdgepackError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
+        # One line, always: the message, then what to do about it.
+        hint = f" (hint: {exc.hint})" if exc.hint else ""
+        click.echo(f"error: {exc}{hint}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
