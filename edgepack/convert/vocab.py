@@ -181,12 +181,32 @@ def _sentencepiece_vocab(path: Path, tokenizer_json: dict | None, folder: Path) 
     return vocab
 
 
+def _merge_pairs(model: dict) -> list[tuple[str, str]]:
+    """The BPE merges as pairs, checked against the vocabulary: a merge whose parts or result are not
+    tokens means a damaged file (e.g. characters lost in a re-save), which would tokenize silently wrong."""
+    vocab = model["vocab"]
+    pairs = []
+    for rank, merge in enumerate(model.get("merges") or []):
+        if isinstance(merge, str):
+            parts = merge.split(" ")
+            if len(parts) != 2:
+                raise TokenizerError(f"tokenizer.json merge #{rank} {merge!r} is not a pair of tokens",
+                                     "the file is damaged: re-download tokenizer.json")
+            left, right = parts
+        else:
+            left, right = merge
+        if left not in vocab or right not in vocab or left + right not in vocab:
+            raise TokenizerError(f"tokenizer.json merge #{rank} {left!r} + {right!r} uses tokens that are not in "
+                                 "its vocabulary", "the file is damaged: re-download tokenizer.json")
+        pairs.append((left, right))
+    return pairs
+
+
 def _byte_fallback_bpe_vocab(tokenizer_json: dict, folder: Path) -> Vocab:
     model = tokenizer_json["model"]
     by_id = _tokens_by_id(model["vocab"])
     merge_rank: dict[str, int] = {}
-    for rank, merge in enumerate(model.get("merges") or []):
-        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+    for rank, (left, right) in enumerate(_merge_pairs(model)):
         merge_rank.setdefault(left + right, rank)
     unk = model.get("unk_token")
     tokens, types, scores = [], [], []
@@ -221,6 +241,7 @@ def _prepends_space(tokenizer_json: dict) -> bool:
 def _byte_level_bpe_vocab(tokenizer_json: dict, folder: Path, pre_override: str | None) -> Vocab:
     pre = detect_pre_tokenizer(tokenizer_json, pre_override)
     tokens = _tokens_by_id(tokenizer_json["model"]["vocab"])
+    _merge_pairs(tokenizer_json["model"])
     vocab = Vocab(model="gpt2", tokens=tokens, token_types=[TT.NORMAL] * len(tokens), pre=pre,
                   source=f"tokenizer.json (byte-level BPE, pre-tokenizer {pre})")
     _append_added(vocab, _added_tokens(tokenizer_json, folder), score=None)

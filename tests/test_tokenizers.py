@@ -1,0 +1,140 @@
+"""Token ids from edgepack's GGUF vocabularies (tokenized by llama.cpp) equal the model's own tokenizer's ids.
+
+Special-token strings: HF ``tokenizers`` always matches added tokens inside text, so tokenizer.json cases are
+compared with llama.cpp's ``special=True``; ``sentencepiece`` never matches control pieces, so SentencePiece
+cases use ``special=False``. Each side is held to the tokenizer the model was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+
+import gguf
+import llama_cpp
+import pytest
+
+from edgepack.convert import convert
+from tokenizer_cases import CASES, TRICKY_TEXTS, all_texts
+
+
+def _config(vocab_size: int) -> dict:
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+            "intermediate_size": 512, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 4,
+            "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "vocab_size": vocab_size}
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: c.name)
+def vocab_gguf(request, tmp_path_factory):
+    case = request.param
+    folder = case.build(tmp_path_factory.mktemp(case.name))
+    (folder / "config.json").write_text(json.dumps(_config(case.vocab_size)))
+    out = folder / "vocab.gguf"
+    convert(folder, out, vocab_only=True)
+    llm = llama_cpp.Llama(str(out), vocab_only=True, verbose=False)
+    yield case, folder, out, llm
+    llm.close()
+
+
+def _normalized_added_tokens(folder) -> list[str]:
+    """Added tokens flagged ``normalized: true``: HF matches them after normalisation (swallowing the spaces
+    around them), which a GGUF vocabulary cannot express. README: "Known tokenizer differences"."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return []
+    return [t["content"] for t in json.loads(path.read_text())["added_tokens"] if t.get("normalized")]
+
+
+def test_token_ids_match_the_models_own_tokenizer(vocab_gguf):
+    case, folder, _, llm = vocab_gguf
+    truth = case.truth_encoder(folder)
+    parse_special = case.truth == "tokenizers"
+    mismatches = []
+    normalized_specials = _normalized_added_tokens(folder) if parse_special else []
+    texts = [t for t in all_texts() if not any(s in t for s in normalized_specials)]
+    assert len(texts) >= len(all_texts()) - 3
+    for text in texts:
+        expected = truth(text)
+        got = llm.tokenize(text.encode("utf-8"), add_bos=False, special=parse_special)
+        if got != expected:
+            mismatches.append((text, expected[:12], got[:12]))
+    assert not mismatches, f"{len(mismatches)}/{len(texts)} texts differ, first: {mismatches[:3]}"
+
+
+def test_special_tokens_and_bos(vocab_gguf):
+    case, folder, out, llm = vocab_gguf
+    reader = gguf.GGUFReader(out)
+    fields = {f.name: f for f in reader.fields.values()}
+    bos = int(fields["tokenizer.ggml.bos_token_id"].parts[-1][0])
+    assert llm.token_bos() == bos
+    # add_bos as the original tokenizer does it (all these models prepend BOS, except Phi-3's config says no).
+    with_bos = llm.tokenize(b"Hello", add_bos=True)
+    expected_add_bos = case.name != "phi3-json"
+    assert (with_bos[0] == bos) == expected_add_bos
+    if case.name == "llama3-json":
+        assert fields["tokenizer.ggml.pre"].contents() == "llama-bpe"
+        assert llm.token_bos() == 128000
+    if case.name in ("tinyllama-spm", "tinyllama-json", "llama3-json"):
+        assert "tokenizer.chat_template" in fields
+
+
+def test_normalized_special_token_strings_differ_as_documented(tmp_path):
+    """The one known difference, pinned so that a change on either side shows up."""
+    case = next(c for c in CASES if c.name == "llama2-json")
+    folder = case.build(tmp_path / "tok")
+    (folder / "config.json").write_text(json.dumps(_config(case.vocab_size)))
+    convert(folder, folder / "vocab.gguf", vocab_only=True)
+    llm = llama_cpp.Llama(str(folder / "vocab.gguf"), vocab_only=True, verbose=False)
+    text = "<s> looks special </s>"
+    assert case.truth_encoder(folder)(text) == [1, 3430, 4266, 2]  # HF drops the spaces next to <s>, </s>
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == [1, 29871, 3430, 4266, 29871, 2]
+    llm.close()
+
+
+def test_specials_are_control_tokens_not_text(vocab_gguf):
+    """A control token's text in user input must not become the control token unless asked (special=False)."""
+    case, _, _, llm = vocab_gguf
+    text = "<|begin_of_text|>" if case.name == "llama3-json" else "<s>"
+    as_text = llm.tokenize(text.encode(), add_bos=False, special=False)
+    assert llm.token_bos() not in as_text
+
+
+def test_transformers_llama_tokenizer_leading_space_vs_sentencepiece(tmp_path):
+    """Where transformers' own Llama tokenizer disagrees with sentencepiece, llama.cpp sides with sentencepiece.
+
+    Recent transformers builds the Llama tokenizer from tokenizer.model with a Metaspace pre-tokenizer that
+    treats text after a leading space differently from sentencepiece's dummy prefix. The README says so.
+    """
+    import sentencepiece
+    import transformers
+
+    case = next(c for c in CASES if c.name == "llama2-spm")
+    folder = case.build(tmp_path / "tok")
+    (folder / "config.json").write_text(json.dumps(_config(case.vocab_size)))
+    convert(folder, folder / "vocab.gguf", vocab_only=True)
+    llm = llama_cpp.Llama(str(folder / "vocab.gguf"), vocab_only=True, verbose=False)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    hf = transformers.LlamaTokenizer(vocab_file=str(folder / "tokenizer.model"))
+    disagreements = 0
+    for text in TRICKY_TEXTS:
+        spm_ids = sp.encode(text)
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == spm_ids, text
+        if hf.encode(text, add_special_tokens=False) != spm_ids:
+            disagreements += 1
+    llm.close()
+    # Record (not require) the transformers disagreement; llama.cpp must follow sentencepiece either way.
+    print(f"transformers LlamaTokenizer differs from sentencepiece on {disagreements}/{len(TRICKY_TEXTS)} texts")
+
+
+def test_corrupted_tokenizer_json_is_refused(tmp_path):
+    """onnxruntime-extensions' Llama-2 tokenizer.json lost U+00A0 in four vocab keys: ids collide."""
+    from tinymodels import TOKENIZERS
+
+    from edgepack.errors import TokenizerError
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_bytes((TOKENIZERS / "llama2-ortx/tokenizer.json").read_bytes())
+    (folder / "config.json").write_text(json.dumps(_config(32000)))
+    with pytest.raises(TokenizerError):
+        convert(folder, folder / "vocab.gguf", vocab_only=True)
+    assert not (folder / "vocab.gguf").exists()

@@ -1,0 +1,147 @@
+"""Tokenizer folders the tests build from the real fixture files, each with its source of truth.
+
+The truth is the tokenizer the model was trained with: ``sentencepiece`` itself for a tokenizer.model, HF
+``tokenizers`` for a tokenizer.json-only model. The Llama-3 tokenizer.json is rebuilt from its tiktoken file
+with transformers' TikTokenConverter (pre-tokenizer regex and the 256 special tokens as Meta published them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinymodels import TEXTS, TOKENIZERS
+
+LLAMA3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                    "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
+                    "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+                   + [f"<|reserved_special_token_{i}|>" for i in range(3, 248)])
+
+TRICKY_TEXTS = [
+    "Hello world", " Hello world", "  leading spaces", "trailing spaces   ", "runs    of     spaces",
+    "\n", "line one\nline two\n\n\nafter blank lines", "\ttabs\tand\t\ttabs", " \n \t mixed \r\n endings ",
+    "def f(x):\n    return x ** 2  # square\n", "if (a && b) { c->d[0] = 'e'; }", "12345678901234567890 3.14159",
+    "emoji 😀🎉👍🏽 and ZWJ 👩‍👩‍👧", "日本語のテキストと中文文本", "مرحبا بالعالم", "Ünïcödé ñ ß ø å",
+    "<s> looks special </s>", "[INST] not a control token [/INST]", "<|endoftext|><|im_start|>", "a",
+    "I'm sure they're fine, aren't we? We'll see; I'd go.", "HTTP://EXAMPLE.COM/path?q=1&r=2",
+]
+
+
+def conformance_texts() -> list[str]:
+    inputs = json.loads((TEXTS / "swift-transformers/MultilingualConformance/inputs.json").read_text())
+    return [entry["text"] for entry in inputs]
+
+
+def all_texts() -> list[str]:
+    return conformance_texts() + TRICKY_TEXTS
+
+
+@dataclass(frozen=True)
+class TokenizerCase:
+    name: str
+    vocab_size: int
+    truth: str  # "sentencepiece" or "tokenizers"
+
+    def build(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        BUILDERS[self.name](folder)
+        return folder
+
+    def truth_encoder(self, folder: Path):
+        """A function text -> ids, from the tokenizer the model was trained with (no BOS/EOS)."""
+        if self.truth == "sentencepiece":
+            import sentencepiece
+
+            sp = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+            return lambda text: sp.encode(text)
+        import tokenizers
+
+        tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        return lambda text: tok.encode(text, add_special_tokens=False).ids
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copy(src, dst)
+
+
+def _llama2_spm(folder: Path) -> None:
+    _copy(TOKENIZERS / "llama2-sentencepiece-llama2c/tokenizer.model", folder / "tokenizer.model")
+
+
+def _tinyllama_spm(folder: Path) -> None:
+    src = TOKENIZERS / "tinyllama-chat-resaved-Dheena731"
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "chat_template.jinja"):
+        _copy(src / name, folder / name)
+
+
+def _tinyllama_json(folder: Path) -> None:
+    _tinyllama_spm(folder)
+    (folder / "tokenizer.model").unlink()
+
+
+def _llama2_json(folder: Path) -> None:
+    src = TOKENIZERS / "llama2-swift-transformers"
+    _copy(src / "llama_tokenizer.json", folder / "tokenizer.json")
+    _copy(src / "llama_tokenizer_config.json", folder / "tokenizer_config.json")
+
+
+def _phi3_json(folder: Path) -> None:
+    src = TOKENIZERS / "phi3-mini-ortx"
+    _copy(src / "tokenizer.json", folder / "tokenizer.json")
+    _copy(src / "tokenizer_config.json", folder / "tokenizer_config.json")
+
+
+def _mistral(version: str):
+    files = {"v1": "tokenizer.model.v1", "v3": "mistral_instruct_tokenizer_240323.model.v3"}
+
+    def build(folder: Path) -> None:
+        _copy(TOKENIZERS / "mistral-sentencepiece-mistral-common" / files[version], folder / "tokenizer.model")
+    return build
+
+
+def _llama3_json(folder: Path) -> None:
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    tok = TikTokenConverter(vocab_file=str(TOKENIZERS / "llama3-tiktoken/tokenizer.model"),
+                            extra_special_tokens=LLAMA3_SPECIALS).converted()
+    data = json.loads(tok.to_str())
+    # As in Meta's published tokenizer.json: <|begin_of_text|> is prepended by the post-processor.
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                                 "tokens": ["<|begin_of_text|>"]}},
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                         "{{ m['content'] }}<|eot_id|>{% endfor %}"}))
+
+
+BUILDERS = {
+    "llama2-spm": _llama2_spm,
+    "tinyllama-spm": _tinyllama_spm,
+    "tinyllama-json": _tinyllama_json,
+    "llama2-json": _llama2_json,
+    "phi3-json": _phi3_json,
+    "mistral-v1-spm": _mistral("v1"),
+    "mistral-v3-spm": _mistral("v3"),
+    "llama3-json": _llama3_json,
+}
+
+CASES = [
+    TokenizerCase("llama2-spm", 32000, "sentencepiece"),
+    TokenizerCase("tinyllama-spm", 32000, "sentencepiece"),
+    TokenizerCase("tinyllama-json", 32000, "tokenizers"),
+    TokenizerCase("llama2-json", 32000, "tokenizers"),
+    TokenizerCase("phi3-json", 32064, "tokenizers"),
+    TokenizerCase("mistral-v1-spm", 32000, "sentencepiece"),
+    TokenizerCase("mistral-v3-spm", 32768, "sentencepiece"),
+    TokenizerCase("llama3-json", 128256, "tokenizers"),
+]
