@@ -1,0 +1,307 @@
+"""Device profiles: TOML files describing a phone, laptop or board, every number with its source.
+
+A profile is data (``profiles/*.toml``), validated against the schema below and loaded into a frozen
+``Profile``. The rule that keeps the numbers honest: any table that holds a number must also say where
+the number comes from (``source``: a URL or document) and what it is (``kind``: ``spec`` -- the vendor's
+figure, ``measurement`` -- someone ran something, ``estimate`` -- reasoning, which then needs a ``note``).
+
+Users add their own profiles with ``--profiles DIR_OR_FILE``; a malformed one is rejected with
+``file:key: reason`` (``ProfileError``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ProfileError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
+SCHEMA_VERSION = 1
+
+KINDS = ("spec", "measurement", "estimate")
+DEVICE_KINDS = ("phone", "tablet", "laptop", "desktop", "sbc", "embedded")
+BACKENDS = ("cpu", "metal", "vulkan", "opencl", "cuda")
+# Prompt processing speed depends on the weight format's kernels: phone CPUs run Q4_0/Q8_0 (repacked,
+# i8mm/dotprod paths) much faster than K-quants. Every quant type maps to one of these families.
+QUANT_FAMILIES = ("q4_0", "q8_0", "k_quant", "f16")
+ISA_FEATURES = ("neon", "dotprod", "i8mm", "sve", "sve2", "sme", "fp16", "avx2", "avx512", "avx512_vnni",
+                "avx_vnni", "amx")
+
+
+# --- schema -----------------------------------------------------------------------------------------
+# A field spec is (type, required, check) where check returns an error string or None.
+
+def _positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def _fraction(v):
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def _one_of(options):
+    def check(v):
+        return None if v in options else f"must be one of {', '.join(options)}"
+    return check
+
+
+def _all_of(options):
+    def check(v):
+        bad = [x for x in v if x not in options]
+        return None if not bad else f"unknown value(s) {', '.join(map(str, bad))}; known: {', '.join(options)}"
+    return check
+
+
+def _sourced(value_key: str, check=_positive, extra: dict | None = None) -> dict:
+    """A table holding one number (``value_key``) plus its provenance."""
+    spec = {value_key: ((int, float), True, check), "source": (str, True, None), "kind": (str, True, _one_of(KINDS)),
+            "note": (str, False, None)}
+    spec.update(extra or {})
+    return spec
+
+
+CLUSTER = {"name": (str, True, None), "cores": (int, True, _positive), "max_ghz": ((int, float), True, _positive),
+           "source": (str, True, None), "kind": (str, True, _one_of(KINDS)), "note": (str, False, None)}
+
+SCHEMA: dict = {
+    "schema": (int, True, lambda v: None if v == SCHEMA_VERSION else f"must be {SCHEMA_VERSION}"),
+    "name": (str, True, lambda v: None if v and v.replace("-", "").isalnum() and v == v.lower()
+             else "must be lower-case letters, digits and '-'"),
+    "display_name": (str, True, None),
+    "kind": (str, True, _one_of(DEVICE_KINDS)),
+    "soc": (str, True, None),
+    "os": (str, True, None),
+    "backends": (list, True, _all_of(BACKENDS)),
+    "default_backend": (str, True, _one_of(BACKENDS)),
+    "isa": (list, True, _all_of(ISA_FEATURES)),
+    "storage": (str, False, None),
+    "notes": (str, False, None),
+    "cpu": {
+        "clusters": ([CLUSTER], True, None),
+        "threads": _sourced("value"),
+    },
+    "memory": {
+        "total": _sourced("gb"),
+        "usable": _sourced("gb"),
+        # iOS only: the per-app limit with the com.apple.developer.kernel.increased-memory-limit entitlement.
+        "usable_with_entitlement": _sourced("gb"),
+        "bandwidth": _sourced("gb_s"),
+    },
+    # Generation efficiency: achieved fraction of the theoretical bandwidth when reading the weights.
+    "generation": {b: _sourced("efficiency", _fraction) for b in BACKENDS},
+    # Prompt processing: effective dense GFLOP/s per backend and quant family (2 x params FLOPs per token).
+    "prompt": {b: {f: _sourced("gflops") for f in QUANT_FAMILIES} for b in BACKENDS},
+    "runtime": {
+        "overhead": _sourced("mb"),
+    },
+}
+
+
+def _type_name(t) -> str:
+    if isinstance(t, tuple):
+        return "number"
+    return {str: "string", int: "integer", float: "number", list: "list", bool: "boolean"}.get(t, t.__name__)
+
+
+def _validate(data: dict, schema: dict, file: str, prefix: str = "") -> None:
+    for key in data:
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ProfileError(f"{file}:{prefix}{key}: unknown key", f"known keys here: {known}")
+    for key, spec in schema.items():
+        where = f"{file}:{prefix}{key}"
+        if isinstance(spec, dict):
+            if key not in data:
+                # per-backend tables are checked against `backends` in parse_profile
+                optional = key in ("usable_with_entitlement", "generation", "prompt") or prefix.startswith(
+                    ("generation.", "prompt."))
+                if not optional:
+                    raise ProfileError(f"{where}: missing", f"add a [{prefix}{key}] table")
+                continue
+            if not isinstance(data[key], dict):
+                raise ProfileError(f"{where}: must be a table", f"write [{prefix}{key}]")
+            _validate(data[key], spec, file, f"{prefix}{key}.")
+            continue
+        typ, required, check = spec
+        if key not in data:
+            if required:
+                raise ProfileError(f"{where}: missing", "every number needs value, source and kind"
+                                   if key in ("source", "kind") else f"add {key} = ...")
+            continue
+        value = data[key]
+        if isinstance(typ, list):  # list of tables
+            if not isinstance(value, list) or not value:
+                raise ProfileError(f"{where}: must be a non-empty list of tables", f"write [[{prefix}{key}]] entries")
+            for i, item in enumerate(value):
+                if not isinstance(item, dict):
+                    raise ProfileError(f"{where}[{i}]: must be a table", f"write [[{prefix}{key}]]")
+                _validate(item, typ[0], file, f"{prefix}{key}[{i}].")
+            continue
+        if isinstance(value, bool) or not isinstance(value, typ):
+            raise ProfileError(f"{where}: must be a {_type_name(typ)}, got {type(value).__name__}",
+                               "see profiles/SCHEMA.md")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ProfileError(f"{where}: must be finite", "see profiles/SCHEMA.md")
+        if isinstance(value, str) and key in ("source",) and len(value.strip()) < 8:
+            raise ProfileError(f"{where}: too short to identify a source", "give a URL or a document title")
+        if check is not None and (err := check(value)):
+            raise ProfileError(f"{where}: {err}", "see profiles/SCHEMA.md")
+    if data.get("kind") == "estimate" and "source" in schema and not data.get("note"):
+        raise ProfileError(f"{file}:{prefix}kind: an estimate needs a note with the reasoning",
+                           "add note = \"...\"")
+
+
+# --- the loaded profile -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sourced:
+    value: float
+    source: str
+    kind: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    cores: int
+    max_ghz: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    display_name: str
+    kind: str
+    soc: str
+    os: str
+    backends: tuple[str, ...]
+    default_backend: str
+    isa: tuple[str, ...]
+    clusters: tuple[Cluster, ...]
+    threads: Sourced
+    ram_total_gb: Sourced
+    ram_usable_gb: Sourced
+    bandwidth_gb_s: Sourced
+    generation_efficiency: dict[str, Sourced]
+    prompt_gflops: dict[str, dict[str, Sourced]]
+    runtime_overhead_mb: Sourced
+    storage: str = ""
+    notes: str = ""
+    path: str = ""
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def usable_bytes(self) -> int:
+        return int(self.ram_usable_gb.value * 1e9)
+
+    def efficiency(self, backend: str) -> Sourced:
+        return self.generation_efficiency[backend]
+
+    def gflops(self, backend: str, family: str) -> Sourced:
+        return self.prompt_gflops[backend][family]
+
+    def summary(self) -> dict:
+        """Plain dict for --json and reports (numbers with their provenance)."""
+        return self.raw
+
+
+def _s(d: dict, key: str) -> Sourced:
+    return Sourced(float(d[key]), d["source"], d["kind"], d.get("note", ""))
+
+
+def parse_profile(data: dict, file: str) -> Profile:
+    """Validate ``data`` (a parsed TOML document) and build the ``Profile``."""
+    _validate(data, SCHEMA, file)
+    where = f"{file}:"
+    if data["default_backend"] not in data["backends"]:
+        raise ProfileError(f"{where}default_backend: {data['default_backend']!r} is not in backends",
+                           "list it in backends")
+    generation = data.get("generation", {})
+    prompt = data.get("prompt", {})
+    for backend in data["backends"]:
+        if backend not in generation:
+            raise ProfileError(f"{where}generation.{backend}: missing", "every listed backend needs an efficiency")
+        missing = [f for f in QUANT_FAMILIES if f not in prompt.get(backend, {})]
+        if missing:
+            raise ProfileError(f"{where}prompt.{backend}.{missing[0]}: missing",
+                               f"give gflops for every quant family: {', '.join(QUANT_FAMILIES)}")
+    for backend in list(generation) + list(prompt):
+        if backend not in data["backends"]:
+            raise ProfileError(f"{where}generation.{backend}: backend not in backends", "add it or remove the table")
+    mem = data["memory"]
+    if mem["usable"]["gb"] > mem["total"]["gb"]:
+        raise ProfileError(f"{where}memory.usable.gb: {mem['usable']['gb']} exceeds memory.total.gb "
+                           f"{mem['total']['gb']}", "usable RAM is a part of the total")
+    cores = sum(c["cores"] for c in data["cpu"]["clusters"])
+    if data["cpu"]["threads"]["value"] > cores:
+        raise ProfileError(f"{where}cpu.threads.value: {data['cpu']['threads']['value']} exceeds the {cores} cores",
+                           "llama.cpp should not use more threads than cores")
+    if mem["bandwidth"]["gb_s"] > 2000:
+        raise ProfileError(f"{where}memory.bandwidth.gb_s: {mem['bandwidth']['gb_s']} GB/s is not an edge device",
+                           "bandwidth is in GB/s")
+    return Profile(
+        name=data["name"], display_name=data["display_name"], kind=data["kind"], soc=data["soc"], os=data["os"],
+        backends=tuple(data["backends"]), default_backend=data["default_backend"], isa=tuple(data["isa"]),
+        clusters=tuple(Cluster(c["name"], c["cores"], float(c["max_ghz"])) for c in data["cpu"]["clusters"]),
+        threads=_s(data["cpu"]["threads"], "value"), ram_total_gb=_s(mem["total"], "gb"),
+        ram_usable_gb=_s(mem["usable"], "gb"), bandwidth_gb_s=_s(mem["bandwidth"], "gb_s"),
+        generation_efficiency={b: _s(v, "efficiency") for b, v in generation.items()},
+        prompt_gflops={b: {f: _s(v, "gflops") for f, v in fams.items()} for b, fams in prompt.items()},
+        runtime_overhead_mb=_s(data["runtime"]["overhead"], "mb"),
+        storage=data.get("storage", ""), notes=data.get("notes", ""), path=file, raw=data)
+
+
+def load_profile_file(path: str | Path) -> Profile:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read ({exc.strerror})", "check the path") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML ({exc})", "fix the syntax") from exc
+    profile = parse_profile(data, str(path))
+    if profile.name != path.stem:
+        raise ProfileError(f"{path}:name: {profile.name!r} does not match the file name {path.stem!r}",
+                           f"rename the file to {profile.name}.toml or fix name")
+    return profile
+
+
+def _files(location: Path) -> list[Path]:
+    if location.is_dir():
+        return sorted(location.glob("*.toml"))
+    if location.is_file():
+        return [location]
+    raise ProfileError(f"{location}: no such profile file or folder", "give a .toml file or a folder of them")
+
+
+def load_profiles(extra: list[str | Path] | tuple = ()) -> dict[str, Profile]:
+    """The shipped profiles plus any from ``extra`` (files or folders); a later one replaces an earlier one."""
+    out: dict[str, Profile] = {}
+    for location in [SHIPPED_DIR, *map(Path, extra)]:
+        for f in _files(location):
+            p = load_profile_file(f)
+            out[p.name] = p
+    return out
+
+
+def get_profile(name: str, extra: list[str | Path] | tuple = ()) -> Profile:
+    """A profile by name, or by path to a .toml file."""
+    if name.endswith(".toml") or Path(name).is_file():
+        return load_profile_file(name)
+    profiles = load_profiles(extra)
+    if name not in profiles:
+        close = [n for n in profiles if name.lower() in n or n in name.lower()]
+        raise ProfileError(f"unknown profile {name!r}",
+                           f"did you mean {', '.join(close)}?" if close else "see `edgepack profiles list`")
+    return profiles[name]

@@ -1,0 +1,103 @@
+"""Device profiles: the shipped ones validate, malformed ones are rejected with file:key: reason."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgepack.errors import ProfileError
+from edgepack.profiles import SHIPPED_DIR, get_profile, load_profile_file, load_profiles
+
+REQUIRED = ["pixel-6", "pixel-7", "pixel-8", "pixel-8-pro", "pixel-9-pro", "galaxy-s23", "galaxy-s24", "iphone-15-pro",
+            "raspberry-pi-5-8gb", "macbook-air-m1-8gb", "macbook-air-m2", "macbook-air-m3", "macbook-pro-m3-pro",
+            "x86-laptop-ddr5", "jetson-orin-nano-8gb"]
+
+
+def test_shipped_profiles_validate_and_cover_the_issue_list():
+    profiles = load_profiles()
+    assert set(REQUIRED) <= set(profiles)
+    for p in profiles.values():
+        assert 0 < p.ram_usable_gb.value <= p.ram_total_gb.value
+        assert p.default_backend in p.generation_efficiency
+
+
+def _walk(node, path=""):
+    if isinstance(node, dict):
+        nums = [k for k, v in node.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "schema"]
+        yield path, node, nums
+        for k, v in node.items():
+            yield from _walk(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def test_every_number_has_a_source_and_kind():
+    for p in load_profiles().values():
+        for path, table, nums in _walk(p.raw):
+            if nums:
+                assert table.get("kind") in ("spec", "measurement", "estimate"), (p.name, path)
+                assert len(table.get("source", "")) >= 8, (p.name, path)
+                if table["kind"] == "estimate":
+                    assert table.get("note"), (p.name, path)
+
+
+def _bad(tmp_path: Path, edit) -> Path:
+    text = (SHIPPED_DIR / "pixel-8.toml").read_text()
+    out = tmp_path / "pixel-8.toml"
+    out.write_text(edit(text))
+    return out
+
+
+@pytest.mark.parametrize("edit, key, reason", [
+    (lambda t: t.replace('kind = "phone"', 'kind = "phone"\ncolour = "blue"'), "colour", "unknown key"),
+    (lambda t: t.replace("gb_s = 68.3", 'gb_s = "fast"'), "memory.bandwidth.gb_s", "must be a number"),
+    (lambda t: t.replace("gb_s = 68.3", "gb_s = -3"), "memory.bandwidth.gb_s", "must be > 0"),
+    (lambda t: re.sub(r'(total = \{ gb = 8), source = "[^"]*",', r"\1,", t), "memory.total.source", "missing"),
+    (lambda t: t.replace("efficiency = 0.45", "efficiency = 1.7"), "generation.cpu.efficiency", "(0, 1]"),
+    (lambda t: t.replace("usable = { gb = 4.0", "usable = { gb = 40.0"), "memory.usable.gb", "exceeds"),
+    (lambda t: t.replace('default_backend = "cpu"', 'default_backend = "metal"'), "default_backend", "not in backends"),
+    (lambda t: re.sub(r'\nf16 = \{[^\n]*', "", t), "prompt.cpu.f16", "missing"),
+    (lambda t: t.replace("value = 5,", "value = 64,"), "cpu.threads.value", "exceeds"),
+    (lambda t: t.replace('kind = "spec" },\n]', 'kind = "rumour" },\n]'), "cpu.clusters[2].kind", "must be one of"),
+])
+def test_malformed_profile_is_rejected_with_file_key_reason(tmp_path, edit, key, reason):
+    path = _bad(tmp_path, edit)
+    with pytest.raises(ProfileError) as info:
+        load_profile_file(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{key}"), message
+    assert reason in message
+
+
+def test_user_profile_folder_adds_and_replaces(tmp_path):
+    text = (SHIPPED_DIR / "pixel-8.toml").read_text().replace('name = "pixel-8"', 'name = "my-phone"')
+    (tmp_path / "my-phone.toml").write_text(text)
+    profiles = load_profiles([tmp_path])
+    assert "my-phone" in profiles and "pixel-8" in profiles
+    assert get_profile("my-phone", [tmp_path]).bandwidth_gb_s.value == 68.3
+    with pytest.raises(ProfileError, match="unknown profile"):
+        get_profile("pixel-99")
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "edgepack", *args], capture_output=True, text=True)
+
+
+def test_cli_list_show_validate(tmp_path):
+    out = _cli("profiles", "list")
+    assert out.returncode == 0, out.stderr
+    for name in REQUIRED:
+        assert name in out.stdout
+    show = _cli("profiles", "show", "raspberry-pi-5-8gb")
+    assert show.returncode == 0 and "17.1" in show.stdout and "measurement" in show.stdout
+    bad = _bad(tmp_path, lambda t: t.replace("gb_s = 68.3", 'gb_s = "fast"'))
+    res = _cli("profiles", "validate", str(bad))
+    assert res.returncode == 10
+    assert f"{bad}:memory.bandwidth.gb_s" in res.stderr and "Traceback" not in res.stderr
+    ok = _cli("profiles", "validate", str(SHIPPED_DIR))
+    assert ok.returncode == 0 and ok.stdout.count("\nok ") + 1 == len(list(SHIPPED_DIR.glob("*.toml")))
