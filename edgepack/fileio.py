@@ -38,8 +38,12 @@ def check_output_path(out: Path, force: bool) -> None:
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.exists():
         raise OutputError(f"output folder {parent} does not exist", f"create it first: mkdir -p {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {parent} is not writable", "choose another -o path or fix permissions")
+    try:  # os.access says yes to root everywhere; creating a file is the real test
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output folder {parent} is not writable ({exc.strerror})",
+                          "choose another -o path or fix the folder's permissions") from exc
 
 
 @contextlib.contextmanager

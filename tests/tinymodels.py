@@ -105,3 +105,63 @@ def compare(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     max_abs = float(np.max(np.abs(reference - got)))
     top1 = float(np.mean(reference.argmax(-1) == got.argmax(-1)))
     return max_abs, top1
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> None:
+    """Write a safetensors file from raw arrays: name -> (safetensors dtype, array holding that dtype's bytes).
+
+    Hand-rolled (8-byte header length + JSON + data) because numpy has no bfloat16 and the benchmark's BF16
+    checkpoint must not need torch. Arrays are written one at a time.
+    """
+    header, offset = {}, 0
+    for name, (dtype, array) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for _, array in tensors.values():
+            np.ascontiguousarray(array).tofile(f)
+
+
+def synthetic_llama(folder: Path, config: dict, *, dtype: str = "F32", seed: int = 0, shards: int = 1) -> Path:
+    """A Llama checkpoint with random weights written by numpy (no torch): for error cases and benchmarks.
+
+    Shapes follow the converter's own expectations (LlamaForCausalLM); BF16 is the top half of float32.
+    """
+    from edgepack.convert.families.llama import LLAMA
+    from edgepack.convert.spec import HFConfig
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    expected = LLAMA.tensors(HFConfig(config))
+    names = [n for n, e in expected.items() if not e.optional]
+    per_shard = -(-len(names) // shards)
+    weight_map = {}
+    for shard in range(shards):
+        part = names[shard * per_shard:(shard + 1) * per_shard]
+        file = "model.safetensors" if shards == 1 else f"model-{shard + 1:05d}-of-{shards:05d}.safetensors"
+        tensors = {}
+        for name in part:
+            values = rng.standard_normal(expected[name].shape, dtype=np.float32) * 0.02
+            if dtype == "BF16":
+                tensors[name] = ("BF16", (values.view(np.uint32) >> 16).astype(np.uint16))
+            else:
+                tensors[name] = ("F32", values)
+            weight_map[name] = file
+        write_safetensors(folder / file, tensors)
+    if shards > 1:
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def tiny_llama_config(**overrides) -> dict:
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+              "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "vocab_size": 32000,
+              "tie_word_embeddings": False, "hidden_act": "silu"}
+    config.update(overrides)
+    return config

@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import BadCheckpoint, UnsupportedArchitecture, UsageError
 from ..fileio import atomic_path, check_output_path, sha256_file
 from ..progress import QUIET, Progress
-from .checkpoint import Checkpoint, TensorInfo, load_json
+from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
 from .spec import ArchSpec, HFConfig, spec_for
 from .vocab import Vocab, load_vocab
 
@@ -87,11 +87,13 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     spec.check(config)
     check_output_path(out, force)
 
+    # Everything that can be wrong with the input is found here, before any output or progress appears.
     checkpoint = None if vocab_only else Checkpoint(src)
     n_vocab = config.get("vocab_size", default=None)
     vocab = load_vocab(src, int(n_vocab) if n_vocab else None, pre_tokenizer)
     plan = [] if checkpoint is None else _plan_tensors(spec, config, checkpoint, outtype)
     resolved = _resolve_outtype(outtype, checkpoint)
+    arch_metadata = list(spec.metadata(config))
 
     source_files = ([] if checkpoint is None else checkpoint.files) + [src / "config.json"] + vocab.source_files
     progress.start("hashing sources", len(source_files))
@@ -104,7 +106,7 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     n_params = sum(int(np.prod(t.shape)) for t in plan)
     writer = gguf.GGUFWriter(path=None, arch=spec.arch_name)
     _add_general(writer, src, config, resolved, n_params, provenance, hashes, vocab_only)
-    _add_hparams(writer, spec, config)
+    _add_hparams(writer, spec, config, arch_metadata)
     vocab.add_to_gguf(writer)
     for t in plan:
         # With raw_dtype given, gguf-py only looks at the numpy dtype to tell byte shapes (uint8) apart.
@@ -156,6 +158,9 @@ def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint, outt
             if shape.optional:  # e.g. lm_head when embeddings are tied
                 continue
             raise BadCheckpoint(f"tensor {hf_name} is missing", "the checkpoint is incomplete: re-download it")
+        if info.dtype not in SAFETENSORS_DTYPES:
+            raise BadCheckpoint(f"tensor {hf_name} has dtype {info.dtype}, which edgepack cannot convert",
+                                "supported source dtypes: " + ", ".join(SAFETENSORS_DTYPES))
         if tuple(info.shape) != tuple(shape.shape):
             raise BadCheckpoint(f"tensor {hf_name} has shape {list(info.shape)}, expected {list(shape.shape)} "
                                 "from config.json", "config.json and the weights do not belong together")
@@ -222,7 +227,7 @@ def _f32_to_bf16(data: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(data), np.uint16(0x7FC0), rounded)
 
 
-def _add_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, config: HFConfig) -> None:
+def _add_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, config: HFConfig, arch_metadata: list) -> None:
     arch = spec.arch_name
     for hp in spec.hparams:
         value = config.get(*hp.names, default=hp.default)
@@ -238,7 +243,7 @@ def _add_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, config: HFConfig) -> N
     vocab_size = config.get("vocab_size", default=None)
     if vocab_size:
         writer.add_vocab_size(int(vocab_size))
-    for key, value, value_type in spec.metadata(config):
+    for key, value, value_type in arch_metadata:
         writer.add_key_value(key.format(arch=arch), value, value_type)
 
 
