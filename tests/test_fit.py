@@ -1,0 +1,182 @@
+"""The fit: memory model vs what llama.cpp allocates, quant mix vs llama.cpp's quantizer, picks on
+constructed cases."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgepack.fit import (HostCalibration, Quality, Variant, compute_buffer_bytes, describe_config, describe_gguf,
+                          fit, kv_cache_bytes, memory_needed, project)
+from edgepack.profiles import SHIPPED_DIR, get_profile, load_profile_file
+from tinymodels import TOKENIZERS, build_model, real_config, shrink
+
+
+def _quantize(src: Path, dst: Path, ftype: str) -> None:
+    try:  # edgepack.quantize (issue 5) when it has landed
+        from edgepack.quantize import quantize  # type: ignore
+    except ImportError:
+        quantize = None
+    if quantize is not None:
+        try:
+            quantize(src, dst, ftype)
+            return
+        except TypeError:
+            pass
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    params.nthread = 2
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """An 8-layer GQA Llama (vocab 32000, real SentencePiece tokenizer) as F16, Q8_0, Q4_K_M, Q4_0."""
+    from edgepack.convert import convert
+
+    root = tmp_path_factory.mktemp("fit")
+    cfg = shrink(real_config("llama2_7b"), vocab_size=32000, layers=8, num_key_value_heads=2)
+    build_model(cfg, root / "hf")
+    shutil.copy(TOKENIZERS / "llama2-sentencepiece-llama2c" / "tokenizer.model", root / "hf" / "tokenizer.model")
+    out = {"config": cfg}
+    for t in ("f16", "q8_0"):
+        out[t.upper()] = root / f"tiny-{t.upper()}.gguf"
+        convert(root / "hf", out[t.upper()], outtype=t)
+    for q in ("Q4_K_M", "Q4_0", "Q3_K_M", "Q5_K_M"):
+        out[q] = root / f"tiny-{q}.gguf"
+        _quantize(out["F16"], out[q], q)
+    return out
+
+
+@pytest.mark.parametrize("quant", ["F16", "Q8_0", "Q4_K_M", "Q4_0", "Q3_K_M", "Q5_K_M"])
+def test_config_sizes_match_llama_cpp_quantizer_tensor_by_tensor(tiny, quant):
+    real = describe_gguf(tiny[quant])
+    planned = describe_config(tiny["config"], quant)
+    got = {t.name: (t.type, t.size_bytes) for t in planned.tensors}
+    for t in real.tensors:
+        assert got[t.name] == (t.type, t.size_bytes), t.name
+    assert planned.weight_bytes == real.weight_bytes
+
+
+LOG = re.compile(r"(KV buffer size|compute buffer size) =\s+([\d.]+) MiB")
+
+
+def _llama_cpp_buffers(path: Path, n_ctx: int, n_batch: int, flash_attn: bool) -> dict:
+    """Load the model in a child process (verbose) and read llama.cpp's own buffer sizes from stderr."""
+    code = textwrap.dedent(f"""
+        import llama_cpp
+        llm = llama_cpp.Llama({str(path)!r}, n_ctx={n_ctx}, n_batch={n_batch}, n_ubatch={n_batch}, n_threads=2,
+                              flash_attn={flash_attn}, verbose=True)
+        llm.close()
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sizes: dict[str, float] = {}
+    for kind, mib in LOG.findall(res.stderr):
+        key = "kv" if kind.startswith("KV") else "compute"
+        sizes[key] = sizes.get(key, 0.0) + float(mib) * 2**20 if key == "kv" else float(mib) * 2**20
+    return sizes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_ctx, n_batch, flash_attn", [
+    (512, 512, False), (4096, 512, False), (4096, 128, False), (8192, 512, False), (8192, 1024, False),
+    (4096, 512, True), (8192, 512, True)])
+def test_memory_model_matches_llama_cpp_within_10_percent(tiny, n_ctx, n_batch, flash_attn):
+    got = _llama_cpp_buffers(tiny["Q4_K_M"], n_ctx, n_batch, flash_attn)
+    model = describe_gguf(tiny["Q4_K_M"])
+    kv = kv_cache_bytes(model, n_ctx, n_batch)
+    compute = compute_buffer_bytes(model, n_ctx, n_batch, flash_attn)
+    assert abs(kv - got["kv"]) <= 0.10 * got["kv"], (kv, got)
+    assert abs(compute - got["compute"]) <= 0.10 * got["compute"], (compute, got)
+
+
+def test_sliding_window_layers_hold_only_the_window():
+    gemma3 = real_config("gemma3_1b_it")
+    m = describe_config(gemma3, "Q4_K_M", "gemma3")
+    assert m.n_swa == gemma3["sliding_window"] and sum(m.swa_layers) > 0
+    full = kv_cache_bytes(m, 32768)
+    per_layer_full = 32768 * m.n_head_kv * (m.head_dim_k + m.head_dim_v) * 2
+    n_global = m.n_layer - sum(m.swa_layers)
+    assert full < per_layer_full * (n_global + 0.2 * sum(m.swa_layers))
+    assert full > per_layer_full * n_global
+
+
+def _profile(tmp_path: Path, name: str, usable_gb: float, eff: float = 0.5) -> object:
+    text = (SHIPPED_DIR / "pixel-8.toml").read_text().replace('name = "pixel-8"', f'name = "{name}"')
+    text = text.replace("usable = { gb = 4.0", f"usable = {{ gb = {usable_gb}").replace(
+        "efficiency = 0.45", f"efficiency = {eff}")
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return load_profile_file(path)
+
+
+def _variant(config: dict, quant: str, kld: float | None) -> Variant:
+    return Variant(describe_config(config, quant, "llama8b"), Quality(kld=kld))
+
+
+def test_fit_picks_best_quality_that_fits_and_says_why_others_lost(tmp_path):
+    cfg = real_config("llama3_1_8b")
+    q8, q4km, q4_0, q3 = (_variant(cfg, "Q8_0", 0.002), _variant(cfg, "Q4_K_M", 0.02), _variant(cfg, "Q4_0", 0.04),
+                          _variant(cfg, "Q3_K_M", 0.09))
+    phone = _profile(tmp_path, "phone-6gb", 6.0)
+    res = fit([q8, q4km, q4_0, q3], [phone], n_ctx=2048, max_kld=0.05, min_tps=3)
+    verdict = {r.variant: r.verdict for r in res.rows}
+    assert res.picks["phone-6gb"] == "llama8b-Q4_K_M"
+    assert verdict["llama8b-Q8_0"].startswith("too big by ")
+    assert "too lossy" in verdict["llama8b-Q3_K_M"]
+    assert verdict["llama8b-Q4_0"] == "lower quality than llama8b-Q4_K_M"
+    # a speed floor the 4-bit files cannot meet on this bandwidth leaves only the smaller, lossy one -> refused
+    slow = fit([q8, q4km, q4_0, q3], [phone], n_ctx=2048, max_kld=0.05, min_tps=9)
+    assert slow.picks["phone-6gb"] is None and "too slow" in slow.summary["phone-6gb"]
+    tiny_phone = _profile(tmp_path, "phone-1gb", 1.0)
+    none = fit([q8, q4km], [tiny_phone], n_ctx=2048)
+    assert none.picks["phone-1gb"] is None and none.summary["phone-1gb"].startswith("nothing fits")
+
+
+def test_ties_in_quality_go_to_the_faster_variant(tmp_path):
+    cfg = real_config("llama3_2_1b")
+    a, b = _variant(cfg, "Q4_0", 0.01), _variant(cfg, "Q8_0", 0.01)
+    res = fit([a, b], [_profile(tmp_path, "phone-8gb", 8.0)], n_ctx=1024)
+    assert res.picks["phone-8gb"] == "llama8b-Q4_0"
+    assert {r.variant: r.verdict for r in res.rows}["llama8b-Q8_0"].startswith("same quality, slower")
+
+
+def test_projection_scales_with_bandwidth_and_host_overhead(tiny):
+    model = describe_gguf(tiny["Q4_K_M"])
+    pixel, pi = get_profile("pixel-8"), get_profile("raspberry-pi-5-8gb")
+    a, b = project(model, pixel), project(model, pi)
+    ratio = (pixel.bandwidth_gb_s.value * pixel.efficiency("cpu").value) / (
+        pi.bandwidth_gb_s.value * pi.efficiency("cpu").value)
+    assert a.tg_tokens_per_s / b.tg_tokens_per_s == pytest.approx(ratio, rel=1e-6)
+    host = HostCalibration(tg_tokens_per_s=500.0, pp_tokens_per_s=2000.0, bandwidth_gb_s=10.0)
+    c = project(model, pixel, host=host)
+    assert c.tg_tokens_per_s < a.tg_tokens_per_s and c.overhead_ms_per_token > 0
+
+
+def test_fit_cli_config_mode_json(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(real_config("llama3_1_8b")))
+    res = subprocess.run([sys.executable, "-m", "edgepack", "fit", "--config", str(cfg), "--quant", "Q4_K_M",
+                          "--quant", "Q8_0", "-p", "pixel-8", "-p", "macbook-pro-m3-pro", "--json"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    rows = {(r["variant"], r["profile"]): r for r in out["rows"]}
+    q4 = rows[(cfg.parent.name + "-Q4_K_M", "pixel-8")]
+    assert set(q4["memory"]) >= {"weights_bytes", "kv_cache_bytes", "compute_bytes"}
+    # Llama-3.1-8B Q4_K_M is 4.58 GiB (4.92 GB) as published by llama.cpp's quantizer
+    assert 4.8e3 < q4["memory"]["weights_bytes"] < 5.0e3
+    assert out["picks"]["pixel-8"] is None and out["picks"]["macbook-pro-m3-pro"].endswith("Q8_0")
+    bad = subprocess.run([sys.executable, "-m", "edgepack", "fit", "--config", str(cfg), "-p", "pixel-8"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--quant" in bad.stderr
