@@ -61,3 +61,4 @@ def main(argv: list[str] | None = None) -> None:
 # Command modules register themselves on `cli` when imported.
 from . import convert as _convert  # noqa: E402,F401
 from . import profiles as _profiles  # noqa: E402,F401
+from . import fit as _fit  # noqa: E402,F401
