@@ -1,0 +1,599 @@
+"""Fetch a model from the Hugging Face Hub, pinned to a commit, with only the files conversion needs.
+
+``pull(repo_id, revision, out_dir)`` resolves the revision (branch, tag, short or full sha) to the full
+commit sha with the Hub's model-info call, picks the files edgepack reads (config, safetensors weights, the
+tokenizer, chat template, adapter files, README and LICENSE), downloads them with huggingface_hub's own
+``snapshot_download`` into the standard cache (``HF_HOME`` / ``HF_HUB_CACHE``), checks every file against
+the sizes and hashes the Hub published (sha256 for LFS files, git blob sha1 for the others), and optionally
+copies them into a plain folder. ``resolve_source`` turns what a user types as a model source -- a local
+folder, ``org/name``, ``org/name@rev`` or ``hf://org/name@rev`` -- into a local folder plus provenance.
+
+Settings come from the environment the way huggingface_hub documents them (``HF_ENDPOINT``, ``HF_TOKEN``,
+``HF_HOME``, ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``) and are read once per call (``HubSettings.from_env``),
+then passed to the client explicitly: the client itself reads them only at import time.
+
+Re-runs: a pinned full sha that is complete in the cache needs no network at all; a branch or tag costs one
+model-info request and no file transfer. An interrupted file download is resumed by the client with a
+``Range`` request while the process runs; files completed before an interruption are kept in the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .convert.core import Provenance
+from .errors import HubError, OutputError, UsageError
+from .fileio import HASH_CHUNK_BYTES, atomic_write_text
+from .progress import QUIET, Progress
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_REVISION = "main"
+MANIFEST = ".edgepack-pull.json"  # written into ``pull -o DIR`` folders: what was pulled, from where
+
+# What conversion reads (see convert/vocab.py TOKENIZER_FILES and convert/core.py), plus the model card and
+# licence. Top-level files only; pickled or framework-specific weights are never fetched unless --include asks.
+ALLOW_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                  "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                  "added_tokens.json", "chat_template.jinja", "chat_template.json", "adapter_config.json",
+                  "adapter_model.safetensors", "README.md", "LICENSE*")
+INDEX_FILE = "model.safetensors.index.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+_TRUE = {"1", "on", "yes", "true"}
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """Where to talk to and where to cache, resolved once from arguments and the environment."""
+
+    endpoint: str
+    cache_dir: Path
+    token: str | None
+    offline: bool
+    timeout_s: float
+
+    @classmethod
+    def from_env(cls, *, endpoint: str | None = None, cache_dir: str | os.PathLike | None = None,
+                 token: str | None = None, offline: bool | None = None,
+                 timeout_s: float | None = None) -> HubSettings:
+        env = os.environ
+        if cache_dir is None:
+            if env.get("HF_HUB_CACHE"):
+                cache_dir = env["HF_HUB_CACHE"]
+            else:
+                xdg = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+                cache_dir = os.path.join(env.get("HF_HOME") or os.path.join(xdg, "huggingface"), "hub")
+        if offline is None:
+            offline = (env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE") or "").lower() in _TRUE
+        if timeout_s is None:
+            timeout_s = float(env.get("HF_HUB_ETAG_TIMEOUT") or 10)
+        return cls(endpoint=(endpoint or env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+                   cache_dir=Path(os.path.expandvars(str(cache_dir))).expanduser(),
+                   token=token or env.get("HF_TOKEN") or None, offline=offline, timeout_s=timeout_s)
+
+
+@dataclass(frozen=True)
+class HubSource:
+    repo_id: str
+    revision: str | None = None  # None: the default branch
+
+
+@dataclass
+class SourceFile:
+    name: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass
+class PullResult:
+    """What ``pull`` fetched: the pinned commit, the licence, and every file with its sha256."""
+
+    repo_id: str
+    revision: str  # as asked (branch, tag, sha)
+    commit_sha: str  # what it resolved to
+    license: str | None
+    folder: Path  # the files: ``out_dir`` if given, else the cache's snapshot folder
+    files: list[SourceFile]
+    downloaded_bytes: int  # transferred by this call (0 when everything came from the cache)
+    endpoint: str
+    url: str
+    skipped: list[str] = field(default_factory=list)  # repo files left out by the allow-list
+    network_used: bool = True  # False: answered from the cache alone (offline, or a pinned sha already there)
+    seconds: float = 0.0
+
+    def provenance(self) -> Provenance:
+        return Provenance(repo_id=self.repo_id, revision=self.revision, commit_sha=self.commit_sha,
+                          license=self.license, url=self.url)
+
+
+@dataclass(frozen=True)
+class _RemoteFile:
+    size: int | None
+    sha256: str | None = None  # LFS files
+    blob_id: str | None = None  # git blob sha1 (small files)
+
+
+# -- sources ---------------------------------------------------------------------------------------------------
+
+def parse_source(text: str) -> HubSource | None:
+    """``hf://org/name@rev``, ``org/name@rev`` or ``org/name`` as a Hub source; None if it does not look like one.
+
+    Only the ``hf://`` form may name a repo without an organisation (``hf://gpt2``).
+    """
+    explicit = text.startswith("hf://")
+    body = text[len("hf://"):] if explicit else text
+    repo_id, sep, revision = body.partition("@")
+    repo_id = repo_id.strip("/") if explicit else repo_id
+    if sep and not revision:
+        raise UsageError(f"no revision after '@' in {text!r}", "write org/name@main, a tag or a commit sha")
+    if not _REPO_ID.match(repo_id) or (not explicit and "/" not in repo_id) or ".." in repo_id:
+        if explicit:
+            raise UsageError(f"{text!r} is not a Hub repo id", "write hf://org/name or hf://org/name@revision")
+        return None
+    return HubSource(repo_id, revision or None)
+
+
+def resolve_source(src: str | os.PathLike, *, token: str | None = None, settings: HubSettings | None = None,
+                   progress: Progress = QUIET) -> tuple[Path, Provenance | None]:
+    """A model source as a local folder plus where it came from.
+
+    An existing local path wins over a repo id of the same spelling; ``hf://`` always means the Hub. A folder
+    made by ``edgepack pull -o`` keeps the provenance recorded in it; any other folder only has the licence
+    from its README (or no provenance at all).
+    """
+    text = os.fspath(src)
+    if not text.startswith("hf://") and (Path(text).exists() or parse_source(text) is None):
+        return Path(text), local_provenance(Path(text))
+    source = parse_source(text)
+    result = pull(source.repo_id, source.revision, token=token, settings=settings, progress=progress)
+    return result.folder, result.provenance()
+
+
+def local_provenance(folder: Path) -> Provenance | None:
+    """Provenance of a local folder: from a pull manifest whose files are unchanged in size, else the licence."""
+    manifest = _read_manifest(folder)
+    if manifest is not None:
+        unchanged = all((folder / f["name"]).is_file() and (folder / f["name"]).stat().st_size == f["size_bytes"]
+                        for f in manifest.get("files", []))
+        if unchanged:
+            return Provenance(repo_id=manifest.get("repo_id"), revision=manifest.get("revision"),
+                              commit_sha=manifest.get("commit_sha"), license=manifest.get("license"),
+                              url=manifest.get("url"))
+    license_ = read_license(folder / "README.md")
+    return Provenance(license=license_) if license_ else None
+
+
+def read_license(readme: Path) -> str | None:
+    """The ``license:`` of a model card's YAML front matter (``license_name`` when it says ``other``)."""
+    try:
+        text = readme.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    if not text.lstrip().startswith("---"):
+        return None
+    from huggingface_hub import RepoCard
+
+    try:
+        data = RepoCard(text, ignore_metadata_errors=True).data
+    except Exception:  # a broken card must not stop a conversion; the licence is then unknown
+        return None
+    license_ = data.get("license")
+    if license_ == "other" and data.get("license_name"):
+        license_ = data.get("license_name")
+    if isinstance(license_, list):
+        license_ = ", ".join(str(x) for x in license_)
+    return str(license_) if license_ else None
+
+
+# -- pull ------------------------------------------------------------------------------------------------------
+
+def pull(repo_id: str, revision: str | None = None, out_dir: str | os.PathLike | None = None, *,
+         token: str | None = None, include: Iterable[str] = (), force: bool = False,
+         settings: HubSettings | None = None, progress: Progress = QUIET) -> PullResult:
+    """Fetch ``repo_id`` at ``revision`` (default branch if None) and return the pinned result.
+
+    ``out_dir``: also copy the files into this folder (created whole or not at all). ``include``: extra
+    glob patterns to fetch beyond the allow-list (e.g. ``"*.bin"``). Raises ``HubError`` for everything the
+    Hub or the network can refuse, ``OutputError`` for disk problems; on failure ``out_dir`` is untouched.
+    """
+    started = time.monotonic()
+    if not _REPO_ID.match(repo_id or "") or ".." in repo_id:
+        raise UsageError(f"{repo_id!r} is not a Hub repo id", "write org/name, optionally @revision")
+    settings = settings or HubSettings.from_env(token=token)
+    if token:
+        settings = HubSettings(settings.endpoint, settings.cache_dir, token, settings.offline, settings.timeout_s)
+    requested = revision or DEFAULT_REVISION
+    include = tuple(include)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _check_out_dir(out, force)
+
+    ctx = _Context(repo_id, requested, settings)
+    try:
+        if settings.offline or _FULL_SHA.match(requested):
+            cached = _from_cache(ctx, include, strict=settings.offline)
+        else:
+            cached = None
+        result = cached or _from_hub(ctx, include, progress)
+    except (HubError, OutputError, UsageError):
+        raise
+    except Exception as exc:  # the client's and the network's exceptions, turned into one line + hint
+        raise ctx.translate(exc) from exc
+
+    result.license = read_license(result.folder / "README.md") or result.license
+    result.url = f"{settings.endpoint}/{repo_id}/tree/{result.commit_sha}"
+    if out is not None:
+        result.folder = _materialize(result, out, force, progress)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+class _Context:
+    """The request being served, for error messages."""
+
+    def __init__(self, repo_id: str, revision: str, settings: HubSettings):
+        self.repo_id, self.revision, self.settings = repo_id, revision, settings
+
+    @property
+    def storage(self) -> Path:
+        return self.settings.cache_dir / ("models--" + self.repo_id.replace("/", "--"))
+
+    def cached_commit(self) -> str | None:
+        if _FULL_SHA.match(self.revision):
+            return self.revision if (self.storage / "snapshots" / self.revision).is_dir() else None
+        ref = self.storage / "refs" / self.revision
+        return ref.read_text().strip() if ref.is_file() else None
+
+    def translate(self, exc: BaseException) -> Exception:
+        import httpx2
+        from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                            OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+
+        repo, rev, endpoint = self.repo_id, self.revision, self.settings.endpoint
+        token_hint = "pass --token hf_... or set HF_TOKEN (a read token from huggingface.co/settings/tokens)"
+        if isinstance(exc, GatedRepoError):
+            who = "your token has not been granted access" if self.settings.token else "it needs a token"
+            return HubError(f"{repo} is a gated repo and {who}",
+                            f"accept its terms at {endpoint}/{repo}, then {token_hint}")
+        if isinstance(exc, RepositoryNotFoundError):
+            return HubError(f"repository {repo} not found on {endpoint} (or it is private)",
+                            f"check the id; for a private repo {token_hint}")
+        if isinstance(exc, RevisionNotFoundError):
+            return HubError(f"revision {rev!r} not found in {repo}",
+                            "give a branch, tag or commit sha that exists (default: main)")
+        if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+            status = exc.response.status_code
+            if status == 401:
+                return HubError(f"the Hub rejected the token for {repo} (HTTP 401)", f"check it: {token_hint}")
+            if status == 403:
+                return HubError(f"access to {repo} denied (HTTP 403)",
+                                "make sure the token has read access to this repo: " + token_hint)
+            if status >= 500 or status == 429:
+                return HubError(f"{endpoint} answered HTTP {status} for {repo}", self._offline_hint("retry later"))
+            return HubError(f"Hub request for {repo} failed with HTTP {status}", self._offline_hint("retry"))
+        if isinstance(exc, (httpx2.TimeoutException,)):
+            return HubError(f"timed out talking to {endpoint}", self._offline_hint("check your connection"))
+        if isinstance(exc, (httpx2.TransportError, LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            return HubError(f"cannot reach {endpoint}: {detail}", self._offline_hint("check your connection"))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return OutputError(f"disk full while downloading {repo} into {self.settings.cache_dir}",
+                               "free space, or point HF_HOME at a disk with room")
+        if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
+            return HubError(f"a download from {repo} was cut short", "run the same command again to retry")
+        return HubError(f"pulling {repo}@{rev} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
+                        "retry with --debug for details")
+
+    def _offline_hint(self, first: str) -> str:
+        commit = self.cached_commit()
+        if commit:
+            return f"{first}, or use the cached copy (commit {commit[:12]}) with HF_HUB_OFFLINE=1"
+        return f"{first}; working offline (HF_HUB_OFFLINE=1) needs a copy pulled earlier into {self.settings.cache_dir}"
+
+
+def _from_hub(ctx: _Context, include: tuple[str, ...], progress: Progress) -> PullResult:
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+    settings = ctx.settings
+    api = HfApi(endpoint=settings.endpoint, token=settings.token or None)
+    info = api.model_info(ctx.repo_id, revision=ctx.revision, files_metadata=True, timeout=settings.timeout_s)
+    commit = info.sha
+    if not commit or not _FULL_SHA.match(commit):
+        raise HubError(f"{settings.endpoint} did not report a commit sha for {ctx.repo_id}@{ctx.revision}",
+                       "check that HF_ENDPOINT points at a Hugging Face Hub")
+    listing = {s.rfilename: _RemoteFile(s.size, s.lfs.sha256 if s.lfs else None, None if s.lfs else s.blob_id)
+               for s in info.siblings or []}
+    common = dict(repo_id=ctx.repo_id, revision=commit, cache_dir=str(settings.cache_dir),
+                  endpoint=settings.endpoint, token=settings.token or None)
+
+    def read_index() -> dict:
+        return _load_index(Path(hf_hub_download(filename=INDEX_FILE, **common)))
+
+    selected, skipped = select_files(listing, include, read_index)
+    _write_ref(ctx, commit)
+    blobs = ctx.storage / "blobs"
+    missing = [n for n in selected if not (blobs / (listing[n].sha256 or listing[n].blob_id or "-")).is_file()]
+    need = sum(listing[n].size or 0 for n in missing)
+    _check_space(settings.cache_dir, need, "the Hugging Face cache", "point HF_HOME at a disk with room")
+    label = (f"downloading {len(missing)} of {len(selected)} files ({need / 2**20:.1f} MiB)" if missing
+             else f"checking {len(selected)} cached files")
+    progress.start(f"{label} from {ctx.repo_id}@{commit[:12]}", max(len(missing), 1))
+    folder = Path(snapshot_download(allow_patterns=[glob.escape(n) for n in selected],
+                                    tqdm_class=_tqdm_class(progress), **common))
+    progress.advance(len(missing))
+    progress.finish()
+    files = _verify(ctx, folder, selected, listing, progress)
+    license_ = info.card_data.get("license") if info.card_data is not None else None
+    return PullResult(ctx.repo_id, ctx.revision, commit, license_, folder, files, need, settings.endpoint, "",
+                      skipped)
+
+
+def _from_cache(ctx: _Context, include: tuple[str, ...], strict: bool) -> PullResult | None:
+    """The pinned snapshot from the cache, without touching the network; None (or HubError if ``strict``)
+    when the cache does not hold it completely."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
+    def fail(message: str):
+        if not strict:
+            return None
+        raise HubError(message, f"pull it once with network access (unset HF_HUB_OFFLINE): edgepack pull "
+                                f"{ctx.repo_id}@{ctx.revision}")
+
+    commit = ctx.cached_commit()
+    if commit is None:
+        return fail(f"{ctx.repo_id}@{ctx.revision} is not in the cache {ctx.settings.cache_dir} (offline mode)")
+    folder = ctx.storage / "snapshots" / commit
+    try:
+        tree = get_cached_repo_tree(ctx.repo_id, revision=commit, cache_dir=str(ctx.settings.cache_dir))
+        listing = {f.path: _RemoteFile(f.size) for f in tree}
+    except CachedRepoTreeNotFoundError:
+        # No listing saved: all we know is what the snapshot folder holds.
+        listing = {p.relative_to(folder).as_posix(): _RemoteFile(None)
+                   for p in folder.rglob("*") if p.is_file()}
+
+    def read_index() -> dict:
+        if not (folder / INDEX_FILE).is_file():
+            raise FileNotFoundError(INDEX_FILE)
+        return _load_index(folder / INDEX_FILE)
+
+    try:
+        selected, skipped = select_files(listing, include, read_index)
+    except FileNotFoundError:
+        return fail(f"the cached copy of {ctx.repo_id}@{commit[:12]} lacks {INDEX_FILE} (offline mode)")
+    absent = [n for n in selected if not (folder / n).is_file()]
+    if absent:
+        return fail(f"the cached copy of {ctx.repo_id}@{commit[:12]} is incomplete: "
+                    f"{', '.join(absent[:4])}{' ...' if len(absent) > 4 else ''} missing (offline mode)")
+    for name in selected:  # LFS blobs are stored under their sha256: the expected hash travels with the file
+        target = os.path.realpath(folder / name)
+        blob = os.path.basename(target)
+        if re.fullmatch(r"[0-9a-f]{64}", blob):
+            listing[name] = _RemoteFile(listing[name].size, blob)
+    try:
+        files = _verify(ctx, folder, selected, listing, QUIET)
+    except HubError:
+        if strict:
+            raise
+        return None  # the bad copy was evicted: fetch it again
+    return PullResult(ctx.repo_id, ctx.revision, commit, None, folder, files, 0, ctx.settings.endpoint, "",
+                      skipped, network_used=False)
+
+
+def select_files(listing: dict[str, _RemoteFile], include: tuple[str, ...], read_index) -> tuple[list[str], list[str]]:
+    """Split a repo's files into (to fetch, left out). Weights: the shards the index names if there is one,
+    else model.safetensors if present, else every top-level safetensors file (not consolidated.* copies
+    when others exist). Raises HubError when no safetensors weights are there."""
+    names = sorted(listing)
+    top = [n for n in names if "/" not in n]
+    wanted = {n for n in top if any(fnmatch.fnmatchcase(n, p) for p in ALLOW_PATTERNS)}
+    weights = {n for n in wanted if n.endswith(".safetensors") and n != ADAPTER_WEIGHTS}
+    if INDEX_FILE in wanted:
+        shards = set(read_index().get("weight_map", {}).values())
+        absent = sorted(shards - set(names))
+        if absent:
+            raise HubError(f"{INDEX_FILE} names shards the repo does not have: {', '.join(absent[:3])}",
+                           "the repo is inconsistent at this revision; try another revision")
+        weights_keep = shards
+    elif "model.safetensors" in weights:
+        weights_keep = {"model.safetensors"}
+    else:
+        plain = {n for n in weights if not n.startswith("consolidated")}
+        weights_keep = plain or weights
+    wanted = (wanted - weights) | weights_keep
+    wanted |= {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)}
+    if not (weights_keep or ADAPTER_WEIGHTS in wanted or include):
+        shown = ", ".join(names[:12]) + (f" ... ({len(names)} files)" if len(names) > 12 else "")
+        raise HubError(f"the repo has no safetensors weights; it has: {shown or 'no files'}",
+                       "edgepack converts safetensors only; look for a safetensors revision of the model, or "
+                       "fetch other files with --include")
+    return sorted(wanted), [n for n in names if n not in wanted]
+
+
+def _load_index(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HubError(f"{INDEX_FILE} from the Hub is not valid JSON: {exc}", "try another revision") from exc
+
+
+def _verify(ctx: _Context, folder: Path, selected: list[str], listing: dict[str, _RemoteFile],
+            progress: Progress) -> list[SourceFile]:
+    """sha256 (and size) of every file, checked against what the Hub published. A file that does not match
+    is removed from the cache so that the next attempt downloads it again."""
+    files = []
+    progress.start("verifying checksums", len(selected))
+    for name in selected:
+        path = folder / name
+        expected = listing.get(name, _RemoteFile(None))
+        size = path.stat().st_size
+        sha256, sha1 = _hashes(path, git_blob=expected.blob_id is not None and expected.sha256 is None)
+        problem = None
+        if expected.size is not None and size != expected.size:
+            problem = f"size {size} instead of {expected.size}"
+        elif expected.sha256 and sha256 != expected.sha256:
+            problem = f"sha256 {sha256[:12]}... instead of {expected.sha256[:12]}..."
+        elif sha1 and sha1 != expected.blob_id:
+            problem = f"git blob id {sha1[:12]}... instead of {expected.blob_id[:12]}..."
+        if problem:
+            _evict(ctx, path)
+            raise HubError(f"checksum mismatch for {name} from {ctx.repo_id}: {problem}",
+                           "the download was corrupted and has been removed from the cache; run the command "
+                           "again (if it repeats, the server or a proxy is altering files)")
+        files.append(SourceFile(name, size, sha256))
+        progress.advance()
+    progress.finish()
+    return files
+
+
+def _hashes(path: Path, git_blob: bool) -> tuple[str, str | None]:
+    sha256 = hashlib.sha256()
+    sha1 = None
+    if git_blob:
+        sha1 = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            sha256.update(chunk)
+            if sha1 is not None:
+                sha1.update(chunk)
+    return sha256.hexdigest(), sha1.hexdigest() if sha1 is not None else None
+
+
+def _evict(ctx: _Context, path: Path) -> None:
+    """Remove a bad file from the cache: the snapshot's link and the blob behind it."""
+    target = Path(os.path.realpath(path))
+    with contextlib.suppress(OSError):
+        path.unlink()
+    blobs = ctx.storage / "blobs"
+    if target.parent == Path(os.path.realpath(blobs)):
+        with contextlib.suppress(OSError):
+            target.unlink()
+
+
+def _write_ref(ctx: _Context, commit: str) -> None:
+    """Record ``revision -> commit`` in the cache's refs/ (the layout huggingface_hub documents), so that
+    offline runs can resolve a branch, tag or short sha pulled earlier."""
+    if ctx.revision == commit:
+        return
+    ref = ctx.storage / "refs" / ctx.revision
+    with contextlib.suppress(OSError):
+        if ref.is_file() and ref.read_text().strip() == commit:
+            return
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(ref, commit)
+
+
+def _tqdm_class(progress: Progress):
+    """The client's own byte-level bars on a terminal; nothing otherwise (``--json``, CI logs, library use)."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    if progress.enabled and progress._tty:
+        return None
+
+    class _Silent(hf_tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return _Silent
+
+
+def _check_space(folder: Path, need: int, what: str, hint: str) -> None:
+    if need <= 0:
+        return
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise OutputError(f"not enough disk space for {what}: {need / 2**30:.2f} GiB needed, "
+                          f"{free / 2**30:.2f} GiB free at {probe}", f"free space, or {hint}")
+
+
+# -- output folder ---------------------------------------------------------------------------------------------
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {out} exists and is not a folder", "give a folder path with -o")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output folder {parent} does not exist", f"create it first: mkdir -p {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {parent} is not writable", "choose another -o folder")
+    if out.is_dir() and any(out.iterdir()) and not force and _read_manifest(out) is None:
+        raise OutputError(f"output folder {out} exists and is not empty", "pass --force to replace it")
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _materialize(result: PullResult, out: Path, force: bool, progress: Progress) -> Path:
+    """Copy the pulled files into ``out``: into a hidden temp folder beside it, renamed when complete."""
+    manifest = {"repo_id": result.repo_id, "revision": result.revision, "commit_sha": result.commit_sha,
+                "license": result.license, "url": result.url, "endpoint": result.endpoint,
+                "files": [asdict(f) for f in result.files]}
+    previous = _read_manifest(out) if out.is_dir() else None
+    if previous is not None and _same_files(out, previous, manifest):
+        return out  # this commit is already there, unchanged
+    if previous is not None and not force and previous.get("commit_sha") != result.commit_sha:
+        raise OutputError(f"output folder {out} holds {previous.get('repo_id')}@"
+                          f"{str(previous.get('commit_sha'))[:12]}", "pass --force to replace it")
+    total = sum(f.size_bytes for f in result.files)
+    _check_space(out.parent if str(out.parent) else Path("."), total, f"the copy in {out}",
+                 "pull without -o (the files stay in the cache) or choose another -o")
+    parent = out.parent if str(out.parent) else Path(".")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    try:
+        progress.start(f"copying {len(result.files)} files into {out}", len(result.files))
+        for f in result.files:
+            dest = staging / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(result.folder / f.name, dest)
+            with open(dest, "rb+") as fh:
+                os.fsync(fh.fileno())
+            progress.advance()
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.chmod(staging, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
+            os.replace(out, old / "x")
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+        progress.finish()
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"disk full while copying into {out}",
+                              "free space, or pull without -o (the files stay in the cache)") from exc
+        raise
+    return out
+
+
+def _same_files(out: Path, previous: dict, manifest: dict) -> bool:
+    if previous.get("commit_sha") != manifest["commit_sha"] or previous.get("files") != manifest["files"]:
+        return False
+    return all((out / f["name"]).is_file() and (out / f["name"]).stat().st_size == f["size_bytes"]
+               for f in manifest["files"])
