@@ -1,0 +1,223 @@
+"""Host benchmark: load time, prompt and generation speed, peak memory and quality of GGUF variants.
+
+Each model runs in its own child process (``python -m edgepack.bench CHILD-ARGS``) so that peak RSS
+(VmHWM) belongs to that model alone. Like llama-bench: pp = one batch of ``n_prompt`` tokens (pp512 by
+default), tg = ``n_gen`` single-token decodes (tg128); ``reps`` repetitions report median, min and max.
+This host's memory bandwidth is measured too (a large numpy copy); ``edgepack fit`` uses it to turn the
+measured generation speed into a per-token overhead that carries over to devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadGGUF, UsageError
+from .fit import describe_gguf
+from .progress import QUIET, Progress
+
+
+@dataclass
+class Stat:
+    median: float
+    min: float
+    max: float
+    runs: list[float]
+
+    @classmethod
+    def of(cls, xs: list[float]) -> "Stat":
+        return cls(round(statistics.median(xs), 3), round(min(xs), 3), round(max(xs), 3), [round(x, 3) for x in xs])
+
+
+@dataclass
+class ModelBench:
+    path: str
+    name: str
+    quant: str
+    size_bytes: int
+    bits_per_weight: float
+    n_params: int
+    load_s: Stat
+    pp: Stat  # tokens/s
+    tg: Stat  # tokens/s
+    peak_rss_mb: float
+    n_prompt: int
+    n_gen: int
+    quality: dict | None = None  # {kld, ppl, ppl_delta, top1} vs --ref, from edgepack.evaluate
+
+    @property
+    def tg_tokens_per_s(self) -> float:
+        return self.tg.median
+
+    @property
+    def pp_tokens_per_s(self) -> float:
+        return self.pp.median
+
+
+@dataclass
+class HostInfo:
+    cpu: str
+    cores: int
+    threads_used: int
+    bandwidth_gb_s: float
+    python: str
+    llama_cpp_python: str
+
+
+@dataclass
+class BenchResult:
+    host: HostInfo
+    models: list[ModelBench] = field(default_factory=list)
+    reference: str | None = None
+    quality_note: str = ""
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for m, src in zip(out["models"], self.models):
+            m["tg_tokens_per_s"], m["pp_tokens_per_s"] = src.tg_tokens_per_s, src.pp_tokens_per_s
+        return out
+
+
+def measure_bandwidth_gb_s(size_mb: int = 256, reps: int = 5) -> float:
+    """Copy bandwidth of this host: bytes read + written per second for a buffer far larger than caches."""
+    src = np.ones(size_mb * 2**20 // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return round(2 * src.nbytes / best / 1e9, 2)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _child(path: str, n_ctx: int, n_prompt: int, n_gen: int, reps: int, threads: int) -> dict:
+    """Runs inside the child process: load, then ``reps`` x (pp, tg); prints nothing itself."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    # llama.cpp's AMX/extra-buffer weight repacking segfaults on the first decode of quantized models with
+    # llama-cpp-python 0.3.36 on AMX hosts (seen on this project's CI machine); plain CPU buffers are used.
+    default_params = lib.llama_model_default_params
+
+    def _no_repack():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    lib.llama_model_default_params = _no_repack
+    loads = []
+    t = time.perf_counter()
+    llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_batch=max(n_prompt, 1), n_threads=threads, verbose=False)
+    loads.append(time.perf_counter() - t)
+    rng = np.random.default_rng(0)
+    n_vocab = llm.n_vocab()
+    tokens = [int(x) for x in rng.integers(3, n_vocab, size=n_prompt + n_gen)]
+    pp, tg = [], []
+    llm.eval(tokens[:8])  # warm-up (thread pool, page-in of mmapped weights)
+    for _ in range(reps):
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(tokens[:n_prompt])
+        pp.append(n_prompt / (time.perf_counter() - t))
+        llm.reset()
+        t = time.perf_counter()
+        for tok in tokens[n_prompt:n_prompt + n_gen]:
+            llm.eval([tok])
+        tg.append(n_gen / (time.perf_counter() - t))
+    llm.close()
+    hwm = 0.0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) / 1024
+    if not hwm:  # not Linux
+        import resource
+
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
+    return {"load_s": loads, "pp": pp, "tg": tg, "peak_rss_mb": hwm}
+
+
+def bench_one(path: str | Path, *, n_ctx: int = 1024, n_prompt: int = 512, n_gen: int = 128, reps: int = 3,
+              threads: int | None = None) -> ModelBench:
+    path = Path(path)
+    desc = describe_gguf(path)
+    threads = threads or min(os.cpu_count() or 1, 8)
+    if n_prompt + n_gen > n_ctx:
+        n_ctx = n_prompt + n_gen
+    args = [sys.executable, "-m", "edgepack.bench", str(path), str(n_ctx), str(n_prompt), str(n_gen), str(reps),
+            str(threads)]
+    res = subprocess.run(args, capture_output=True, text=True)
+    if res.returncode != 0:
+        tail = res.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise BadGGUF(f"{path}: llama.cpp could not run it ({tail[0]})", "does `edgepack fit` read it? is it complete?")
+    raw = json.loads(res.stdout.strip().splitlines()[-1])
+    return ModelBench(path=str(path), name=desc.name, quant=desc.quant, size_bytes=path.stat().st_size,
+                      bits_per_weight=round(desc.bits_per_weight, 3), n_params=desc.n_params,
+                      load_s=Stat.of(raw["load_s"]), pp=Stat.of(raw["pp"]), tg=Stat.of(raw["tg"]),
+                      peak_rss_mb=round(raw["peak_rss_mb"], 1), n_prompt=n_prompt, n_gen=n_gen)
+
+
+def _quality(path: Path, ref: Path) -> tuple[dict | None, str]:
+    """Quality vs the reference through edgepack.evaluate (issue 5) when it is available."""
+    try:
+        from . import evaluate  # type: ignore
+    except ImportError:
+        return None, "quality not measured: edgepack.evaluate is not available in this build"
+    fn = getattr(evaluate, "compare_to_reference", None) or getattr(evaluate, "evaluate", None)
+    if fn is None:
+        return None, "quality not measured: edgepack.evaluate has no compare_to_reference()"
+    result = fn(path, ref)
+    data = asdict(result) if hasattr(result, "__dataclass_fields__") else dict(result)
+    return {k: data.get(k) for k in ("kld", "ppl", "ppl_delta", "top1")}, ""
+
+
+def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int = 1024, n_prompt: int = 512,
+          n_gen: int = 128, reps: int = 3, threads: int | None = None, progress: Progress = QUIET) -> BenchResult:
+    """Benchmark each GGUF on this host (one child process per model) and measure the host's bandwidth."""
+    if not paths:
+        raise UsageError("no models to benchmark", "give one or more .gguf files")
+    if reps < 1 or n_prompt < 1 or n_gen < 1:
+        raise UsageError("--reps, --n-prompt and --n-gen must be positive", "e.g. --reps 3")
+    import llama_cpp
+
+    threads = threads or min(os.cpu_count() or 1, 8)
+    progress.start("measuring host bandwidth", 1)
+    host = HostInfo(cpu=_cpu_name(), cores=os.cpu_count() or 1, threads_used=threads,
+                    bandwidth_gb_s=measure_bandwidth_gb_s(), python=platform.python_version(),
+                    llama_cpp_python=getattr(llama_cpp, "__version__", "?"))
+    progress.advance()
+    progress.finish(f"{host.bandwidth_gb_s} GB/s")
+    result = BenchResult(host=host, reference=str(ref) if ref else None)
+    progress.start("benchmarking", len(paths))
+    for p in paths:
+        m = bench_one(p, n_ctx=n_ctx, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads)
+        if ref is not None:
+            m.quality, note = _quality(Path(p), Path(ref))
+            result.quality_note = note or result.quality_note
+        result.models.append(m)
+        progress.advance()
+    progress.finish()
+    return result
+
+
+if __name__ == "__main__":  # child process entry: path n_ctx n_prompt n_gen reps threads
+    p, c, n_p, n_g, r, th = sys.argv[1:7]
+    print(json.dumps(_child(p, int(c), int(n_p), int(n_g), int(r), int(th))))

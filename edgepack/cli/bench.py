@@ -1,0 +1,54 @@
+"""``edgepack bench``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..bench import bench
+from ..fileio import atomic_write_text
+from ..progress import Progress
+from . import cli
+from ._output import emit_json, emit_table, human_bytes
+
+
+@cli.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--ref", type=click.Path(path_type=Path), help="Reference GGUF (e.g. F16) for quality: PPL, KLD, top-1.")
+@click.option("--ctx", "n_ctx", type=int, default=1024, show_default=True, help="Context size of the run.")
+@click.option("--n-prompt", type=int, default=512, show_default=True, help="Prompt tokens (pp512 equivalent).")
+@click.option("--n-gen", type=int, default=128, show_default=True, help="Generated tokens (tg128 equivalent).")
+@click.option("--reps", type=int, default=3, show_default=True, help="Repetitions (median, min and max reported).")
+@click.option("--threads", type=int, help="llama.cpp threads (default: cores, at most 8).")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="Also write the JSON result here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, out, as_json) -> None:
+    """Measure GGUF variants on this machine: load time, pp/tg tokens/s, peak RSS, size, quality.
+
+    Each model runs in its own process so peak RSS is per model. The host's memory bandwidth is measured
+    too; `edgepack fit --bench` uses both to calibrate projections onto device profiles.
+
+    \b
+    Examples:
+      edgepack bench model-Q4_K_M.gguf model-Q8_0.gguf --ref model-F16.gguf
+      edgepack bench *.gguf --reps 5 --json -o bench.json
+    """
+    result = bench(list(models), ref=ref, n_ctx=n_ctx, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,
+                   progress=Progress(enabled=not as_json))
+    payload = result.to_dict()
+    if out:
+        atomic_write_text(out, json.dumps(payload, indent=2))
+    if as_json:
+        emit_json(payload)
+        return
+    h = result.host
+    click.echo(f"host: {h.cpu}, {h.threads_used} threads, copy bandwidth {h.bandwidth_gb_s} GB/s")
+    emit_table(["model", "size", "bpw", "load s", f"pp{n_prompt} tok/s", f"tg{n_gen} tok/s", "peak RSS MB", "KLD"],
+               [(m.name, human_bytes(m.size_bytes), f"{m.bits_per_weight:.2f}", f"{m.load_s.median:.2f}",
+                 f"{m.pp.median:.1f} ({m.pp.min:.1f}-{m.pp.max:.1f})", f"{m.tg.median:.1f} ({m.tg.min:.1f}-{m.tg.max:.1f})",
+                 f"{m.peak_rss_mb:.0f}", "-" if not m.quality or m.quality.get("kld") is None else f"{m.quality['kld']:.4f}")
+                for m in result.models])
+    if result.quality_note:
+        click.echo(result.quality_note)
