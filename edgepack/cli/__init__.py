@@ -62,3 +62,5 @@ def main(argv: list[str] | None = None) -> None:
 from . import convert as _convert  # noqa: E402,F401
 from . import profiles as _profiles  # noqa: E402,F401
 from . import fit as _fit  # noqa: E402,F401
+from . import bench as _bench  # noqa: E402,F401
+from . import pull as _pull  # noqa: E402,F401
