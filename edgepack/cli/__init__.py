@@ -64,3 +64,4 @@ from . import profiles as _profiles  # noqa: E402,F401
 from . import fit as _fit  # noqa: E402,F401
 from . import bench as _bench  # noqa: E402,F401
 from . import pull as _pull  # noqa: E402,F401
+from . import config as _config  # noqa: E402,F401
