@@ -19,6 +19,7 @@ from .. import __version__
 from ..errors import BadCheckpoint, UnsupportedArchitecture, UsageError
 from ..fileio import atomic_path, check_output_path, sha256_file
 from ..progress import QUIET, Progress
+from . import floats
 from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
 from .spec import ArchSpec, HFConfig, spec_for
 from .vocab import Vocab, load_vocab
@@ -27,7 +28,6 @@ QT = gguf.GGMLQuantizationType
 OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
               "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
-CHUNK_ELEMENTS = 1 << 22  # elements converted per step when widening/narrowing (bounds temporaries)
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
         progress.start(f"converting to {out.name}", total)
         for t in plan:
             data = t.data if t.source is None else _load(checkpoint, t, spec, config)
-            writer.write_tensor_data(_cast(data, t.source.dtype if t.source else "F32", t.out_type))
+            writer.write_tensor_data(_cast(data, _held_dtype(data), t.out_type))
             progress.advance(_nbytes(t))
             del data
         writer.close()
@@ -167,7 +167,8 @@ def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint, outt
         gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise UnsupportedArchitecture(f"no llama.cpp name for tensor {hf_name}", "report this as a bug")
-        plan.append(PlannedTensor(gguf_name, info, tuple(info.shape), _out_type(resolved, info.shape)))
+        out_shape = tuple(shape.out_shape or info.shape)
+        plan.append(PlannedTensor(gguf_name, info, out_shape, _out_type(resolved, out_shape)))
     for gguf_name, data in spec.extra_tensors(config):
         plan.append(PlannedTensor(gguf_name, None, tuple(data.shape), QT.F32, data))
     return plan
@@ -192,39 +193,24 @@ def _load(checkpoint: Checkpoint, t: PlannedTensor, spec: ArchSpec, config: HFCo
     return transform(data, config) if transform else data
 
 
-def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    """Widen BF16 (carried as uint16) to float32 exactly: BF16 is the top half of an IEEE float32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+def _held_dtype(data: np.ndarray) -> str:
+    """The safetensors dtype ``data`` holds now (a family transform may widen BF16, held as uint16, to F32)."""
+    return {np.dtype(np.uint16): "BF16", np.dtype(np.float16): "F16", np.dtype(np.float64): "F64"}.get(
+        data.dtype, "F32")
 
 
 def _cast(data: np.ndarray, src_dtype: str, out_type: QT) -> np.ndarray:
-    """Convert one tensor to its output type in chunks, so temporaries stay small next to the tensor."""
-    if out_type == QT.BF16 and src_dtype == "BF16":
-        return np.ascontiguousarray(data).view(np.uint8)
+    """One tensor in its output type (BF16 and Q8_0 as raw bytes)."""
     flat = np.ascontiguousarray(data).reshape(-1)
+    if out_type == QT.BF16 and src_dtype == "BF16":
+        return flat.view(np.uint8)
     if out_type == QT.Q8_0:
-        return gguf.quants.quantize(_to_f32(flat, src_dtype).reshape(data.shape), QT.Q8_0)
-    out_dtype = {QT.F32: np.float32, QT.F16: np.float16, QT.BF16: np.uint16}[out_type]
-    if flat.dtype == out_dtype and src_dtype != "BF16":
-        return flat.reshape(data.shape)
-    out = np.empty(flat.shape, dtype=out_dtype)
-    for start in range(0, flat.size, CHUNK_ELEMENTS):
-        chunk = _to_f32(flat[start:start + CHUNK_ELEMENTS], src_dtype)
-        out[start:start + CHUNK_ELEMENTS] = _f32_to_bf16(chunk) if out_type == QT.BF16 else chunk
-    return out.reshape(data.shape) if out_type != QT.BF16 else out.view(np.uint8)
-
-
-def _to_f32(data: np.ndarray, src_dtype: str) -> np.ndarray:
-    if src_dtype == "BF16":
-        return bf16_to_f32(data)
-    return data.astype(np.float32, copy=False)
-
-
-def _f32_to_bf16(data: np.ndarray) -> np.ndarray:
-    """Round-to-nearest-even float32 -> BF16 bits (NaNs kept quiet), as torch and ggml do."""
-    bits = data.view(np.uint32)
-    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
-    return np.where(np.isnan(data), np.uint16(0x7FC0), rounded)
+        return gguf.quants.quantize(floats.to_f32(flat, src_dtype).reshape(data.shape), QT.Q8_0)
+    if out_type == QT.F32:
+        return flat if src_dtype == "F32" else floats.convert_chunked(flat, src_dtype, np.float32, lambda c: c)
+    if out_type == QT.F16:
+        return flat if src_dtype == "F16" else floats.convert_chunked(flat, src_dtype, np.float16, floats.f32_to_f16)
+    return floats.convert_chunked(flat, src_dtype, np.uint16, floats.f32_to_bf16).view(np.uint8)
 
 
 def _add_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, config: HFConfig, arch_metadata: list) -> None:

@@ -1,0 +1,79 @@
+"""Float format conversions for whole tensors, done by ggml's SIMD row converters.
+
+llama.cpp ships ``ggml_cpu_bf16_to_fp32``, ``ggml_cpu_fp32_to_fp16`` and ``ggml_cpu_fp32_to_bf16`` in the
+libggml-cpu library that llama-cpp-python installs; they are several times faster than numpy's casts and
+round exactly as llama.cpp does. numpy is the fallback when the library cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import numpy as np
+
+CHUNK_ELEMENTS = 1 << 22  # numpy fallback: elements per step, bounding temporaries
+
+
+@functools.lru_cache(maxsize=1)
+def _ggml_cpu():
+    try:
+        import llama_cpp
+
+        lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"))
+        for name in ("ggml_cpu_bf16_to_fp32", "ggml_cpu_fp32_to_fp16", "ggml_cpu_fp32_to_bf16"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+            getattr(lib, name).restype = None
+        return lib
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """BF16 (carried as uint16) -> float32, exactly: BF16 is the top half of an IEEE float32."""
+    raw = np.ascontiguousarray(raw)
+    lib = _ggml_cpu()
+    if lib is None:
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    out = np.empty(raw.shape, dtype=np.float32)
+    lib.ggml_cpu_bf16_to_fp32(raw.ctypes.data, out.ctypes.data, raw.size)
+    return out
+
+
+def f32_to_f16(data: np.ndarray) -> np.ndarray:
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    lib = _ggml_cpu()
+    if lib is None:
+        return data.astype(np.float16)
+    out = np.empty(data.shape, dtype=np.float16)
+    lib.ggml_cpu_fp32_to_fp16(data.ctypes.data, out.ctypes.data, data.size)
+    return out
+
+
+def f32_to_bf16(data: np.ndarray) -> np.ndarray:
+    """float32 -> BF16 bits (uint16), round to nearest even with quiet NaNs, as ggml does."""
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    lib = _ggml_cpu()
+    if lib is not None:
+        out = np.empty(data.shape, dtype=np.uint16)
+        lib.ggml_cpu_fp32_to_bf16(data.ctypes.data, out.ctypes.data, data.size)
+        return out
+    bits = data.view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    return np.where(np.isnan(data), np.uint16(0x7FC0), rounded)
+
+
+def to_f32(data: np.ndarray, src_dtype: str) -> np.ndarray:
+    if src_dtype == "BF16":
+        return bf16_to_f32(data)
+    return np.ascontiguousarray(data).astype(np.float32, copy=False)
+
+
+def convert_chunked(flat: np.ndarray, src_dtype: str, out_dtype, narrow) -> np.ndarray:
+    """Widen ``flat`` to float32 and narrow it with ``narrow`` one chunk at a time: temporaries stay at one
+    chunk instead of a float32 copy of the whole tensor."""
+    out = np.empty(flat.shape, dtype=out_dtype)
+    for start in range(0, flat.size, CHUNK_ELEMENTS):
+        out[start:start + CHUNK_ELEMENTS] = narrow(to_f32(flat[start:start + CHUNK_ELEMENTS], src_dtype))
+    return out
