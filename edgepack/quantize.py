@@ -1,0 +1,505 @@
+"""GGUF -> quantized GGUF with llama.cpp's own quantizer (``llama_model_quantize`` through llama-cpp-python).
+
+edgepack never re-implements a quantization: it checks the inputs (so the C code, which may abort on bad
+files, only ever sees a well-formed GGUF), picks the names, runs the quantizer into a temp file, reads back what
+was actually written (per-type tensor counts, llama.cpp's fallbacks) and renames it into place.
+
+Re-runs: every output gets a sidecar ``<output>.edgepack.json`` (written atomically after the GGUF) with the
+source's sha256, the settings and the output's size; an output whose sidecar matches is skipped. The GGUF itself
+carries the settings as ``edgepack.quantize.*`` keys (added through the quantizer's own kv-override list).
+The source hash is computed on a low-priority thread while the first type quantizes, so it costs no wall time
+when cores are free; it is needed up front only when an output already exists.
+
+Several types in one run validate and hash the source once; each ``llama_model_quantize`` call maps the source
+again (mmap), which the page cache serves after the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import gguf
+
+from . import __version__
+from .errors import BadGGUF, OutputError, QuantizeError, UsageError
+from .fileio import atomic_path, atomic_write_text, sha256_file
+from .ggufheader import GGUFHeader, read_header
+from .progress import QUIET, Progress
+
+QT = gguf.GGMLQuantizationType
+SIDECAR_SUFFIX = ".edgepack.json"
+SETTINGS_KEY = "edgepack.quantize.settings"
+TYPE_KEY = "edgepack.quantize.type"
+VERSION_KEY = "edgepack.quantize.version"
+UNQUANTIZED = (QT.F32, QT.F16, QT.BF16)
+
+
+@dataclass(frozen=True)
+class QuantType:
+    """One row of the quant-type table.
+
+    ``ftype``: llama.cpp's ``llama_ftype`` value (include/llama.h). ``base``: the ggml type most weights get
+    (llama.cpp's ``llama_ftype_get_default_type``); the mixes (``_M``, ``_L``) give some tensors more bits.
+    ``bits``: the bit width a user means by ``--bits``; ``recommended``: the type ``--bits`` picks.
+    ``status``: "offered", "imatrix" (llama.cpp requires an importance matrix: refused until calibration exists)
+    or "unavailable" (with the reason in ``note``).
+    """
+
+    name: str
+    ftype: int
+    base: str
+    bits: int
+    status: str = "offered"
+    recommended: bool = False
+    note: str = ""
+
+    @property
+    def needs_imatrix(self) -> bool:
+        return self.status == "imatrix"
+
+    @property
+    def offered(self) -> bool:
+        return self.status == "offered"
+
+    @property
+    def bpw(self) -> float:
+        """Bits per weight of the base ggml type (block bytes * 8 / block elements)."""
+        block, type_size = gguf.GGML_QUANT_SIZES[QT[self.base]]
+        return type_size * 8 / block
+
+
+# Sources: llama.cpp tools/quantize/quantize.cpp (QUANT_OPTIONS), src/llama-quant.cpp (default type per ftype,
+# tensor_requires_imatrix), include/llama.h (enum values). Ordered from most to fewest bits.
+QUANT_TYPES: tuple[QuantType, ...] = (
+    QuantType("F32", 0, "F32", 32, recommended=True, note="full precision (no quantization)"),
+    QuantType("F16", 1, "F16", 16, recommended=True, note="half precision"),
+    QuantType("BF16", 32, "BF16", 16, note="bfloat16: the usual training type"),
+    QuantType("Q8_0", 7, "Q8_0", 8, recommended=True, note="near-lossless"),
+    QuantType("Q6_K", 18, "Q6_K", 6, recommended=True),
+    QuantType("Q5_K_M", 17, "Q5_K", 5, recommended=True),
+    QuantType("Q5_K_S", 16, "Q5_K", 5),
+    QuantType("Q5_1", 9, "Q5_1", 5, note="legacy"),
+    QuantType("Q5_0", 8, "Q5_0", 5, note="legacy"),
+    QuantType("Q4_K_M", 15, "Q4_K", 4, recommended=True, note="the common default"),
+    QuantType("Q4_K_S", 14, "Q4_K", 4),
+    QuantType("Q4_1", 3, "Q4_1", 4, note="legacy"),
+    QuantType("Q4_0", 2, "Q4_0", 4, note="legacy; fast on ARM (runtime repacking)"),
+    QuantType("IQ4_NL", 25, "IQ4_NL", 4, note="non-linear 4-bit"),
+    QuantType("IQ4_XS", 30, "IQ4_XS", 4, note="non-linear 4-bit"),
+    QuantType("Q3_K_L", 13, "Q3_K", 3),
+    QuantType("Q3_K_M", 12, "Q3_K", 3, recommended=True),
+    QuantType("Q3_K_S", 11, "Q3_K", 3),
+    QuantType("IQ3_M", 27, "IQ3_S", 3),
+    QuantType("IQ3_S", 26, "IQ3_S", 3),
+    QuantType("Q2_K", 10, "Q2_K", 2, recommended=True, note="large quality loss"),
+    QuantType("TQ2_0", 37, "TQ2_0", 2, note="ternary: only for models trained ternary (BitNet-style)"),
+    QuantType("TQ1_0", 36, "TQ1_0", 1, note="ternary: only for models trained ternary (BitNet-style)"),
+    QuantType("Q1_0", 40, "Q1_0", 1, note="1-bit: only for models trained for it"),
+    QuantType("IQ3_XS", 22, "IQ3_S", 3, status="imatrix"),
+    QuantType("IQ3_XXS", 23, "IQ3_XXS", 3, status="imatrix"),
+    QuantType("Q2_K_S", 21, "Q2_K", 2, status="imatrix"),
+    QuantType("IQ2_M", 29, "IQ2_S", 2, status="imatrix"),
+    QuantType("IQ2_S", 28, "IQ2_XS", 2, status="imatrix"),
+    QuantType("IQ2_XS", 20, "IQ2_XS", 2, status="imatrix"),
+    QuantType("IQ2_XXS", 19, "IQ2_XXS", 2, status="imatrix"),
+    QuantType("IQ1_M", 31, "IQ1_M", 1, status="imatrix"),
+    QuantType("IQ1_S", 24, "IQ1_S", 1, status="imatrix"),
+    QuantType("MXFP4_MOE", 38, "MXFP4", 4, status="unavailable",
+              note="quantizes only MoE expert tensors (the rest to Q8_0)"),
+    QuantType("NVFP4", 39, "NVFP4", 4, status="unavailable", note="needs NVIDIA Blackwell kernels to be useful"),
+)
+ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}  # as llama-quantize accepts them
+_BY_NAME = {t.name: t for t in QUANT_TYPES}
+# ggml types allowed for --output-tensor-type / --token-embedding-type (llama.cpp requires no imatrix there).
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL",
+                "IQ4_XS", "Q3_K", "IQ3_S", "Q2_K")
+
+
+def offered_types() -> list[QuantType]:
+    return [t for t in QUANT_TYPES if t.offered]
+
+
+def quant_type(name: str) -> QuantType:
+    """Look a type up by name (case-insensitive, aliases accepted); refuse the ones edgepack does not offer."""
+    key = name.strip().upper()
+    key = ALIASES.get(key, key)
+    qt = _BY_NAME.get(key)
+    if qt is None:
+        raise UsageError(f"unknown quantization type {name!r}",
+                         f"choose one of {', '.join(t.name for t in offered_types())}")
+    if qt.needs_imatrix:
+        raise QuantizeError(f"{qt.name} needs an importance matrix (imatrix), which edgepack cannot make yet",
+                            "llama.cpp refuses it without one; use IQ3_S, Q3_K_S or Q2_K for 2-3 bits")
+    if not qt.offered:
+        raise QuantizeError(f"{qt.name} is not offered: {qt.note}", "use Q4_K_M, Q8_0 or another offered type")
+    return qt
+
+
+def type_for_bits(bits: int) -> QuantType:
+    """The recommended type of a bit width (``--bits 4`` -> Q4_K_M)."""
+    for qt in QUANT_TYPES:
+        if qt.recommended and qt.bits == bits:
+            return qt
+    widths = sorted({t.bits for t in QUANT_TYPES if t.recommended})
+    raise UsageError(f"no recommended type for {bits} bits", f"choose --bits from {', '.join(map(str, widths))}")
+
+
+def resolve_types(types: Iterable[str] = (), bits: Iterable[int] = ()) -> list[QuantType]:
+    """Names (comma lists allowed) and bit widths -> distinct types, in the order given; all checked first."""
+    out: list[QuantType] = []
+    for item in types:
+        for name in filter(None, (s.strip() for s in item.split(","))):
+            out.append(quant_type(name))
+    out += [type_for_bits(int(b)) for b in bits]
+    if not out:
+        raise UsageError("no quantization type given", "pass -t TYPE (e.g. -t Q4_K_M) or --bits N")
+    return list(dict.fromkeys(out))
+
+
+def tensor_type(name: str | None, option: str) -> int | None:
+    """A ggml tensor type name (``Q8_0``) -> its enum value, for the output/token-embedding overrides."""
+    if name is None:
+        return None
+    key = name.strip().upper()
+    if key not in TENSOR_TYPES:
+        raise UsageError(f"{option}: unknown tensor type {name!r}", f"choose one of {', '.join(TENSOR_TYPES)}")
+    return int(QT[key])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A tensor llama.cpp gave another type than the mix asked for, because its rows do not fit the blocks."""
+
+    tensor: str
+    ncols: int
+    wanted: str
+    used: str
+
+
+@dataclass
+class QuantizeResult:
+    type: str
+    output: Path
+    size_bytes: int
+    n_params: int
+    bpw: float  # bits per weight over all tensors (tensor data only, as llama.cpp reports it)
+    seconds: float
+    skipped: bool  # an up-to-date output from an earlier run was kept
+    tensor_types: dict[str, int]  # ggml type -> number of tensors written with it
+    fallbacks: list[Fallback] = field(default_factory=list)
+    source_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: Path
+    architecture: str
+    name: str  # model name used for output files
+    file_type: str  # dominant weight type, e.g. F16 or Q4_K
+    quantized: bool
+    n_tensors: int
+    size_bytes: int
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks (before any C code sees the file)
+
+
+def inspect_source(path: str | Path) -> SourceInfo:
+    path = Path(path)
+    reader = read_header(path)
+    arch = reader.get("general.architecture")
+    if not arch:
+        raise BadGGUF(f"{path} has no general.architecture key", "it is not a llama.cpp model GGUF")
+    if reader.get("general.type") == "adapter":
+        raise BadGGUF(f"{path} is a LoRA adapter, not a model", "quantize the base model; adapters stay F16/F32")
+    weights = [t for t in reader.tensors if sum(d > 1 for d in t.shape) >= 2]
+    if not weights:
+        raise BadGGUF(f"{path} has no weight tensors (a vocab-only GGUF?)", "convert the model with its weights")
+    counts = Counter(t.type for t in weights)
+    dominant = max(counts, key=lambda t: counts[t])
+    quantized = any(t not in UNQUANTIZED for t in counts)
+    return SourceInfo(path=path, architecture=str(arch), name=model_name(reader, path), file_type=dominant.name,
+                      quantized=quantized, n_tensors=len(reader.tensors), size_bytes=path.stat().st_size)
+
+
+_SUFFIX = re.compile(r"[-_.](F32|F16|BF16|FP16|FP32)$", re.IGNORECASE)
+
+
+def model_name(reader: GGUFHeader, path: Path) -> str:
+    """``general.name`` (spaces -> '-'), else the file stem; without a trailing -F16/-BF16/-F32."""
+    name = reader.get("general.name")
+    name = str(name).strip() if name else path.stem
+    name = re.sub(r"\s+", "-", name)
+    name = re.sub(r"[^\w.+-]", "", name) or path.stem
+    return _SUFFIX.sub("", name)
+
+
+def output_path(out_dir: Path, name: str, qt: QuantType) -> Path:
+    return out_dir / f"{name}-{qt.name}.gguf"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: str | Path | None = None, *,
+             threads: int = 0, output_tensor_type: str | None = None, token_embedding_type: str | None = None,
+             pure: bool = False, allow_requantize: bool = False, force: bool = False,
+             progress: Progress = QUIET) -> list[QuantizeResult]:
+    """Quantize ``src_gguf`` to each of ``types`` into ``out_dir`` (default: the source's folder).
+
+    Outputs are named ``<Model>-<TYPE>.gguf``. ``threads`` 0 means all cores. ``output_tensor_type`` /
+    ``token_embedding_type`` override the mix for ``output.weight`` / ``token_embd.weight`` (ggml type names);
+    ``pure`` gives every weight the base type (no k-quant mix). A quantized source is refused unless
+    ``allow_requantize``. An existing output from another tool is refused unless ``force``. Every check is made
+    before any quantization starts. Raises ``EdgepackError`` subclasses.
+    """
+    src = Path(src_gguf)
+    qtypes = [t if isinstance(t, QuantType) else quant_type(t) for t in types]
+    if not qtypes:
+        raise UsageError("no quantization type given", "pass -t TYPE (e.g. -t Q4_K_M) or --bits N")
+    out_t = tensor_type(output_tensor_type, "--output-tensor-type")
+    embd_t = tensor_type(token_embedding_type, "--token-embedding-type")
+    if threads < 0:
+        raise UsageError(f"--threads must be >= 0, not {threads}", "0 uses every core")
+    source = inspect_source(src)
+    if source.quantized and not allow_requantize:
+        _refuse_requantize(source, qtypes)
+    out_dir = Path(out_dir) if out_dir is not None else src.resolve().parent
+    _prepare_dir(out_dir)
+    plans = []
+    for qt in qtypes:
+        out = output_path(out_dir, source.name, qt)
+        if out.exists() and out.resolve() == src.resolve():
+            raise UsageError(f"the {qt.name} output would overwrite the source {src}",
+                             "write elsewhere with -o DIR, or skip this type: the source already is it")
+        settings = _settings(qt, out_t, embd_t, pure, allow_requantize)
+        plans.append((qt, out, settings))
+    existing = [(qt, out, s) for qt, out, s in plans if out.exists()]
+    for qt, out, _ in existing:
+        if not force and not _made_by_us(out):
+            raise OutputError(f"{out} exists and was not written by edgepack quantize", "pass --force to overwrite it")
+
+    hasher = _SourceHash(src)
+    if existing:
+        progress.start(f"hashing {src.name}", 1)
+        hasher.wait()
+        progress.finish()
+    results = []
+    for qt, out, settings in plans:
+        if out.exists() and _up_to_date(out, hasher.wait(), settings):
+            results.append(_describe(qt, out, read_header(out), out.stat().st_size, True, [], hasher.wait()))
+            if progress.enabled:
+                progress.start(f"{qt.name}: {out.name} is up to date", 1)
+                progress.finish("(skipped)")
+            continue
+        results.append(_quantize_one(src, qt, out, settings, threads, out_t, embd_t, pure, allow_requantize,
+                                     hasher, source.n_tensors, progress))
+    return results
+
+
+def _refuse_requantize(source: SourceInfo, qtypes: list[QuantType]) -> None:
+    src_bpw = gguf.GGML_QUANT_SIZES[QT[source.file_type]]
+    src_bits = src_bpw[1] * 8 / src_bpw[0]
+    for qt in qtypes:
+        if qt.bpw >= src_bits:
+            raise QuantizeError(f"{source.path.name} is already quantized ({source.file_type}); {qt.name} cannot "
+                                "bring the lost precision back", "quantize from the F16/BF16/F32 GGUF instead")
+    raise QuantizeError(f"{source.path.name} is already quantized ({source.file_type}); requantizing to "
+                        f"{qtypes[0].name} compounds the error",
+                        "quantize from the F16/BF16/F32 GGUF, or pass --allow-requantize")
+
+
+def _prepare_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"output folder {out_dir} is a file", "give a folder with -o DIR")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {out_dir}: {exc.strerror}", "choose another -o DIR") from exc
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {out_dir} is not writable", "choose another -o DIR or fix permissions")
+
+
+def _settings(qt: QuantType, out_t: int | None, embd_t: int | None, pure: bool, requant: bool) -> str:
+    names = {None: "default"}
+    return (f"type={qt.name};ftype={qt.ftype};output={names.get(out_t) or QT(out_t).name};"
+            f"embd={names.get(embd_t) or QT(embd_t).name};pure={int(pure)};requant={int(requant)}")
+
+
+def _made_by_us(out: Path) -> bool:
+    """Whether ``out`` is a readable GGUF carrying our settings key (else it is not ours to overwrite)."""
+    try:
+        return read_header(out).get(SETTINGS_KEY) is not None
+    except BadGGUF:
+        return False
+
+
+def _up_to_date(out: Path, source_sha256: str, settings: str) -> bool:
+    sidecar = out.with_name(out.name + SIDECAR_SUFFIX)
+    try:
+        record = json.loads(sidecar.read_text())
+        reader = read_header(out)
+    except (OSError, ValueError, BadGGUF):
+        return False
+    return (record.get("source_sha256") == source_sha256 and record.get("settings") == settings
+            and record.get("size_bytes") == out.stat().st_size and reader.get(SETTINGS_KEY) == settings)
+
+
+class _SourceHash:
+    """sha256 of the source on a background thread at the lowest CPU priority (it overlaps the quantizer)."""
+
+    def __init__(self, path: Path):
+        self._path, self._value, self._error = path, "", None
+        self._thread = threading.Thread(target=self._run, name="edgepack-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):  # Linux: niceness is per thread
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        try:
+            self._value = sha256_file(self._path)
+        except OSError as exc:
+            self._error = exc
+
+    def wait(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise BadGGUF(f"cannot read {self._path}: {self._error}", "check the file")
+        return self._value
+
+
+# llama.cpp's log lines (src/llama-quant.cpp): one "[  i/  n] name ..." per tensor, and a warning per fallback.
+_TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")
+_FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by\s+\d+ \(required for type\s+(\S+)\)"
+                       r".*?-> falling back to\s+(\S+)", re.S)
+_FAILED = re.compile(r"failed to quantize: (.*)")
+
+
+class _LlamaLog:
+    """Routes llama.cpp's log to Python while the quantizer runs: counts tensors for the progress bar, keeps the
+    text for the fallback report and the failure reason. The default logger is restored afterwards."""
+
+    def __init__(self, on_tensor):
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self._on_tensor = on_tensor
+        self.chunks: list[str] = []
+        self._callback = llama_cpp.llama_log_callback(self._log)  # kept referenced while installed
+
+    def _log(self, _level: int, text: bytes, _user_data) -> None:
+        line = text.decode("utf-8", "replace")
+        self.chunks.append(line)
+        if _TENSOR_LINE.match(line):
+            self._on_tensor()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_LlamaLog]:
+        llama_cpp = self._llama_cpp
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+        try:
+            yield self
+        finally:
+            default = getattr(getattr(llama_cpp, "_logger", None), "llama_log_callback", None)
+            if default is not None:
+                llama_cpp.llama_log_set(default, ctypes.c_void_p(0))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    def fallbacks(self) -> list[Fallback]:
+        return [Fallback(m[0], int(m[1]), m[2].upper(), m[3].upper()) for m in _FALLBACK.findall(self.text)]
+
+    def failure(self) -> str:
+        found = _FAILED.findall(self.text)
+        return found[-1].strip() if found else "no reason given (see --debug)"
+
+
+def _kv_overrides(llama_cpp, pairs: dict[str, str]):
+    """A zero-terminated ``llama_model_kv_override`` array of string values (llama.cpp writes them to the
+    output: llama_model_quantize_impl, "kv_overrides")."""
+    arr = (llama_cpp.llama_model_kv_override * (len(pairs) + 1))()
+    for item, (key, value) in zip(arr, pairs.items()):
+        item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+        item.key = key.encode()
+        encoded = value.encode()
+        if len(encoded) >= 128:
+            raise UsageError(f"metadata value for {key} is too long for llama.cpp ({len(encoded)} bytes)")
+        item.value.val_str = encoded
+    return arr
+
+
+def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: int, out_t: int | None,
+                  embd_t: int | None, pure: bool, allow_requantize: bool, hasher: _SourceHash, n_tensors: int,
+                  progress: Progress) -> QuantizeResult:
+    import llama_cpp
+
+    started = time.monotonic()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = threads or (os.cpu_count() or 1)
+    params.ftype = qt.ftype
+    if out_t is not None:
+        params.output_tensor_type = out_t
+    if embd_t is not None:
+        params.token_embedding_type = embd_t
+    params.pure = pure
+    params.allow_requantize = allow_requantize
+    overrides = _kv_overrides(llama_cpp, {TYPE_KEY: qt.name, SETTINGS_KEY: settings, VERSION_KEY: __version__})
+    params.kv_overrides = ctypes.cast(overrides, type(params.kv_overrides))
+
+    progress.start(f"{qt.name} -> {out.name}", n_tensors)
+    log = _LlamaLog(lambda: progress.advance(1))
+    with atomic_path(out) as tmp:
+        with log.installed():
+            status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if status != 0:
+            error = QuantizeError(f"llama.cpp could not quantize {src.name} to {qt.name}: {log.failure()}",
+                                  "the reason is llama.cpp's own; check the source GGUF and the options")
+            error.llama_log = log.text  # the whole log, for callers that want it
+            raise error
+        try:
+            reader = read_header(tmp)
+        except BadGGUF as exc:
+            raise QuantizeError(f"llama.cpp wrote an unreadable {qt.name} file: {exc}", "report this as a bug") from exc
+        result = _describe(qt, out, reader, tmp.stat().st_size, False, log.fallbacks(), "")
+    result.source_sha256 = hasher.wait()
+    record = {"edgepack": __version__, "source": src.name, "source_sha256": result.source_sha256,
+              "settings": settings, "size_bytes": out.stat().st_size,
+              "tensor_types": result.tensor_types, "fallbacks": [asdict(f) for f in result.fallbacks]}
+    atomic_write_text(out.with_name(out.name + SIDECAR_SUFFIX), json.dumps(record, indent=2) + "\n")
+    result.seconds = round(time.monotonic() - started, 3)
+    progress.finish(f"{result.size_bytes / 2**20:.1f} MiB, {result.bpw:.2f} bpw"
+                    + (f", {len(result.fallbacks)} fallback(s)" if result.fallbacks else ""))
+    return result
+
+
+def _describe(qt: QuantType, out: Path, reader: GGUFHeader, size_bytes: int, skipped: bool,
+              fallbacks: list[Fallback], sha: str) -> QuantizeResult:
+    n_params, data_bytes = reader.n_params, reader.data_bytes
+    counts = Counter(t.type.name for t in reader.tensors)
+    tensor_types = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    if skipped:
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads(out.with_name(out.name + SIDECAR_SUFFIX).read_text())
+            fallbacks = [Fallback(**f) for f in record.get("fallbacks", [])]
+    return QuantizeResult(type=qt.name, output=out, size_bytes=size_bytes,
+                          n_params=n_params, bpw=round(data_bytes * 8 / max(n_params, 1), 4),
+                          seconds=0.0, skipped=skipped, tensor_types=tensor_types,
+                          fallbacks=fallbacks, source_sha256=sha)
