@@ -65,3 +65,6 @@ from . import fit as _fit  # noqa: E402,F401
 from . import bench as _bench  # noqa: E402,F401
 from . import pull as _pull  # noqa: E402,F401
 from . import config as _config  # noqa: E402,F401
+from . import adapter as _adapter  # noqa: E402,F401
+from . import report as _report  # noqa: E402,F401
+from . import quantize as _quantize  # noqa: E402,F401
