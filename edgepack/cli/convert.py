@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
 
 from ..convert import OUTTYPES, convert, supported_architectures
+from ..fileio import check_output_path
+from ..hub import parse_source, resolve_source
 from ..progress import Progress
 from . import cli
 from ._output import emit_json, emit_table, human_bytes
@@ -20,7 +23,7 @@ def _list_architectures(ctx: click.Context, _param, value: bool) -> None:
 
 
 @cli.command("convert")
-@click.argument("src", type=click.Path(path_type=Path), required=False)
+@click.argument("src", required=False)
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path),
               help="Output .gguf file (default: <folder name>-<OUTTYPE>.gguf in the current folder).")
 @click.option("--outtype", type=click.Choice(OUTTYPES), default="auto", show_default=True,
@@ -29,30 +32,45 @@ def _list_architectures(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--pre-tokenizer", metavar="NAME",
               help="Override the llama.cpp pre-tokenizer detected from tokenizer.json (e.g. llama-bpe).")
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@click.option("--token", metavar="TOKEN", help="Hub token for a gated or private Hub SRC (default: $HF_TOKEN).")
+@click.option("--merge-lora", "merge_lora", metavar="PEFT_DIR",
+              help="Merge this PEFT LoRA adapter into SRC first (as `edgepack adapter merge`), convert the result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--list-architectures", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_architectures, help="List supported architectures and exit.")
-def convert_command(src: Path | None, out: Path | None, outtype: str, vocab_only: bool, pre_tokenizer: str | None,
-                    force: bool, as_json: bool) -> None:
+def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only: bool, pre_tokenizer: str | None,
+                    force: bool, token: str | None, merge_lora: str | None, as_json: bool) -> None:
     """Convert a Hugging Face model folder (safetensors + tokenizer) to GGUF.
 
     SRC is a local folder with config.json, *.safetensors (sharded or not) and tokenizer files
-    (tokenizer.model or tokenizer.json). Nothing in it is executed. The output is written to a
-    temp file and renamed only when complete.
+    (tokenizer.model or tokenizer.json), or a Hub repo: org/name, org/name@REVISION or
+    hf://org/name@REVISION (fetched as by `edgepack pull`; the commit sha and the licence go into the
+    GGUF metadata). Nothing in it is executed. The output is written to a temp file and renamed only
+    when complete.
 
     \b
     Examples:
       edgepack convert ./TinyLlama-1.1B-Chat -o tinyllama-F16.gguf --outtype f16
+      edgepack convert hf://HuggingFaceTB/SmolLM2-135M@main -o smollm2-F16.gguf
       edgepack convert ./SmolLM2-135M --outtype q8_0 --json
       edgepack convert --list-architectures
     """
     if src is None:
         raise click.UsageError("missing SRC (a Hugging Face model folder)")
+    hub_source = src.startswith("hf://") or (not Path(src).exists() and parse_source(src) is not None)
     if out is None:
+        name = src.split("@")[0].rstrip("/").rsplit("/", 1)[-1] if hub_source else Path(src).resolve().name
         resolved = outtype.upper() if outtype != "auto" else "auto"
-        out = Path(f"{src.resolve().name}-{resolved}.gguf" if not vocab_only else f"{src.resolve().name}-vocab.gguf")
-    result = convert(src, out, outtype=outtype, vocab_only=vocab_only, force=force, pre_tokenizer=pre_tokenizer,
-                     progress=Progress(enabled=not as_json))
+        out = Path(f"{name}-{resolved}.gguf" if not vocab_only else f"{name}-vocab.gguf")
+    if hub_source:
+        check_output_path(out, force)  # before a download, not after it
+    folder, provenance = resolve_source(src, token=token, progress=Progress(enabled=not as_json))
+    run = convert
+    if merge_lora:  # adapters.convert_merged: merge into a temp folder beside the output, then convert that
+        from ..adapters import convert_merged
+        run = functools.partial(convert_merged, merge_lora)
+    result = run(folder, out, outtype=outtype, vocab_only=vocab_only, force=force, pre_tokenizer=pre_tokenizer,
+                 provenance=provenance, progress=Progress(enabled=not as_json))
     if as_json:
         emit_json(result)
         return
