@@ -161,7 +161,14 @@ def resolve_source(src: str | os.PathLike, *, token: str | None = None, settings
     if not text.startswith("hf://") and (Path(text).exists() or parse_source(text) is None):
         return Path(text), local_provenance(Path(text))
     source = parse_source(text)
-    result = pull(source.repo_id, source.revision, token=token, settings=settings, progress=progress)
+    try:
+        result = pull(source.repo_id, source.revision, token=token, settings=settings, progress=progress)
+    except HubError as exc:
+        if text.startswith("hf://") or " not found on " not in exc.message:
+            raise
+        # "models/llama" may be a mistyped local path as much as a repo id: say both were tried.
+        raise HubError(f"{text} is neither a local folder nor a repository on "
+                       f"{exc.message.split(' not found on ')[1]}", exc.hint) from exc
     return result.folder, result.provenance()
 
 
@@ -226,10 +233,12 @@ def pull(repo_id: str, revision: str | None = None, out_dir: str | os.PathLike |
 
     ctx = _Context(repo_id, requested, settings)
     try:
-        if settings.offline or _FULL_SHA.match(requested):
-            cached = _from_cache(ctx, include, strict=settings.offline)
-        else:
-            cached = None
+        cached = None
+        if settings.offline:
+            cached = _from_cache(ctx, include, strict=True)
+        elif _FULL_SHA.match(requested):  # a pinned commit complete in the cache needs no network at all
+            with contextlib.suppress(HubError):
+                cached = _from_cache(ctx, include, strict=False)
         result = cached or _from_hub(ctx, include, progress)
     except (HubError, OutputError, UsageError):
         raise
@@ -386,12 +395,7 @@ def _from_cache(ctx: _Context, include: tuple[str, ...], strict: bool) -> PullRe
         blob = os.path.basename(target)
         if re.fullmatch(r"[0-9a-f]{64}", blob):
             listing[name] = _RemoteFile(listing[name].size, blob)
-    try:
-        files = _verify(ctx, folder, selected, listing, QUIET)
-    except HubError:
-        if strict:
-            raise
-        return None  # the bad copy was evicted: fetch it again
+    files = _verify(ctx, folder, selected, listing, QUIET)  # a bad copy is evicted, so a retry fetches it again
     return PullResult(ctx.repo_id, ctx.revision, commit, None, folder, files, 0, ctx.settings.endpoint, "",
                       skipped, network_used=False)
 

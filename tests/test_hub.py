@@ -379,3 +379,30 @@ def test_cli_convert_from_a_hub_source(repo, hub, model_files, tmp_path):
     assert_one_line_error(run_cli("convert", f"hf://{REPO}@v1.0", "--outtype", "f32", cwd=tmp_path), 6,
                           "already exists")
     assert len(hub.requests()) == requests_before
+
+
+def test_a_missing_local_path_that_looks_like_a_repo_id(hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HubError, match="models/llama is neither a local folder nor a repository on"):
+        resolve_source("models/llama")
+    with pytest.raises(HubError, match="repository models/llama not found"):
+        resolve_source("hf://models/llama")
+
+
+def test_a_damaged_cache_is_caught_and_healed(repo, hub, model_files, monkeypatch):
+    """Cached LFS blobs are named by their sha256: a damaged one is found without the network, evicted, and
+    fetched again when the network is allowed."""
+    first, _ = repo
+    files, _ = model_files
+    result = pull(REPO, first)
+    blob = Path(os.path.realpath(result.folder / "model.safetensors"))
+    blob.write_bytes(b"\0" * blob.stat().st_size)  # same size, wrong bytes
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubError, match="checksum mismatch for model.safetensors"):
+        pull(REPO, first)
+    assert not blob.exists()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    sent_before = hub.downloaded().count("model.safetensors")
+    healed = pull(REPO, first)
+    assert hub.downloaded().count("model.safetensors") == sent_before + 1
+    assert (healed.folder / "model.safetensors").read_bytes() == files["model.safetensors"]
