@@ -68,3 +68,4 @@ from . import config as _config  # noqa: E402,F401
 from . import adapter as _adapter  # noqa: E402,F401
 from . import report as _report  # noqa: E402,F401
 from . import quantize as _quantize  # noqa: E402,F401
+from . import eval as _eval  # noqa: E402,F401

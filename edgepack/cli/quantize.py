@@ -1,0 +1,86 @@
+"""``edgepack quantize``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..progress import Progress
+from ..quantize import QUANT_TYPES, TENSOR_TYPES, QuantizeResult, quantize, resolve_types
+from . import cli
+from ._output import emit_json, emit_table, human_bytes
+
+
+def _list_types(ctx: click.Context, _param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    status = {"offered": "yes", "imatrix": "no: needs an imatrix", "unavailable": "no"}
+    emit_table(["type", "bits", "base", "base bpw", "--bits", "offered", "note"],
+               [(t.name, t.bits, t.base, f"{t.bpw:.2f}", t.bits if t.recommended else "", status[t.status], t.note)
+                for t in QUANT_TYPES])
+    ctx.exit(0)
+
+
+def print_results(results: list[QuantizeResult]) -> None:
+    """The table ``quantize`` and ``convert -q`` print: one row per type, then each fallback."""
+    emit_table(["type", "file", "size", "bpw", "tensor types", "time"],
+               [(r.type, r.output.name, human_bytes(r.size_bytes), f"{r.bpw:.2f}",
+                 " ".join(f"{k}:{v}" for k, v in r.tensor_types.items()),
+                 "up to date" if r.skipped else f"{r.seconds:.1f}s") for r in results])
+    for r in results:
+        for f in r.fallbacks:
+            click.echo(f"{r.type}: {f.tensor} has rows of {f.ncols}, not a multiple of {f.wanted}'s block: "
+                       f"llama.cpp used {f.used}")
+
+
+@cli.command("quantize")
+@click.argument("src", type=click.Path(path_type=Path), required=False)
+@click.option("-t", "--type", "types", multiple=True, metavar="TYPE",
+              help="Quantization type (repeatable, or comma-separated): Q4_K_M, Q8_0, Q5_K_M, ... "
+                   "See --list-types.")
+@click.option("--bits", multiple=True, type=int, metavar="N",
+              help="A bit width instead of a type name (repeatable): 8, 6, 5, 4, 3, 2 pick Q8_0, Q6_K, Q5_K_M, "
+                   "Q4_K_M, Q3_K_M, Q2_K; 16 picks F16.")
+@click.option("-o", "--output-dir", "out_dir", type=click.Path(path_type=Path),
+              help="Folder for the outputs (default: the source's folder). Files are named <Model>-<TYPE>.gguf.")
+@click.option("--threads", type=int, default=0, show_default=True, help="Threads for llama.cpp (0: every core).")
+@click.option("--output-tensor-type", metavar="T", type=click.Choice(TENSOR_TYPES, case_sensitive=False),
+              help="ggml type for output.weight instead of the mix's choice (e.g. Q8_0).")
+@click.option("--token-embedding-type", metavar="T", type=click.Choice(TENSOR_TYPES, case_sensitive=False),
+              help="ggml type for token_embd.weight instead of the mix's choice.")
+@click.option("--pure", is_flag=True, help="No k-quant mix: every weight gets the type's base ggml type.")
+@click.option("--allow-requantize", is_flag=True, help="Accept an already-quantized source (quality suffers).")
+@click.option("--force", is_flag=True, help="Overwrite outputs that edgepack did not write.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--list-types", is_flag=True, expose_value=False, is_eager=True, callback=_list_types,
+              help="List the quantization types and exit.")
+def quantize_command(src: Path | None, types: tuple[str, ...], bits: tuple[int, ...], out_dir: Path | None,
+                     threads: int, output_tensor_type: str | None, token_embedding_type: str | None, pure: bool,
+                     allow_requantize: bool, force: bool, as_json: bool) -> None:
+    """Quantize an F16/BF16/F32 GGUF with llama.cpp's own quantizer.
+
+    Each type is written to <Model>-<TYPE>.gguf (Model: the GGUF's general.name), through a temp file that
+    is renamed only when complete. Re-running skips outputs that are complete and were made from the same
+    source (sha256) with the same settings. Types that llama.cpp only makes with an importance matrix
+    (IQ2_*, IQ1_*, IQ3_XXS, IQ3_XS, Q2_K_S) are refused. Tensors whose rows do not fit a type's blocks fall
+    back to another type, as llama.cpp decides; they are listed after the table.
+
+    \b
+    Examples:
+      edgepack quantize tinyllama-F16.gguf -t Q4_K_M -t Q8_0
+      edgepack quantize tinyllama-F16.gguf -t Q4_K_M,Q5_K_M,Q6_K -o dist/ --json
+      edgepack quantize tinyllama-F16.gguf --bits 4 --bits 8
+      edgepack quantize tinyllama-F16.gguf -t Q4_K_M --output-tensor-type Q8_0
+      edgepack quantize --list-types
+    """
+    if src is None:
+        raise click.UsageError("missing SRC (an F16/BF16/F32 .gguf file)")
+    qtypes = resolve_types(types, bits)
+    results = quantize(src, qtypes, out_dir, threads=threads, output_tensor_type=output_tensor_type,
+                       token_embedding_type=token_embedding_type, pure=pure, allow_requantize=allow_requantize,
+                       force=force, progress=Progress(enabled=not as_json))
+    if as_json:
+        emit_json(results)
+        return
+    print_results(results)
