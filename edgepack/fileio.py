@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +21,13 @@ from .errors import OutputError
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks (bounded memory)."""
+def sha256_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str:
+    """Hex sha256 of a file, read in chunks (bounded memory). ``stop`` lets another thread abandon it."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK_BYTES):
+            if stop is not None and stop.is_set():
+                return ""
             digest.update(chunk)
     return digest.hexdigest()
 

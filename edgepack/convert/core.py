@@ -8,7 +8,9 @@ tensor infos -> stream the tensors (read, transform, cast, write, forget) into a
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,39 +98,51 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     arch_metadata = list(spec.metadata(config))
 
     source_files = ([] if checkpoint is None else checkpoint.files) + [src / "config.json"] + vocab.source_files
-    progress.start("hashing sources", len(source_files))
-    hashes = {}
-    for path in source_files:
-        hashes[path.name] = sha256_file(path)
-        progress.advance()
-    progress.finish()
+    # Source hashes go into the header, which is written first; computing them takes a full read of the
+    # checkpoint. So a second thread hashes while this one converts, the header carries same-length
+    # placeholders, and the real hashes are patched in before the rename (see _patch_hashes).
+    hashing, stop_hashing = ThreadPoolExecutor(max_workers=1), threading.Event()
+    pending_hashes = hashing.submit(lambda: {p.name: sha256_file(p, stop_hashing) for p in source_files})
+    placeholders = {p.name: _hash_placeholder(i) for i, p in enumerate(source_files)}
 
     n_params = sum(int(np.prod(t.shape)) for t in plan)
     writer = gguf.GGUFWriter(path=None, arch=spec.arch_name)
-    _add_general(writer, src, config, resolved, n_params, provenance, hashes, vocab_only)
+    _add_general(writer, src, config, resolved, n_params, provenance, placeholders, vocab_only)
     _add_hparams(writer, spec, config, arch_metadata)
     vocab.add_to_gguf(writer)
     for t in plan:
         # With raw_dtype given, gguf-py only looks at the numpy dtype to tell byte shapes (uint8) apart.
         writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(np.float32), _nbytes(t), raw_dtype=t.out_type)
 
-    with atomic_path(out) as tmp:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        total = sum(_nbytes(t) for t in plan)
-        progress.start(f"converting to {out.name}", total)
-        for t in plan:
-            data = t.data if t.source is None else _load(checkpoint, t, spec, config)
-            writer.write_tensor_data(_cast(data, _held_dtype(data), t.out_type))
-            progress.advance(_nbytes(t))
-            del data
-        writer.close()
-        progress.finish()
+    try:
+        with atomic_path(out) as tmp:
+            _write(writer, tmp, plan, checkpoint, spec, config, progress, out.name)
+            hashes = pending_hashes.result()
+            _patch_hashes(tmp, placeholders, hashes)
+    finally:
+        stop_hashing.set()  # on failure or Ctrl-C, do not keep reading the checkpoint
+        hashing.shutdown()
     return ConvertResult(output=out, architecture=config.architecture, gguf_architecture=spec.arch_name,
                          outtype=resolved, n_tensors=len(plan), n_params=n_params, size_bytes=out.stat().st_size,
                          seconds=round(time.monotonic() - started, 3), tokenizer=vocab.source,
                          vocab_size=len(vocab.tokens), source_sha256=hashes)
+
+
+def _write(writer: gguf.GGUFWriter, tmp: Path, plan: list[PlannedTensor], checkpoint: Checkpoint | None,
+           spec: ArchSpec, config: HFConfig, progress: Progress, label: str) -> None:
+    """Header, metadata, tensor infos, then every tensor: read, transform, cast, write, forget."""
+    writer.write_header_to_file(tmp)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    total = sum(_nbytes(t) for t in plan)
+    progress.start(f"converting to {label}", total)
+    for t in plan:
+        data = t.data if t.source is None else _load(checkpoint, t, spec, config)
+        writer.write_tensor_data(_cast(data, _held_dtype(data), t.out_type))
+        progress.advance(_nbytes(t))
+        del data
+    writer.close()
+    progress.finish()
 
 
 def _resolve_outtype(outtype: str, checkpoint: Checkpoint | None) -> str:
@@ -191,6 +205,22 @@ def _load(checkpoint: Checkpoint, t: PlannedTensor, spec: ArchSpec, config: HFCo
     data = checkpoint.read(t.source.name)
     transform = spec.transform_for(t.source.name)
     return transform(data, config) if transform else data
+
+
+def _hash_placeholder(index: int) -> str:
+    return f"edgepack-sha256-placeholder-{index:08d}".ljust(64, "~")
+
+
+def _patch_hashes(path: Path, placeholders: dict[str, str], hashes: dict[str, str]) -> None:
+    """Overwrite each 64-byte placeholder in the GGUF's metadata with the file's real sha256 (same length)."""
+    with open(path, "r+b") as f:
+        head = f.read(64 * 1024 * 1024)  # the KV section (vocabulary included) is far smaller than this
+        for name, placeholder in placeholders.items():
+            offset = head.find(placeholder.encode())
+            if offset < 0 or head.find(placeholder.encode(), offset + 1) >= 0:
+                raise RuntimeError(f"hash placeholder for {name} not found exactly once")
+            f.seek(offset)
+            f.write(hashes[name].encode())
 
 
 def _held_dtype(data: np.ndarray) -> str:
