@@ -280,7 +280,8 @@ class _Handler(BaseHTTPRequestHandler):
         if is_lfs(name):
             sha256 = hashlib.sha256(data).hexdigest()
             location = f"{self.hub.cdn}/{quote(repo_id)}/{sha256}/{quote(name)}"
-            self.hub._record(method=self.command, status=302, kind="file", auth=self.headers.get("Authorization"), **log)
+            self.hub._record(method=self.command, status=302, kind="file",
+                             auth=self.headers.get("Authorization"), **log)
             self.send_response(302)
             self.send_header("Location", location)
             self.send_header("X-Repo-Commit", commit.sha)
