@@ -11,7 +11,9 @@ from ..convert import OUTTYPES, convert, supported_architectures
 from ..fileio import check_output_path
 from ..hub import parse_source, resolve_source
 from ..progress import Progress
+from ..quantize import quantize, resolve_types
 from . import cli
+from .quantize import print_results
 from ._output import emit_json, emit_table, human_bytes
 
 
@@ -35,11 +37,16 @@ def _list_architectures(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--token", metavar="TOKEN", help="Hub token for a gated or private Hub SRC (default: $HF_TOKEN).")
 @click.option("--merge-lora", "merge_lora", metavar="PEFT_DIR",
               help="Merge this PEFT LoRA adapter into SRC first (as `edgepack adapter merge`), convert the result.")
+@click.option("-q", "--quantize", "quant_types", metavar="TYPES",
+              help="Then quantize to these types (comma-separated, e.g. Q4_K_M,Q8_0) beside the output, as "
+                   "`edgepack quantize` does; the F16/BF16 intermediate is removed unless --keep.")
+@click.option("--keep", is_flag=True, help="With -q: keep the F16/BF16 intermediate GGUF.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--list-architectures", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_architectures, help="List supported architectures and exit.")
 def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only: bool, pre_tokenizer: str | None,
-                    force: bool, token: str | None, merge_lora: str | None, as_json: bool) -> None:
+                    force: bool, token: str | None, merge_lora: str | None, quant_types: str | None, keep: bool,
+                    as_json: bool) -> None:
     """Convert a Hugging Face model folder (safetensors + tokenizer) to GGUF.
 
     SRC is a local folder with config.json, *.safetensors (sharded or not) and tokenizer files
@@ -54,9 +61,13 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
       edgepack convert hf://HuggingFaceTB/SmolLM2-135M@main -o smollm2-F16.gguf
       edgepack convert ./SmolLM2-135M --outtype q8_0 --json
       edgepack convert --list-architectures
+      edgepack convert ./SmolLM2-135M -q Q4_K_M,Q8_0 --keep
     """
     if src is None:
         raise click.UsageError("missing SRC (a Hugging Face model folder)")
+    qtypes = resolve_types([quant_types]) if quant_types else []  # refuse bad types before any work
+    if qtypes and (vocab_only or outtype == "q8_0"):
+        raise click.UsageError("-q needs weights in an F32/F16/BF16 intermediate (not --vocab-only or --outtype q8_0)")
     hub_source = src.startswith("hf://") or (not Path(src).exists() and parse_source(src) is not None)
     if out is None:
         name = src.split("@")[0].rstrip("/").rsplit("/", 1)[-1] if hub_source else Path(src).resolve().name
@@ -71,10 +82,19 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
         run = functools.partial(convert_merged, merge_lora)
     result = run(folder, out, outtype=outtype, vocab_only=vocab_only, force=force, pre_tokenizer=pre_tokenizer,
                  provenance=provenance, progress=Progress(enabled=not as_json))
+    if qtypes:
+        quantized = quantize(result.output, qtypes, result.output.parent, force=force,
+                             progress=Progress(enabled=not as_json))
+        if not keep:
+            result.output.unlink()
     if as_json:
-        emit_json(result)
+        emit_json({"convert": result, "quantize": quantized} if qtypes else result)
         return
     click.echo(f"wrote {result.output} ({human_bytes(result.size_bytes)}, {result.outtype.upper()}, "
                f"{result.n_tensors} tensors, {result.n_params:,} params) in {result.seconds:.1f}s")
     click.echo(f"architecture {result.architecture} -> {result.gguf_architecture}; tokenizer: {result.tokenizer}, "
                f"{result.vocab_size} tokens")
+    if qtypes:
+        print_results(quantized)
+        if not keep:
+            click.echo(f"removed the intermediate {result.output} (--keep keeps it)")
