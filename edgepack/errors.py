@@ -92,3 +92,9 @@ class VerifyError(EdgepackError):
     """A bundle failed verification (hash mismatch, missing file, GGUF does not load)."""
 
     exit_code = 13
+
+
+class ConstraintError(EdgepackError):
+    """``edgepack build --check``: a constraint failed (a profile lost its pick, a KLD limit was exceeded)."""
+
+    exit_code = 14

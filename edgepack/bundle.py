@@ -1,0 +1,415 @@
+"""Bundles: one folder per device profile with the picked GGUF, its adapters, the report and a manifest.
+
+``write_bundle`` copies the files into a temp folder beside the target, writes ``manifest.json`` (schema in
+docs/manifest.md) and renames the folder into place, so a bundle is either complete or absent. Everything in
+it is a pure function of its inputs: no timestamps, no absolute paths, sorted keys, so the same inputs give
+byte-identical bundles (and archives: tar entries carry mtime 0 and root ownership, zip entries 1980-01-01).
+
+``verify_bundle`` checks a bundle (folder, .tar.zst or .zip): the manifest's schema, every listed file's size
+and sha256, that nothing unlisted is there, and that the GGUF (with each adapter) loads and evaluates a few
+tokens in llama.cpp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+
+from . import __version__
+from .errors import OutputError, UsageError, VerifyError
+from .fileio import atomic_output, sha256_file
+
+SCHEMA = "edgepack.bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ARCHIVE_SUFFIXES = {"tar.zst": ".tar.zst", "zip": ".zip"}
+ZSTD_LEVEL = 10
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class BundleAdapter:
+    """A LoRA adapter GGUF shipped with the model; ``scale`` is the strength to load it with."""
+
+    name: str
+    file: Path
+    scale: float = 1.0
+    mode: str = "convert"
+    source_sha256: str | None = None  # content hash of the PEFT adapter it was converted from
+
+
+@dataclass
+class BundleResult:
+    folder: Path
+    manifest: dict
+    archive: Path | None = None
+    size_bytes: int = 0
+
+
+@dataclass
+class VerifyResult:
+    bundle: Path
+    n_files: int
+    size_bytes: int
+    model: str
+    loaded: bool
+    adapters_loaded: list[str] = field(default_factory=list)
+
+
+# --- facts ------------------------------------------------------------------------------------------
+
+def _field(reader: gguf.GGUFReader, key: str):
+    f = reader.fields.get(key)
+    if f is None:
+        return None
+    if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
+        return len(f.data)
+    value = f.contents()
+    return value
+
+
+def gguf_facts(path: str | Path) -> dict:
+    """Model, tokenizer and chat template facts from a GGUF's metadata (no tensors are read)."""
+    reader = gguf.GGUFReader(str(path))
+    arch = _field(reader, "general.architecture")
+    facts = {
+        "architecture": arch,
+        "name": _field(reader, "general.name"),
+        "license": _field(reader, "general.license"),
+        "file_type": _field(reader, "general.file_type"),
+        "context_length": _field(reader, f"{arch}.context_length"),
+        "n_layer": _field(reader, f"{arch}.block_count"),
+        "n_embd": _field(reader, f"{arch}.embedding_length"),
+        "n_params": int(sum(int(t.n_elements) for t in reader.tensors)),
+    }
+    tokenizer = {
+        "model": _field(reader, "tokenizer.ggml.model"),
+        "pre": _field(reader, "tokenizer.ggml.pre"),
+        "vocab_size": _field(reader, "tokenizer.ggml.tokens"),
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+        "add_bos_token": _field(reader, "tokenizer.ggml.add_bos_token"),
+        "add_eos_token": _field(reader, "tokenizer.ggml.add_eos_token"),
+    }
+    return {"model": facts, "tokenizer": tokenizer, "chat_template": _field(reader, "tokenizer.chat_template")}
+
+
+def tool_versions() -> dict:
+    """edgepack, gguf-py and llama.cpp (llama-cpp-python's version and its build's system info)."""
+    versions = {"edgepack": __version__}
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+        versions["gguf"] = version("gguf")
+    try:
+        import llama_cpp
+        versions["llama_cpp_python"] = llama_cpp.__version__
+        info = llama_cpp.llama_print_system_info()
+        versions["llama_cpp_system_info"] = (info.decode() if isinstance(info, bytes) else str(info)).strip(" |")
+    except ImportError:  # pragma: no cover - llama-cpp-python is a dependency
+        versions["llama_cpp_python"] = None
+    return versions
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+def _copy(src: Path, dst: Path) -> None:
+    # A copy, never a hard link: a bundle is shipped and may be edited; the step cache must stay intact.
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: dict, source: dict,
+                 adapters: list[BundleAdapter] = (), extra_files: dict[str, str | Path] | None = None,
+                 fit: dict | None = None, quality: dict | None = None, runtime: dict | None = None,
+                 report: str | None = None, model_name: str | None = None, archive: str = "none") -> BundleResult:
+    """Write the bundle folder ``folder`` (replacing an older one) and optionally its archive beside it.
+
+    ``model``: the picked GGUF. ``profile``: at least ``name``. ``source``: provenance (repo_id, revision,
+    commit_sha, license, or for a local folder its name and content hash). ``extra_files``: {name in bundle:
+    file}, e.g. the report. ``fit`` / ``quality`` / ``runtime``: figures copied into the manifest as given.
+    """
+    folder = Path(folder)
+    model = Path(model)
+    if archive not in ("none", *ARCHIVE_SUFFIXES):
+        raise UsageError(f"unknown archive kind {archive!r}", "choose none, tar.zst or zip")
+    facts = gguf_facts(model)
+    name = model_name or facts["model"]["name"] or model.stem
+    model_file = f"{name}-{quant}.gguf"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    try:
+        _copy(model, tmp / model_file)
+        model_sha = sha256_file(tmp / model_file)
+        roles = {model_file: "model"}
+        adapter_entries = []
+        for a in adapters:
+            rel = f"adapters/{a.name}.gguf"
+            _copy(Path(a.file), tmp / rel)
+            roles[rel] = "adapter"
+            entry = {"name": a.name, "file": rel, "scale": a.scale, "mode": a.mode,
+                     "base": {"file": model_file, "sha256": model_sha}}
+            if a.source_sha256:
+                entry["source_sha256"] = a.source_sha256
+            adapter_entries.append(entry)
+        for rel, src in sorted((extra_files or {}).items()):
+            _copy(Path(src), tmp / rel)
+            roles[rel] = "report" if rel.startswith("report") else "extra"
+        files = []
+        for rel in sorted(roles):
+            path = tmp / rel
+            files.append({"path": rel, "role": roles[rel], "size_bytes": path.stat().st_size,
+                          "sha256": model_sha if rel == model_file else sha256_file(path)})
+        manifest = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "model": {"name": name, "file": model_file, "quant": quant, **{k: v for k, v in facts["model"].items()
+                                                                              if k not in ("name",)}},
+            "source": source,
+            "license": source.get("license") or facts["model"].get("license"),
+            "profile": profile,
+            "files": files,
+            "adapters": adapter_entries,
+            "chat_template": facts["chat_template"],
+            "tokenizer": facts["tokenizer"],
+            "runtime": runtime or {},
+            "fit": fit or {},
+            "quality": quality or {},
+            "report": report,
+            "tools": tool_versions(),
+        }
+        text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        (tmp / MANIFEST).write_text(text, encoding="utf-8")
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
+        _replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = BundleResult(folder=folder, manifest=manifest,
+                          size_bytes=sum(f["size_bytes"] for f in files) + len(text.encode()))
+    stale = [folder.with_name(folder.name + s) for k, s in ARCHIVE_SUFFIXES.items() if k != archive]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if archive != "none":
+        result.archive = pack(folder, archive)
+    return result
+
+
+def _replace_dir(tmp: Path, folder: Path) -> None:
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+
+
+def _members(folder: Path) -> list[tuple[str, Path]]:
+    return sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+
+
+def pack(folder: str | Path, kind: str) -> Path:
+    """A deterministic archive of ``folder`` beside it (``<folder>.tar.zst`` or ``<folder>.zip``)."""
+    folder = Path(folder)
+    out = folder.with_name(folder.name + ARCHIVE_SUFFIXES[kind])
+    prefix = folder.name
+    with atomic_output(out, "wb") as raw:
+        if kind == "zip":
+            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for rel, path in _members(folder):
+                    info = zipfile.ZipInfo(f"{prefix}/{rel}", date_time=ZIP_EPOCH)
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    info.external_attr = 0o644 << 16
+                    with open(path, "rb") as src, zf.open(info, "w") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+        else:
+            import zstandard
+            cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, threads=0)
+            with cctx.stream_writer(raw, closefd=False) as zst, \
+                    tarfile.open(fileobj=zst, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for rel, path in _members(folder):
+                    info = tarfile.TarInfo(f"{prefix}/{rel}")
+                    info.size = path.stat().st_size
+                    info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = 0, 0o644, 0, 0, "", ""
+                    with open(path, "rb") as src:
+                        tar.addfile(info, src)
+    return out
+
+
+# --- verifying --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _opened(bundle: Path):
+    """Yield the bundle's folder, unpacking an archive into a temp folder first."""
+    if bundle.is_dir():
+        yield bundle
+        return
+    if not bundle.exists():
+        raise VerifyError(f"{bundle} does not exist", "give a bundle folder, .tar.zst or .zip")
+    with tempfile.TemporaryDirectory(prefix="edgepack-verify-") as tmp:
+        try:
+            if bundle.name.endswith(".zip"):
+                with zipfile.ZipFile(bundle) as zf:
+                    _safe_names(zf.namelist(), bundle)
+                    zf.extractall(tmp)
+            elif bundle.name.endswith(".tar.zst"):
+                import zstandard
+                with open(bundle, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zst, \
+                        tarfile.open(fileobj=zst, mode="r|") as tar:
+                    for member in tar:
+                        _safe_names([member.name], bundle)
+                        if not member.isfile():
+                            raise VerifyError(f"{bundle}: {member.name} is not a plain file",
+                                              "bundles hold plain files only")
+                        target = Path(tmp) / member.name
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        with tar.extractfile(member) as src, open(target, "wb") as dst:
+                            shutil.copyfileobj(src, dst, 1 << 20)
+            else:
+                raise VerifyError(f"{bundle} is not a bundle folder, .tar.zst or .zip", "give a bundle")
+        except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
+            raise VerifyError(f"{bundle}: damaged archive ({exc})", "rebuild or re-download it") from None
+        except Exception as exc:  # zstandard.ZstdError has no stable import path across versions
+            if type(exc).__name__ == "ZstdError":
+                raise VerifyError(f"{bundle}: damaged archive ({exc})", "rebuild or re-download it") from None
+            raise
+        roots = [p for p in Path(tmp).iterdir()]
+        if len(roots) != 1 or not roots[0].is_dir():
+            raise VerifyError(f"{bundle}: an archive must hold exactly one bundle folder", "rebuild it")
+        yield roots[0]
+
+
+def _safe_names(names: list[str], bundle: Path) -> None:
+    for n in names:
+        if n.startswith("/") or ".." in Path(n).parts:
+            raise VerifyError(f"{bundle}: unsafe path {n!r} in the archive", "do not trust this archive")
+
+
+def verify_bundle(bundle: str | Path, *, load: bool = True, n_threads: int = 2) -> VerifyResult:
+    """Check ``bundle`` (folder or archive): manifest, every file's size and sha256, no unlisted file, and
+    (``load``) that the GGUF and each adapter load and evaluate in llama.cpp. Raises ``VerifyError``."""
+    bundle = Path(bundle)
+    with _opened(bundle) as folder:
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
+            raise VerifyError(f"{bundle}: no {MANIFEST}", "this is not an edgepack bundle, or it is incomplete")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise VerifyError(f"{bundle}: {MANIFEST} is not valid JSON ({exc})", "the bundle is damaged") from None
+        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+            raise VerifyError(f"{bundle}: {MANIFEST} is not an edgepack bundle manifest", "the bundle is damaged")
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise VerifyError(f"{bundle}: manifest schema version {manifest.get('schema_version')} is not "
+                              f"{SCHEMA_VERSION}", "use the edgepack version that wrote it")
+        listed = {}
+        for entry in manifest.get("files", []):
+            rel = entry.get("path", "")
+            if rel.startswith("/") or ".." in Path(rel).parts:
+                raise VerifyError(f"{bundle}: unsafe path {rel!r} in the manifest", "do not trust this bundle")
+            listed[rel] = entry
+        for rel, entry in sorted(listed.items()):
+            path = folder / rel
+            if not path.is_file():
+                raise VerifyError(f"{bundle}: {rel} is missing", "the bundle is incomplete: rebuild or re-copy it")
+            size = path.stat().st_size
+            if size != entry.get("size_bytes"):
+                raise VerifyError(f"{bundle}: {rel} has {size} bytes, the manifest says {entry.get('size_bytes')}",
+                                  "the file was truncated or changed: rebuild or re-copy the bundle")
+            digest = sha256_file(path)
+            if digest != entry.get("sha256"):
+                raise VerifyError(f"{bundle}: {rel} sha256 {digest[:12]}... does not match the manifest "
+                                  f"({str(entry.get('sha256'))[:12]}...)",
+                                  "the file was changed or damaged: rebuild or re-copy the bundle")
+        extra = sorted(rel for rel, _ in _members(folder) if rel != MANIFEST and rel not in listed)
+        if extra:
+            raise VerifyError(f"{bundle}: {extra[0]} is not listed in the manifest"
+                              + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""),
+                              "bundles hold only the files their manifest lists: remove it or rebuild")
+        model_rel = manifest.get("model", {}).get("file")
+        if model_rel not in listed:
+            raise VerifyError(f"{bundle}: the manifest names no model file", "the bundle is damaged")
+        adapters = manifest.get("adapters", [])
+        loaded: list[str] = []
+        if load:
+            plain = _load_check(folder / model_rel, None, 1.0, n_threads, bundle)
+            for a in adapters:
+                adapted = _load_check(folder / model_rel, folder / a["file"], float(a.get("scale", 1.0)), n_threads,
+                                      bundle)
+                if (adapted == plain).all():
+                    raise VerifyError(f"{bundle}: adapter {a['name']} does not change the model's output",
+                                      "the adapter GGUF does not apply to this model: rebuild the bundle")
+                loaded.append(a["name"])
+        return VerifyResult(bundle=bundle, n_files=len(listed), model=model_rel, loaded=load,
+                            size_bytes=sum(int(e["size_bytes"]) for e in listed.values()), adapters_loaded=loaded)
+
+
+def _load_check(model: Path, adapter: Path | None, scale: float, n_threads: int, bundle: Path):
+    """Load the model (and adapter) in llama.cpp and evaluate a few tokens; the logits must be finite."""
+    import llama_cpp
+    import numpy as np
+
+    what = f"{model.name}" + (f" with adapter {adapter.name}" if adapter else "")
+    kwargs = {"lora_path": str(adapter), "lora_scale": scale} if adapter else {}
+    try:
+        with _quiet_stderr():
+            llm = llama_cpp.Llama(model_path=str(model), n_ctx=64, n_batch=64, n_threads=n_threads,
+                                  verbose=False, logits_all=True, **kwargs)
+            tokens = llm.tokenize(b"Hello there", add_bos=True)
+            llm.eval(tokens)
+            logits = np.array(llm.scores[len(tokens) - 1], dtype=np.float32)
+            llm.close()
+    except Exception as exc:
+        raise VerifyError(f"{bundle}: llama.cpp cannot load {what} ({exc})", "the GGUF is damaged or "
+                          "needs a newer llama.cpp") from None
+    if not np.isfinite(logits).all():
+        raise VerifyError(f"{bundle}: {what} gives non-finite logits in llama.cpp", "the weights are damaged")
+    return logits
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """llama.cpp logs to fd 2 while loading; keep the CLI's one-line error promise."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def bundle_hash(folder: str | Path) -> str:
+    """sha256 over the manifest (which holds every file's hash): one identifier for a whole bundle."""
+    return hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()
+
+
+def read_manifest(folder: str | Path) -> dict:
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OutputError(f"cannot read {Path(folder) / MANIFEST}: {exc}", "rebuild the bundle") from None
+
+
+__all__ = ["BundleAdapter", "BundleResult", "VerifyResult", "write_bundle", "pack", "verify_bundle", "gguf_facts",
+           "tool_versions", "bundle_hash", "read_manifest", "SCHEMA", "SCHEMA_VERSION", "MANIFEST"]

@@ -1,0 +1,38 @@
+"""``edgepack verify``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..bundle import verify_bundle
+from . import cli
+from ._output import emit_json, human_bytes
+
+
+@cli.command("verify")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--no-load", is_flag=True, help="Check hashes only; do not load the GGUF in llama.cpp.")
+@click.option("--threads", type=int, default=2, show_default=True, help="CPU threads for the load check.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def verify_command(bundles: tuple[Path, ...], no_load: bool, threads: int, as_json: bool) -> None:
+    """Check bundles: every file's size and sha256 against manifest.json, nothing unlisted, and that the
+    GGUF (with each adapter) loads and runs in llama.cpp. Any changed byte fails (exit code 13).
+
+    BUNDLES are bundle folders or their .tar.zst / .zip archives.
+
+    \b
+    Examples:
+      edgepack verify out/demo/bundles/pixel-8
+      edgepack verify out/demo/bundles/*.tar.zst --json
+    """
+    results = [verify_bundle(b, load=not no_load, n_threads=threads) for b in bundles]
+    if as_json:
+        emit_json(results)
+        return
+    for r in results:
+        loaded = "loads in llama.cpp" if r.loaded else "load not checked"
+        extra = f", adapters {', '.join(r.adapters_loaded)} load" if r.adapters_loaded else ""
+        click.echo(f"ok {r.bundle}: {r.n_files} files, {human_bytes(r.size_bytes)}, hashes match; "
+                   f"{r.model} {loaded}{extra}")

@@ -1,0 +1,746 @@
+"""``edgepack build``: one config -> pull -> convert -> (merge) -> quantize -> adapters -> eval/bench -> fit ->
+bundle -> report, with every step cached by the content hash of its inputs and settings.
+
+The step cache lives in ``<output>/.edgepack-cache/<step>/<key>/``: a step runs in a temp folder beside its
+key folder, writes ``done.json`` (what it made) last, and the folder is renamed into place, so an interrupted
+build leaves no half step and resumes where it stopped. A re-run with nothing changed finds every key done and
+does no work; changing one quant type changes only that branch's keys.
+
+The stages are called only through their public functions. A stage module that is not installed is reported
+as a skipped step with the reason (never silently).
+
+Units of work (``plan``): the shared prerequisites (source, convert, merges) and then one unit per variant
+(quantize + eval + bench) and per adapter conversion. ``build(only=KEY)`` runs one unit, so CI can fan a build
+out over runners; a final plain build finds every unit in the (shared) cache and writes fit, bundles, report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .config import AdapterSpec, BuildConfig
+from .errors import BadCheckpoint, EdgepackError, UsageError
+from .fileio import atomic_write_text, sha256_file
+from .progress import QUIET, Progress
+
+CACHE_DIR = ".edgepack-cache"
+DONE = "done.json"
+STEP_VERSION = 1  # bump to invalidate every cached step (a change in what steps produce)
+BASE_LINE = "base"
+
+
+# --- the step cache ---------------------------------------------------------------------------------
+
+def content_key(**parts: Any) -> str:
+    """A short stable hash of JSON-able parts."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass
+class StepRecord:
+    step: str
+    label: str
+    key: str
+    status: str  # "ran", "cached", "skipped"; "checked"/"computed" for the uncached source check and fit
+    seconds: float = 0.0
+    reason: str = ""
+
+
+class StepCache:
+    """Content-addressed step folders with a done-marker written last."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def folder(self, step: str, key: str) -> Path:
+        return self.root / step / key
+
+    def get(self, step: str, key: str) -> dict | None:
+        marker = self.folder(step, key) / DONE
+        if not marker.is_file():
+            return None
+        try:
+            return json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged marker: redo the step
+
+    def run(self, step: str, key: str, fn: Callable[[Path], dict]) -> tuple[dict, bool]:
+        """(result, ran): the cached result of (step, key), or run ``fn(tmp_folder)`` and commit it."""
+        done = self.get(step, key)
+        if done is not None:
+            return done, False
+        final = self.folder(step, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            result = fn(tmp)
+            atomic_write_text(tmp / DONE, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+            if final.exists():  # an incomplete folder from an older run (no marker): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return result, True
+
+    def sweep(self) -> int:
+        """Remove temp folders left by killed builds; returns how many."""
+        n = 0
+        if self.root.is_dir():
+            for step in self.root.iterdir():
+                for tmp in step.glob(".*.tmp-*") if step.is_dir() else ():
+                    with contextlib.suppress(ValueError, OSError):
+                        pid = int(tmp.name.rsplit("-", 1)[1])
+                        if pid != os.getpid() and not _alive(pid):
+                            shutil.rmtree(tmp, ignore_errors=True)
+                            n += 1
+        return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- plan -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Line:
+    """A model line: the base, or the base with one adapter merged at one scale."""
+
+    name: str
+    adapter: AdapterSpec | None = None
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independent unit of work (a matrix entry)."""
+
+    key: str
+    kind: str  # "variant" | "adapter"
+    line: str
+    quant: str | None = None
+    adapter: str | None = None
+
+
+def lines(config: BuildConfig) -> list[Line]:
+    out = [Line(BASE_LINE)]
+    for a in config.adapters:
+        if a.merges:
+            out += [Line(f"{a.name}-x{_fmt_scale(s)}", a, s) for s in a.scales]
+    return out
+
+
+def _fmt_scale(s: float) -> str:
+    return f"{s:g}"
+
+
+def plan(config: BuildConfig) -> list[Unit]:
+    """The independent units of a build, in build order."""
+    units = []
+    for line in lines(config):
+        for q in config.quants:
+            key = q.lower() if line.name == BASE_LINE else f"{line.name}-{q.lower()}"
+            units.append(Unit(key=key, kind="variant", line=line.name, quant=q))
+    for a in config.adapters:
+        if a.converts:
+            units.append(Unit(key=f"adapter-{a.name}", kind="adapter", line=BASE_LINE, adapter=a.name))
+    return units
+
+
+def matrix(config: BuildConfig) -> dict:
+    """A GitHub Actions job matrix: ``{"include": [{"key": ..., ...}]}``."""
+    return {"include": [{k: v for k, v in asdict(u).items() if v is not None} for u in plan(config)]}
+
+
+# --- the build --------------------------------------------------------------------------------------
+
+@dataclass
+class BundleSummary:
+    profile: str
+    line: str
+    variant: str | None
+    folder: Path | None
+    archive: Path | None = None
+    reason: str = ""
+
+
+@dataclass
+class BuildResult:
+    output_dir: Path
+    steps: list[StepRecord] = field(default_factory=list)
+    variants: dict[str, dict] = field(default_factory=dict)  # variant name -> facts (file, quant, quality, bench)
+    picks: dict[str, dict[str, str | None]] = field(default_factory=dict)  # line -> profile -> variant
+    bundles: list[BundleSummary] = field(default_factory=list)
+    report: Path | None = None
+    failures: list[str] = field(default_factory=list)  # constraint failures (build --check)
+    only: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ran(self) -> list[StepRecord]:
+        return [s for s in self.steps if s.status == "ran"]
+
+    @property
+    def skipped(self) -> list[StepRecord]:
+        return [s for s in self.steps if s.status == "skipped"]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.ran
+
+
+def _stage(name: str):
+    """Import a stage module; None (with the reason) when this installation lacks it."""
+    try:
+        return importlib.import_module(f"edgepack.{name}"), ""
+    except ImportError as exc:
+        return None, f"edgepack.{name} is not available ({exc})"
+
+
+class _Build:
+    def __init__(self, config: BuildConfig, progress: Progress, only: str | None):
+        self.config = config
+        self.progress = progress
+        self.only = only
+        self.out = Path(config.output_dir)
+        self.cache = StepCache(self.out / CACHE_DIR)
+        self.result = BuildResult(output_dir=self.out, only=only)
+        self.log: Callable[[str], None] = (lambda m: None) if not progress.enabled else _log
+
+    # one step: cached or run, recorded either way
+    def step(self, step: str, label: str, parts: dict, fn: Callable[[Path], dict]) -> tuple[dict, Path]:
+        key = content_key(step=step, v=STEP_VERSION, edgepack=__version__, **parts)
+        started = time.monotonic()
+        cached = self.cache.get(step, key)
+        if cached is None:
+            self.log(f"[{step}] {label} ...")
+        result, ran = self.cache.run(step, key, fn)
+        seconds = round(time.monotonic() - started, 2)
+        self.result.steps.append(StepRecord(step, label, key, "ran" if ran else "cached", seconds))
+        if ran:
+            self.log(f"[{step}] {label} done in {seconds:.1f}s")
+        return result, self.cache.folder(step, key)
+
+    def skip(self, step: str, label: str, reason: str) -> None:
+        self.result.steps.append(StepRecord(step, label, "", "skipped", 0.0, reason))
+        self.log(f"[{step}] {label} SKIPPED: {reason}")
+
+    # ------------------------------------------------------------------------------------------------
+    def run(self) -> BuildResult:
+        started = time.monotonic()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cache.sweep()
+        units = {u.key: u for u in plan(self.config)}
+        if self.only is not None and self.only not in units:
+            raise UsageError(f"--only {self.only}: no such unit in this build",
+                             f"`edgepack plan --matrix` lists them: {', '.join(units)}")
+        src = self.source()
+        base = self.convert_base(src)
+        line_bases = {BASE_LINE: base}
+        for line in lines(self.config)[1:]:
+            if self.only is None or units[self.only].line == line.name:
+                merged = self.merge(src, line)
+                if merged is not None:
+                    line_bases[line.name] = merged
+        for unit in units.values():
+            if self.only is not None and unit.key != self.only:
+                continue
+            if unit.kind == "variant":
+                if unit.line in line_bases:
+                    self.variant(unit, line_bases[unit.line], src)
+            else:
+                self.adapter(unit, src, base)
+        if self.only is None:
+            fit_data = self.fit()
+            if fit_data is not None:
+                self.bundles(fit_data, src)
+                self.report(fit_data)
+            self.check(fit_data)
+        self.result.seconds = round(time.monotonic() - started, 2)
+        return self.result
+
+    # ------------------------------------------------------------------------------------------------
+    def source(self) -> dict:
+        cfg = self.config
+        started = time.monotonic()
+        if cfg.source.kind == "hub":
+            hub, why = _stage("hub")
+            if hub is None:
+                raise UsageError(f"source {cfg.source} is on the Hub but {why}", "use a local folder as source")
+            folder, prov = hub.resolve_source(f"{cfg.source.repo_id}@{cfg.source.revision}" if cfg.source.revision
+                                              else cfg.source.repo_id, progress=self.progress)
+        else:
+            folder = Path(cfg.source.path)
+            if not folder.is_dir():
+                raise BadCheckpoint(f"source folder {folder} does not exist",
+                                    "set source in edgepack.toml to a model folder or org/repo@revision")
+            hub, _ = _stage("hub")
+            prov = hub.local_provenance(folder) if hub is not None else None
+        hashes = self._hash_folder(folder)
+        digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+        facts = {"kind": cfg.source.kind, "name": cfg.name, "sha256": digest}
+        if cfg.source.kind == "local":
+            facts["folder"] = folder.resolve().name
+        if prov is not None:
+            facts.update({k: v for k, v in asdict(prov).items() if v is not None})
+        # Not a cached step: the Hub stage keeps its own cache; here the source is resolved and hashed.
+        self.result.steps.append(StepRecord("pull", str(cfg.source), digest[:20], "checked",
+                                            round(time.monotonic() - started, 2)))
+        return {"folder": folder, "facts": facts, "sha256": digest, "provenance": prov}
+
+    def _hash_folder(self, folder: Path) -> dict[str, str]:
+        """sha256 of every file in the model folder, memoised on (path, size, mtime) in the cache."""
+        memo_path = self.cache.root / "source-hashes.json"
+        try:
+            memo = json.loads(memo_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            memo = {}
+        out, changed = {}, False
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+                part.startswith(".") for part in p.relative_to(folder).parts)):
+            st = path.stat()
+            tag = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+            if memo.get(tag) is None:
+                memo[tag] = sha256_file(path)
+                changed = True
+            out[path.relative_to(folder).as_posix()] = memo[tag]
+        if changed:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(memo_path, json.dumps(memo, indent=1, sort_keys=True))
+        return out
+
+    def convert_base(self, src: dict) -> dict:
+        from .convert import convert
+
+        outtype = self.config.outtype
+
+        def work(tmp: Path) -> dict:
+            out = tmp / f"{self.config.name}-{outtype.upper()}.gguf"
+            res = convert(src["folder"], out, outtype=outtype, provenance=src["provenance"],
+                          progress=self.progress)
+            return {"file": out.name, "sha256": sha256_file(out), "outtype": res.outtype,
+                    "n_params": res.n_params, "size_bytes": res.size_bytes}
+
+        done, folder = self.step("convert", f"{self.config.name} -> GGUF {outtype}",
+                                 {"source": src["sha256"], "outtype": outtype, "name": self.config.name}, work)
+        return {**done, "path": folder / done["file"], "line": BASE_LINE}
+
+    def merge(self, src: dict, line: Line) -> dict | None:
+        adapters, why = _stage("adapters")
+        if adapters is None:
+            self.skip("merge", line.name, why)
+            return None
+        from .convert import convert
+
+        a = line.adapter
+        adapter_sha = self._adapter_hash(a)
+        if "scale" not in _params(adapters.merge_adapter) and line.scale != 1.0:
+            self.skip("merge", line.name, "edgepack.adapters.merge_adapter has no scale parameter: only scale 1 "
+                                          "can be merged")
+            return None
+
+        def work(tmp: Path) -> dict:
+            merged = tmp / "merged"
+            kwargs = {"scale": line.scale} if "scale" in _params(adapters.merge_adapter) else {}
+            adapters.merge_adapter(a.path, src["folder"], merged, progress=self.progress, **kwargs)
+            out = tmp / f"{self.config.name}-{line.name}-{self.config.outtype.upper()}.gguf"
+            res = convert(merged, out, outtype=self.config.outtype, provenance=src["provenance"],
+                          progress=self.progress)
+            shutil.rmtree(merged)
+            return {"file": out.name, "sha256": sha256_file(out), "outtype": res.outtype}
+
+        done, folder = self.step("merge", f"merge {a.name} x{_fmt_scale(line.scale)} -> GGUF",
+                                 {"source": src["sha256"], "adapter": adapter_sha, "scale": line.scale,
+                                  "outtype": self.config.outtype}, work)
+        return {**done, "path": folder / done["file"], "line": line.name}
+
+    def _adapter_hash(self, a: AdapterSpec) -> str:
+        if not a.path.is_dir():
+            raise BadCheckpoint(f"adapter folder {a.path} does not exist",
+                                "fix [[adapters]] path in edgepack.toml")
+        return hashlib.sha256(json.dumps(self._hash_folder(a.path), sort_keys=True).encode()).hexdigest()
+
+    def variant(self, unit: Unit, base: dict, src: dict) -> None:
+        cfg = self.config
+        name = f"{cfg.name}-{unit.quant}" if unit.line == BASE_LINE else f"{cfg.name}-{unit.line}-{unit.quant}"
+        facts: dict[str, Any] = {"name": name, "line": unit.line, "quant": unit.quant, "unit": unit.key}
+        self.result.variants[name] = facts
+        quantize, why = _stage("quantize")
+        if quantize is None:
+            self.skip("quantize", name, why)
+            return
+
+        def work(tmp: Path) -> dict:
+            [res] = quantize.quantize(base["path"], [unit.quant], out_dir=tmp, threads=cfg.threads,
+                                      progress=self.progress)
+            out = tmp / f"{name}.gguf"
+            os.replace(res.output, out)
+            for stray in tmp.iterdir():  # the quantizer's own re-run sidecar: the step cache does that job
+                if stray != out:
+                    stray.unlink()
+            return {"file": out.name, "sha256": sha256_file(out), "size_bytes": out.stat().st_size}
+
+        done, folder = self.step("quantize", name, {"base": base["sha256"], "quant": unit.quant,
+                                                    "llama_cpp": _llama_cpp_version()}, work)
+        path = folder / done["file"]
+        facts.update(file=path, sha256=done["sha256"], size_bytes=done["size_bytes"])
+        facts["quality"] = self.evaluate(name, path, done["sha256"], base)
+        facts["bench"] = self.bench(name, path, done["sha256"])
+
+    def evaluate(self, name: str, path: Path, sha: str, base: dict) -> dict | None:
+        evaluate, why = _stage("evaluate")
+        if evaluate is None:
+            self.skip("eval", name, why)
+            return None
+        cfg = self.config
+        text_path = cfg.eval_text
+        text_sha = sha256_file(text_path) if text_path else "builtin"
+        ctx = max(16, min(cfg.ctx, 512) // 2 * 2)
+
+        def work(tmp: Path) -> dict:
+            text = None
+            if text_path is not None:
+                text = tmp / "eval.txt"
+                text.write_text(_head_tokens(text_path.read_text(encoding="utf-8"), cfg.eval_tokens),
+                                encoding="utf-8")
+            r = evaluate.evaluate(path, base["path"], text=text, ctx=ctx, threads=cfg.threads)
+            data = {k: v for k, v in asdict(r).items() if k not in ("model", "reference", "text", "seconds")}
+            if text is not None:
+                text.unlink()
+            return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in data.items()}
+
+        done, _ = self.step("eval", name, {"model": sha, "ref": base["sha256"], "text": text_sha,
+                                           "tokens": cfg.eval_tokens, "ctx": ctx}, work)
+        return done
+
+    def bench(self, name: str, path: Path, sha: str) -> dict | None:
+        bench, why = _stage("bench")
+        if bench is None:
+            self.skip("bench", name, why)
+            return None
+        cfg = self.config
+        n_prompt, n_gen = min(128, cfg.ctx // 2), min(32, cfg.ctx // 4)
+
+        def work(tmp: Path) -> dict:
+            m = bench.bench_one(path, n_ctx=cfg.ctx, n_prompt=n_prompt, n_gen=n_gen, reps=2, threads=cfg.threads)
+            return {**asdict(m), "path": path.name, "pp_tokens_per_s": m.pp_tokens_per_s,
+                    "tg_tokens_per_s": m.tg_tokens_per_s, "threads": cfg.threads, "host": _host_id()}
+
+        done, _ = self.step("bench", name, {"model": sha, "ctx": cfg.ctx, "threads": cfg.threads,
+                                            "host": _host_id()}, work)
+        return done
+
+    def adapter(self, unit: Unit, src: dict, base: dict) -> None:
+        adapters, why = _stage("adapters")
+        a = next(x for x in self.config.adapters if x.name == unit.adapter)
+        if adapters is None:
+            self.skip("adapter", a.name, why)
+            return
+        adapter_sha = self._adapter_hash(a)
+
+        def work(tmp: Path) -> dict:
+            out = tmp / f"{a.name}.gguf"
+            res = adapters.convert_adapter(a.path, src["folder"], out, progress=self.progress)
+            return {"file": out.name, "sha256": sha256_file(out), "size_bytes": res.size_bytes,
+                    "n_pairs": res.n_pairs}
+
+        done, folder = self.step("adapter", f"LoRA {a.name} -> GGUF", {"adapter": adapter_sha,
+                                                                       "source": src["sha256"]}, work)
+        self.result.variants.setdefault("_adapters", {})[a.name] = {
+            **done, "path": folder / done["file"], "scales": list(a.scales), "source_sha256": adapter_sha}
+
+    # ------------------------------------------------------------------------------------------------
+    def _variants(self) -> list[dict]:
+        return [v for k, v in self.result.variants.items() if not k.startswith("_") and "file" in v]
+
+    def fit(self) -> dict | None:
+        fit_mod, why = _stage("fit")
+        profiles_mod, why2 = _stage("profiles")
+        if fit_mod is None or profiles_mod is None:
+            self.skip("fit", "all variants", why or why2)
+            return None
+        variants = self._variants()
+        if not variants:
+            self.skip("fit", "all variants", "no quantized variant was built")
+            return None
+        cfg = self.config
+        extra = [str(p) for p in cfg.profile_paths]
+        available = profiles_mod.load_profiles(extra)
+        names = list(cfg.profiles) or sorted(available)
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise UsageError(f"unknown device profile {missing[0]!r}",
+                             "`edgepack profiles list` shows them: " + ", ".join(sorted(available)))
+        profiles = [available[n] for n in names]
+        out: dict[str, Any] = {"lines": {}}
+        started = time.monotonic()
+        for line in lines(cfg):
+            vs = []
+            for v in variants:
+                if v["line"] != line.name:
+                    continue
+                desc = fit_mod.describe_gguf(v["file"])
+                desc.name = v["name"]
+                q = v.get("quality") or {}
+                quality = fit_mod.Quality(kld=q.get("mean_kld"), ppl=q.get("ppl"), ppl_delta=q.get("delta_ppl"),
+                                          top1=q.get("top1_agreement"))
+                # No host calibration: the fit (and so the manifests) must not depend on timing noise.
+                vs.append(fit_mod.Variant(desc, quality))
+            if not vs:
+                continue
+            res = fit_mod.fit(vs, profiles, n_ctx=cfg.ctx, min_tps=cfg.min_tps, max_kld=cfg.max_kld)
+            out["lines"][line.name] = res.to_dict()
+            self.result.picks[line.name] = dict(res.picks)
+        out["profiles"] = {p.name: {"name": p.name, "display_name": p.display_name, "kind": p.kind}
+                           for p in profiles}
+        self.result.steps.append(StepRecord("fit", f"{len(variants)} variants x {len(profiles)} profiles", "",
+                                            "computed", round(time.monotonic() - started, 2)))
+        return out
+
+    def bundles(self, fit_data: dict, src: dict) -> None:
+        from . import bundle as bundle_mod
+
+        cfg = self.config
+        report_mod, why = _stage("report")
+        by_name = {v["name"]: v for v in self._variants()}
+        converted = self.result.variants.get("_adapters", {})
+        for line_name, res in fit_data["lines"].items():
+            for profile, pick in sorted(res["picks"].items()):
+                folder_name = profile if line_name == BASE_LINE else f"{profile}+{line_name}"
+                if pick is None:
+                    self.result.bundles.append(BundleSummary(profile, line_name, None, None,
+                                                             reason=res["summary"][profile]))
+                    continue
+                v = by_name[pick]
+                row = next(r for r in res["rows"] if r["profile"] == profile and r["variant"] == pick)
+                adapters = [] if line_name != BASE_LINE else [
+                    bundle_mod.BundleAdapter(name=n, file=a["path"], scale=a["scales"][0],
+                                             source_sha256=a["source_sha256"]) for n, a in sorted(converted.items())]
+                quality = {k: v["quality"][k] for k in ("mean_kld", "ppl", "ref_ppl", "delta_ppl", "top1_agreement")
+                           } if v.get("quality") else {}
+                fit_row = {k: row[k] for k in ("memory_total_mb", "usable_mb", "fits", "tg_tokens_per_s",
+                                               "pp_tokens_per_s", "memory", "backend", "bits_per_weight", "size_mb")}
+                runtime = dict(row["settings"])
+                profile_facts = fit_data["profiles"][profile]
+                per_bundle = {"fit": {**res, "rows": [r for r in res["rows"] if r["profile"] == profile],
+                                      "picks": {profile: pick}, "summary": {profile: res["summary"][profile]}}}
+                parts = {"model": v["sha256"], "adapters": [(a.name, a.scale, str(a.source_sha256)) for a in adapters],
+                         "adapter_files": [converted[a.name]["sha256"] for a in adapters], "fit": fit_row,
+                         "quality": quality, "runtime": runtime, "source": src["facts"], "profile": profile_facts,
+                         "report": per_bundle, "archive": cfg.archive, "tools": _llama_cpp_version()}
+                key = content_key(step="bundle", v=STEP_VERSION, edgepack=__version__, **parts)
+                target = self.out / "bundles" / folder_name
+                archive = None
+                if cfg.archive != "none":
+                    archive = target.with_name(target.name + bundle_mod.ARCHIVE_SUFFIXES[cfg.archive])
+                cached = self.cache.get("bundle", key)
+                if cached and target.is_dir() and (archive is None or archive.is_file()) and \
+                        _manifest_sha(target) == cached.get("manifest_sha256") and \
+                        (archive is None or sha256_file(archive) == cached.get("archive_sha256")):
+                    self.result.steps.append(StepRecord("bundle", folder_name, key, "cached"))
+                    self.result.bundles.append(BundleSummary(profile, line_name, pick, target, archive))
+                    continue
+
+                def work(tmp: Path, v=v, adapters=adapters, quality=quality, fit_row=fit_row, runtime=runtime,
+                         profile_facts=profile_facts, per_bundle=per_bundle, target=target) -> dict:
+                    extra = {}
+                    report_name = None
+                    if cfg.report and report_mod is not None:
+                        with _deterministic_plots():
+                            rep = report_mod.write_report(per_bundle, tmp / "report")
+                        extra = {"report.html": rep.html, "report.md": rep.markdown}
+                        report_name = "report.html"
+                    b = bundle_mod.write_bundle(target, model=v["file"], quant=v["quant"], profile=profile_facts,
+                                                source=src["facts"], adapters=adapters, extra_files=extra,
+                                                fit=fit_row, quality=quality, runtime=runtime, report=report_name,
+                                                model_name=cfg.name if line_name == BASE_LINE
+                                                else f"{cfg.name}-{line_name}", archive=cfg.archive)
+                    shutil.rmtree(tmp / "report", ignore_errors=True)
+                    return {"manifest_sha256": _manifest_sha(target),
+                            "archive_sha256": sha256_file(b.archive) if b.archive else None}
+
+                # the marker is rewritten whenever the bundle is (the folder outside the cache may be edited)
+                shutil.rmtree(self.cache.folder("bundle", key), ignore_errors=True)
+                self.step("bundle", folder_name, parts, work)
+                self.result.bundles.append(BundleSummary(profile, line_name, pick, target, archive))
+        if cfg.report and report_mod is None:
+            self.skip("report", "bundle reports", why)
+
+    def report(self, fit_data: dict) -> None:
+        cfg = self.config
+        if not cfg.report:
+            return
+        report_mod, why = _stage("report")
+        if report_mod is None:
+            self.skip("report", "report", why)
+            return
+        data: dict[str, Any] = {"fit": fit_data["lines"][BASE_LINE] if BASE_LINE in fit_data["lines"]
+                                else next(iter(fit_data["lines"].values()))}
+        bench_models = []
+        for v in self._variants():
+            b = v.get("bench")
+            if v["line"] != BASE_LINE or not b:
+                continue
+            q = v.get("quality") or {}
+            bench_models.append({**b, "path": str(v["file"]), "name": v["name"], "quality": {
+                "kld": q.get("mean_kld"), "ppl": q.get("ppl"), "ppl_delta": q.get("delta_ppl"),
+                "top1": q.get("top1_agreement")}})
+        host = self.host() if bench_models else None
+        if host is not None:
+            data["bench"] = {"host": host, "models": bench_models, "reference": None, "quality_note": ""}
+        if len(fit_data["lines"]) > 1:
+            data["lines"] = fit_data["lines"]
+        target = self.out / "report"
+
+        def work(tmp: Path) -> dict:
+            with _deterministic_plots():
+                rep = report_mod.write_report(data, target)
+            return {"html": rep.html.name, "markdown": rep.markdown.name}
+
+        key_parts = {"data": content_key(data=json.dumps(data, sort_keys=True, default=str))}
+        cached = self.cache.get("report", content_key(step="report", v=STEP_VERSION, edgepack=__version__,
+                                                      **key_parts))
+        if cached is not None and not (target / cached["html"]).is_file():
+            shutil.rmtree(self.cache.folder("report", content_key(step="report", v=STEP_VERSION,
+                                                                  edgepack=__version__, **key_parts)))
+        done, _ = self.step("report", "report", key_parts, work)
+        self.result.report = target / done["html"]
+
+    def host(self) -> dict | None:
+        """This host's facts for the report (copy bandwidth measured once per host, cached)."""
+        bench, _ = _stage("bench")
+        if bench is None:
+            return None
+        cfg = self.config
+
+        def work(tmp: Path) -> dict:
+            cpu, _, cores = _host_id().rpartition(" x")
+            return {"cpu": cpu, "cores": int(cores), "threads_used": cfg.threads,
+                    "bandwidth_gb_s": bench.measure_bandwidth_gb_s(), "python": _python_version(),
+                    "llama_cpp_python": _llama_cpp_version()}
+
+        done, _ = self.step("host", "measure copy bandwidth", {"host": _host_id(), "threads": cfg.threads}, work)
+        return done
+
+    def check(self, fit_data: dict | None) -> None:
+        cfg = self.config
+        failures = self.result.failures
+        if fit_data is None:
+            failures.append("no fit was made (see the skipped steps)")
+            return
+        for line, res in fit_data["lines"].items():
+            for profile, pick in sorted(res["picks"].items()):
+                if pick is None:
+                    failures.append(f"{profile}{'' if line == BASE_LINE else ' (' + line + ')'}: "
+                                    f"{res['summary'][profile]}")
+        if cfg.max_kld is not None:
+            for v in self._variants():
+                kld = (v.get("quality") or {}).get("mean_kld")
+                if kld is not None and kld > cfg.max_kld:
+                    failures.append(f"{v['name']}: KLD {kld:.4f} exceeds max_kld {cfg.max_kld:g}")
+
+
+def build(config: BuildConfig, *, only: str | None = None, progress: Progress = QUIET) -> BuildResult:
+    """Run the build described by ``config`` (see the module doc). Raises ``EdgepackError`` subclasses."""
+    return _Build(config, progress, only).run()
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+def _log(message: str) -> None:
+    import sys
+    print(message, file=sys.stderr, flush=True)
+
+
+def _params(fn) -> set[str]:
+    import inspect
+    return set(inspect.signature(fn).parameters)
+
+
+def _llama_cpp_version() -> str:
+    try:
+        import llama_cpp
+        return str(llama_cpp.__version__)
+    except ImportError:  # pragma: no cover
+        return "none"
+
+
+def _python_version() -> str:
+    import platform
+    return platform.python_version()
+
+
+def _host_id() -> str:
+    import platform
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu} x{os.cpu_count()}"
+
+
+def _manifest_sha(folder: Path) -> str | None:
+    try:
+        return sha256_file(folder / "manifest.json")
+    except OSError:
+        return None
+
+
+def _head_tokens(text: str, n_tokens: int) -> str:
+    """About ``n_tokens`` tokens of ``text`` (4 characters a token), cut at a line end: a bounded eval."""
+    limit = n_tokens * 4
+    if len(text) <= limit:
+        return text
+    cut = text.rfind("\n", 0, limit)
+    return text[: cut if cut > 0 else limit]
+
+
+@contextlib.contextmanager
+def _deterministic_plots():
+    """matplotlib writes a date and random ids into SVGs unless told otherwise; reports must be reproducible."""
+    old = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = "0"
+    saved = None
+    try:
+        import matplotlib
+        saved = matplotlib.rcParams.get("svg.hashsalt")
+        matplotlib.rcParams["svg.hashsalt"] = "edgepack"
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = old
+        if saved is not None or "matplotlib" in globals():
+            with contextlib.suppress(ImportError):
+                import matplotlib
+                matplotlib.rcParams["svg.hashsalt"] = saved
+
+
+__all__ = ["build", "plan", "matrix", "lines", "BuildResult", "StepRecord", "StepCache", "Unit", "content_key",
+           "EdgepackError"]
