@@ -1,0 +1,260 @@
+"""The architecture families' test cases: tiny checkpoints from real configs, real or family-style tokenizers.
+
+Used by tests/test_families.py and benchmarks/families.py. Each ``FamilyCase`` names a real config.json from
+../shared/fixtures/configs, how it is shrunk (everything else kept: GQA ratio, head_dim rule, tied embeddings,
+biases, soft-caps, rope settings; sliding windows shrunk below the test sequence so they take effect) and a
+tokenizer. Real tokenizer files are used where the fixtures have one for the family (Phi-3, GPT-2, Phi-2 for
+StableLM, TinyLlama); otherwise the tokenizer is trained here with ``tokenizers`` in the family's own
+pre-tokenizer configuration (Qwen2's regex split, SmolLM's digits + ByteLevel, Gemma's SentencePiece-style
+BPE with byte fallback and its special tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tinymodels import TEXTS, TOKENIZERS, real_config, shrink
+
+QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+               "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+SEQUENCE_LENGTH = 48  # tokens per logits comparison; every shrunk sliding window is shorter
+SLIDING_WINDOW = 16
+
+
+def conformance_texts() -> list[str]:
+    inputs = json.loads((TEXTS / "swift-transformers/MultilingualConformance/inputs.json").read_text())
+    return [entry["text"] for entry in inputs]
+
+
+def _training_corpus() -> list[str]:
+    book = (TEXTS / "war-and-peace.txt").read_text(encoding="utf-8")[:400_000]
+    return book.splitlines() + conformance_texts()
+
+
+# --- tokenizers --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    name: str
+    build: object  # folder -> None: writes tokenizer.json (+ tokenizer_config.json ...)
+    bos: str | None  # prepended to the logits test's ids when the family's tokenizer adds it
+
+
+def _write(folder: Path, tokenizer_json: dict, config: dict) -> None:
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+def _byte_level(folder: Path, *, qwen2: bool) -> None:
+    """Byte-level BPE as Qwen2 (NFC, regex split, ByteLevel without regex) or SmolLM (digits, ByteLevel)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    if qwen2:
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(pattern=__import__("tokenizers").Regex(QWEN2_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=[] if qwen2 else specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_training_corpus(), trainer)
+    if qwen2:  # Qwen2 appends its specials after the BPE vocabulary (151643...)
+        tok.add_special_tokens(specials)
+    data = json.loads(tok.to_str())
+    _write(folder, data, {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None if qwen2 else
+                          "<|endoftext|>", "eos_token": "<|im_end|>" if qwen2 else "<|endoftext|>",
+                          "pad_token": "<|endoftext|>", "add_bos_token": False})
+
+
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def _gemma_style(folder: Path) -> None:
+    """SentencePiece-style BPE as Gemma's tokenizer.json: spaces become ▁ (no dummy prefix), no
+    pre-tokenizer, byte fallback through <0x..> tokens, <pad>/<eos>/<bos>/<unk> at ids 0-3."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    trainer = trainers.BpeTrainer(vocab_size=1800, special_tokens=GEMMA_SPECIALS + byte_tokens,
+                                  max_token_length=16, show_progress=False)
+    tok.train_from_iterator(_training_corpus(), trainer)
+    data = json.loads(tok.to_str())
+    # The byte tokens are ordinary vocabulary entries in Gemma (SentencePiece BYTE pieces), not added tokens.
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in byte_tokens]
+    data["post_processor"] = {"type": "TemplateProcessing",
+                              "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
+                                         {"Sequence": {"id": "A", "type_id": 0}}],
+                              "pair": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
+                                       {"Sequence": {"id": "A", "type_id": 0}},
+                                       {"SpecialToken": {"id": "<bos>", "type_id": 1}},
+                                       {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2], "tokens": ["<bos>"]}}}
+    _write(folder, data, {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>",
+                          "pad_token": "<pad>", "unk_token": "<unk>", "add_bos_token": True,
+                          "add_eos_token": False})
+
+
+def _copy(files: dict[str, str]):
+    def build(folder: Path) -> None:
+        for src, dst in files.items():
+            shutil.copy(TOKENIZERS / src, folder / dst)
+    return build
+
+
+TOKENIZER_SPECS = {t.name: t for t in [
+    TokenizerSpec("qwen2-trained", lambda f: _byte_level(f, qwen2=True), None),
+    TokenizerSpec("smollm-trained", lambda f: _byte_level(f, qwen2=False), None),
+    TokenizerSpec("gemma-trained", _gemma_style, "<bos>"),
+    TokenizerSpec("phi3-mini", _copy({"phi3-mini-ortx/tokenizer.json": "tokenizer.json",
+                                      "phi3-mini-ortx/tokenizer_config.json": "tokenizer_config.json"}), "<s>"),
+    TokenizerSpec("phi2", _copy({"phi2-ortx/tokenizer.json": "tokenizer.json",
+                                 "phi2-ortx/tokenizer_config.json": "tokenizer_config.json"}), None),
+    TokenizerSpec("gpt2", _copy({"gpt2-swift-transformers/gpt2_tokenizer.json": "tokenizer.json",
+                                 "gpt2-swift-transformers/gpt2_tokenizer_config.json": "tokenizer_config.json"}),
+                  None),
+    TokenizerSpec("tinyllama", _copy({f"tinyllama-chat-resaved-Dheena731/{n}": n for n in (
+        "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")}), "<s>"),
+]}
+
+
+def build_tokenizer(name: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    TOKENIZER_SPECS[name].build(folder)
+    return folder
+
+
+def hf_encoder(folder: Path):
+    """text -> ids with Hugging Face tokenizers (no BOS/EOS): the reference every GGUF must reproduce."""
+    import tokenizers
+
+    tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return lambda text: tok.encode(text, add_special_tokens=False).ids
+
+
+def tokenizer_size(folder: Path) -> int:
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    ids = list(data["model"]["vocab"].values()) + [t["id"] for t in data.get("added_tokens", [])]
+    return max(ids) + 1
+
+
+# --- model cases -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FamilyCase:
+    name: str
+    config: str  # fixtures/configs/<config>.config.json
+    tokenizer: str
+    shrink_args: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)
+    # The GELU-gated families: llama.cpp's CPU GELU/GEGLU reads an FP16 lookup table by design (GGML_GELU_FP16
+    # in ggml-cpu/vec.h: input and output rounded to half precision). Their F32 comparison runs transformers
+    # with that same table GELU (see table_gelu) and allows 2e-3: what remains is the table's rounding
+    # landing on the other side of a half-precision step when the inputs differ in the last float32 bits.
+    gelu_table: bool = False
+
+
+def half_precision_matmuls(model) -> None:
+    """Make transformers compute as llama.cpp's CPU backend does with an F16 GGUF: weights rounded to half, and
+    each matmul's input rounded to half too (ggml converts src1 to the F16 vec_dot type, accumulating in F32).
+    Attention itself stays F32, as with llama_cpp_logits' F32 KV cache."""
+    import torch
+
+    def round_input(_module, args):
+        return (args[0].to(torch.float16).to(torch.float32),) + tuple(args[1:])
+
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            if param.dim() > 1:
+                param.copy_(param.to(torch.float16).to(torch.float32))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            module.register_forward_pre_hook(round_input)
+
+
+def table_gelu(model) -> None:
+    """Replace the model's GELU modules by ggml's FP16-table GELU (tanh form; 0 below -10, identity above 10)."""
+    import torch
+
+    class TableGelu(torch.nn.Module):
+        def forward(self, x):
+            half = x.to(torch.float16).to(torch.float32)
+            y = torch.nn.functional.gelu(half, approximate="tanh").to(torch.float16).to(torch.float32)
+            return torch.where(x >= 10, x, torch.where(x <= -10, torch.zeros_like(x), y))
+
+    replaced = 0
+    for module in model.modules():
+        for attr in ("act_fn", "act"):
+            act = getattr(module, attr, None)
+            if isinstance(act, torch.nn.Module) and "gelu" in type(act).__name__.lower():
+                setattr(module, attr, TableGelu())
+                replaced += 1
+    if not replaced:
+        raise RuntimeError("no GELU module found to replace")
+
+CASES = [
+    FamilyCase("qwen2.5-0.5b", "qwen2_0_5b", "qwen2-trained", {"hidden": 448, "heads": 7}),
+    FamilyCase("qwen3-0.6b", "qwen3_0.6b", "qwen2-trained", {}, {"head_dim": 128}),
+    FamilyCase("gemma-2b", "gemma_2b", "gemma-trained", gelu_table=True),
+    FamilyCase("gemma2-2b", "gemma2_2b", "gemma-trained", {},
+               {"head_dim": 128, "query_pre_attn_scalar": 128, "sliding_window": SLIDING_WINDOW},
+               gelu_table=True),
+    FamilyCase("gemma3-1b", "gemma3_1b_it", "gemma-trained", {"layers": 2},
+               {"head_dim": 128, "query_pre_attn_scalar": 128, "sliding_window": SLIDING_WINDOW,
+                "sliding_window_pattern": 2},
+               gelu_table=True),
+    # head_dim 96 as the real model, so the 48 real LongRoPE factors fit unchanged. The original context is
+    # shrunk with the same ratio (32x): above the sequence, HF and llama.cpp both use the short factors...
+    FamilyCase("phi3.5-longrope-short", "phi-3_5", "phi3-mini", {"hidden": 384, "heads": 4,
+                                                                 "max_positions": 32768},
+               {"original_max_position_embeddings": 1024}),
+    # ... below it (sequence 48 > 32, llama.cpp context 64 > 32), both use the long factors.
+    FamilyCase("phi3.5-longrope-long", "phi-3_5", "phi3-mini", {"hidden": 384, "heads": 4, "max_positions": 1024},
+               {"original_max_position_embeddings": 32}),
+    FamilyCase("stablelm-2-1.6b", "stablelm-2-zephyr-1_6b", "phi2"),
+    # GPT-2's activations stay small enough here that the table's rounding is below 1e-4 on the logits.
+    FamilyCase("gpt2", "gpt2", "gpt2"),
+    FamilyCase("smollm-135m", "smollm_135m", "smollm-trained", {"hidden": 384, "heads": 6}),
+    FamilyCase("smollm2-135m", "smollm2_135m", "smollm-trained", {"hidden": 384, "heads": 6}),
+    FamilyCase("tinyllama-1.1b", "tinyllama_1b_chat_v1.0", "tinyllama", {"heads": 8}),
+]
+
+
+def _round_up(n: int, multiple: int = 64) -> int:
+    return -(-n // multiple) * multiple
+
+
+def case_config(case: FamilyCase, tokenizer_folder: Path) -> dict:
+    """The real config shrunk; vocab_size = the tokenizer's, padded up like the real models pad theirs."""
+    real = real_config(case.config)
+    vocab_size = _round_up(tokenizer_size(tokenizer_folder))
+    if real["model_type"] == "gpt2":  # GPT-2 names its sizes n_*; keep the real vocabulary size (50257)
+        config = {k: v for k, v in real.items() if k != "transformers_version"}
+        config.update(n_embd=256, n_layer=2, n_head=4, n_positions=1024, n_ctx=1024,
+                      vocab_size=tokenizer_size(tokenizer_folder))
+    else:
+        config = shrink(real, vocab_size=vocab_size, **case.shrink_args)
+    config.update(case.overrides)
+    return config
+
+
+def prompt_ids(case: FamilyCase, folder: Path) -> list[int]:
+    """SEQUENCE_LENGTH token ids of a real text, by the reference tokenizer (with BOS where the family adds it)."""
+    import tokenizers
+
+    tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    text = (TEXTS / "war-and-peace.txt").read_text(encoding="utf-8")[5000:6000]
+    bos = TOKENIZER_SPECS[case.tokenizer].bos
+    ids = ([tok.token_to_id(bos)] if bos else []) + tok.encode(text, add_special_tokens=False).ids
+    return ids[:SEQUENCE_LENGTH]
