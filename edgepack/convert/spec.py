@@ -92,6 +92,9 @@ class Expected:
 
     shape: tuple[int, ...]
     optional: bool = False
+    # The shape the family's transform returns, when it differs from ``shape`` (e.g. GPT-2's Conv1D weights,
+    # stored transposed): what the GGUF declares. None: the transform keeps the shape.
+    out_shape: tuple[int, ...] | None = None
 
 
 # An extra GGUF key computed from the config (name, value, GGUF value type).
