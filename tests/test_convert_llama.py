@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgepack.convert import convert
-from tinymodels import TEXTS, build_model, compare, hf_logits, llama_cpp_logits, real_config, shrink
+from tinymodels import TEXTS, build_model, compare, hf_logits, llama_cpp_logits, real_config, reload_float32, shrink
 from tokenizer_cases import CASES
 
 F32_TOLERANCE, F16_TOLERANCE = 1e-4, 5e-3
@@ -60,7 +60,7 @@ def built(request, tmp_path_factory):
         assert (folder / "model" / "model.safetensors.index.json").is_file()
     tok_case.build(folder / "model")
     ids = _token_ids(case, folder / "model")
-    reference = hf_logits(model, ids)  # for BF16 sources: the BF16 weights widened exactly to float32
+    reference = hf_logits(reload_float32(folder / "model"), ids)
     return case, folder, ids, reference
 
 
@@ -115,7 +115,7 @@ def test_metadata_and_tensors(built):
     names = {t.name for t in reader.tensors}
     tied = config.get("tie_word_embeddings", False)
     assert ("output.weight" in names) == (not tied)
-    scaling = (config.get("rope_scaling") or {}).get("rope_type")
+    scaling = (config.get("rope_parameters") or config.get("rope_scaling") or {}).get("rope_type")
     assert ("rope_freqs.weight" in names) == (scaling == "llama3")
     # q8_0 output loads and runs
     assert np.isfinite(llama_cpp_logits(out, ids[:8])).all()

@@ -68,16 +68,26 @@ def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32
     cfg_cls = transformers.AutoConfig.for_model(config["model_type"]).__class__
     cfg = cfg_cls(**{k: v for k, v in config.items() if k not in ("model_type",)})
     model = cls(cfg).eval()
+    std = float(config.get("initializer_range", 0.02))  # the scale real checkpoints start from
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:  # norms/biases: move away from 1/0 so a wrong layout cannot hide
                 p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
             else:
-                p.copy_(0.05 * torch.randn_like(p))
+                p.copy_(std * torch.randn_like(p))
     model = model.to(getattr(torch, dtype))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     return model
+
+
+def reload_float32(folder: Path):
+    """The saved checkpoint, loaded back by transformers in float32 (BF16 weights widen exactly; buffers such
+    as rotary inv_freq are recomputed in float32, as they are when anyone loads the checkpoint)."""
+    import torch
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 def hf_logits(model, token_ids: list[int]) -> np.ndarray:
