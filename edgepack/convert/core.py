@@ -214,7 +214,13 @@ def _hash_placeholder(index: int) -> str:
 def _patch_hashes(path: Path, placeholders: dict[str, str], hashes: dict[str, str]) -> None:
     """Overwrite each 64-byte placeholder in the GGUF's metadata with the file's real sha256 (same length)."""
     with open(path, "r+b") as f:
-        head = f.read(64 * 1024 * 1024)  # the KV section (vocabulary included) is far smaller than this
+        head = b""
+        # The placeholders sit in the KV section near the start: read only as far as needed to find them all.
+        while len(head) < (256 << 20) and not all(p.encode() in head for p in placeholders.values()):
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            head += chunk
         for name, placeholder in placeholders.items():
             offset = head.find(placeholder.encode())
             if offset < 0 or head.find(placeholder.encode(), offset + 1) >= 0:

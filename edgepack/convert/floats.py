@@ -74,6 +74,19 @@ def convert_chunked(flat: np.ndarray, src_dtype: str, out_dtype, narrow) -> np.n
     """Widen ``flat`` to float32 and narrow it with ``narrow`` one chunk at a time: temporaries stay at one
     chunk instead of a float32 copy of the whole tensor."""
     out = np.empty(flat.shape, dtype=out_dtype)
+    lib = _ggml_cpu()
+    if lib is not None and src_dtype == "BF16" and out_dtype in (np.float16, np.float32):
+        # ggml writes straight into the output: no per-chunk arrays, no extra copy.
+        flat = np.ascontiguousarray(flat)
+        if out_dtype == np.float32:
+            lib.ggml_cpu_bf16_to_fp32(flat.ctypes.data, out.ctypes.data, flat.size)
+            return out
+        scratch = np.empty(min(flat.size, CHUNK_ELEMENTS), dtype=np.float32)
+        for start in range(0, flat.size, CHUNK_ELEMENTS):
+            n = min(CHUNK_ELEMENTS, flat.size - start)
+            lib.ggml_cpu_bf16_to_fp32(flat.ctypes.data + 2 * start, scratch.ctypes.data, n)
+            lib.ggml_cpu_fp32_to_fp16(scratch.ctypes.data, out.ctypes.data + 2 * start, n)
+        return out
     for start in range(0, flat.size, CHUNK_ELEMENTS):
         out[start:start + CHUNK_ELEMENTS] = narrow(to_f32(flat[start:start + CHUNK_ELEMENTS], src_dtype))
     return out
