@@ -204,7 +204,7 @@ def open_llama(path: str | Path, **kwargs):
 
 def _load(path: Path, ctx: int, threads: int):
     return open_llama(path, n_ctx=ctx, n_batch=min(ctx, 512), n_ubatch=min(ctx, 512), logits_all=True,
-                      n_threads=threads)
+                      n_threads=threads, n_threads_batch=threads)
 
 
 def _chunks(llm, text: str, ctx: int, label: str) -> list[np.ndarray]:
