@@ -229,7 +229,7 @@ class _Build:
 
     # one step: cached or run, recorded either way
     def step(self, step: str, label: str, parts: dict, fn: Callable[[Path], dict]) -> tuple[dict, Path]:
-        key = content_key(step=step, v=STEP_VERSION, edgepack=__version__, **parts)
+        key = self._key(step, parts)
         started = time.monotonic()
         cached = self.cache.get(step, key)
         if cached is None:
@@ -270,6 +270,10 @@ class _Build:
                     self.variant(unit, line_bases[unit.line], src)
             else:
                 self.adapter(unit, src, base)
+        for line_name, line_base in line_bases.items():  # one reference pass per line for every missing eval
+            self.evaluate_line([v for v in self._variants() if v["line"] == line_name], line_base)
+        for v in self._variants():
+            v["bench"] = self.bench(v["name"], v["file"], v["sha256"])
         if self.only is None:
             fit_data = self.fit()
             if fit_data is not None:
@@ -404,34 +408,52 @@ class _Build:
                                                     "llama_cpp": _llama_cpp_version()}, work)
         path = folder / done["file"]
         facts.update(file=path, sha256=done["sha256"], size_bytes=done["size_bytes"])
-        facts["quality"] = self.evaluate(name, path, done["sha256"], base)
-        facts["bench"] = self.bench(name, path, done["sha256"])
 
-    def evaluate(self, name: str, path: Path, sha: str, base: dict) -> dict | None:
+    def evaluate_line(self, variants: list[dict], base: dict) -> None:
+        """Quality of each variant vs its line's unquantized GGUF (PPL, KLD, top-1), one step per variant.
+
+        The variants whose step is not cached are measured together (``evaluate_many``: one reference pass);
+        each result is then committed to its own step folder, so the cache stays one entry per branch.
+        """
+        if not variants:
+            return
         evaluate, why = _stage("evaluate")
         if evaluate is None:
-            self.skip("eval", name, why)
-            return None
+            for v in variants:
+                self.skip("eval", v["name"], why)
+            return
         cfg = self.config
         text_path = cfg.eval_text
         text_sha = sha256_file(text_path) if text_path else "builtin"
         ctx = max(16, min(cfg.ctx, 512) // 2 * 2)
+        parts = {v["name"]: {"model": v["sha256"], "ref": base["sha256"], "text": text_sha,
+                             "tokens": cfg.eval_tokens, "ctx": ctx} for v in variants}
+        missing = [v for v in variants if self.cache.get("eval", self._key("eval", parts[v["name"]])) is None]
+        measured: dict[str, dict] = {}
+        started = time.monotonic()
+        if missing:
+            self.log(f"[eval] {', '.join(v['name'] for v in missing)} vs {Path(base['path']).name} ...")
+            with contextlib.ExitStack() as stack:
+                text = None
+                if text_path is not None:
+                    tmp = Path(stack.enter_context(_tempdir()))
+                    text = tmp / "eval.txt"
+                    text.write_text(_head_tokens(text_path.read_text(encoding="utf-8"), cfg.eval_tokens),
+                                    encoding="utf-8")
+                results = evaluate.evaluate_many([v["file"] for v in missing], base["path"], text=text, ctx=ctx,
+                                                 threads=cfg.threads)
+            for v, r in zip(missing, results):
+                data = {k: x for k, x in asdict(r).items() if k not in ("model", "reference", "text", "seconds")}
+                measured[v["name"]] = {k: (round(x, 6) if isinstance(x, float) else x) for k, x in data.items()}
+        share = round((time.monotonic() - started) / max(1, len(missing)), 2)
+        for v in variants:
+            v["quality"], _ = self.step("eval", v["name"], parts[v["name"]],
+                                        lambda tmp, name=v["name"]: measured[name])
+            if v["name"] in measured:  # the batch's time, shared out
+                self.result.steps[-1].seconds = share
 
-        def work(tmp: Path) -> dict:
-            text = None
-            if text_path is not None:
-                text = tmp / "eval.txt"
-                text.write_text(_head_tokens(text_path.read_text(encoding="utf-8"), cfg.eval_tokens),
-                                encoding="utf-8")
-            r = evaluate.evaluate(path, base["path"], text=text, ctx=ctx, threads=cfg.threads)
-            data = {k: v for k, v in asdict(r).items() if k not in ("model", "reference", "text", "seconds")}
-            if text is not None:
-                text.unlink()
-            return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in data.items()}
-
-        done, _ = self.step("eval", name, {"model": sha, "ref": base["sha256"], "text": text_sha,
-                                           "tokens": cfg.eval_tokens, "ctx": ctx}, work)
-        return done
+    def _key(self, step: str, parts: dict) -> str:
+        return content_key(step=step, v=STEP_VERSION, edgepack=__version__, **parts)
 
     def bench(self, name: str, path: Path, sha: str) -> dict | None:
         bench, why = _stage("bench")
@@ -525,6 +547,7 @@ class _Build:
         by_name = {v["name"]: v for v in self._variants()}
         converted = self.result.variants.get("_adapters", {})
         for line_name, res in fit_data["lines"].items():
+            report_files = self.bundle_report(line_name, res, report_mod)
             for profile, pick in sorted(res["picks"].items()):
                 folder_name = profile if line_name == BASE_LINE else f"{profile}+{line_name}"
                 if pick is None:
@@ -542,12 +565,11 @@ class _Build:
                                                "pp_tokens_per_s", "memory", "backend", "bits_per_weight", "size_mb")}
                 runtime = dict(row["settings"])
                 profile_facts = fit_data["profiles"][profile]
-                per_bundle = {"fit": {**res, "rows": [r for r in res["rows"] if r["profile"] == profile],
-                                      "picks": {profile: pick}, "summary": {profile: res["summary"][profile]}}}
                 parts = {"model": v["sha256"], "adapters": [(a.name, a.scale, str(a.source_sha256)) for a in adapters],
                          "adapter_files": [converted[a.name]["sha256"] for a in adapters], "fit": fit_row,
                          "quality": quality, "runtime": runtime, "source": src["facts"], "profile": profile_facts,
-                         "report": per_bundle, "archive": cfg.archive, "tools": _llama_cpp_version()}
+                         "report": {k: sha256_file(f) for k, f in report_files.items()}, "archive": cfg.archive,
+                         "tools": _llama_cpp_version()}
                 key = content_key(step="bundle", v=STEP_VERSION, edgepack=__version__, **parts)
                 target = self.out / "bundles" / folder_name
                 archive = None
@@ -562,20 +584,13 @@ class _Build:
                     continue
 
                 def work(tmp: Path, v=v, adapters=adapters, quality=quality, fit_row=fit_row, runtime=runtime,
-                         profile_facts=profile_facts, per_bundle=per_bundle, target=target) -> dict:
-                    extra = {}
-                    report_name = None
-                    if cfg.report and report_mod is not None:
-                        with _deterministic_plots():
-                            rep = report_mod.write_report(per_bundle, tmp / "report")
-                        extra = {"report.html": rep.html, "report.md": rep.markdown}
-                        report_name = "report.html"
+                         profile_facts=profile_facts, target=target) -> dict:
                     b = bundle_mod.write_bundle(target, model=v["file"], quant=v["quant"], profile=profile_facts,
-                                                source=src["facts"], adapters=adapters, extra_files=extra,
-                                                fit=fit_row, quality=quality, runtime=runtime, report=report_name,
+                                                source=src["facts"], adapters=adapters, extra_files=report_files,
+                                                fit=fit_row, quality=quality, runtime=runtime,
+                                                report="report.html" if report_files else None,
                                                 model_name=cfg.name if line_name == BASE_LINE
                                                 else f"{cfg.name}-{line_name}", archive=cfg.archive)
-                    shutil.rmtree(tmp / "report", ignore_errors=True)
                     return {"manifest_sha256": _manifest_sha(target),
                             "archive_sha256": sha256_file(b.archive) if b.archive else None}
 
@@ -585,6 +600,20 @@ class _Build:
                 self.result.bundles.append(BundleSummary(profile, line_name, pick, target, archive))
         if cfg.report and report_mod is None:
             self.skip("report", "bundle reports", why)
+
+    def bundle_report(self, line_name: str, res: dict, report_mod) -> dict[str, Path]:
+        """The report shipped inside every bundle of a line: fit and quality only (no host timings), so it is
+        reproducible byte for byte."""
+        if not self.config.report or report_mod is None:
+            return {}
+
+        def work(tmp: Path) -> dict:
+            with _deterministic_plots():
+                rep = report_mod.write_report({"fit": res}, tmp)
+            return {"html": rep.html.name, "markdown": rep.markdown.name}
+
+        done, folder = self.step("bundle-report", line_name, {"fit": res}, work)
+        return {"report.html": folder / done["html"], "report.md": folder / done["markdown"]}
 
     def report(self, fit_data: dict) -> None:
         cfg = self.config
@@ -706,6 +735,13 @@ def _manifest_sha(folder: Path) -> str | None:
         return sha256_file(folder / "manifest.json")
     except OSError:
         return None
+
+
+@contextlib.contextmanager
+def _tempdir():
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="edgepack-build-") as tmp:
+        yield tmp
 
 
 def _head_tokens(text: str, n_tokens: int) -> str:
