@@ -711,9 +711,11 @@ def _add_adapter_metadata(writer: gguf.GGUFWriter, adapter: _Adapter, base: _Bas
 # -- merge -----------------------------------------------------------------------------------------------------
 
 def merge_adapter(peft_dir: str | os.PathLike, base_hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                  strict: bool = False, force: bool = False, progress: Progress = QUIET) -> MergeResult:
-    """Write ``base_hf_dir`` with the adapter merged in (``W + scaling·B·A``) to the folder ``out_dir``.
+                  scale: float = 1.0, strict: bool = False, force: bool = False,
+                  progress: Progress = QUIET) -> MergeResult:
+    """Write ``base_hf_dir`` with the adapter merged in (``W + scale·scaling·B·A``) to the folder ``out_dir``.
 
+    ``scale`` is llama.cpp's lora scale (``--lora-scaled``): 1.0 merges the adapter as trained.
     Weights keep the base's files, tensor names and dtypes (the sum is computed in float32); config,
     tokenizer and other non-weight files are copied, so the result converts like any other model. The folder
     is built beside ``out_dir`` and renamed into place only when complete.
@@ -748,7 +750,8 @@ def merge_adapter(peft_dir: str | os.PathLike, base_hf_dir: str | os.PathLike, o
                     data = checkpoint.read(info.name)
                     pair = deltas.get(info.name)
                     if pair is not None:
-                        data = _merged(data, info.dtype, adapter.read(pair.a), adapter.read(pair.b), pair.scaling)
+                        data = _merged(data, info.dtype, adapter.read(pair.a), adapter.read(pair.b),
+                                       scale * pair.scaling)
                         merged += 1
                     f.write(np.ascontiguousarray(data).tobytes())
                     progress.advance(info.nbytes)
@@ -761,7 +764,7 @@ def merge_adapter(peft_dir: str | os.PathLike, base_hf_dir: str | os.PathLike, o
         record = {"edgepack_version": __version__, "base": base.name, "base_sha256": base.source_hashes(progress),
                   "adapter": str(adapter.folder), "adapter_sha256": {p.name: sha256_file(p) for p in (
                       adapter.folder / ADAPTER_CONFIG, adapter.weights)}, "scaling": adapter.scaling,
-                  "lora_alpha": adapter.lora_alpha, "merged_tensors": sorted(deltas)}
+                  "lora_alpha": adapter.lora_alpha, "scale": scale, "merged_tensors": sorted(deltas)}
         (tmp / "edgepack-merge.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     files = sorted(p.name for p in out.iterdir())
     return MergeResult(output=out, architecture=base.hf_class, n_merged=merged, n_tensors=len(checkpoint.tensors),

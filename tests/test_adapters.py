@@ -340,6 +340,7 @@ def llama_lora(bases, tmp_path_factory):
     case = LoraCase("llama-meta", "llama", 8, 16, ("q_proj", "k_proj", "v_proj", "up_proj"))
     peft_model = make_adapter(model, root / "lora", case, seed=3)
     ref = peft_logits(peft_model, list(range(1, 30)))
+    root.joinpath("ref-0.5.npy").write_bytes(peft_logits(peft_model, list(range(1, 30)), 0.5).tobytes())
     peft_model.unload()
     _edit_config(root / "lora", base_model_name_or_path=str(folder))
     return folder, f32, q8, root, ref
@@ -400,10 +401,21 @@ def test_cli_convert_and_one_step_merge(llama_lora, tmp_path):
     print(f"one-step convert --merge-lora: F32 max|Δ|={max_abs:.2e}")
     assert max_abs <= F32_TOLERANCE and top1 == 1.0
 
+    result = runner.invoke(cli, ["adapter", "merge", str(root / "lora"), "--base", str(folder), "-o",
+                                 str(tmp_path / "half"), "--scale", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_merged"] == 8
+    convert(tmp_path / "half", tmp_path / "half.gguf", outtype="f32")
+    ref_half = np.frombuffer((root / "ref-0.5.npy").read_bytes(), dtype=np.float32).reshape(ref.shape)
+    max_abs, _ = compare(ref_half, llama_cpp_logits(tmp_path / "half.gguf", list(range(1, 30))))
+    print(f"adapter merge --scale 0.5: F32 max|Δ|={max_abs:.2e}")
+    assert max_abs <= F32_TOLERANCE
+
 
 # -- refusals --------------------------------------------------------------------------------------------------
 
 def _run(args: list[str], capsys) -> tuple[int, str]:
+    capsys.readouterr()  # drop what building the models printed
     with pytest.raises(SystemExit) as exc:
         main(args)
     return exc.value.code, capsys.readouterr().err

@@ -77,10 +77,13 @@ def convert_command(peft_dir: Path, base: str, out: Path | None, outtype: str, s
               help="The base model's HF folder (or a Hub repo id org/name[@rev]).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
               help="Output folder for the merged model (safetensors + config + tokenizer).")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Multiply the adapter's effect (llama.cpp's --lora-scaled); 1 merges it as trained.")
 @click.option("--strict", is_flag=True, help=_STRICT_HELP)
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def merge_command(peft_dir: Path, base: str, out: Path, strict: bool, force: bool, as_json: bool) -> None:
+def merge_command(peft_dir: Path, base: str, out: Path, scale: float, strict: bool, force: bool,
+                  as_json: bool) -> None:
     """Merge a PEFT LoRA adapter into its base: W + scaling·B·A, saved as HF safetensors.
 
     The merged folder keeps the base's dtypes, files and tokenizer, so it converts and quantizes like any
@@ -91,7 +94,8 @@ def merge_command(peft_dir: Path, base: str, out: Path, strict: bool, force: boo
       edgepack adapter merge ./my-lora --base ./TinyLlama-1.1B -o tinyllama-mine/
       edgepack convert tinyllama-mine/ --outtype q8_0
     """
-    result = merge_adapter(peft_dir, base, out, strict=strict, force=force, progress=Progress(enabled=not as_json))
+    result = merge_adapter(peft_dir, base, out, scale=scale, strict=strict, force=force,
+                           progress=Progress(enabled=not as_json))
     if as_json:
         emit_json(result)
         return
