@@ -4,7 +4,9 @@ Each model runs in its own child process (``python -m edgepack.bench CHILD-ARGS`
 (VmHWM) belongs to that model alone. Like llama-bench: pp = one batch of ``n_prompt`` tokens (pp512 by
 default), tg = ``n_gen`` single-token decodes (tg128); ``reps`` repetitions report median, min and max.
 This host's memory bandwidth is measured too (a large numpy copy); ``edgepack fit`` uses it to turn the
-measured generation speed into a per-token overhead that carries over to devices.
+measured generation speed into a per-token overhead that carries over to devices. With a reference GGUF,
+quality comes from ``edgepack.evaluate`` (llama-perplexity's method): mean KLD, PPL and its change, top-1
+agreement -- the numbers ``edgepack fit --max-kld`` and the report read.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class BenchResult:
     host: HostInfo
     models: list[ModelBench] = field(default_factory=list)
     reference: str | None = None
-    quality_note: str = ""
+    quality_note: str = ""  # how quality was measured (reference, text, context)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -111,39 +113,27 @@ def _cpu_name() -> str:
 
 def _child(path: str, n_ctx: int, n_prompt: int, n_gen: int, reps: int, threads: int) -> dict:
     """Runs inside the child process: load, then ``reps`` x (pp, tg); prints nothing itself."""
-    import llama_cpp
-    import llama_cpp.llama_cpp as lib
+    from .evaluate import open_llama  # llama.cpp without the extra-buffer repacking that crashes AMX hosts
 
-    # llama.cpp's AMX/extra-buffer weight repacking segfaults on the first decode of quantized models with
-    # llama-cpp-python 0.3.36 on AMX hosts (seen on this project's CI machine); plain CPU buffers are used.
-    default_params = lib.llama_model_default_params
-
-    def _no_repack():
-        params = default_params()
-        params.use_extra_bufts = False
-        return params
-
-    lib.llama_model_default_params = _no_repack
     loads = []
     t = time.perf_counter()
-    llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_batch=max(n_prompt, 1), n_threads=threads, verbose=False)
-    loads.append(time.perf_counter() - t)
-    rng = np.random.default_rng(0)
-    n_vocab = llm.n_vocab()
-    tokens = [int(x) for x in rng.integers(3, n_vocab, size=n_prompt + n_gen)]
-    pp, tg = [], []
-    llm.eval(tokens[:8])  # warm-up (thread pool, page-in of mmapped weights)
-    for _ in range(reps):
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(tokens[:n_prompt])
-        pp.append(n_prompt / (time.perf_counter() - t))
-        llm.reset()
-        t = time.perf_counter()
-        for tok in tokens[n_prompt:n_prompt + n_gen]:
-            llm.eval([tok])
-        tg.append(n_gen / (time.perf_counter() - t))
-    llm.close()
+    with open_llama(path, n_ctx=n_ctx, n_batch=max(n_prompt, 1), n_threads=threads, n_threads_batch=threads) as llm:
+        loads.append(time.perf_counter() - t)
+        rng = np.random.default_rng(0)
+        n_vocab = llm.n_vocab()
+        tokens = [int(x) for x in rng.integers(3, n_vocab, size=n_prompt + n_gen)]
+        pp, tg = [], []
+        llm.eval(tokens[:8])  # warm-up (thread pool, page-in of mmapped weights)
+        for _ in range(reps):
+            llm.reset()
+            t = time.perf_counter()
+            llm.eval(tokens[:n_prompt])
+            pp.append(n_prompt / (time.perf_counter() - t))
+            llm.reset()
+            t = time.perf_counter()
+            for tok in tokens[n_prompt:n_prompt + n_gen]:
+                llm.eval([tok])
+            tg.append(n_gen / (time.perf_counter() - t))
     hwm = 0.0
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -175,23 +165,21 @@ def bench_one(path: str | Path, *, n_ctx: int = 1024, n_prompt: int = 512, n_gen
                       peak_rss_mb=round(raw["peak_rss_mb"], 1), n_prompt=n_prompt, n_gen=n_gen)
 
 
-def _quality(path: Path, ref: Path) -> tuple[dict | None, str]:
-    """Quality vs the reference through edgepack.evaluate (issue 5) when it is available."""
-    try:
-        from . import evaluate  # type: ignore
-    except ImportError:
-        return None, "quality not measured: edgepack.evaluate is not available in this build"
-    fn = getattr(evaluate, "compare_to_reference", None) or getattr(evaluate, "evaluate", None)
-    if fn is None:
-        return None, "quality not measured: edgepack.evaluate has no compare_to_reference()"
-    result = fn(path, ref)
-    data = asdict(result) if hasattr(result, "__dataclass_fields__") else dict(result)
-    return {k: data.get(k) for k in ("kld", "ppl", "ppl_delta", "top1")}, ""
+def quality_fields(r) -> dict:
+    """The fields ``edgepack fit`` reads (kld, ppl, ppl_delta, top1) from an ``evaluate.EvalResult``, with the
+    reference's PPL and the standard errors beside them."""
+    return {"kld": r.mean_kld, "kld_err": r.mean_kld_err, "ppl": r.ppl, "ref_ppl": r.ref_ppl,
+            "ppl_delta": r.delta_ppl, "top1": r.top1_agreement, "p99_kld": r.p99_kld, "eval_ctx": r.ctx,
+            "eval_tokens": r.n_scored, "eval_text": r.text}
 
 
 def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int = 1024, n_prompt: int = 512,
-          n_gen: int = 128, reps: int = 3, threads: int | None = None, progress: Progress = QUIET) -> BenchResult:
-    """Benchmark each GGUF on this host (one child process per model) and measure the host's bandwidth."""
+          n_gen: int = 128, reps: int = 3, threads: int | None = None, eval_ctx: int = 512,
+          eval_text: str | Path | None = None, progress: Progress = QUIET) -> BenchResult:
+    """Benchmark each GGUF on this host (one child process per model) and measure the host's bandwidth.
+
+    With ``ref``, quality against it comes from ``edgepack.evaluate`` (one reference pass for all models):
+    mean KLD, PPL and its change, top-1 agreement on ``eval_text`` (default: the built-in text)."""
     if not paths:
         raise UsageError("no models to benchmark", "give one or more .gguf files")
     if reps < 1 or n_prompt < 1 or n_gen < 1:
@@ -208,13 +196,17 @@ def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int 
     result = BenchResult(host=host, reference=str(ref) if ref else None)
     progress.start("benchmarking", len(paths))
     for p in paths:
-        m = bench_one(p, n_ctx=n_ctx, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads)
-        if ref is not None:
-            m.quality, note = _quality(Path(p), Path(ref))
-            result.quality_note = note or result.quality_note
-        result.models.append(m)
+        result.models.append(bench_one(p, n_ctx=n_ctx, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads))
         progress.advance()
     progress.finish()
+    if ref is not None:
+        from .evaluate import evaluate_many
+
+        evals = evaluate_many(list(paths), ref, text=eval_text, ctx=eval_ctx, threads=threads, progress=progress)
+        for m, r in zip(result.models, evals):
+            m.quality = quality_fields(r)
+        result.quality_note = (f"quality vs {Path(ref).name}: llama-perplexity's method on {evals[0].text}, "
+                               f"ctx {eval_ctx}, {evals[0].n_scored} scored tokens")
     return result
 
 

@@ -348,24 +348,46 @@ def describe_config(config: dict, quant: str, name: str = "model") -> ModelDesc:
                      source=name)
 
 
-def load_config(path: str | Path) -> dict:
-    """config.json from a path (a file or a folder holding one), or a Hub repo id through edgepack.hub."""
-    p = Path(path)
+def load_config(source: str | Path) -> dict:
+    """config.json from a path (a file, or a folder holding one), or from a Hub repo id (``org/name``,
+    ``org/name@rev``, ``hf://...``): then only config.json is fetched, through edgepack.hub (no weights)."""
+    p = Path(source)
     if p.is_dir():
         p = p / "config.json"
     if p.is_file():
-        try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{p}: not valid JSON ({exc})", "give a Hugging Face config.json") from exc
+        return _read_config(p)
+    from . import hub
+
+    text = str(source)
+    repo = hub.parse_source(text)
+    if repo is None:
+        raise UsageError(f"{source}: no such config.json, and not a Hub repo id",
+                         "give a path to config.json (or a folder holding one), or org/name[@revision]")
+    return _read_config(hub.fetch_file(repo.repo_id, "config.json", repo.revision))
+
+
+def config_name(source: str | Path) -> str:
+    """A short model name for variants sized from ``--config``: the folder of a config.json, the file name
+    before ``.config.json`` / ``.json``, or the repo's name for a Hub id."""
+    text = str(source)
+    p = Path(text)
+    if p.is_dir():
+        return p.resolve().name or "model"
+    if p.is_file():
+        if p.name == "config.json":
+            return p.resolve().parent.name or "model"
+        return p.name.removesuffix(".json").removesuffix(".config") or "model"
+    return text.removeprefix("hf://").split("@")[0].rstrip("/").split("/")[-1] or "model"
+
+
+def _read_config(p: Path) -> dict:
     try:
-        from . import hub  # written for another issue; optional here
-    except ImportError:
-        hub = None
-    fetch = getattr(hub, "fetch_config", None) if hub else None
-    if fetch is None or "/" not in str(path):
-        raise UsageError(f"{path}: no such config.json", "give a path to config.json (or a folder holding one)")
-    return fetch(str(path))
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{p}: not valid JSON ({exc})", "give a Hugging Face config.json") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{p}: not a JSON object", "give a Hugging Face config.json")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -622,5 +644,5 @@ def nice_mb(n: float) -> str:
 
 
 __all__ = ["ModelDesc", "MemoryParts", "Projection", "HostCalibration", "Quality", "Variant", "FitRow", "FitResult",
-           "describe_gguf", "describe_config", "load_config", "memory_needed", "kv_cache_bytes",
+           "describe_gguf", "describe_config", "load_config", "config_name", "memory_needed", "kv_cache_bytes",
            "compute_buffer_bytes", "project", "fit", "variants_from_bench", "quant_mix", "math"]

@@ -253,6 +253,30 @@ def pull(repo_id: str, revision: str | None = None, out_dir: str | os.PathLike |
     return result
 
 
+def fetch_file(repo_id: str, filename: str, revision: str | None = None, *, token: str | None = None,
+               settings: HubSettings | None = None) -> Path:
+    """One file of a repo (e.g. ``config.json`` to size a model before downloading it) into the standard cache,
+    nothing else; offline (``HF_HUB_OFFLINE``) it answers from the cache. Errors as ``pull``'s."""
+    if not _REPO_ID.match(repo_id or "") or ".." in repo_id:
+        raise UsageError(f"{repo_id!r} is not a Hub repo id", "write org/name, optionally @revision")
+    settings = settings or HubSettings.from_env(token=token)
+    ctx = _Context(repo_id, revision or DEFAULT_REVISION, settings)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id, filename, revision=ctx.revision, cache_dir=str(settings.cache_dir),
+                                    endpoint=settings.endpoint, token=settings.token or None,
+                                    local_files_only=settings.offline, etag_timeout=settings.timeout_s))
+    except (HubError, OutputError, UsageError):
+        raise
+    except Exception as exc:
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+
+        if isinstance(exc, RemoteEntryNotFoundError):
+            raise HubError(f"{repo_id}@{ctx.revision} has no {filename}", "check the repo id and revision") from exc
+        raise ctx.translate(exc) from exc
+
+
 class _Context:
     """The request being served, for error messages."""
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from edgepack.bench import bench, measure_bandwidth_gb_s
+from edgepack.evaluate import evaluate
 from edgepack.fit import describe_gguf, variants_from_bench
 from tinymodels import TOKENIZERS, build_model, real_config, shrink
 
@@ -35,8 +36,17 @@ def test_host_bandwidth_is_measured():
 
 @pytest.mark.slow
 def test_bench_tiny_models(ggufs, tmp_path):
-    result = bench([ggufs["q8_0"], ggufs["f16"]], ref=ggufs["f16"], n_prompt=64, n_gen=16, reps=2, threads=2)
+    result = bench([ggufs["q8_0"], ggufs["f16"]], ref=ggufs["f16"], n_prompt=64, n_gen=16, reps=2, threads=2,
+                   eval_ctx=128)
     q8, f16 = result.models
+    # quality is edgepack.evaluate's: the reference against itself is exact, Q8_0 differs a little
+    assert f16.quality["kld"] == pytest.approx(0, abs=1e-6) and f16.quality["top1"] == 1.0
+    assert f16.quality["ppl_delta"] == pytest.approx(0, abs=1e-6)
+    assert 0 < q8.quality["kld"] < 0.05 and q8.quality["ppl"] > 1
+    direct = evaluate(ggufs["q8_0"], ggufs["f16"], ctx=128, threads=2)
+    assert q8.quality["kld"] == pytest.approx(direct.mean_kld, rel=1e-6)
+    assert q8.quality["top1"] == pytest.approx(direct.top1_agreement)
+    assert "ctx 128" in result.quality_note
     for m in result.models:
         assert m.pp.min > 0 and m.tg.min > 0 and m.pp.min <= m.pp.median <= m.pp.max
         assert len(m.tg.runs) == 2
@@ -51,6 +61,7 @@ def test_bench_tiny_models(ggufs, tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(data))
     cal = variants_from_bench(json.loads((tmp_path / "b.json").read_text()))
     quality, host = cal[str(ggufs["q8_0"].resolve())]
+    assert quality.kld == q8.quality["kld"] and quality.top1 == q8.quality["top1"]
     assert host.tg_tokens_per_s == q8.tg.median
     assert host.per_token_overhead_s(describe_gguf(ggufs["q8_0"])) >= 0
 

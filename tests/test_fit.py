@@ -4,6 +4,7 @@ constructed cases."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,26 +17,8 @@ import pytest
 from edgepack.fit import (HostCalibration, Quality, Variant, compute_buffer_bytes, describe_config, describe_gguf,
                           fit, kv_cache_bytes, memory_needed, project)
 from edgepack.profiles import SHIPPED_DIR, get_profile, load_profile_file
+from edgepack.quantize import quantize
 from tinymodels import TOKENIZERS, build_model, real_config, shrink
-
-
-def _quantize(src: Path, dst: Path, ftype: str) -> None:
-    try:  # edgepack.quantize (issue 5) when it has landed
-        from edgepack.quantize import quantize  # type: ignore
-    except ImportError:
-        quantize = None
-    if quantize is not None:
-        try:
-            quantize(src, dst, ftype)
-            return
-        except TypeError:
-            pass
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
-    params.nthread = 2
-    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) == 0
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +34,8 @@ def tiny(tmp_path_factory) -> dict:
     for t in ("f16", "q8_0"):
         out[t.upper()] = root / f"tiny-{t.upper()}.gguf"
         convert(root / "hf", out[t.upper()], outtype=t)
-    for q in ("Q4_K_M", "Q4_0", "Q3_K_M", "Q5_K_M"):
-        out[q] = root / f"tiny-{q}.gguf"
-        _quantize(out["F16"], out[q], q)
+    for r in quantize(out["F16"], ["Q4_K_M", "Q4_0", "Q3_K_M", "Q5_K_M"], root / "q", threads=2):
+        out[r.type] = r.output
     return out
 
 
@@ -113,8 +95,8 @@ def test_sliding_window_layers_hold_only_the_window():
 
 def _profile(tmp_path: Path, name: str, usable_gb: float, eff: float = 0.5) -> object:
     text = (SHIPPED_DIR / "pixel-8.toml").read_text().replace('name = "pixel-8"', f'name = "{name}"')
-    text = text.replace("usable = { gb = 4.0", f"usable = {{ gb = {usable_gb}").replace(
-        "efficiency = 0.45", f"efficiency = {eff}")
+    text = text.replace("usable = { gb = 4.0", f"usable = {{ gb = {usable_gb}")
+    text = re.sub(r"^cpu = \{ efficiency = [0-9.]+", f"cpu = {{ efficiency = {eff}", text, flags=re.M)
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     return load_profile_file(path)
@@ -180,3 +162,30 @@ def test_fit_cli_config_mode_json(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "edgepack", "fit", "--config", str(cfg), "-p", "pixel-8"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--quant" in bad.stderr
+
+
+def test_fit_config_from_a_hub_repo_fetches_only_config_json(tmp_path):
+    """`fit --config org/name` against the loopback Hub (tests/hubserver.py): config.json only, no weights."""
+    from hubserver import HubServer
+
+    cfg = real_config("llama3_1_8b")
+    with HubServer() as server:
+        server.add_commit("org/llama-8b", {"config.json": json.dumps(cfg), "model.safetensors": b"\0" * 2_000_000,
+                                           "tokenizer.json": "{}", "README.md": "# x\n"})
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+        env.update(HF_ENDPOINT=server.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+        run = lambda *a: subprocess.run([sys.executable, "-m", "edgepack", "fit", *a],  # noqa: E731
+                                        capture_output=True, text=True, env=env, timeout=120)
+        res = run("--config", "org/llama-8b", "--quant", "Q4_K_M", "-p", "pixel-8", "--json")
+        assert res.returncode == 0, res.stderr
+        assert server.downloaded() == ["config.json"]
+        row = json.loads(res.stdout)["rows"][0]
+        assert row["variant"] == "llama-8b-Q4_K_M" and 4.8e3 < row["memory"]["weights_bytes"] < 5.0e3
+        missing = run("--config", "org/nope", "--quant", "Q4_K_M", "-p", "pixel-8")
+        assert missing.returncode == 7 and "Traceback" not in missing.stderr and "org/nope" in missing.stderr
+        # offline, the cached config.json answers without the server
+        env["HF_HUB_OFFLINE"] = "1"
+        before = len(server.requests())
+        again = run("--config", "org/llama-8b", "--quant", "Q8_0", "-p", "pixel-8", "--json")
+        assert again.returncode == 0, again.stderr
+        assert len(server.requests()) == before

@@ -22,9 +22,13 @@ from ._output import emit_json, emit_table, human_bytes
 @click.option("--n-gen", type=int, default=128, show_default=True, help="Generated tokens (tg128 equivalent).")
 @click.option("--reps", type=int, default=3, show_default=True, help="Repetitions (median, min and max reported).")
 @click.option("--threads", type=int, help="llama.cpp threads (default: cores, at most 8).")
+@click.option("--eval-ctx", type=int, default=512, show_default=True,
+              help="With --ref: context of the quality measurement (llama-perplexity's chunk size).")
+@click.option("--text", "eval_text", type=click.Path(path_type=Path),
+              help="With --ref: UTF-8 text to measure quality on (default: the built-in excerpt).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="Also write the JSON result here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, out, as_json) -> None:
+def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, eval_ctx, eval_text, out, as_json) -> None:
     """Measure GGUF variants on this machine: load time, pp/tg tokens/s, peak RSS, size, quality.
 
     Each model runs in its own process so peak RSS is per model. The host's memory bandwidth is measured
@@ -36,7 +40,7 @@ def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, out, as_js
       edgepack bench *.gguf --reps 5 --json -o bench.json
     """
     result = bench(list(models), ref=ref, n_ctx=n_ctx, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,
-                   progress=Progress(enabled=not as_json))
+                   eval_ctx=eval_ctx, eval_text=eval_text, progress=Progress(enabled=not as_json))
     payload = result.to_dict()
     if out:
         atomic_write_text(out, json.dumps(payload, indent=2))
@@ -45,10 +49,16 @@ def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, out, as_js
         return
     h = result.host
     click.echo(f"host: {h.cpu}, {h.threads_used} threads, copy bandwidth {h.bandwidth_gb_s} GB/s")
-    emit_table(["model", "size", "bpw", "load s", f"pp{n_prompt} tok/s", f"tg{n_gen} tok/s", "peak RSS MB", "KLD"],
+    emit_table(["model", "size", "bpw", "load s", f"pp{n_prompt} tok/s", f"tg{n_gen} tok/s", "peak RSS MB", "KLD", "PPL (Δ)", "top-1"],
                [(m.name, human_bytes(m.size_bytes), f"{m.bits_per_weight:.2f}", f"{m.load_s.median:.2f}",
                  f"{m.pp.median:.1f} ({m.pp.min:.1f}-{m.pp.max:.1f})", f"{m.tg.median:.1f} ({m.tg.min:.1f}-{m.tg.max:.1f})",
-                 f"{m.peak_rss_mb:.0f}", "-" if not m.quality or m.quality.get("kld") is None else f"{m.quality['kld']:.4f}")
+                 f"{m.peak_rss_mb:.0f}", *_quality_cells(m.quality))
                 for m in result.models])
     if result.quality_note:
         click.echo(result.quality_note)
+
+
+def _quality_cells(q: dict | None) -> tuple[str, str, str]:
+    if not q:
+        return "-", "-", "-"
+    return f"{q['kld']:.4f}", f"{q['ppl']:.2f} ({q['ppl_delta']:+.2f})", f"{100 * q['top1']:.1f}%"

@@ -9,7 +9,7 @@ import click
 
 from ..errors import UsageError
 from ..fileio import atomic_write_text
-from ..fit import Variant, describe_config, describe_gguf, fit, load_config, variants_from_bench
+from ..fit import Variant, config_name, describe_config, describe_gguf, fit, load_config, variants_from_bench
 from ..profiles import get_profile, load_profiles
 from . import cli
 from ._output import emit_json, emit_table
@@ -21,7 +21,9 @@ from ._output import emit_json, emit_table
               help="Device profile name or .toml file (repeatable; default: all shipped profiles).")
 @click.option("--profiles", "extra", multiple=True, type=click.Path(path_type=Path),
               help="Extra profile file or folder (repeatable).")
-@click.option("--config", "config", help="A config.json (or folder holding one) instead of GGUF files.")
+@click.option("--config", "config",
+              help="A config.json (or folder holding one), or a Hub repo id (org/name[@rev]: only its config.json "
+                   "is fetched), instead of GGUF files.")
 @click.option("--quant", "quants", multiple=True, help="With --config: quant types to size (e.g. Q4_K_M Q8_0).")
 @click.option("--bench", "bench_json", type=click.Path(path_type=Path, exists=True),
               help="Results of `edgepack bench --json`: quality (KLD) and host calibration per file.")
@@ -45,6 +47,7 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
       edgepack bench *.gguf --ref model-F16.gguf --json > bench.json
       edgepack fit *.gguf --bench bench.json --min-tps 8 --max-kld 0.05 --json
       edgepack fit --config Llama-3.1-8B/config.json --quant Q4_K_M --quant Q8_0 -p pixel-8
+      edgepack fit --config meta-llama/Llama-3.1-8B --quant Q4_K_M -p pixel-8 -p macbook-air-m2
     """
     if n_ctx <= 0:
         raise UsageError("--ctx must be positive", "e.g. --ctx 2048")
@@ -55,9 +58,7 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
         if not quants:
             raise UsageError("--config needs --quant", "e.g. --quant Q4_K_M --quant Q8_0")
         cfg = load_config(config)
-        name = Path(config).parent.name if Path(config).name == "config.json" else Path(config).stem
-        name = name.removesuffix(".config")
-        variants = [Variant(describe_config(cfg, q, name or "model")) for q in quants]
+        variants = [Variant(describe_config(cfg, q, config_name(config))) for q in quants]
     else:
         if not models:
             raise UsageError("no models given", "give GGUF files, or --config config.json --quant TYPE")
