@@ -88,6 +88,10 @@ SCHEMA: dict = {
         "clusters": ([CLUSTER], True, None),
         "threads": _sourced("value"),
     },
+    # Optional: the GPU the metal/vulkan/opencl/cuda backends run on. ``cores`` (Apple GPU cores, NVIDIA SMs,
+    # AMD CUs) is the compute size the projection scales prompt speed by within a device class.
+    "gpu": {"name": (str, True, None), "cores": (int, True, _positive), "source": (str, True, None),
+            "kind": (str, True, _one_of(KINDS)), "note": (str, False, None)},
     "memory": {
         "total": _sourced("gb"),
         "usable": _sourced("gb"),
@@ -121,7 +125,7 @@ def _validate(data: dict, schema: dict, file: str, prefix: str = "") -> None:
         if isinstance(spec, dict):
             if key not in data:
                 # per-backend tables are checked against `backends` in parse_profile
-                optional = key in ("usable_with_entitlement", "generation", "prompt") or prefix.startswith(
+                optional = key in ("usable_with_entitlement", "generation", "prompt", "gpu") or prefix.startswith(
                     ("generation.", "prompt."))
                 if not optional:
                     raise ProfileError(f"{where}: missing", f"add a [{prefix}{key}] table")
@@ -194,6 +198,8 @@ class Profile:
     generation_efficiency: dict[str, Sourced]
     prompt_gflops: dict[str, dict[str, Sourced]]
     runtime_overhead_mb: Sourced
+    gpu_name: str = ""
+    gpu_cores: int = 0  # 0: no [gpu] table
     storage: str = ""
     notes: str = ""
     path: str = ""
@@ -202,6 +208,30 @@ class Profile:
     @property
     def usable_bytes(self) -> int:
         return int(self.ram_usable_gb.value * 1e9)
+
+    @property
+    def device_class(self) -> str:
+        """Which calibration class the CPU backend falls in (see docs/fit.md): apple-cpu, x86-cpu, arm-cpu."""
+        if self.soc.startswith("Apple"):
+            return "apple-cpu"
+        if any(f in self.isa for f in ("avx2", "avx512", "avx_vnni")):
+            return "x86-cpu"
+        return "arm-cpu"
+
+    def backend_class(self, backend: str) -> str:
+        """Calibration class of ``backend`` on this device: the CPU class, or metal / vulkan / opencl / cuda."""
+        return self.device_class if backend == "cpu" else backend
+
+    def core_ghz(self, threads: int | None = None) -> float:
+        """Sum of max clocks over the ``threads`` fastest cores (default: the profile's thread count): the CPU
+        size prompt speed is scaled by within a device class."""
+        n = int(threads or self.threads.value)
+        clocks = sorted((c.max_ghz for c in self.clusters for _ in range(c.cores)), reverse=True)
+        return sum(clocks[:n])
+
+    def compute_size(self, backend: str) -> float:
+        """Core-GHz for the CPU backend, GPU cores for the others (0 when the profile has no [gpu])."""
+        return self.core_ghz() if backend == "cpu" else float(self.gpu_cores)
 
     def efficiency(self, backend: str) -> Sourced:
         return self.generation_efficiency[backend]
@@ -257,6 +287,7 @@ def parse_profile(data: dict, file: str) -> Profile:
         generation_efficiency={b: _s(v, "efficiency") for b, v in generation.items()},
         prompt_gflops={b: {f: _s(v, "gflops") for f, v in fams.items()} for b, fams in prompt.items()},
         runtime_overhead_mb=_s(data["runtime"]["overhead"], "mb"),
+        gpu_name=data.get("gpu", {}).get("name", ""), gpu_cores=int(data.get("gpu", {}).get("cores", 0)),
         storage=data.get("storage", ""), notes=data.get("notes", ""), path=file, raw=data)
 
 

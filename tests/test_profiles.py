@@ -58,7 +58,9 @@ def _bad(tmp_path: Path, edit) -> Path:
     (lambda t: t.replace("gb_s = 68.3", 'gb_s = "fast"'), "memory.bandwidth.gb_s", "must be a number"),
     (lambda t: t.replace("gb_s = 68.3", "gb_s = -3"), "memory.bandwidth.gb_s", "must be > 0"),
     (lambda t: re.sub(r'(total = \{ gb = 8), source = "[^"]*",', r"\1,", t), "memory.total.source", "missing"),
-    (lambda t: t.replace("efficiency = 0.45", "efficiency = 1.7"), "generation.cpu.efficiency", "(0, 1]"),
+    (lambda t: re.sub(r"efficiency = [0-9.]+", "efficiency = 1.7", t), "generation.cpu.efficiency", "(0, 1]"),
+    (lambda t: t.replace("[memory]", '[gpu]\nname = "Mali"\ncores = 0\nsource = "a vendor page"\nkind = "spec"\n\n[memory]'),
+     "gpu.cores", "must be > 0"),
     (lambda t: t.replace("usable = { gb = 4.0", "usable = { gb = 40.0"), "memory.usable.gb", "exceeds"),
     (lambda t: t.replace('default_backend = "cpu"', 'default_backend = "metal"'), "default_backend", "not in backends"),
     (lambda t: re.sub(r'\nf16 = \{[^\n]*', "", t), "prompt.cpu.f16", "missing"),
@@ -94,7 +96,7 @@ def test_cli_list_show_validate(tmp_path):
     for name in REQUIRED:
         assert name in out.stdout
     show = _cli("profiles", "show", "raspberry-pi-5-8gb")
-    assert show.returncode == 0 and "17.1" in show.stdout and "measurement" in show.stdout
+    assert show.returncode == 0 and "17.1" in show.stdout and "spec" in show.stdout and "estimate" in show.stdout
     bad = _bad(tmp_path, lambda t: t.replace("gb_s = 68.3", 'gb_s = "fast"'))
     res = _cli("profiles", "validate", str(bad))
     assert res.returncode == 10
