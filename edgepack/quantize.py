@@ -4,11 +4,12 @@ edgepack never re-implements a quantization: it checks the inputs (so the C code
 files, only ever sees a well-formed GGUF), picks the names, runs the quantizer into a temp file, reads back what
 was actually written (per-type tensor counts, llama.cpp's fallbacks) and renames it into place.
 
-Re-runs: every output gets a sidecar ``<output>.edgepack.json`` (written atomically after the GGUF) with the
-source's sha256, the settings and the output's size; an output whose sidecar matches is skipped. The GGUF itself
-carries the settings as ``edgepack.quantize.*`` keys (added through the quantizer's own kv-override list).
-The source hash is computed on a low-priority thread while the first type quantizes, so it costs no wall time
-when cores are free; it is needed up front only when an output already exists.
+Re-runs: each output GGUF carries ``edgepack.quantize.settings`` and ``edgepack.quantize.source_sha256`` (added
+through the quantizer's own kv-override list; the hash, computed on a low-priority thread while llama.cpp
+quantizes, replaces a same-length placeholder before the rename). A sidecar ``<output>.edgepack.json``, written
+atomically after the GGUF, keeps what only this run saw (llama.cpp's fallbacks) and the output's size. An output
+whose keys and sidecar match the source's current sha256 and the settings is skipped; the hash is needed up front
+only when an output already exists.
 
 Several types in one run validate and hash the source once; each ``llama_model_quantize`` call maps the source
 again (mmap), which the page cache serves after the first.
@@ -39,6 +40,8 @@ from .progress import QUIET, Progress
 QT = gguf.GGMLQuantizationType
 SIDECAR_SUFFIX = ".edgepack.json"
 SETTINGS_KEY = "edgepack.quantize.settings"
+SOURCE_KEY = "edgepack.quantize.source_sha256"
+SHA_PLACEHOLDER = "edgepack-quantize-source-sha256-pending".ljust(64, "~")  # same length as a hex sha256
 TYPE_KEY = "edgepack.quantize.type"
 VERSION_KEY = "edgepack.quantize.version"
 UNQUANTIZED = (QT.F32, QT.F16, QT.BF16)
@@ -296,20 +299,23 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
             raise OutputError(f"{out} exists and was not written by edgepack quantize", "pass --force to overwrite it")
 
     hasher = _SourceHash(src)
-    if existing:
-        progress.start(f"hashing {src.name}", 1)
-        hasher.wait()
-        progress.finish()
-    results = []
-    for qt, out, settings in plans:
-        if out.exists() and _up_to_date(out, hasher.wait(), settings):
-            results.append(_describe(qt, out, read_header(out), out.stat().st_size, True, [], hasher.wait()))
-            if progress.enabled:
-                progress.start(f"{qt.name}: {out.name} is up to date", 1)
-                progress.finish("(skipped)")
-            continue
-        results.append(_quantize_one(src, qt, out, settings, threads, out_t, embd_t, pure, allow_requantize,
-                                     hasher, source.n_tensors, progress))
+    try:
+        if existing:
+            progress.start(f"hashing {src.name}", 1)
+            hasher.wait()
+            progress.finish()
+        results = []
+        for qt, out, settings in plans:
+            if out.exists() and _up_to_date(out, hasher.wait(), settings):
+                results.append(_describe(qt, out, read_header(out), out.stat().st_size, True, [], hasher.wait()))
+                if progress.enabled:
+                    progress.start(f"{qt.name}: {out.name} is up to date", 1)
+                    progress.finish("(skipped)")
+                continue
+            results.append(_quantize_one(src, qt, out, settings, threads, out_t, embd_t, pure, allow_requantize,
+                                         hasher, source.n_tensors, progress))
+    finally:
+        hasher.stop()
     return results
 
 
@@ -357,8 +363,8 @@ def _up_to_date(out: Path, source_sha256: str, settings: str) -> bool:
         reader = read_header(out)
     except (OSError, ValueError, BadGGUF):
         return False
-    return (record.get("source_sha256") == source_sha256 and record.get("settings") == settings
-            and record.get("size_bytes") == out.stat().st_size and reader.get(SETTINGS_KEY) == settings)
+    return (reader.get(SOURCE_KEY) == source_sha256 and reader.get(SETTINGS_KEY) == settings
+            and record.get("source_sha256") == source_sha256 and record.get("size_bytes") == out.stat().st_size)
 
 
 class _SourceHash:
@@ -366,6 +372,7 @@ class _SourceHash:
 
     def __init__(self, path: Path):
         self._path, self._value, self._error = path, "", None
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgepack-hash", daemon=True)
         self._thread.start()
 
@@ -373,14 +380,20 @@ class _SourceHash:
         with contextlib.suppress(AttributeError, OSError):  # Linux: niceness is per thread
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
-            self._value = sha256_file(self._path)
+            self._value = sha256_file(self._path, self._stop)
         except OSError as exc:
             self._error = exc
+
+    def stop(self) -> None:
+        """Abandon the hash (on failure or Ctrl-C: no point reading the rest of the source)."""
+        self._stop.set()
 
     def wait(self) -> str:
         self._thread.join()
         if self._error is not None:
             raise BadGGUF(f"cannot read {self._path}: {self._error}", "check the file")
+        if not self._value:
+            raise QuantizeError(f"hashing {self._path.name} was abandoned", "run the command again")
         return self._value
 
 
@@ -461,7 +474,8 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
         params.token_embedding_type = embd_t
     params.pure = pure
     params.allow_requantize = allow_requantize
-    overrides = _kv_overrides(llama_cpp, {TYPE_KEY: qt.name, SETTINGS_KEY: settings, VERSION_KEY: __version__})
+    overrides = _kv_overrides(llama_cpp, {TYPE_KEY: qt.name, SETTINGS_KEY: settings, VERSION_KEY: __version__,
+                                          SOURCE_KEY: SHA_PLACEHOLDER})
     params.kv_overrides = ctypes.cast(overrides, type(params.kv_overrides))
 
     progress.start(f"{qt.name} -> {out.name}", n_tensors)
@@ -478,8 +492,8 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
             reader = read_header(tmp)
         except BadGGUF as exc:
             raise QuantizeError(f"llama.cpp wrote an unreadable {qt.name} file: {exc}", "report this as a bug") from exc
-        result = _describe(qt, out, reader, tmp.stat().st_size, False, log.fallbacks(), "")
-    result.source_sha256 = hasher.wait()
+        result = _describe(qt, out, reader, tmp.stat().st_size, False, log.fallbacks(), hasher.wait())
+        _patch_source_hash(tmp, reader.data_offset, result.source_sha256)
     record = {"edgepack": __version__, "source": src.name, "source_sha256": result.source_sha256,
               "settings": settings, "size_bytes": out.stat().st_size,
               "tensor_types": result.tensor_types, "fallbacks": [asdict(f) for f in result.fallbacks]}
@@ -488,6 +502,20 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
     progress.finish(f"{result.size_bytes / 2**20:.1f} MiB, {result.bpw:.2f} bpw"
                     + (f", {len(result.fallbacks)} fallback(s)" if result.fallbacks else ""))
     return result
+
+
+def _patch_source_hash(path: Path, header_bytes: int, sha256: str) -> None:
+    """Put the source's sha256 in place of its same-length placeholder (the hash was still being computed when
+    llama.cpp wrote the metadata)."""
+    with open(path, "r+b") as f:
+        head = f.read(header_bytes)
+        needle = SHA_PLACEHOLDER.encode()
+        offset = head.find(needle)
+        if offset < 0 or head.find(needle, offset + 1) >= 0:
+            raise QuantizeError(f"the {SOURCE_KEY} placeholder is not in {path.name} exactly once",
+                                "report this as a bug")
+        f.seek(offset)
+        f.write(sha256.encode())
 
 
 def _describe(qt: QuantType, out: Path, reader: GGUFHeader, size_bytes: int, skipped: bool,

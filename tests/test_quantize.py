@@ -8,6 +8,7 @@ importance matrix); fallbacks are compared with the tensor types actually in the
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import subprocess
@@ -130,7 +131,7 @@ def test_every_offered_type_loads_and_generates(all_types, f16):
         assert sum(r.tensor_types.values()) == len(header.tensors) == 21
         sidecar = json.loads(Path(str(r.output) + SIDECAR_SUFFIX).read_text())
         assert sidecar["size_bytes"] == r.size_bytes == r.output.stat().st_size
-        with open_llama(r.output, n_ctx=32, n_batch=32, n_threads=2) as llm:
+        with open_llama(r.output, n_ctx=32, n_batch=32, n_threads=1, n_threads_batch=1) as llm:
             out = llm.create_completion("The prince said", max_tokens=3, temperature=0.0)
         assert out["usage"]["completion_tokens"] >= 1, name
         assert out["choices"][0]["finish_reason"] in ("length", "stop")
@@ -203,6 +204,8 @@ def test_rerun_skips_until_source_or_settings_change(f16, tmp_path):
     [first] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2)
     out = first.output
     assert out.name == "tiny-Q8_0.gguf" and not first.skipped
+    assert read_header(out).get("edgepack.quantize.source_sha256") == first.source_sha256 == \
+        hashlib.sha256(src.read_bytes()).hexdigest()  # the placeholder was patched with the real hash
     stamp = out.stat().st_mtime_ns
     [again] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2)
     assert again.skipped and out.stat().st_mtime_ns == stamp
@@ -242,7 +245,7 @@ def test_requantize_when_allowed(all_types, tmp_path):
     assert "--allow-requantize" in info.value.hint
     [r] = quantize(q8, ["Q4_K_M"], tmp_path, allow_requantize=True, threads=2)
     assert r.tensor_types["Q4_K"] >= 1
-    with open_llama(r.output, n_ctx=32, n_threads=2) as llm:
+    with open_llama(r.output, n_ctx=32, n_threads=1, n_threads_batch=1) as llm:
         assert llm.create_completion("The", max_tokens=2, temperature=0.0)["usage"]["completion_tokens"] >= 1
 
 
@@ -344,7 +347,7 @@ def test_convert_then_quantize(capsys, tmp_path):
     assert payload["quantize"][0]["skipped"] is True  # same source bytes, same settings
     assert (out_dir / "mymodel-F16.gguf").exists()
     for name in ("mymodel-Q4_K_M.gguf", "mymodel-Q8_0.gguf"):
-        with open_llama(out_dir / name, n_ctx=32, n_threads=2) as llm:
+        with open_llama(out_dir / name, n_ctx=32, n_threads=1, n_threads_batch=1) as llm:
             assert llm.create_completion("The", max_tokens=2, temperature=0.0)["usage"]["completion_tokens"] >= 1
     refused(capsys, "convert", str(folder), "-o", str(tmp_path / "y.gguf"), "-q", "IQ1_S", code=9,
             words="importance matrix")
