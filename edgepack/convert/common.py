@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 
 from ..errors import UnsupportedArchitecture
-from .spec import HFConfig, HParam, Metadata
+from .spec import Expected, HFConfig, HParam, Metadata
 
 K = gguf.Keys
 F32 = gguf.GGUFValueType.FLOAT32
@@ -108,3 +108,49 @@ def permute_q(weights: np.ndarray, config: HFConfig) -> np.ndarray:
 
 def permute_k(weights: np.ndarray, config: HFConfig) -> np.ndarray:
     return permute_rows(weights, config.n_head_kv)
+
+
+def check_silu(config: HFConfig, family: str) -> None:
+    act = config.get("hidden_act", default="silu")
+    if act != "silu":
+        raise UnsupportedArchitecture(f"hidden_act {act!r} is not supported for {family}",
+                                      f"llama.cpp's {family} graph uses SiLU (SwiGLU)")
+
+
+def decoder_tensors(config: HFConfig, *, qkv_bias: bool = False, qk_norm: bool = False,
+                    sandwich_norms: bool = False, lm_head: str = "unless-tied") -> dict[str, Expected]:
+    """The tensors of a Llama-shaped decoder (separate q/k/v, SwiGLU MLP, RMS norms) and their shapes.
+
+    Options: q/k/v biases (Qwen2), per-head q/k norms (Qwen3, Gemma3), norms before and after the MLP as well
+    (Gemma2/3). ``lm_head``: "unless-tied" (required unless tie_word_embeddings), "optional", or "absent"
+    (the family always ties: a checkpoint holding one is wrong).
+    """
+    hidden, head_dim = int(config.get("hidden_size")), config.head_dim
+    q_rows, kv_rows = config.n_head * head_dim, config.n_head_kv * head_dim
+    ff, n_vocab = int(config.get("intermediate_size")), int(config.get("vocab_size"))
+    tensors = {"model.embed_tokens.weight": Expected((n_vocab, hidden))}
+    for i in range(int(config.get("num_hidden_layers"))):
+        p = f"model.layers.{i}."
+        tensors[p + "input_layernorm.weight"] = Expected((hidden,))
+        for proj, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
+            tensors[f"{p}self_attn.{proj}_proj.weight"] = Expected((rows, hidden))
+            if qkv_bias:
+                tensors[f"{p}self_attn.{proj}_proj.bias"] = Expected((rows,))
+        if qk_norm:
+            tensors[p + "self_attn.q_norm.weight"] = Expected((head_dim,))
+            tensors[p + "self_attn.k_norm.weight"] = Expected((head_dim,))
+        tensors[p + "self_attn.o_proj.weight"] = Expected((hidden, q_rows))
+        tensors[p + "post_attention_layernorm.weight"] = Expected((hidden,))
+        if sandwich_norms:
+            tensors[p + "pre_feedforward_layernorm.weight"] = Expected((hidden,))
+            tensors[p + "post_feedforward_layernorm.weight"] = Expected((hidden,))
+        tensors.update({
+            p + "mlp.gate_proj.weight": Expected((ff, hidden)),
+            p + "mlp.up_proj.weight": Expected((ff, hidden)),
+            p + "mlp.down_proj.weight": Expected((hidden, ff)),
+        })
+    tensors["model.norm.weight"] = Expected((hidden,))
+    if lm_head != "absent":
+        tied = bool(config.get("tie_word_embeddings", default=False))
+        tensors["lm_head.weight"] = Expected((n_vocab, hidden), optional=lm_head == "optional" or tied)
+    return tensors

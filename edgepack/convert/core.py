@@ -24,7 +24,7 @@ from ..progress import QUIET, Progress
 from . import floats
 from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
 from .spec import ArchSpec, HFConfig, spec_for
-from .vocab import Vocab, load_vocab
+from .vocab import load_vocab
 
 QT = gguf.GGMLQuantizationType
 OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")

@@ -27,10 +27,10 @@ import gguf
 import numpy as np
 
 from ...errors import UnsupportedArchitecture
-from ..common import (DECODER_HPARAMS, F32, PLAIN_ROPE_TYPES, RMS_NORM_EPS, STR, U32, head_size_metadata,
-                      rope_metadata)
+from ..common import (DECODER_HPARAMS, F32, PLAIN_ROPE_TYPES, RMS_NORM_EPS, STR, U32, decoder_tensors,
+                      head_size_metadata, rope_metadata)
 from ..floats import bf16_to_f32
-from ..spec import ArchSpec, Expected, HFConfig, Metadata, register
+from ..spec import ArchSpec, HFConfig, Metadata, register
 
 K = gguf.Keys
 BOOL_ARRAY = gguf.GGUFValueType.ARRAY
@@ -71,36 +71,6 @@ def _check_query_scale(config: HFConfig) -> None:
             "llama.cpp derives the query scale from head_dim (or hidden_size/heads for the 27B layer count)")
 
 
-def _tensors(config: HFConfig, *, sandwich: bool, qk_norm: bool, output: bool) -> dict[str, Expected]:
-    hidden, head_dim = int(config.get("hidden_size")), config.head_dim
-    q_rows, kv_rows = config.n_head * head_dim, config.n_head_kv * head_dim
-    ff, n_vocab = int(config.get("intermediate_size")), int(config.get("vocab_size"))
-    tensors = {"model.embed_tokens.weight": Expected((n_vocab, hidden))}
-    for i in range(int(config.get("num_hidden_layers"))):
-        p = f"model.layers.{i}."
-        tensors.update({
-            p + "input_layernorm.weight": Expected((hidden,)),
-            p + "self_attn.q_proj.weight": Expected((q_rows, hidden)),
-            p + "self_attn.k_proj.weight": Expected((kv_rows, hidden)),
-            p + "self_attn.v_proj.weight": Expected((kv_rows, hidden)),
-            p + "self_attn.o_proj.weight": Expected((hidden, q_rows)),
-            p + "post_attention_layernorm.weight": Expected((hidden,)),
-            p + "mlp.gate_proj.weight": Expected((ff, hidden)),
-            p + "mlp.up_proj.weight": Expected((ff, hidden)),
-            p + "mlp.down_proj.weight": Expected((hidden, ff)),
-        })
-        if sandwich:
-            tensors[p + "pre_feedforward_layernorm.weight"] = Expected((hidden,))
-            tensors[p + "post_feedforward_layernorm.weight"] = Expected((hidden,))
-        if qk_norm:
-            tensors[p + "self_attn.q_norm.weight"] = Expected((head_dim,))
-            tensors[p + "self_attn.k_norm.weight"] = Expected((head_dim,))
-    tensors["model.norm.weight"] = Expected((hidden,))
-    if output:
-        tensors["lm_head.weight"] = Expected((n_vocab, hidden), optional=True)
-    return tensors
-
-
 def sliding_layers(config: HFConfig, every: int) -> list[bool]:
     """Per layer: does it use sliding-window attention? From ``layer_types`` (transformers 5.x configs), else
     from ``sliding_window_pattern`` (Gemma 3: every Nth layer is global) or the fixed ``every``."""
@@ -138,7 +108,7 @@ GEMMA = register(ArchSpec(
     hf_classes=("GemmaForCausalLM",),
     arch=gguf.MODEL_ARCH.GEMMA,
     hparams=DECODER_HPARAMS + (RMS_NORM_EPS,),
-    tensors=lambda config: _tensors(config, sandwich=False, qk_norm=False, output=False),
+    tensors=lambda config: decoder_tensors(config, lm_head="absent"),
     metadata=_gemma_metadata,
     transforms={r"norm\.weight$": plus_one},
     # A tied checkpoint that still saves lm_head holds the embedding again; llama.cpp never reads it.
@@ -172,7 +142,7 @@ GEMMA2 = register(ArchSpec(
     hf_classes=("Gemma2ForCausalLM",),
     arch=gguf.MODEL_ARCH.GEMMA2,
     hparams=DECODER_HPARAMS + (RMS_NORM_EPS,),
-    tensors=lambda config: _tensors(config, sandwich=True, qk_norm=False, output=False),
+    tensors=lambda config: decoder_tensors(config, sandwich_norms=True, lm_head="absent"),
     metadata=_gemma2_metadata,
     transforms={r"norm\.weight$": plus_one},
     ignore=(r"rotary_emb\.inv_freq$", r"^lm_head\.weight$"),
@@ -231,7 +201,7 @@ GEMMA3 = register(ArchSpec(
     hf_classes=("Gemma3ForCausalLM",),
     arch=gguf.MODEL_ARCH.GEMMA3,
     hparams=DECODER_HPARAMS + (RMS_NORM_EPS,),
-    tensors=lambda config: _tensors(config, sandwich=True, qk_norm=True, output=True),
+    tensors=lambda config: decoder_tensors(config, sandwich_norms=True, qk_norm=True, lm_head="optional"),
     metadata=_gemma3_metadata,
     transforms={r"norm\.weight$": plus_one},
     ignore=(r"rotary_emb(_local)?\.inv_freq$",),

@@ -21,9 +21,8 @@ import gguf
 import numpy as np
 
 from ...errors import UnsupportedArchitecture
-from ..common import DECODER_HPARAMS, F32, PLAIN_ROPE_TYPES, RMS_NORM_EPS, U32
+from ..common import DECODER_HPARAMS, F32, PLAIN_ROPE_TYPES, RMS_NORM_EPS, U32, check_silu
 from ..spec import ArchSpec, Expected, HFConfig, register
-from .qwen2 import check_silu
 
 K = gguf.Keys
 LONGROPE = {"longrope", "su"}

@@ -11,7 +11,8 @@ import gguf
 from ...errors import UnsupportedArchitecture
 from ..common import DECODER_HPARAMS, RMS_NORM_EPS, rope_metadata
 from ..spec import ArchSpec, HFConfig, register
-from .qwen2 import ROPE_SCALING, _metadata, check_silu, decoder_tensors
+from ..common import check_silu, decoder_tensors
+from .qwen2 import ROPE_SCALING, _metadata
 
 
 def _check(config: HFConfig) -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import gguf
 
 from ...errors import UnsupportedArchitecture
-from ..common import DECODER_HPARAMS, head_size_metadata, rope_metadata
+from ..common import DECODER_HPARAMS, check_silu, head_size_metadata, rope_metadata
 from ..spec import ArchSpec, Expected, HFConfig, HParam, register
-from .qwen2 import check_silu
 
 K = gguf.Keys
 LAYER_NORM_EPS = HParam(K.Attention.LAYERNORM_EPS, ("layer_norm_eps", "norm_eps"), float)
