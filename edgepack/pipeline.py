@@ -453,7 +453,7 @@ class _Build:
                 self.result.steps[-1].seconds = share
 
     def _key(self, step: str, parts: dict) -> str:
-        return content_key(step=step, v=STEP_VERSION, edgepack=__version__, **parts)
+        return content_key(step=step, v=STEP_VERSION, edgepack=__version__, code=_code_hash(step), **parts)
 
     def bench(self, name: str, path: Path, sha: str) -> dict | None:
         bench, why = _stage("bench")
@@ -570,7 +570,7 @@ class _Build:
                          "quality": quality, "runtime": runtime, "source": src["facts"], "profile": profile_facts,
                          "report": {k: sha256_file(f) for k, f in report_files.items()}, "archive": cfg.archive,
                          "tools": _llama_cpp_version()}
-                key = content_key(step="bundle", v=STEP_VERSION, edgepack=__version__, **parts)
+                key = self._key("bundle", parts)
                 target = self.out / "bundles" / folder_name
                 archive = None
                 if cfg.archive != "none":
@@ -647,11 +647,9 @@ class _Build:
             return {"html": rep.html.name, "markdown": rep.markdown.name}
 
         key_parts = {"data": content_key(data=json.dumps(data, sort_keys=True, default=str))}
-        cached = self.cache.get("report", content_key(step="report", v=STEP_VERSION, edgepack=__version__,
-                                                      **key_parts))
+        cached = self.cache.get("report", self._key("report", key_parts))
         if cached is not None and not (target / cached["html"]).is_file():
-            shutil.rmtree(self.cache.folder("report", content_key(step="report", v=STEP_VERSION,
-                                                                  edgepack=__version__, **key_parts)))
+            shutil.rmtree(self.cache.folder("report", self._key("report", key_parts)))
         done, _ = self.step("report", "report", key_parts, work)
         self.result.report = target / done["html"]
 
@@ -712,6 +710,27 @@ def _llama_cpp_version() -> str:
         return str(llama_cpp.__version__)
     except ImportError:  # pragma: no cover
         return "none"
+
+
+# The code each step runs: its hash is part of the step's key, so a changed stage redoes its steps even
+# when the version number did not change (a development install, a patched copy).
+STEP_CODE = {"convert": ("convert",), "merge": ("adapters.py", "convert"), "quantize": ("quantize.py",),
+             "eval": ("evaluate.py",), "bench": ("bench.py",), "host": ("bench.py",), "adapter": ("adapters.py",),
+             "bundle": ("bundle.py",), "bundle-report": ("report.py",), "report": ("report.py",)}
+_CODE_HASHES: dict[str, str] = {}
+
+
+def _code_hash(step: str) -> str:
+    if step not in _CODE_HASHES:
+        here = Path(__file__).resolve().parent
+        digest = hashlib.sha256()
+        for name in STEP_CODE.get(step, ()):
+            path = here / name
+            for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+                if f.is_file():
+                    digest.update(f.relative_to(here).as_posix().encode() + b"\0" + f.read_bytes())
+        _CODE_HASHES[step] = digest.hexdigest()[:16]
+    return _CODE_HASHES[step]
 
 
 def _python_version() -> str:
