@@ -600,6 +600,27 @@ class _Build:
                 self.result.bundles.append(BundleSummary(profile, line_name, pick, target, archive))
         if cfg.report and report_mod is None:
             self.skip("report", "bundle reports", why)
+        self._remove_stale_bundles(bundle_mod)
+
+    def _remove_stale_bundles(self, bundle_mod) -> None:
+        """A bundle from an earlier build whose profile now has no pick (or left the config) must not linger."""
+        root = self.out / "bundles"
+        keep = set()
+        for b in self.result.bundles:
+            if b.folder is not None:
+                keep.add(b.folder.name)
+                if b.archive is not None:
+                    keep.add(b.archive.name)
+        if not root.is_dir():
+            return
+        for entry in sorted(root.iterdir()):
+            if entry.name in keep or entry.name.startswith("."):
+                continue
+            is_bundle = (entry.is_dir() and (entry / bundle_mod.MANIFEST).is_file()) or (
+                entry.is_file() and entry.name.endswith(tuple(bundle_mod.ARCHIVE_SUFFIXES.values())))
+            if is_bundle:
+                self.log(f"[bundle] removing {entry.name}: not part of this build")
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
     def bundle_report(self, line_name: str, res: dict, report_mod) -> dict[str, Path]:
         """The report shipped inside every bundle of a line: fit and quality only (no host timings), so it is

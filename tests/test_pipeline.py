@@ -214,3 +214,37 @@ def test_example_workflow_names_real_commands():
         sub = cli.commands[args[0]]
         ctx = sub.make_context(args[0], [a.replace("*", "x") for a in args[1:]])
         assert ctx is not None
+
+
+@pytest.mark.slow
+def test_merge_lines_missing_stages_and_stale_bundles(tmp_path, monkeypatch):
+    """mode = "both": a GGUF adapter for the base plus one merged line per scale; a stage that is not installed
+    is reported as skipped (the build still ends with bundles); a profile that loses its pick loses its bundle."""
+    import edgepack.pipeline as pipeline
+
+    demo = ROOT / "examples" / "demo"
+    toml = tmp_path / "edgepack.toml"
+    toml.write_text(f'name = "m"\nsource = "{demo / "model"}"\n[quantize]\ntypes = ["Q4_0"]\n'
+                    f'[[adapters]]\nname = "dialogue"\npath = "{demo / "adapter"}"\nmode = "both"\n'
+                    'scales = [1.0, 0.5]\n[profiles]\nnames = ["pixel-8"]\n[constraints]\nctx = 256\n')
+    real_stage = pipeline._stage
+    monkeypatch.setattr(pipeline, "_stage", lambda name: (None, f"edgepack.{name} is not available (test)")
+                        if name in ("evaluate", "bench") else real_stage(name))
+    out = tmp_path / "out"
+    result = build(resolve(toml, cli={"outputs.dir": str(out)}, env={}))
+    skipped = {(s.step, s.label) for s in result.skipped}
+    assert skipped == {(step, v) for step in ("eval", "bench")
+                       for v in ("m-Q4_0", "m-dialogue-x1-Q4_0", "m-dialogue-x0.5-Q4_0")}
+    assert all("not available (test)" in s.reason for s in result.skipped)
+    assert sorted(b.folder.name for b in result.bundles) == ["pixel-8", "pixel-8+dialogue-x0.5",
+                                                             "pixel-8+dialogue-x1"]
+    merged = {v["name"]: v["sha256"] for v in result.variants.values() if "sha256" in v and "line" in v}
+    assert len(set(merged.values())) == 3  # the base and two different merge strengths
+    assert verify_bundle(out / "bundles" / "pixel-8").adapters_loaded == ["dialogue"]
+    assert verify_bundle(out / "bundles" / "pixel-8+dialogue-x0.5").adapters_loaded == []
+    res = CliRunner().invoke(cli, ["build", str(toml), "-o", str(out), "-q"])
+    assert "SKIPPED eval m-Q4_0: edgepack.evaluate is not available (test)" in res.output
+
+    again = build(resolve(toml, cli={"outputs.dir": str(out), "constraints.min_tps": 1e12}, env={}))
+    assert len(again.failures) == 3 and all("too slow" in f for f in again.failures)
+    assert not [p for p in (out / "bundles").iterdir()], "bundles of profiles without a pick are removed"
