@@ -465,6 +465,9 @@ def resolve(config_file: str | os.PathLike | None = None, *, cli: dict[str, Any]
         if key in values:
             folder = raw[key][2]
             values[key] = (folder / values[key]) if not Path(values[key]).is_absolute() else Path(values[key])
+    if "eval_text" in values and not Path(values["eval_text"]).is_file():
+        raise fail("eval_text", f"text file {values['eval_text']} does not exist",
+                   "give a UTF-8 text file (relative to the config file), or drop the key for the built-in text")
     if "profile_paths" in values:
         folder = raw["profile_paths"][2]
         values["profile_paths"] = tuple(folder / p for p in values["profile_paths"])

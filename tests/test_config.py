@@ -95,6 +95,7 @@ def test_hub_source_and_pyproject(tmp_path):
     ('source = "./model"\n[constraints]\nmax_kld = "low"\n', 3, "must be a positive number"),
     ('source = "./model"\n[constraints\nctx = 3\n', 2, "invalid TOML"),
     ('source = "./model"\nquantize = 3\n', 2, "must be a table"),
+    ('source = "./model"\n\n[eval]\ntext = "nope.txt"\n', 4, "eval.text: text file"),
 ])
 def test_errors_name_file_and_line(tmp_path, text, line, words):
     path = write(tmp_path, text)
