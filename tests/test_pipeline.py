@@ -248,3 +248,34 @@ def test_merge_lines_missing_stages_and_stale_bundles(tmp_path, monkeypatch):
     again = build(resolve(toml, cli={"outputs.dir": str(out), "constraints.min_tps": 1e12}, env={}))
     assert len(again.failures) == 3 and all("too slow" in f for f in again.failures)
     assert not [p for p in (out / "bundles").iterdir()], "bundles of profiles without a pick are removed"
+
+
+def test_hub_source_pins_the_commit_in_the_manifest(tmp_path, monkeypatch):
+    """source = "org/repo@tag" through the Hub stage (a loopback Hub): the bundle records repo, tag and commit."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from hubserver import HubServer
+
+    demo = ROOT / "examples" / "demo"
+    files = {p.name: p.read_bytes() for p in (demo / "model").iterdir() if p.is_file()}
+    toml = tmp_path / "edgepack.toml"
+    toml.write_text('source = "org/wnp-demo@v1"\n[quantize]\ntypes = ["Q4_0"]\n[profiles]\nnames = ["pixel-8"]\n'
+                    '[constraints]\nctx = 256\n[outputs]\nreport = false\n')
+    out = tmp_path / "out"
+    with HubServer() as server:
+        for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        sha = server.add_commit("org/wnp-demo", files, tags=("v1",))
+        server.add_commit("org/wnp-demo", {**files, "README.md": b"---\nlicense: mit\n---\nlater\n"})
+        cfg = resolve(toml, cli={"outputs.dir": str(out)}, env={})
+        assert cfg.source.kind == "hub" and cfg.name == "wnp-demo"
+        result = build(cfg)
+    manifest = json.loads((out / "bundles" / "pixel-8" / "manifest.json").read_text())
+    source = manifest["source"]
+    assert (source["repo_id"], source["revision"], source["commit_sha"]) == ("org/wnp-demo", "v1", sha)
+    assert source["license"] == manifest["license"] == "apache-2.0"  # the tagged commit's card, not main's
+    assert result.variants["wnp-demo-Q4_0"]["quality"]["mean_kld"] < 0.01
+    # offline, from the Hub cache: nothing to do
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert build(resolve(toml, cli={"outputs.dir": str(out)}, env={})).nothing_to_do
