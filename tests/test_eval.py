@@ -113,8 +113,8 @@ def test_cli_prints_ppl_kld_top1(capsys, models, text):
           "--threads", "1"])
     out = capsys.readouterr().out
     assert "PPL" in out and "mean KLD" in out and "top-1 agree" in out and models["Q4_K_M"].name in out
-    main(["eval", str(models["Q8_0"]), "--ref", str(models["F16"]), "--text", str(text), "--ctx", "64", "--threads", "1",
-          "--json"])
+    main(["eval", str(models["Q8_0"]), "--ref", str(models["F16"]), "--text", str(text), "--ctx", "64",
+          "--threads", "1", "--json"])
     [payload] = json.loads(capsys.readouterr().out)
     assert {"ppl", "ref_ppl", "delta_ppl", "mean_kld", "top1_agreement", "n_scored"} <= set(payload)
     assert payload["ctx"] == 64 and payload["n_scored"] == payload["n_chunks"] * 31

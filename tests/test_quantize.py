@@ -21,9 +21,10 @@ import pytest
 
 from edgepack.cli import main
 from edgepack.convert import convert
-from edgepack.errors import BadGGUF, OutputError, QuantizeError, UsageError
+from edgepack.errors import OutputError, QuantizeError, UsageError
 from edgepack.evaluate import open_llama
 from edgepack.ggufheader import SkippedArray, read_header
+from edgepack.progress import QUIET
 from edgepack.quantize import (QUANT_TYPES, SIDECAR_SUFFIX, QuantType, _quantize_one, _settings, _SourceHash,
                                offered_types, quant_type, quantize, resolve_types, type_for_bits)
 from quantmodels import bigram_llama, random_llama
@@ -103,15 +104,9 @@ def test_imatrix_types_are_refused_by_llama_cpp_too(f16, tmp_path):
         out = tmp_path / f"x-{t.name}.gguf"
         with pytest.raises(QuantizeError, match="imatrix") as info:
             _quantize_one(f16, t, out, _settings(t, None, None, False, False), 2, None, None, False, False,
-                          _SourceHash(f16), 0, _quiet())
+                          _SourceHash(f16), 0, QUIET)
         assert "llama.cpp could not quantize" in str(info.value)
         assert no_outputs(tmp_path) == []
-
-
-def _quiet():
-    from edgepack.progress import QUIET
-
-    return QUIET
 
 
 # ------------------------------------------------------------------------------------------ every offered type
