@@ -122,13 +122,13 @@ def bigram_llama(out: Path, *, hidden: int = 256, layers: int = 2, intermediate:
     probs = (counts + 2.0 * unigram) / (counts.sum(1, keepdims=True) + 2.0)
     logp = np.log(probs)
     logp -= logp.mean(1, keepdims=True)
-    u, s, _ = np.linalg.svd(logp, full_matrices=False)
-    a = u[:, :hidden - 1] * np.sqrt(s[:hidden - 1])
+    u, s = _top_singular(logp, hidden - 1)
+    a = u * np.sqrt(s)
     # The last channel carries half of each row's energy, so after RMSNorm it is the constant sqrt(hidden/2):
     # a bias channel, through which the output matrix spreads the "other" class over its members.
     a = np.concatenate([a, np.sqrt(np.sum(a * a, axis=1, keepdims=True))], axis=1)
     n = a / np.sqrt(np.mean(a * a, axis=1, keepdims=True))  # what RMSNorm makes of each row
-    w_out, *_ = np.linalg.lstsq(n, logp, rcond=None)  # (hidden, top_k + 1): logits = norm(h) @ w_out
+    w_out = _lstsq(n, logp)  # (hidden, top_k + 1): logits = norm(h) @ w_out
 
     unseen = np.setdiff1d(np.arange(VOCAB), keep)
     embed = tensors["model.embed_tokens.weight"]
@@ -139,3 +139,33 @@ def bigram_llama(out: Path, *, hidden: int = 256, layers: int = 2, intermediate:
     head[unseen] = w_out.T[other]
     head[unseen, -1] -= np.log(len(unseen)) / np.sqrt(hidden / 2)
     return write_checkpoint(out, config, tensors)
+
+
+def _single_threaded_torch():
+    """LAPACK through torch on one thread: numpy's multi-threaded OpenBLAS crawls on an oversubscribed CI
+    machine (13 s instead of 0.5 s for this SVD, spinning threads)."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def one_thread():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield torch
+        finally:
+            torch.set_num_threads(before)
+
+    return one_thread()
+
+
+def _top_singular(m: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    with _single_threaded_torch() as torch:
+        u, s, _ = torch.linalg.svd(torch.from_numpy(m), full_matrices=False)
+    return u[:, :k].numpy(), s[:k].numpy()
+
+
+def _lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with _single_threaded_torch() as torch:
+        return torch.linalg.lstsq(torch.from_numpy(a), torch.from_numpy(b), driver="gelsd").solution.numpy()
