@@ -19,6 +19,8 @@ from pathlib import Path
 from .errors import OutputError
 
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # reading the umask means setting it; put it straight back
 
 
 def sha256_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str:
@@ -56,6 +58,7 @@ def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
     out = Path(out)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the mode any new file would
         os.close(fd)
     except OSError as exc:
         raise OutputError(f"cannot write in {out.parent}: {exc.strerror}", "check the folder's permissions") from exc
