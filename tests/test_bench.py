@@ -12,7 +12,7 @@ import pytest
 from edgepack.bench import bench, measure_bandwidth_gb_s
 from edgepack.evaluate import evaluate
 from edgepack.fit import describe_gguf, variants_from_bench
-from tinymodels import TOKENIZERS, build_model, real_config, shrink
+from tinymodels import TEXTS, TOKENIZERS, build_model, real_config, shrink
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +36,17 @@ def test_host_bandwidth_is_measured():
 
 @pytest.mark.slow
 def test_bench_tiny_models(ggufs, tmp_path):
+    # A short eval text keeps the test fast: the quality figures are edgepack.evaluate's either way.
+    text = tmp_path / "text.txt"
+    text.write_text((TEXTS / "war-and-peace.txt").read_text(encoding="utf-8")[20000:24000])
     result = bench([ggufs["q8_0"], ggufs["f16"]], ref=ggufs["f16"], n_prompt=64, n_gen=16, reps=2, threads=2,
-                   eval_ctx=128)
+                   eval_ctx=128, eval_text=text)
     q8, f16 = result.models
     # quality is edgepack.evaluate's: the reference against itself is exact, Q8_0 differs a little
     assert f16.quality["kld"] == pytest.approx(0, abs=1e-6) and f16.quality["top1"] == 1.0
     assert f16.quality["ppl_delta"] == pytest.approx(0, abs=1e-6)
     assert 0 < q8.quality["kld"] < 0.05 and q8.quality["ppl"] > 1
-    direct = evaluate(ggufs["q8_0"], ggufs["f16"], ctx=128, threads=2)
+    direct = evaluate(ggufs["q8_0"], ggufs["f16"], text=text, ctx=128, threads=2)
     assert q8.quality["kld"] == pytest.approx(direct.mean_kld, rel=1e-6)
     assert q8.quality["top1"] == pytest.approx(direct.top1_agreement)
     assert "ctx 128" in result.quality_note
