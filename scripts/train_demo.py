@@ -67,7 +67,8 @@ def train_tokenizer(texts: list[str]) -> Tokenizer:
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=["<s>", "</s>"], min_frequency=2,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+    # (pair: "<s> $A $B", a form gguf-py reads without warnings; pairs play no part in a causal LM)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
                                                        special_tokens=[("<s>", 0), ("</s>", 1)])
     return tok
 
