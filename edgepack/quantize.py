@@ -404,6 +404,30 @@ _FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by\s+\d+
 _FAILED = re.compile(r"failed to quantize: (.*)")
 
 
+def _run_interruptibly(call):
+    """Run a long C call on a daemon thread and wait for it here, so Ctrl-C reaches this (main) thread at once.
+
+    Called directly, the C quantizer holds the main thread: a Ctrl-C would land inside the Python log callback,
+    where ctypes can only print "Exception ignored" and carry on. llama.cpp's quantizer has no abort hook, so on
+    Ctrl-C the thread is abandoned (it dies with the process) and the caller's temp file is removed as usual.
+    """
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the waiting thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="llama-quantize", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 class _LlamaLog:
     """Routes llama.cpp's log to Python while the quantizer runs: counts tensors for the progress bar, keeps the
     text for the fallback report and the failure reason. The default logger is restored afterwards."""
@@ -482,7 +506,8 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
     log = _LlamaLog(lambda: progress.advance(1))
     with atomic_path(out) as tmp:
         with log.installed():
-            status = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+            status = _run_interruptibly(
+                lambda: llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)))
         if status != 0:
             error = QuantizeError(f"llama.cpp could not quantize {src.name} to {qt.name}: {log.failure()}",
                                   "the reason is llama.cpp's own; check the source GGUF and the options")
