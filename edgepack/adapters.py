@@ -40,10 +40,12 @@ import numpy as np
 
 from . import __version__
 from .convert import families  # noqa: F401  (registers every family)
-from .convert.checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json, read_safetensors_header
+from .convert.checkpoint import (SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json, read_safetensors_header,
+                                  read_tensor)
+from .convert.floats import f32_to_bf16, to_f32
 from .convert.core import ConvertResult, Provenance, convert
 from .convert.spec import ArchSpec, HFConfig, Transform, spec_for, supported_architectures
-from .errors import AdapterError, BadCheckpoint, BadGGUF, EdgepackError, OutputError, UsageError
+from .errors import AdapterError, BadGGUF, EdgepackError, OutputError, UsageError
 from .fileio import atomic_path, check_output_path, sha256_file
 from .ggufheader import read_header
 from .progress import QUIET, Progress
@@ -192,24 +194,12 @@ class _Adapter:
         return _read_f32(info)
 
 
-def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    """BF16 (carried as uint16) -> float32, exactly: BF16 is the top half of an IEEE float32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
-
-
 def _read_f32(info: TensorInfo) -> np.ndarray:
     """One adapter tensor as float32 (BF16 widened exactly)."""
     if info.dtype not in SAFETENSORS_DTYPES:
         raise AdapterError(f"adapter tensor {info.name} has dtype {info.dtype}",
                            "supported: " + ", ".join(SAFETENSORS_DTYPES))
-    np_dtype, size = SAFETENSORS_DTYPES[info.dtype]
-    if info.nbytes != info.n_elements * size:
-        raise BadCheckpoint(f"adapter tensor {info.name}: {info.nbytes} bytes do not match shape {list(info.shape)}",
-                            f"re-download {info.file.name}")
-    with open(info.file, "rb") as f:
-        f.seek(info.offset)
-        raw = np.frombuffer(f.read(info.nbytes), dtype=np_dtype).reshape(info.shape)
-    return bf16_to_f32(raw) if info.dtype == "BF16" else raw.astype(np.float32)
+    return to_f32(read_tensor(info), info.dtype)
 
 
 def _pattern_value(patterns: dict, module: str, default):
@@ -773,11 +763,9 @@ def merge_adapter(peft_dir: str | os.PathLike, base_hf_dir: str | os.PathLike, o
 
 def _merged(weight: np.ndarray, dtype: str, a: np.ndarray, b: np.ndarray, scaling: float) -> np.ndarray:
     """weight + scaling·(B @ A) in float32, returned in the weight's own dtype (BF16 as uint16 bits)."""
-    w32 = bf16_to_f32(weight) if dtype == "BF16" else weight.astype(np.float32)
-    w32 = w32 + (b @ a) * np.float32(scaling)
+    w32 = to_f32(weight, dtype) + (b @ a) * np.float32(scaling)
     if dtype == "BF16":  # round to nearest even, as torch does
-        bits = w32.view(np.uint32)
-        return ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+        return f32_to_bf16(w32)
     return w32.astype(weight.dtype)
 
 

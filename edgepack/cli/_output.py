@@ -25,6 +25,18 @@ def emit_json(payload) -> None:
     click.echo(json.dumps(payload, default=_default, indent=2, sort_keys=False))
 
 
+def save_and_emit(payload: dict, out, as_json: bool) -> bool:
+    """Write ``payload`` as JSON to ``out`` (atomically) when given; print it when ``as_json``.
+    Returns True when the JSON was printed (the caller then prints nothing else)."""
+    if out:
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(out, json.dumps(payload, indent=2))
+    if as_json:
+        emit_json(payload)
+    return as_json
+
+
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """Print a plain aligned table (no box drawing: it survives CI logs and copy-paste)."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]

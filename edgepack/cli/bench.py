@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ..bench import bench
-from ..fileio import atomic_write_text
 from ..progress import Progress
 from . import cli
-from ._output import emit_json, emit_table, human_bytes
+from ._output import emit_table, human_bytes, save_and_emit
 
 
 @cli.command("bench")
@@ -41,11 +39,7 @@ def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, eval_ctx, 
     """
     result = bench(list(models), ref=ref, n_ctx=n_ctx, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,
                    eval_ctx=eval_ctx, eval_text=eval_text, progress=Progress(enabled=not as_json))
-    payload = result.to_dict()
-    if out:
-        atomic_write_text(out, json.dumps(payload, indent=2))
-    if as_json:
-        emit_json(payload)
+    if save_and_emit(result.to_dict(), out, as_json):
         return
     h = result.host
     click.echo(f"host: {h.cpu}, {h.threads_used} threads, copy bandwidth {h.bandwidth_gb_s} GB/s")

@@ -8,11 +8,10 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..fileio import atomic_write_text
 from ..fit import Variant, config_name, describe_config, describe_gguf, fit, load_config, variants_from_bench
 from ..profiles import get_profile, load_profiles
 from . import cli
-from ._output import emit_json, emit_table
+from ._output import emit_table, save_and_emit
 
 
 @cli.command("fit")
@@ -71,11 +70,7 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
                 else list(load_profiles(extra).values()))
     result = fit(variants, profiles, n_ctx=n_ctx, min_tps=min_tps, max_kld=max_kld, backend=backend,
                  flash_attn=flash_attn)
-    payload = result.to_dict()
-    if out:
-        atomic_write_text(out, json.dumps(payload, indent=2))
-    if as_json:
-        emit_json(payload)
+    if save_and_emit(result.to_dict(), out, as_json):
         return
     emit_table(["profile", "variant", "memory MB (usable)", "fits", "tg tok/s", "pp tok/s", "KLD", "verdict"],
                [(r.profile, r.variant, f"{r.memory_total_mb:.0f} ({r.usable_mb:.0f})", "yes" if r.fits else "no",

@@ -10,6 +10,7 @@ pickle, no remote code.
 
 from __future__ import annotations
 
+import math
 import json
 import os
 import struct
@@ -21,7 +22,7 @@ import numpy as np
 from ..errors import BadCheckpoint
 
 # safetensors dtype -> (numpy dtype used to hold the raw bytes, bytes per element).
-# BF16 has no numpy type: it is carried as uint16 and widened by shifting (see core.bf16_to_f32).
+# BF16 has no numpy type: it is carried as uint16 and widened exactly (see floats.bf16_to_f32).
 SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, int]] = {
     "F32": (np.dtype("<f4"), 4),
     "F16": (np.dtype("<f2"), 2),
@@ -45,10 +46,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def load_json(path: Path, what: str) -> dict:
@@ -154,25 +152,30 @@ class Checkpoint:
 
     def read(self, name: str) -> np.ndarray:
         """Read one tensor into a new array of its raw dtype (BF16 as uint16), shaped as stored."""
-        info = self.tensors[name]
-        if info.dtype not in SAFETENSORS_DTYPES:
-            raise BadCheckpoint(f"tensor {name} has dtype {info.dtype}, which edgepack cannot convert",
-                                "supported source dtypes: " + ", ".join(SAFETENSORS_DTYPES))
-        np_dtype, elem_bytes = SAFETENSORS_DTYPES[info.dtype]
-        if info.nbytes != info.n_elements * elem_bytes:
-            raise BadCheckpoint(f"tensor {name}: {info.nbytes} bytes do not match shape {list(info.shape)}",
-                                f"re-download {info.file.name}")
-        out = np.empty(info.shape, dtype=np_dtype)
-        with open(info.file, "rb", buffering=0) as f:
-            f.seek(info.offset)
-            view = memoryview(out.reshape(-1).view(np.uint8))
-            got = 0
-            while got < info.nbytes:
-                n = f.readinto(view[got:])
-                if not n:
-                    raise BadCheckpoint(f"{info.file.name} is truncated inside {name}", f"re-download {info.file.name}")
-                got += n
-        return out
+        return read_tensor(self.tensors[name])
+
+
+def read_tensor(info: TensorInfo) -> np.ndarray:
+    """One tensor from its file into a new array of its raw dtype (BF16 as uint16), shaped as stored."""
+    name = info.name
+    if info.dtype not in SAFETENSORS_DTYPES:
+        raise BadCheckpoint(f"tensor {name} has dtype {info.dtype}, which edgepack cannot convert",
+                            "supported source dtypes: " + ", ".join(SAFETENSORS_DTYPES))
+    np_dtype, elem_bytes = SAFETENSORS_DTYPES[info.dtype]
+    if info.nbytes != info.n_elements * elem_bytes:
+        raise BadCheckpoint(f"tensor {name}: {info.nbytes} bytes do not match shape {list(info.shape)}",
+                            f"re-download {info.file.name}")
+    out = np.empty(info.shape, dtype=np_dtype)
+    with open(info.file, "rb", buffering=0) as f:
+        f.seek(info.offset)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        got = 0
+        while got < info.nbytes:
+            n = f.readinto(view[got:])
+            if not n:
+                raise BadCheckpoint(f"{info.file.name} is truncated inside {name}", f"re-download {info.file.name}")
+            got += n
+    return out
 
 
 def total_size_bytes(paths: list[Path]) -> int:
