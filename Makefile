@@ -45,7 +45,7 @@ demo: $(VENV)/.runtime
 	HF_HUB_OFFLINE=1 $(VENV)/bin/edgepack build examples/demo/edgepack.toml -o out/demo
 
 test: $(VENV)/.test
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	$(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) out .edgepack-cache
