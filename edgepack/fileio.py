@@ -101,3 +101,22 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def patch_placeholders(path: str | os.PathLike, replacements: dict[str, str], search_bytes: int) -> None:
+    """Overwrite each placeholder string in the first ``search_bytes`` of a file with its same-length value.
+
+    Writers whose metadata comes first but depends on a hash still being computed (convert, quantize) put a
+    placeholder there and patch it before the rename. Each placeholder must occur exactly once.
+    """
+    with open(path, "r+b") as f:
+        head = f.read(search_bytes)
+        for placeholder, value in replacements.items():
+            needle = placeholder.encode()
+            if len(value.encode()) != len(needle):
+                raise ValueError(f"replacement for {placeholder!r} has another length")
+            offset = head.find(needle)
+            if offset < 0 or head.find(needle, offset + 1) >= 0:
+                raise RuntimeError(f"placeholder {placeholder!r} is not in {Path(path).name} exactly once")
+            f.seek(offset)
+            f.write(value.encode())

@@ -33,7 +33,7 @@ import gguf
 
 from . import __version__
 from .errors import BadGGUF, OutputError, QuantizeError, UsageError
-from .fileio import atomic_path, atomic_write_text, sha256_file
+from .fileio import atomic_path, atomic_write_text, patch_placeholders, sha256_file
 from .ggufheader import GGUFHeader, read_header
 from .progress import QUIET, Progress
 
@@ -518,7 +518,8 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
         except BadGGUF as exc:
             raise QuantizeError(f"llama.cpp wrote an unreadable {qt.name} file: {exc}", "report this as a bug") from exc
         result = _describe(qt, out, reader, tmp.stat().st_size, False, log.fallbacks(), hasher.wait())
-        _patch_source_hash(tmp, reader.data_offset, result.source_sha256)
+        # the hash was still being computed when llama.cpp wrote the metadata
+        patch_placeholders(tmp, {SHA_PLACEHOLDER: result.source_sha256}, reader.data_offset)
     record = {"edgepack": __version__, "source": src.name, "source_sha256": result.source_sha256,
               "settings": settings, "size_bytes": out.stat().st_size,
               "tensor_types": result.tensor_types, "fallbacks": [asdict(f) for f in result.fallbacks]}
@@ -527,20 +528,6 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
     progress.finish(f"{result.size_bytes / 2**20:.1f} MiB, {result.bpw:.2f} bpw"
                     + (f", {len(result.fallbacks)} fallback(s)" if result.fallbacks else ""))
     return result
-
-
-def _patch_source_hash(path: Path, header_bytes: int, sha256: str) -> None:
-    """Put the source's sha256 in place of its same-length placeholder (the hash was still being computed when
-    llama.cpp wrote the metadata)."""
-    with open(path, "r+b") as f:
-        head = f.read(header_bytes)
-        needle = SHA_PLACEHOLDER.encode()
-        offset = head.find(needle)
-        if offset < 0 or head.find(needle, offset + 1) >= 0:
-            raise QuantizeError(f"the {SOURCE_KEY} placeholder is not in {path.name} exactly once",
-                                "report this as a bug")
-        f.seek(offset)
-        f.write(sha256.encode())
 
 
 def _describe(qt: QuantType, out: Path, reader: GGUFHeader, size_bytes: int, skipped: bool,

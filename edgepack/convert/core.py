@@ -19,7 +19,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import BadCheckpoint, UnsupportedArchitecture, UsageError
-from ..fileio import atomic_path, check_output_path, sha256_file
+from ..fileio import atomic_path, check_output_path, patch_placeholders, sha256_file
+from ..ggufheader import read_header
 from ..progress import QUIET, Progress
 from . import floats
 from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
@@ -100,7 +101,7 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     source_files = ([] if checkpoint is None else checkpoint.files) + [src / "config.json"] + vocab.source_files
     # Source hashes go into the header, which is written first; computing them takes a full read of the
     # checkpoint. So a second thread hashes while this one converts, the header carries same-length
-    # placeholders, and the real hashes are patched in before the rename (see _patch_hashes).
+    # placeholders, and the real hashes are patched in before the rename.
     hashing, stop_hashing = ThreadPoolExecutor(max_workers=1), threading.Event()
     pending_hashes = hashing.submit(lambda: {p.name: sha256_file(p, stop_hashing) for p in source_files})
     placeholders = {p.name: _hash_placeholder(i) for i, p in enumerate(source_files)}
@@ -118,7 +119,8 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
         with atomic_path(out) as tmp:
             _write(writer, tmp, plan, checkpoint, spec, config, progress, out.name)
             hashes = pending_hashes.result()
-            _patch_hashes(tmp, placeholders, hashes)
+            header_bytes = read_header(tmp).data_offset
+            patch_placeholders(tmp, {placeholders[name]: digest for name, digest in hashes.items()}, header_bytes)
     finally:
         stop_hashing.set()  # on failure or Ctrl-C, do not keep reading the checkpoint
         hashing.shutdown()
@@ -209,24 +211,6 @@ def _load(checkpoint: Checkpoint, t: PlannedTensor, spec: ArchSpec, config: HFCo
 
 def _hash_placeholder(index: int) -> str:
     return f"edgepack-sha256-placeholder-{index:08d}".ljust(64, "~")
-
-
-def _patch_hashes(path: Path, placeholders: dict[str, str], hashes: dict[str, str]) -> None:
-    """Overwrite each 64-byte placeholder in the GGUF's metadata with the file's real sha256 (same length)."""
-    with open(path, "r+b") as f:
-        head = b""
-        # The placeholders sit in the KV section near the start: read only as far as needed to find them all.
-        while len(head) < (256 << 20) and not all(p.encode() in head for p in placeholders.values()):
-            chunk = f.read(1 << 20)
-            if not chunk:
-                break
-            head += chunk
-        for name, placeholder in placeholders.items():
-            offset = head.find(placeholder.encode())
-            if offset < 0 or head.find(placeholder.encode(), offset + 1) >= 0:
-                raise RuntimeError(f"hash placeholder for {name} not found exactly once")
-            f.seek(offset)
-            f.write(hashes[name].encode())
 
 
 def _held_dtype(data: np.ndarray) -> str:
