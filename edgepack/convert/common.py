@@ -46,7 +46,7 @@ def rope_metadata(config: HFConfig, supported: frozenset = frozenset({"linear", 
     params = config.rope_parameters
     out: list[Metadata] = [
         (K.Rope.FREQ_BASE, float(params.get("rope_theta", 10000.0)), F32),
-        (K.Rope.DIMENSION_COUNT, int(config.head_dim * float(params.get("partial_rotary_factor", 1.0))), U32),
+        (K.Rope.DIMENSION_COUNT, config.rotary_dims, U32),
     ]
     rope_type = params.get("rope_type")
     if rope_type in PLAIN_ROPE_TYPES:

@@ -68,6 +68,15 @@ class HFConfig:
         return int(self.get("hidden_size", "n_embd")) // int(self.get("num_attention_heads", "n_head"))
 
     @property
+    def rotary_dims(self) -> int:
+        """Dimensions per head that rope rotates: head_dim × partial_rotary_factor, which transformers 5.x keeps
+        in rope_parameters and 4.x at the top level (Phi-3, StableLM)."""
+        factor = self.rope_parameters.get("partial_rotary_factor")
+        if factor is None:
+            factor = self.get("partial_rotary_factor", default=1.0)
+        return int(self.head_dim * float(factor))
+
+    @property
     def n_head(self) -> int:
         return int(self.get("num_attention_heads", "n_head"))
 

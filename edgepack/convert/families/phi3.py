@@ -37,11 +37,6 @@ def _rope(config: HFConfig) -> dict:
     return params
 
 
-def _rope_dims(config: HFConfig) -> int:
-    return int(config.head_dim * float(config.rope_parameters.get("partial_rotary_factor",
-                                                                  config.get("partial_rotary_factor", default=1.0))))
-
-
 def _original_context(config: HFConfig) -> int:
     params = config.rope_parameters
     value = params.get("original_max_position_embeddings") or config.get("original_max_position_embeddings",
@@ -53,7 +48,7 @@ def _check(config: HFConfig) -> None:
     check_silu(config, "Phi-3")
     params = _rope(config)
     if params.get("rope_type") in LONGROPE:
-        half = _rope_dims(config) // 2
+        half = config.rotary_dims // 2
         for key in ("long_factor", "short_factor"):
             if len(params.get(key) or ()) != half:
                 raise UnsupportedArchitecture(f"rope_scaling.{key} has {len(params.get(key) or ())} values, "
@@ -85,7 +80,7 @@ def _metadata(config: HFConfig):
     params = _rope(config)
     original = _original_context(config)
     yield K.Rope.FREQ_BASE, float(params.get("rope_theta", 10000.0)), F32
-    yield K.Rope.DIMENSION_COUNT, _rope_dims(config), U32
+    yield K.Rope.DIMENSION_COUNT, config.rotary_dims, U32
     yield K.Rope.SCALING_ORIG_CTX_LEN, original, U32
     yield K.Attention.SLIDING_WINDOW, int(config.get("sliding_window", default=None) or 0), U32
     if params.get("rope_type") in LONGROPE:

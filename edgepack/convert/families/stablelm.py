@@ -62,11 +62,7 @@ def _tensors(config: HFConfig) -> dict[str, Expected]:
 
 
 def _metadata(config: HFConfig):
-    # transformers 4.x configs keep partial_rotary_factor at the top level, 5.x inside rope_parameters.
-    factor = float(config.rope_parameters.get("partial_rotary_factor")
-                   or config.get("partial_rotary_factor", default=1.0))
-    for key, value, value_type in rope_metadata(config, frozenset({"linear"})):
-        yield key, int(config.head_dim * factor) if key == K.Rope.DIMENSION_COUNT else value, value_type
+    yield from rope_metadata(config, frozenset({"linear"}))  # rotary dims: HFConfig.rotary_dims
     yield from head_size_metadata(config)
 
 
