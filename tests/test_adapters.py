@@ -12,7 +12,6 @@ and 16 over different target sets and alphas (rsLoRA and rank/alpha patterns inc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from edgepack.convert import convert
 from edgepack.errors import AdapterError
 from edgepack.fileio import sha256_file
 from edgepack.ggufheader import read_header
-from tinymodels import TOKENIZERS, build_model, compare, hf_logits, real_config, shrink, synthetic_llama, tiny_llama_config
+from tinymodels import (TOKENIZERS, build_model, compare, hf_logits, llama_cpp_logits, real_config, shrink,
+                        synthetic_llama, tiny_llama_config)
 
 F32_TOLERANCE = 1e-4
 # ggml's CPU GELU (tanh form, Gemma's GeGLU) looks F32 inputs up in an FP16 table (ggml-cpu/vec.h,
@@ -161,42 +161,6 @@ def base_logits(peft_model, ids: list[int]) -> np.ndarray:
 
     with torch.no_grad(), peft_model.disable_adapter():
         return peft_model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
-
-
-@contextlib.contextmanager
-def _no_repack():
-    """llama.cpp's ``--no-repack`` (model param use_extra_bufts=false), which llama-cpp-python's Llama() does not
-    expose. On CPUs with AMX, llama.cpp 0.3.36 repacks Q8_0 weights into an AMX buffer and then crashes
-    (SIGSEGV) evaluating these tiny models, with or without an adapter; the plain CPU buffer works."""
-    import llama_cpp.llama_cpp as lib
-
-    original = lib.llama_model_default_params
-
-    def params():
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    lib.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        lib.llama_model_default_params = original
-
-
-def llama_cpp_logits(model_gguf: Path, ids: list[int], lora: Path | None = None, scale: float = 1.0) -> np.ndarray:
-    """Logits of llama.cpp with an optional adapter (llama-cpp-python's own lora_path / lora_scale)."""
-    import llama_cpp
-
-    extra = {"lora_path": str(lora), "lora_scale": scale} if lora else {}
-    with _no_repack():
-        llm = llama_cpp.Llama(str(model_gguf), n_ctx=64, logits_all=True, n_threads=2, n_batch=64, verbose=False,
-                              type_k=0, type_v=0, **extra)  # F32 KV cache
-    try:
-        llm.eval(ids)
-        return np.array(llm.scores[: len(ids)], dtype=np.float32)
-    finally:
-        llm.close()
 
 
 _CACHE: dict = {}

@@ -98,16 +98,17 @@ def hf_logits(model, token_ids: list[int]) -> np.ndarray:
     return logits.numpy().astype(np.float32)
 
 
-def llama_cpp_logits(gguf_path: Path, token_ids: list[int]) -> np.ndarray:
-    import llama_cpp
+def llama_cpp_logits(gguf_path: Path, token_ids: list[int], lora: Path | None = None,
+                     lora_scale: float = 1.0) -> np.ndarray:
+    """llama.cpp's logits for every position (F32 KV cache: F16 alone costs ~1e-3), optionally with a LoRA
+    adapter (llama-cpp-python's lora_path / lora_scale). Loaded through edgepack's own loader."""
+    from edgepack.evaluate import open_llama
 
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=max(64, len(token_ids) + 8), logits_all=True, n_threads=2,
-                          n_batch=512, verbose=False, type_k=0, type_v=0)  # F32 KV cache: F16 alone costs ~1e-3
-    try:
+    extra = {"lora_path": str(lora), "lora_scale": lora_scale} if lora else {}
+    with open_llama(gguf_path, n_ctx=max(64, len(token_ids) + 8), logits_all=True, n_threads=2, n_batch=512,
+                    type_k=0, type_v=0, **extra) as llm:
         llm.eval(token_ids)
         return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
-    finally:
-        llm.close()
 
 
 def compare(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
