@@ -4,12 +4,15 @@ edgepack never re-implements a quantization: it checks the inputs (so the C code
 files, only ever sees a well-formed GGUF), picks the names, runs the quantizer into a temp file, reads back what
 was actually written (per-type tensor counts, llama.cpp's fallbacks) and renames it into place.
 
-Re-runs: each output GGUF carries ``edgepack.quantize.settings`` and ``edgepack.quantize.source_sha256`` (added
-through the quantizer's own kv-override list; the hash, computed on a low-priority thread while llama.cpp
-quantizes, replaces a same-length placeholder before the rename). A sidecar ``<output>.edgepack.json``, written
-atomically after the GGUF, keeps what only this run saw (llama.cpp's fallbacks) and the output's size. An output
-whose keys and sidecar match the source's current sha256 and the settings is skipped; the hash is needed up front
-only when an output already exists.
+Re-runs: each output GGUF carries ``edgepack.quantize.settings`` (added through the quantizer's own kv-override
+list). A sidecar ``<output>.edgepack.json``, written atomically after the GGUF, keeps what only this run saw
+(llama.cpp's fallbacks), the output's size and the source's identity: its stat fingerprint (size, mtime in ns,
+inode), taken before quantizing, and, with ``hash_source``, its BLAKE3. An existing output is skipped when its
+settings and size match and the source is unchanged: the same fingerprint (as make and git's index decide), or,
+with ``hash_source``, the same content. ``edgepack convert -q`` hashes, because it writes the F16 intermediate
+anew on every run; plain ``edgepack quantize`` does not by default, because hashing a 0.75 GB source costs
+0.3-0.45 s of CPU, 10-15% of a Q8_0 quantization that keeps both cores of a 2-core machine busy
+(benchmarks/quantize.py).
 
 Several types in one run validate and hash the source once; each ``llama_model_quantize`` call maps the source
 again (mmap), which the page cache serves after the first.
@@ -33,15 +36,13 @@ import gguf
 
 from . import __version__
 from .errors import BadGGUF, OutputError, QuantizeError, UsageError
-from .fileio import atomic_path, atomic_write_text, patch_placeholders, sha256_file
+from .fileio import atomic_path, atomic_write_text, blake3_file
 from .ggufheader import GGUFHeader, read_header
 from .progress import QUIET, Progress
 
 QT = gguf.GGMLQuantizationType
 SIDECAR_SUFFIX = ".edgepack.json"
 SETTINGS_KEY = "edgepack.quantize.settings"
-SOURCE_KEY = "edgepack.quantize.source_sha256"
-SHA_PLACEHOLDER = "edgepack-quantize-source-sha256-pending".ljust(64, "~")  # same length as a hex sha256
 TYPE_KEY = "edgepack.quantize.type"
 VERSION_KEY = "edgepack.quantize.version"
 UNQUANTIZED = (QT.F32, QT.F16, QT.BF16)
@@ -204,7 +205,6 @@ class QuantizeResult:
     skipped: bool  # an up-to-date output from an earlier run was kept
     tensor_types: dict[str, int]  # ggml type -> number of tensors written with it
     fallbacks: list[Fallback] = field(default_factory=list)
-    source_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ def output_path(out_dir: Path, name: str, qt: QuantType) -> Path:
 
 def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: str | Path | None = None, *,
              threads: int = 0, output_tensor_type: str | None = None, token_embedding_type: str | None = None,
-             pure: bool = False, allow_requantize: bool = False, force: bool = False,
+             pure: bool = False, allow_requantize: bool = False, force: bool = False, hash_source: bool = False,
              progress: Progress = QUIET) -> list[QuantizeResult]:
     """Quantize ``src_gguf`` to each of ``types`` into ``out_dir`` (default: the source's folder).
 
@@ -270,7 +270,8 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
     ``token_embedding_type`` override the mix for ``output.weight`` / ``token_embd.weight`` (ggml type names);
     ``pure`` gives every weight the base type (no k-quant mix). A quantized source is refused unless
     ``allow_requantize``. An existing output from another tool is refused unless ``force``. Every check is made
-    before any quantization starts. Raises ``EdgepackError`` subclasses.
+    before any quantization starts. Up-to-date outputs are kept (see the module docstring; ``hash_source`` also
+    recognises a source rewritten with the same bytes). Raises ``EdgepackError`` subclasses.
     """
     src = Path(src_gguf)
     qtypes = [t if isinstance(t, QuantType) else quant_type(t) for t in types]
@@ -298,24 +299,24 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
         if not force and not _made_by_us(out):
             raise OutputError(f"{out} exists and was not written by edgepack quantize", "pass --force to overwrite it")
 
-    hasher = _SourceHash(src)
-    try:
-        if existing:
-            progress.start(f"hashing {src.name}", 1)
-            hasher.wait()
-            progress.finish()
-        results = []
-        for qt, out, settings in plans:
-            if out.exists() and _up_to_date(out, hasher.wait(), settings):
-                results.append(_describe(qt, out, read_header(out), out.stat().st_size, True, [], hasher.wait()))
-                if progress.enabled:
-                    progress.start(f"{qt.name}: {out.name} is up to date", 1)
-                    progress.finish("(skipped)")
-                continue
-            results.append(_quantize_one(src, qt, out, settings, threads, out_t, embd_t, pure, allow_requantize,
-                                         hasher, source.n_tensors, progress))
-    finally:
-        hasher.stop()
+    identity = {"source_fingerprint": source_fingerprint(src), "source_blake3": ""}
+    if hash_source:
+        progress.start(f"hashing {src.name}", 1)
+        try:
+            identity["source_blake3"] = blake3_file(src)
+        except OSError as exc:
+            raise BadGGUF(f"cannot read {src}: {exc.strerror}", "check the file") from exc
+        progress.finish()
+    results = []
+    for qt, out, settings in plans:
+        if out.exists() and _up_to_date(out, identity, settings):
+            results.append(_describe(qt, out, read_header(out), out.stat().st_size, True, []))
+            if progress.enabled:
+                progress.start(f"{qt.name}: {out.name} is up to date", 1)
+                progress.finish("(skipped)")
+            continue
+        results.append(_quantize_one(src, qt, out, settings, threads, out_t, embd_t, pure, allow_requantize,
+                                     identity, source.n_tensors, progress))
     return results
 
 
@@ -356,45 +357,25 @@ def _made_by_us(out: Path) -> bool:
         return False
 
 
-def _up_to_date(out: Path, source_sha256: str, settings: str) -> bool:
+def source_fingerprint(path: Path) -> str:
+    """What changes when a file is rewritten, without reading it: size, mtime (ns) and inode."""
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def _up_to_date(out: Path, identity: dict[str, str], settings: str) -> bool:
     sidecar = out.with_name(out.name + SIDECAR_SUFFIX)
     try:
         record = json.loads(sidecar.read_text())
         reader = read_header(out)
     except (OSError, ValueError, BadGGUF):
         return False
-    return (reader.get(SOURCE_KEY) == source_sha256 and reader.get(SETTINGS_KEY) == settings
-            and record.get("source_sha256") == source_sha256 and record.get("size_bytes") == out.stat().st_size)
-
-
-class _SourceHash:
-    """sha256 of the source on a background thread at the lowest CPU priority (it overlaps the quantizer)."""
-
-    def __init__(self, path: Path):
-        self._path, self._value, self._error = path, "", None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edgepack-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with contextlib.suppress(AttributeError, OSError):  # Linux: niceness is per thread
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        try:
-            self._value = sha256_file(self._path, self._stop)
-        except OSError as exc:
-            self._error = exc
-
-    def stop(self) -> None:
-        """Abandon the hash (on failure or Ctrl-C: no point reading the rest of the source)."""
-        self._stop.set()
-
-    def wait(self) -> str:
-        self._thread.join()
-        if self._error is not None:
-            raise BadGGUF(f"cannot read {self._path}: {self._error}", "check the file")
-        if not self._value:
-            raise QuantizeError(f"hashing {self._path.name} was abandoned", "run the command again")
-        return self._value
+    if not (reader.get(SETTINGS_KEY) == settings and record.get("settings") == settings
+            and record.get("size_bytes") == out.stat().st_size):
+        return False
+    if record.get("source_fingerprint") == identity["source_fingerprint"]:
+        return True
+    return bool(identity["source_blake3"]) and record.get("source_blake3") == identity["source_blake3"]
 
 
 # llama.cpp's log lines (src/llama-quant.cpp): one "[  i/  n] name ..." per tensor, and a warning per fallback.
@@ -484,7 +465,7 @@ def _kv_overrides(llama_cpp, pairs: dict[str, str]):
 
 
 def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: int, out_t: int | None,
-                  embd_t: int | None, pure: bool, allow_requantize: bool, hasher: _SourceHash, n_tensors: int,
+                  embd_t: int | None, pure: bool, allow_requantize: bool, identity: dict[str, str], n_tensors: int,
                   progress: Progress) -> QuantizeResult:
     import llama_cpp
 
@@ -498,8 +479,7 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
         params.token_embedding_type = embd_t
     params.pure = pure
     params.allow_requantize = allow_requantize
-    overrides = _kv_overrides(llama_cpp, {TYPE_KEY: qt.name, SETTINGS_KEY: settings, VERSION_KEY: __version__,
-                                          SOURCE_KEY: SHA_PLACEHOLDER})
+    overrides = _kv_overrides(llama_cpp, {TYPE_KEY: qt.name, SETTINGS_KEY: settings, VERSION_KEY: __version__})
     params.kv_overrides = ctypes.cast(overrides, type(params.kv_overrides))
 
     progress.start(f"{qt.name} -> {out.name}", n_tensors)
@@ -517,11 +497,8 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
             reader = read_header(tmp)
         except BadGGUF as exc:
             raise QuantizeError(f"llama.cpp wrote an unreadable {qt.name} file: {exc}", "report this as a bug") from exc
-        result = _describe(qt, out, reader, tmp.stat().st_size, False, log.fallbacks(), hasher.wait())
-        # the hash was still being computed when llama.cpp wrote the metadata
-        patch_placeholders(tmp, {SHA_PLACEHOLDER: result.source_sha256}, reader.data_offset)
-    record = {"edgepack": __version__, "source": src.name, "source_sha256": result.source_sha256,
-              "settings": settings, "size_bytes": out.stat().st_size,
+        result = _describe(qt, out, reader, tmp.stat().st_size, False, log.fallbacks())
+    record = {"edgepack": __version__, "source": src.name, **identity, "settings": settings, "size_bytes": out.stat().st_size,
               "tensor_types": result.tensor_types, "fallbacks": [asdict(f) for f in result.fallbacks]}
     atomic_write_text(out.with_name(out.name + SIDECAR_SUFFIX), json.dumps(record, indent=2) + "\n")
     result.seconds = round(time.monotonic() - started, 3)
@@ -531,7 +508,7 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
 
 
 def _describe(qt: QuantType, out: Path, reader: GGUFHeader, size_bytes: int, skipped: bool,
-              fallbacks: list[Fallback], sha: str) -> QuantizeResult:
+              fallbacks: list[Fallback]) -> QuantizeResult:
     n_params, data_bytes = reader.n_params, reader.data_bytes
     counts = Counter(t.type.name for t in reader.tensors)
     tensor_types = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -542,4 +519,4 @@ def _describe(qt: QuantType, out: Path, reader: GGUFHeader, size_bytes: int, ski
     return QuantizeResult(type=qt.name, output=out, size_bytes=size_bytes,
                           n_params=n_params, bpw=round(data_bytes * 8 / max(n_params, 1), 4),
                           seconds=0.0, skipped=skipped, tensor_types=tensor_types,
-                          fallbacks=fallbacks, source_sha256=sha)
+                          fallbacks=fallbacks)

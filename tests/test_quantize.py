@@ -8,13 +8,13 @@ importance matrix); fallbacks are compared with the tensor types actually in the
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import blake3
 import gguf
 import llama_cpp
 import pytest
@@ -25,8 +25,9 @@ from edgepack.errors import OutputError, QuantizeError, UsageError
 from edgepack.evaluate import open_llama
 from edgepack.ggufheader import SkippedArray, read_header
 from edgepack.progress import QUIET
-from edgepack.quantize import (QUANT_TYPES, SIDECAR_SUFFIX, QuantType, _quantize_one, _settings, _SourceHash,
-                               offered_types, quant_type, quantize, resolve_types, type_for_bits)
+from edgepack.quantize import (QUANT_TYPES, SIDECAR_SUFFIX, QuantType, _quantize_one, _settings,
+                               offered_types, quant_type, quantize, resolve_types, source_fingerprint,
+                               type_for_bits)
 from quantmodels import bigram_llama, random_llama
 
 OFFERED = [t.name for t in offered_types()]
@@ -43,7 +44,7 @@ def f16(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def all_types(f16, tmp_path_factory) -> dict[str, object]:
-    """Every offered type, in one quantize() call (one source check, one hash)."""
+    """Every offered type, in one quantize() call (one source check)."""
     out = tmp_path_factory.mktemp("all")
     return {r.type: r for r in quantize(f16, OFFERED, out, threads=2)}
 
@@ -104,7 +105,7 @@ def test_imatrix_types_are_refused_by_llama_cpp_too(f16, tmp_path):
         out = tmp_path / f"x-{t.name}.gguf"
         with pytest.raises(QuantizeError, match="imatrix") as info:
             _quantize_one(f16, t, out, _settings(t, None, None, False, False), 2, None, None, False, False,
-                          _SourceHash(f16), 0, QUIET)
+                          {"source_fingerprint": source_fingerprint(f16), "source_blake3": ""}, 0, QUIET)
         assert "llama.cpp could not quantize" in str(info.value)
         assert no_outputs(tmp_path) == []
 
@@ -198,13 +199,13 @@ def test_rerun_skips_until_source_or_settings_change(f16, tmp_path):
     src.write_bytes(f16.read_bytes())
     [first] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2)
     out = first.output
+    sidecar = Path(str(out) + SIDECAR_SUFFIX)
     assert out.name == "tiny-Q8_0.gguf" and not first.skipped
-    assert read_header(out).get("edgepack.quantize.source_sha256") == first.source_sha256 == \
-        hashlib.sha256(src.read_bytes()).hexdigest()  # the placeholder was patched with the real hash
+    record = json.loads(sidecar.read_text())
+    assert record["source_fingerprint"] == source_fingerprint(src) and record["size_bytes"] == out.stat().st_size
     stamp = out.stat().st_mtime_ns
     [again] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2)
-    assert again.skipped and out.stat().st_mtime_ns == stamp
-    assert again.source_sha256 == first.source_sha256 and again.tensor_types == first.tensor_types
+    assert again.skipped and out.stat().st_mtime_ns == stamp and again.tensor_types == first.tensor_types
 
     [pure] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2, pure=True)  # other settings: redone
     assert not pure.skipped
@@ -213,11 +214,38 @@ def test_rerun_skips_until_source_or_settings_change(f16, tmp_path):
     data[-3] ^= 0x01
     src.write_bytes(bytes(data))
     [changed] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2, pure=True)
-    assert not changed.skipped and changed.source_sha256 != first.source_sha256
+    assert not changed.skipped
+
+    copy = tmp_path / "copy.gguf"  # the same bytes in a new file (new inode and mtime): redone, by design
+    copy.write_bytes(src.read_bytes())
+    os.replace(copy, src)
+    [rewritten] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2, pure=True)
+    assert not rewritten.skipped
+    assert json.loads(sidecar.read_text())["source_fingerprint"] == source_fingerprint(src)
 
     Path(str(out) + SIDECAR_SUFFIX).unlink()  # no record of how it was made: redone
     [norecord] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2, pure=True)
     assert not norecord.skipped
+
+
+def test_hash_source_recognises_an_identical_rewrite(f16, tmp_path):
+    """With hash_source (what convert -q uses), a source rewritten with the same bytes keeps its outputs, and one
+    with a single byte changed does not."""
+    src = tmp_path / "m-F16.gguf"
+    src.write_bytes(f16.read_bytes())
+    [first] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2, hash_source=True)
+    record = json.loads(Path(str(first.output) + SIDECAR_SUFFIX).read_text())
+    assert record["source_blake3"] == blake3.blake3(src.read_bytes()).hexdigest()
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(src.read_bytes())
+    os.replace(copy, src)
+    [same] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2, hash_source=True)
+    assert same.skipped
+    data = bytearray(src.read_bytes())
+    data[-3] ^= 0x01
+    src.write_bytes(bytes(data))
+    [changed] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2, hash_source=True)
+    assert not changed.skipped
 
 
 def test_foreign_output_needs_force(f16, tmp_path):

@@ -83,7 +83,7 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
     result = run(folder, out, outtype=outtype, vocab_only=vocab_only, force=force, pre_tokenizer=pre_tokenizer,
                  provenance=provenance, progress=Progress(enabled=not as_json))
     if qtypes:
-        quantized = quantize(result.output, qtypes, result.output.parent, force=force,
+        quantized = quantize(result.output, qtypes, result.output.parent, force=force, hash_source=True,
                              progress=Progress(enabled=not as_json))
         if not keep:
             result.output.unlink()
