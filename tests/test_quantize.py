@@ -228,9 +228,9 @@ def test_rerun_skips_until_source_or_settings_change(f16, tmp_path):
     assert not norecord.skipped
 
 
-def test_hash_source_recognises_an_identical_rewrite(f16, tmp_path):
-    """With hash_source (what convert -q uses), a source rewritten with the same bytes keeps its outputs, and one
-    with a single byte changed does not."""
+def test_hash_source_recognises_an_identical_rewrite(f16, tmp_path, capsys):
+    """With hash_source (what convert -q uses; --hash-source on the command line), a source rewritten with the
+    same bytes keeps its outputs, and one with a single byte changed does not."""
     src = tmp_path / "m-F16.gguf"
     src.write_bytes(f16.read_bytes())
     [first] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2, hash_source=True)
@@ -239,8 +239,9 @@ def test_hash_source_recognises_an_identical_rewrite(f16, tmp_path):
     copy = tmp_path / "copy.gguf"
     copy.write_bytes(src.read_bytes())
     os.replace(copy, src)
-    [same] = quantize(src, ["Q8_0"], tmp_path / "out", threads=2, hash_source=True)
-    assert same.skipped
+    [same] = json.loads(run_ok(capsys, "quantize", str(src), "-t", "Q8_0", "-o", str(tmp_path / "out"),
+                               "--hash-source", "--threads", "2", "--json"))
+    assert same["skipped"] is True
     data = bytearray(src.read_bytes())
     data[-3] ^= 0x01
     src.write_bytes(bytes(data))

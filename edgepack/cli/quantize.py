@@ -52,17 +52,20 @@ def print_results(results: list[QuantizeResult]) -> None:
 @click.option("--pure", is_flag=True, help="No k-quant mix: every weight gets the type's base ggml type.")
 @click.option("--allow-requantize", is_flag=True, help="Accept an already-quantized source (quality suffers).")
 @click.option("--force", is_flag=True, help="Overwrite outputs that edgepack did not write.")
+@click.option("--hash-source", is_flag=True,
+              help="Also identify the source by its BLAKE3 (one extra read of it), so that a re-run keeps the "
+                   "outputs when the source was rewritten with the same bytes (a copy, a re-download).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--list-types", is_flag=True, expose_value=False, is_eager=True, callback=_list_types,
               help="List the quantization types and exit.")
 def quantize_command(src: Path | None, types: tuple[str, ...], bits: tuple[int, ...], out_dir: Path | None,
                      threads: int, output_tensor_type: str | None, token_embedding_type: str | None, pure: bool,
-                     allow_requantize: bool, force: bool, as_json: bool) -> None:
+                     allow_requantize: bool, force: bool, hash_source: bool, as_json: bool) -> None:
     """Quantize an F16/BF16/F32 GGUF with llama.cpp's own quantizer.
 
     Each type is written to <Model>-<TYPE>.gguf (Model: the GGUF's general.name), through a temp file that
-    is renamed only when complete. Re-running skips outputs that are complete and were made from the same
-    source (sha256) with the same settings. Types that llama.cpp only makes with an importance matrix
+    is renamed only when complete. Re-running skips outputs that are complete and were made with the same
+    settings from the same source file: same size, mtime and inode (or, with --hash-source, the same BLAKE3). Types that llama.cpp only makes with an importance matrix
     (IQ2_*, IQ1_*, IQ3_XXS, IQ3_XS, Q2_K_S) are refused. Tensors whose rows do not fit a type's blocks fall
     back to another type, as llama.cpp decides; they are listed after the table.
 
@@ -79,7 +82,7 @@ def quantize_command(src: Path | None, types: tuple[str, ...], bits: tuple[int, 
     qtypes = resolve_types(types, bits)
     results = quantize(src, qtypes, out_dir, threads=threads, output_tensor_type=output_tensor_type,
                        token_embedding_type=token_embedding_type, pure=pure, allow_requantize=allow_requantize,
-                       force=force, progress=Progress(enabled=not as_json))
+                       force=force, hash_source=hash_source, progress=Progress(enabled=not as_json))
     if as_json:
         emit_json(results)
         return
