@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import gguf
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -91,6 +92,37 @@ def test_f32_logits_match_transformers(built):
 
 def test_f16_logits_match_transformers(built):
     _check_logits(built, "f16")
+
+
+GPT2_CASE = next(c for c in CASES if c.name == "gpt2")
+
+
+@pytest.mark.parametrize("built", [GPT2_CASE], indirect=True, ids=["gpt2"])
+def test_gpt2_checkpoint_saved_without_the_transformer_prefix(built):
+    """openai-community/gpt2 was saved from GPT2Model: tensor names without "transformer.", the causal-mask
+    buffers, and no lm_head. Such a checkpoint converts to the same tensors and the same logits."""
+    from safetensors.numpy import load_file, save_file
+
+    case, folder, ids, references = built
+    bare = folder / "bare"
+    bare.mkdir(exist_ok=True)
+    for f in (folder / "model").iterdir():
+        if f.suffix != ".safetensors" and f.is_file():
+            (bare / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(folder / "model" / "model.safetensors")
+    renamed = {n.removeprefix("transformer."): t for n, t in tensors.items() if n != "lm_head.weight"}
+    assert "wte.weight" in renamed and not any(n.startswith("transformer.") for n in renamed)
+    n_pos = renamed["wpe.weight"].shape[0]
+    renamed["h.0.attn.bias"] = np.tril(np.ones((n_pos, n_pos), dtype=np.float32))[None, None]  # the mask buffer
+    save_file(renamed, bare / "model.safetensors")
+    convert(folder / "model", folder / "prefixed.gguf", outtype="f32")
+    convert(bare, folder / "bare.gguf", outtype="f32")
+    a, b = gguf.GGUFReader(folder / "prefixed.gguf"), gguf.GGUFReader(folder / "bare.gguf")
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for x, y in zip(a.tensors, b.tensors):
+        assert np.array_equal(x.data, y.data), x.name
+    max_abs, top1 = compare(references["f32"], llama_cpp_logits(folder / "bare.gguf", ids))
+    assert top1 == 1.0 and max_abs <= (GELU_TOLERANCE if case.gelu_table else TOLERANCE)["f32"]
 
 
 def _arch_kv(path) -> dict:

@@ -158,6 +158,9 @@ def _resolve_outtype(outtype: str, checkpoint: Checkpoint | None) -> str:
 
 def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint, outtype: str) -> list[PlannedTensor]:
     expected = spec.tensors(config)
+    prefix = spec.optional_prefix
+    if prefix and not any(n.startswith(prefix) for n in checkpoint.tensors):
+        expected = {n.removeprefix(prefix): shape for n, shape in expected.items()}
     unexpected = [n for n in checkpoint.tensors if n not in expected and not spec.ignores(n)]
     if unexpected:
         raise UnsupportedArchitecture(

@@ -131,6 +131,9 @@ class ArchSpec:
     ignore: tuple[str, ...] = ()
     # Called first: raise UnsupportedArchitecture for settings the family cannot reproduce exactly.
     check: Callable[[HFConfig], None] = lambda config: None
+    # A prefix of the names in ``tensors`` that some checkpoints leave out (saved from the base model class
+    # rather than the *ForCausalLM one): when no checkpoint tensor carries it, it is dropped from every name.
+    optional_prefix: str = ""
 
     @property
     def arch_name(self) -> str:

@@ -91,4 +91,6 @@ GPT2 = register(ArchSpec(
     # older checkpoints save the causal-mask buffers (attn.bias, attn.masked_bias): nothing llama.cpp reads.
     ignore=(r"\.attn\.(masked_)?bias$",),
     check=_check,
+    # openai-community/gpt2 and its early siblings were saved from GPT2Model: "h.0.attn.c_attn.weight", no lm_head
+    optional_prefix="transformer.",
 ))
