@@ -4,8 +4,14 @@ Each row of benchmarks/data/measurements.csv (device profile, backend, model con
 pp/tg tok/s, runtime, source URL) is projected with the code `edgepack fit --config` runs (describe_config +
 project). What is calibrated, and how (docs/fit.md has the reasoning):
 
-* generation: tok/s = bandwidth (spec) x efficiency / bytes read per token. The efficiency is calibrated per
-  (device class, quant family): the median over devices of each device's median measured/roofline ratio.
+* generation: tok/s = bandwidth (spec) x efficiency / bytes read per token. On GPU backends the efficiency is
+  calibrated per (device class, quant family): the median over devices of each device's median
+  measured/roofline ratio. On the CPU backend the cores can be the limit instead of the memory: tok/s =
+  min(bandwidth x ceiling / bytes, core-GHz x rate / weights per token), where the ceiling is the best
+  measured/roofline ratio any CPU device reached (memory-bound CPUs get there; core-bound ones fall short
+  of it) and the rate (billions of weights per second per core-GHz) is calibrated per (class, family) like
+  the efficiency. A row without a thread count ran llama-bench's default: every physical core (the
+  performance cores on macOS), as common_cpu_get_num_math() decides.
 * prompt: tok/s = compute size x GFLOP/s per unit / FLOPs per token, where the compute size is a spec of the
   device (core-GHz of the threads used for CPU backends; GPU cores for GPU backends) and GFLOP/s per unit is
   calibrated per (device class, quant family) the same way.
@@ -67,6 +73,7 @@ class Row:
     pp: float | None
     tg: float | None
     tg_roofline: float  # tok/s at efficiency 1
+    tg_core_roofline: float  # CPU: tok/s at 1 billion weights/s per core-GHz (0 for GPU backends)
     pp_per_unit: float  # tok/s per GFLOP/s
     source: str
 
@@ -75,15 +82,20 @@ class Row:
         return self.tg / self.tg_roofline
 
     @property
+    def tg_core_rate(self) -> float:
+        return self.tg / self.tg_core_roofline
+
+    @property
     def pp_gflops_per_unit(self) -> float:
         return self.pp / self.pp_per_unit / self.size
 
 
 def _unit_profile(profile: Profile, backend: str) -> Profile:
-    """The profile with efficiency 1 and 1 GFLOP/s: project() then gives the roofline and tok/s per GFLOP/s."""
+    """The profile with efficiency 1, 1 GFLOP/s and no core-speed bound: project() then gives the bandwidth
+    roofline and tok/s per GFLOP/s, whatever calibrated numbers the profile holds."""
     one = Sourced(1.0, "unit", "estimate", "validation")
     return dataclasses.replace(profile, generation_efficiency={backend: one},
-                               prompt_gflops={backend: {f: one for f in QUANT_FAMILIES}})
+                               prompt_gflops={backend: {f: one for f in QUANT_FAMILIES}}, cpu_gweights_per_core_ghz={})
 
 
 def load_rows(profiles: dict[str, Profile]) -> list[Row]:
@@ -93,13 +105,21 @@ def load_rows(profiles: dict[str, Profile]) -> list[Row]:
         backend = r["backend"]
         model = describe_config(config(r["config"]), r["quant"], r["model"])
         unit = project(model, _unit_profile(profile, backend), backend, n_ctx=N_CTX)
-        threads = int(r["threads"]) if r["threads"] else None
+        threads = int(r["threads"]) if r["threads"] else llama_bench_default_threads(profile)
         size = profile.core_ghz(threads) if backend == "cpu" else float(profile.gpu_cores)
+        core_roofline = size * 1e9 / model.matmul_params if backend == "cpu" else 0.0
         rows.append(Row(r["profile"], backend, profile.backend_class(backend), model, model.quant_family, size,
                         float(r["pp_tok_s"]) if r["pp_tok_s"] else None,
                         float(r["tg_tok_s"]) if r["tg_tok_s"] else None,
-                        unit.tg_tokens_per_s, unit.pp_tokens_per_s, r["source"]))
+                        unit.tg_tokens_per_s, core_roofline, unit.pp_tokens_per_s, r["source"]))
     return rows
+
+
+def llama_bench_default_threads(profile: Profile) -> int:
+    """llama-bench's default -t (common_cpu_get_num_math): the physical cores, on macOS the performance cores."""
+    if profile.soc.startswith("Apple"):
+        return max(profile.clusters, key=lambda c: c.max_ghz).cores
+    return sum(c.cores for c in profile.clusters)
 
 
 # --- calibration ----------------------------------------------------------------------------------------------
@@ -118,14 +138,19 @@ def _class_family(usable: list[Row], value, cls: str, family: str) -> float | No
 
 def factor(rows: list[Row], kind: str, cls: str, family: str) -> tuple[float, str]:
     """Calibrated factor for (class, family) from ``rows``: median over devices of each device's median.
-    kind: "tg" (efficiency) or "pp" (GFLOP/s per compute unit). Returns (value, how it was obtained).
+    kind: "tg" (efficiency), "core" (CPU: billions of weights/s per core-GHz) or "pp" (GFLOP/s per compute
+    unit). Returns (value, how it was obtained).
 
     Fallbacks when the class has no device with this family: the class's other families, each converted by
     the family ratio seen in the other classes of the same kind (CPU or GPU) that have both families (kernel
     speed ratios such as K-quant vs Q4_0 are a property of llama.cpp's kernels more than of one device); then
     the class over all families; then classes of the same kind."""
-    usable = [r for r in rows if (r.tg if kind == "tg" else r.pp) is not None and (kind == "tg" or r.size > 0)]
-    value = (lambda r: r.tg_eff) if kind == "tg" else (lambda r: r.pp_gflops_per_unit)
+    if kind == "core":
+        usable = [r for r in rows if r.tg is not None and r.tg_core_roofline > 0]
+        value = lambda r: r.tg_core_rate  # noqa: E731
+    else:
+        usable = [r for r in rows if (r.tg if kind == "tg" else r.pp) is not None and (kind == "tg" or r.size > 0)]
+        value = (lambda r: r.tg_eff) if kind == "tg" else (lambda r: r.pp_gflops_per_unit)
     is_gpu = cls in GPU_CLASSES
     direct = _class_family(usable, value, cls, family)
     n_dev = lambda keep: len({r.device for r in usable if keep(r)})  # noqa: E731
@@ -146,7 +171,7 @@ def factor(rows: list[Row], kind: str, cls: str, family: str) -> tuple[float, st
     steps = [(lambda r: r.cls == cls, f"{cls}/all families"),
              (lambda r: (r.cls in GPU_CLASSES) == is_gpu and r.family == family, f"{'gpu' if is_gpu else 'cpu'} classes/{family}"),
              (lambda r: (r.cls in GPU_CLASSES) == is_gpu, f"{'gpu' if is_gpu else 'cpu'} classes")]
-    if kind == "tg":
+    if kind in ("tg", "core"):
         steps += [(lambda r: True, "all devices")]
     for keep, how in steps:
         dev = _per_device([r for r in usable if keep(r)], value)
@@ -155,10 +180,21 @@ def factor(rows: list[Row], kind: str, cls: str, family: str) -> tuple[float, st
     return float("nan"), "no data"
 
 
+def cpu_memory_ceiling(rows: list[Row]) -> tuple[float, str]:
+    """The best measured/roofline ratio any CPU device reached (its median over its rows): how much of the
+    spec bandwidth a CPU backend gets when the cores are not the limit."""
+    per_device = _per_device([r for r in rows if r.tg is not None and r.cls not in GPU_CLASSES], lambda r: r.tg_eff)
+    best = max(per_device, key=per_device.get)
+    return per_device[best], f"the best CPU device ({best}) of {len(per_device)}"
+
+
 def predict(row: Row, train: list[Row]) -> tuple[float | None, float | None]:
     tg = pp = None
-    if row.tg is not None:
+    if row.tg is not None and row.cls in GPU_CLASSES:
         tg = row.tg_roofline * factor(train, "tg", row.cls, row.family)[0]
+    elif row.tg is not None:
+        tg = min(row.tg_roofline * cpu_memory_ceiling(train)[0],
+                 row.tg_core_roofline * factor(train, "core", row.cls, row.family)[0])
     if row.pp is not None and row.size > 0:
         pp = row.pp_per_unit * row.size * factor(train, "pp", row.cls, row.family)[0]
     return tg, pp
@@ -221,8 +257,8 @@ def device_table(errs: dict, rows: list[Row]) -> None:
 # --- profiles -------------------------------------------------------------------------------------------------
 
 def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
-    """Rewrite each shipped profile's [generation] and [prompt.<backend>] numbers with the in-sample class
-    factors (x the profile's compute size), leaving backends without any calibration data alone."""
+    """Rewrite each shipped profile's [generation], [generation_compute.cpu] and [prompt.<backend>] numbers with
+    the in-sample class factors (x the profile's compute size), leaving backends without calibration data alone."""
     n_dev = len({r.device for r in rows})
     for name, profile in profiles.items():
         path = SHIPPED_DIR / f"{name}.toml"
@@ -233,7 +269,15 @@ def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
             cls = profile.backend_class(backend)
             size = profile.compute_size(backend)
             fam_default = "q4_0"
-            eff, how = factor(rows, "tg", cls, fam_default)
+            eff, how = factor(rows, "tg", cls, fam_default) if backend != "cpu" else cpu_memory_ceiling(rows)
+            if backend == "cpu":
+                for fam in QUANT_FAMILIES:
+                    rate, how_rate = factor(rows, "core", cls, fam)
+                    src = (f"calibrated: benchmarks/projection.py, {how_rate}: measured tg x weights per token / "
+                           f"core-GHz of the threads used, median over devices of {n_dev} in "
+                           "benchmarks/data/measurements.csv")
+                    text = _set(text, "generation_compute.cpu", fam, "gweights_per_core_ghz", round(rate, 3), src,
+                                f"class factor for {cls}: how fast its cores dequantize and multiply weights")
             if how != "no data":
                 src = (f"calibrated: benchmarks/projection.py, {how}; efficiency = measured tg / bandwidth "
                        f"roofline, median over devices of {n_dev} in benchmarks/data/measurements.csv")
@@ -255,20 +299,29 @@ def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
 
 
 def _set(text: str, table: str, key: str, field: str, value, source: str, note: str) -> str:
-    """Replace ``key = { ... }`` inside ``[table]`` with the calibrated value and its provenance."""
+    """Set ``key = { ... }`` inside ``[table]`` to the calibrated value and its provenance: the line is replaced,
+    or added at the end of the table, or the table is added before the first [prompt.*] table."""
+    src = source.replace('"', "'")
+    entry = f'{key} = {{ {field} = {value}, source = "{src}", kind = "estimate", note = "{note}" }}\n'
     lines = text.splitlines(keepends=True)
-    current = None
+    current, table_end = None, None
     for i, line in enumerate(lines):
         m = re.match(r"^\[([^\]]+)\]\s*$", line)
         if m:
             current = m.group(1)
             continue
-        if current == table and re.match(rf"^{re.escape(key)}\s*=\s*\{{", line):
-            src = source.replace('"', "'")
-            lines[i] = (f'{key} = {{ {field} = {value}, source = "{src}", kind = "estimate", '
-                        f'note = "{note}" }}\n')
-            return "".join(lines)
-    return text
+        if current == table:
+            if re.match(rf"^{re.escape(key)}\s*=\s*\{{", line):
+                lines[i] = entry
+                return "".join(lines)
+            if line.strip():
+                table_end = i + 1
+    if table_end is not None:
+        lines.insert(table_end, entry)
+        return "".join(lines)
+    first_prompt = next((i for i, line in enumerate(lines) if line.startswith("[prompt")), len(lines))
+    lines[first_prompt:first_prompt] = [f"[{table}]\n", entry, "\n"]
+    return "".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,11 +342,15 @@ def main(argv: list[str] | None = None) -> int:
         fams = sorted({r.family for r in rows if r.cls == cls})
         parts = []
         for fam in fams:
-            eff, _ = factor(rows, "tg", cls, fam)
             ppf, how = factor(rows, "pp", cls, fam)
-            parts.append(f"{fam}: tg eff {eff:.2f}, pp {ppf:.1f} GFLOP/s/unit" + ("" if cls in how else " (fallback)"))
+            if cls in GPU_CLASSES:
+                tg = f"tg eff {factor(rows, 'tg', cls, fam)[0]:.2f}"
+            else:
+                tg = f"tg {factor(rows, 'core', cls, fam)[0]:.2f} G weights/s per core-GHz"
+            parts.append(f"{fam}: {tg}, pp {ppf:.1f} GFLOP/s/unit" + ("" if cls in how else " (fallback)"))
         print(f"  {cls:10} " + "; ".join(parts))
-    print()
+    print(f"  CPU memory ceiling: {cpu_memory_ceiling(rows)[0]:.2f} of the spec bandwidth "
+          f"({cpu_memory_ceiling(rows)[1]})\n")
     ok_in = summarize(errs["in"], "in-sample          ")
     ok_lodo = summarize(errs["lodo"], "leave-one-device-out")
     return 0 if ok_in and ok_lodo else 1

@@ -492,9 +492,11 @@ def project(model: ModelDesc, profile: Profile, backend: str | None = None, n_ct
     """Projected generation and prompt speed of ``model`` on ``profile``'s ``backend``.
 
     Generation reads every weight (and the KV cache so far) once per token: t = bytes / (bandwidth x
-    efficiency) + the host-measured per-token overhead. Prompt processing is compute-bound: tokens/s =
-    GFLOP/s (for the backend and the weights' quant family) / FLOPs per token. The average context during
-    a pp512/tg128 run is used for the KV and attention terms."""
+    efficiency) + the host-measured per-token overhead. On the CPU backend the cores must also dequantize and
+    multiply every weight: when the profile gives that rate (weights per second per core-GHz, per quant family),
+    t is the longer of the memory time and weights / (rate x core-GHz of the threads). Prompt processing is
+    compute-bound: tokens/s = GFLOP/s (for the backend and the weights' quant family) / FLOPs per token. The
+    average context during a pp512/tg128 run is used for the KV and attention terms."""
     backend = backend or profile.default_backend
     if backend not in profile.backends:
         raise UsageError(f"profile {profile.name} has no {backend} backend", f"choose one of {', '.join(profile.backends)}")
@@ -502,7 +504,11 @@ def project(model: ModelDesc, profile: Profile, backend: str | None = None, n_ct
     kv_avg = kv_cache_bytes(model, min(n_ctx, 512), 1) // 2
     bytes_tok = model.bytes_read_per_token + kv_avg
     overhead = host.per_token_overhead_s(model) if host else 0.0
-    tg = 1.0 / (bytes_tok / (profile.bandwidth_gb_s.value * 1e9 * eff) + overhead)
+    seconds = bytes_tok / (profile.bandwidth_gb_s.value * 1e9 * eff)
+    rate = profile.cpu_weights_rate(model.quant_family) if backend == "cpu" else None
+    if rate is not None:  # the cores, not the memory, may be what limits a CPU
+        seconds = max(seconds, model.matmul_params / (rate.value * 1e9 * profile.core_ghz()))
+    tg = 1.0 / (seconds + overhead)
     gflops = profile.gflops(backend, model.quant_family).value
     fpt = flops_per_token(model, 256)
     pp = gflops * 1e9 / fpt

@@ -101,6 +101,9 @@ SCHEMA: dict = {
     },
     # Generation efficiency: achieved fraction of the theoretical bandwidth when reading the weights.
     "generation": {b: _sourced("efficiency", _fraction) for b in BACKENDS},
+    # CPU generation is also bounded by how fast the cores dequantize and multiply: billions of weights per
+    # second per core-GHz of the threads used, per quant family. Optional (no bound without it).
+    "generation_compute": {"cpu": {f: _sourced("gweights_per_core_ghz") for f in QUANT_FAMILIES}},
     # Prompt processing: effective dense GFLOP/s per backend and quant family (2 x params FLOPs per token).
     "prompt": {b: {f: _sourced("gflops") for f in QUANT_FAMILIES} for b in BACKENDS},
     "runtime": {
@@ -125,8 +128,8 @@ def _validate(data: dict, schema: dict, file: str, prefix: str = "") -> None:
         if isinstance(spec, dict):
             if key not in data:
                 # per-backend tables are checked against `backends` in parse_profile
-                optional = key in ("usable_with_entitlement", "generation", "prompt", "gpu") or prefix.startswith(
-                    ("generation.", "prompt."))
+                optional = key in ("usable_with_entitlement", "generation", "generation_compute", "prompt",
+                                   "gpu") or prefix.startswith(("generation.", "generation_compute.", "prompt."))
                 if not optional:
                     raise ProfileError(f"{where}: missing", f"add a [{prefix}{key}] table")
                 continue
@@ -198,6 +201,8 @@ class Profile:
     generation_efficiency: dict[str, Sourced]
     prompt_gflops: dict[str, dict[str, Sourced]]
     runtime_overhead_mb: Sourced
+    # quant family -> billions of weights per second per core-GHz the CPU backend can process (empty: no bound)
+    cpu_gweights_per_core_ghz: dict[str, Sourced] = field(default_factory=dict)
     gpu_name: str = ""
     gpu_cores: int = 0  # 0: no [gpu] table
     storage: str = ""
@@ -238,6 +243,10 @@ class Profile:
 
     def gflops(self, backend: str, family: str) -> Sourced:
         return self.prompt_gflops[backend][family]
+
+    def cpu_weights_rate(self, family: str) -> Sourced | None:
+        """Billions of weights per second per core-GHz for the CPU backend and ``family`` (None: not given)."""
+        return self.cpu_gweights_per_core_ghz.get(family)
 
     def summary(self) -> dict:
         """Plain dict for --json and reports (numbers with their provenance)."""
@@ -287,6 +296,8 @@ def parse_profile(data: dict, file: str) -> Profile:
         generation_efficiency={b: _s(v, "efficiency") for b, v in generation.items()},
         prompt_gflops={b: {f: _s(v, "gflops") for f, v in fams.items()} for b, fams in prompt.items()},
         runtime_overhead_mb=_s(data["runtime"]["overhead"], "mb"),
+        cpu_gweights_per_core_ghz={f: _s(v, "gweights_per_core_ghz")
+                                   for f, v in data.get("generation_compute", {}).get("cpu", {}).items()},
         gpu_name=data.get("gpu", {}).get("name", ""), gpu_cores=int(data.get("gpu", {}).get("cores", 0)),
         storage=data.get("storage", ""), notes=data.get("notes", ""), path=file, raw=data)
 

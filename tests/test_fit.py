@@ -93,8 +93,11 @@ def test_sliding_window_layers_hold_only_the_window():
     assert full > per_layer_full * n_global
 
 
-def _profile(tmp_path: Path, name: str, usable_gb: float, eff: float = 0.5) -> object:
-    text = (SHIPPED_DIR / "pixel-8.toml").read_text().replace('name = "pixel-8"', f'name = "{name}"')
+def _profile(tmp_path: Path, name: str, usable_gb: float, eff: float = 0.5, base: str = "pixel-8") -> object:
+    """A shipped profile renamed, with this usable RAM and CPU efficiency and no core-speed bound: the
+    constructed cases below are about the fit's decisions on a purely bandwidth-bound device."""
+    text = (SHIPPED_DIR / f"{base}.toml").read_text().replace(f'name = "{base}"', f'name = "{name}"')
+    text = re.sub(r"^\[generation_compute\.cpu\]\n(?:.+\n)*\n?", "", text, flags=re.M)
     text = text.replace("usable = { gb = 4.0", f"usable = {{ gb = {usable_gb}")
     text = re.sub(r"^cpu = \{ efficiency = [0-9.]+", f"cpu = {{ efficiency = {eff}", text, flags=re.M)
     path = tmp_path / f"{name}.toml"
@@ -133,9 +136,12 @@ def test_ties_in_quality_go_to_the_faster_variant(tmp_path):
     assert {r.variant: r.verdict for r in res.rows}["llama8b-Q8_0"].startswith("same quality, slower")
 
 
-def test_projection_scales_with_bandwidth_and_host_overhead(tiny):
+def test_projection_scales_with_bandwidth_and_host_overhead(tiny, tmp_path):
     model = describe_gguf(tiny["Q4_K_M"])
-    pixel, pi = get_profile("pixel-8"), get_profile("raspberry-pi-5-8gb")
+    pixel = _profile(tmp_path, "pixel-bw", 4.0, get_profile("pixel-8").efficiency("cpu").value)
+    pi = _profile(tmp_path, "pi-bw", 7.0, get_profile("raspberry-pi-5-8gb").efficiency("cpu").value,
+                  base="raspberry-pi-5-8gb")
+    assert not pixel.cpu_gweights_per_core_ghz and not pi.cpu_gweights_per_core_ghz
     a, b = project(model, pixel), project(model, pi)
     ratio = (pixel.bandwidth_gb_s.value * pixel.efficiency("cpu").value) / (
         pi.bandwidth_gb_s.value * pi.efficiency("cpu").value)
@@ -143,6 +149,24 @@ def test_projection_scales_with_bandwidth_and_host_overhead(tiny):
     host = HostCalibration(tg_tokens_per_s=500.0, pp_tokens_per_s=2000.0, bandwidth_gb_s=10.0)
     c = project(model, pixel, host=host)
     assert c.tg_tokens_per_s < a.tg_tokens_per_s and c.overhead_ms_per_token > 0
+
+
+def test_cpu_projection_is_bounded_by_the_cores():
+    """With [generation_compute.cpu], CPU generation takes the longer of streaming the bytes and processing the
+    weights on the profile's threads; GPU backends are not bounded by it."""
+    model = describe_config(real_config("llama3_1_8b"), "Q4_K_M", "llama8b")
+    for name in ("raspberry-pi-5-8gb", "pixel-8", "jetson-agx-orin-64gb"):
+        profile = get_profile(name)
+        rate = profile.cpu_weights_rate(model.quant_family).value
+        kv_bytes = project(model, profile).bytes_per_token
+        memory_s = kv_bytes / (profile.bandwidth_gb_s.value * 1e9 * profile.efficiency("cpu").value)
+        cores_s = model.matmul_params / (rate * 1e9 * profile.core_ghz())
+        assert project(model, profile, "cpu").tg_tokens_per_s == pytest.approx(1 / max(memory_s, cores_s), rel=1e-9)
+    agx = get_profile("jetson-agx-orin-64gb")  # 204.8 GB/s, but 12 A78AE cores: the cores set the pace
+    cpu, cuda = project(model, agx, "cpu"), project(model, agx, "cuda")
+    assert cpu.tg_tokens_per_s < 0.5 * agx.bandwidth_gb_s.value * 1e9 * agx.efficiency("cpu").value / cpu.bytes_per_token
+    assert cuda.tg_tokens_per_s == pytest.approx(
+        agx.bandwidth_gb_s.value * 1e9 * agx.efficiency("cuda").value / cuda.bytes_per_token, rel=1e-9)
 
 
 def test_fit_cli_config_mode_json(tmp_path):
