@@ -146,7 +146,10 @@ def factor(rows: list[Row], kind: str, cls: str, family: str) -> tuple[float, st
     speed ratios such as K-quant vs Q4_0 are a property of llama.cpp's kernels more than of one device); then
     the class over all families; then classes of the same kind."""
     if kind == "core":
-        usable = [r for r in rows if r.tg is not None and r.tg_core_roofline > 0]
+        # A row within 10% of the memory ceiling was memory-bound: its cores were at least that fast, which
+        # says nothing about how fast they are (M2 Pro's F16 CPU row would make F16 cores look 3x slow).
+        ceiling = cpu_memory_ceiling(rows)[0]
+        usable = [r for r in rows if r.tg is not None and r.tg_core_roofline > 0 and r.tg_eff < 0.9 * ceiling]
         value = lambda r: r.tg_core_rate  # noqa: E731
     else:
         usable = [r for r in rows if (r.tg if kind == "tg" else r.pp) is not None and (kind == "tg" or r.size > 0)]
