@@ -276,6 +276,8 @@ def parse_profile(data: dict, file: str) -> Profile:
     for backend in list(generation) + list(prompt):
         if backend not in data["backends"]:
             raise ProfileError(f"{where}generation.{backend}: backend not in backends", "add it or remove the table")
+    if data.get("generation_compute", {}).get("cpu") and "cpu" not in data["backends"]:
+        raise ProfileError(f"{where}generation_compute.cpu: backend not in backends", "add cpu or remove the table")
     mem = data["memory"]
     if mem["usable"]["gb"] > mem["total"]["gb"]:
         raise ProfileError(f"{where}memory.usable.gb: {mem['usable']['gb']} exceeds memory.total.gb "

@@ -66,6 +66,9 @@ def _bad(tmp_path: Path, edit) -> Path:
     (lambda t: re.sub(r'\nf16 = \{[^\n]*', "", t), "prompt.cpu.f16", "missing"),
     (lambda t: re.sub(r"gweights_per_core_ghz = [0-9.]+", "gweights_per_core_ghz = 0", t, count=1),
      "generation_compute.cpu.q4_0.gweights_per_core_ghz", "must be > 0"),
+    (lambda t: t.replace('backends = ["cpu"]', 'backends = ["vulkan"]').replace('default_backend = "cpu"',
+     'default_backend = "vulkan"').replace("[generation]\ncpu =", "[generation]\nvulkan =").replace(
+     "[prompt.cpu]", "[prompt.vulkan]"), "generation_compute.cpu", "backend not in backends"),
     (lambda t: t.replace("value = 5,", "value = 64,"), "cpu.threads.value", "exceeds"),
     (lambda t: t.replace('kind = "spec" },\n]', 'kind = "rumour" },\n]'), "cpu.clusters[2].kind", "must be one of"),
 ])
