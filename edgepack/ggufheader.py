@@ -104,6 +104,22 @@ class _Buf:
         self._need(n)
         self.pos += n
 
+    def skip_strings(self, count: int) -> None:
+        """Skip ``count`` length-prefixed strings in one tight loop: a vocabulary holds tens of thousands, and
+        walking them was most of a header read (quantize reads two headers per output)."""
+        pos, size, mm = self.pos, self.size, self.mm
+        length_at = _STRUCTS["Q"].unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                break
+            pos += 8 + length_at(mm, pos)[0]
+        else:
+            if pos <= size:
+                self.pos = pos
+                return
+        raise BadGGUF(f"{self.path} is truncated or damaged: an array of {count} strings at offset {self.pos} "
+                      f"runs past the end of the file ({size} bytes)", "re-create or re-download it")
+
 
 _STRUCTS = {f: struct.Struct("<" + f) for f in (*_SCALARS.values(), "Q", "I")}
 
@@ -127,8 +143,7 @@ def _value(buf: _Buf, vtype: VT):
         raise BadGGUF(f"{buf.path} holds a nested array, which GGUF does not define", "re-create it")
     if length > MAX_KEPT_ARRAY:
         if item == VT.STRING:
-            for _ in range(length):
-                buf.skip(buf.unpack("Q"))
+            buf.skip_strings(length)
         else:
             buf.skip(length * _STRUCTS[_SCALARS[item]].size)
         return SkippedArray(item.name, length)
