@@ -118,12 +118,14 @@ def check_silu(config: HFConfig, family: str) -> None:
 
 
 def decoder_tensors(config: HFConfig, *, qkv_bias: bool = False, qk_norm: bool = False,
-                    sandwich_norms: bool = False, lm_head: str = "unless-tied") -> dict[str, Expected]:
+                    sandwich_norms: bool = False, norm_bias: bool = False, post_attention_norm: bool = True,
+                    lm_head: str = "unless-tied") -> dict[str, Expected]:
     """The tensors of a Llama-shaped decoder (separate q/k/v, SwiGLU MLP, RMS norms) and their shapes.
 
     Options: q/k/v biases (Qwen2), per-head q/k norms (Qwen3, Gemma3), norms before and after the MLP as well
-    (Gemma2/3). ``lm_head``: "unless-tied" (required unless tie_word_embeddings), "optional", or "absent"
-    (the family always ties: a checkpoint holding one is wrong).
+    (Gemma2/3), LayerNorms with biases and no post-attention norm for a parallel residual (StableLM).
+    ``lm_head``: "unless-tied" (required unless tie_word_embeddings), "optional", or "absent" (the family always
+    ties: a checkpoint holding one is wrong).
     """
     hidden, head_dim = int(config.get("hidden_size")), config.head_dim
     q_rows, kv_rows = config.n_head * head_dim, config.n_head_kv * head_dim
@@ -132,6 +134,8 @@ def decoder_tensors(config: HFConfig, *, qkv_bias: bool = False, qk_norm: bool =
     for i in range(int(config.get("num_hidden_layers"))):
         p = f"model.layers.{i}."
         tensors[p + "input_layernorm.weight"] = Expected((hidden,))
+        if norm_bias:
+            tensors[p + "input_layernorm.bias"] = Expected((hidden,))
         for proj, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
             tensors[f"{p}self_attn.{proj}_proj.weight"] = Expected((rows, hidden))
             if qkv_bias:
@@ -140,7 +144,10 @@ def decoder_tensors(config: HFConfig, *, qkv_bias: bool = False, qk_norm: bool =
             tensors[p + "self_attn.q_norm.weight"] = Expected((head_dim,))
             tensors[p + "self_attn.k_norm.weight"] = Expected((head_dim,))
         tensors[p + "self_attn.o_proj.weight"] = Expected((hidden, q_rows))
-        tensors[p + "post_attention_layernorm.weight"] = Expected((hidden,))
+        if post_attention_norm:
+            tensors[p + "post_attention_layernorm.weight"] = Expected((hidden,))
+            if norm_bias:
+                tensors[p + "post_attention_layernorm.bias"] = Expected((hidden,))
         if sandwich_norms:
             tensors[p + "pre_feedforward_layernorm.weight"] = Expected((hidden,))
             tensors[p + "post_feedforward_layernorm.weight"] = Expected((hidden,))
@@ -150,6 +157,8 @@ def decoder_tensors(config: HFConfig, *, qkv_bias: bool = False, qk_norm: bool =
             p + "mlp.down_proj.weight": Expected((hidden, ff)),
         })
     tensors["model.norm.weight"] = Expected((hidden,))
+    if norm_bias:
+        tensors["model.norm.bias"] = Expected((hidden,))
     if lm_head != "absent":
         tied = bool(config.get("tie_word_embeddings", default=False))
         tensors["lm_head.weight"] = Expected((n_vocab, hidden), optional=lm_head == "optional" or tied)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gguf
 
 from ...errors import UnsupportedArchitecture
-from ..common import DECODER_HPARAMS, check_silu, head_size_metadata, rope_metadata
+from ..common import DECODER_HPARAMS, check_silu, decoder_tensors, head_size_metadata, rope_metadata
 from ..spec import ArchSpec, Expected, HFConfig, HParam, register
 
 K = gguf.Keys
@@ -31,34 +31,10 @@ def _check(config: HFConfig) -> None:
 
 
 def _tensors(config: HFConfig) -> dict[str, Expected]:
-    hidden, head_dim = int(config.get("hidden_size")), config.head_dim
-    q_rows, kv_rows = config.n_head * head_dim, config.n_head_kv * head_dim
-    ff, n_vocab = int(config.get("intermediate_size")), int(config.get("vocab_size"))
-    qkv_bias = bool(config.get("use_qkv_bias", default=False))
-    parallel = bool(config.get("use_parallel_residual", default=False))
-    tensors = {"model.embed_tokens.weight": Expected((n_vocab, hidden))}
-    for i in range(int(config.get("num_hidden_layers"))):
-        p = f"model.layers.{i}."
-        tensors[p + "input_layernorm.weight"] = Expected((hidden,))
-        tensors[p + "input_layernorm.bias"] = Expected((hidden,))
-        for proj, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
-            tensors[f"{p}self_attn.{proj}_proj.weight"] = Expected((rows, hidden))
-            if qkv_bias:
-                tensors[f"{p}self_attn.{proj}_proj.bias"] = Expected((rows,))
-        tensors[p + "self_attn.o_proj.weight"] = Expected((hidden, q_rows))
-        if not parallel:
-            tensors[p + "post_attention_layernorm.weight"] = Expected((hidden,))
-            tensors[p + "post_attention_layernorm.bias"] = Expected((hidden,))
-        tensors.update({
-            p + "mlp.gate_proj.weight": Expected((ff, hidden)),
-            p + "mlp.up_proj.weight": Expected((ff, hidden)),
-            p + "mlp.down_proj.weight": Expected((hidden, ff)),
-        })
-    tensors["model.norm.weight"] = Expected((hidden,))
-    tensors["model.norm.bias"] = Expected((hidden,))
-    # llama.cpp's stablelm graph needs an output tensor of its own (it does not fall back to token_embd).
-    tensors["lm_head.weight"] = Expected((n_vocab, hidden))
-    return tensors
+    # llama.cpp's stablelm graph needs an output tensor of its own (it does not fall back to token_embd); tied
+    # embeddings are refused in _check, so "unless-tied" always requires lm_head here.
+    return decoder_tensors(config, qkv_bias=bool(config.get("use_qkv_bias", default=False)), norm_bias=True,
+                           post_attention_norm=not config.get("use_parallel_residual", default=False))
 
 
 def _metadata(config: HFConfig):
