@@ -219,15 +219,23 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return repo
 
+    def _commit(self, repo_id: str, revision: str, kind: str, **log):
+        """The commit ``revision`` names if this request may read the repo; otherwise answer the error the Hub
+        would (repo access, then RevisionNotFound) and return None."""
+        repo = self._access(repo_id, kind, **log)
+        if repo is None:
+            return None
+        commit = repo.resolve(revision)
+        if commit is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", kind=kind, **log)
+        return commit
+
     def _model_info(self, repo_id: str, revision: str, query: dict) -> None:
         if self.hub.stall_s:
             time.sleep(self.hub.stall_s)
-        repo = self._access(repo_id, "api", path=self.path)
-        if repo is None:
-            return
-        commit = repo.resolve(revision)
+        commit = self._commit(repo_id, revision, "api", path=self.path)
         if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", kind="api", path=self.path)
+            return
         blobs = "blobs" in query
         siblings = []
         for name, data in sorted(commit.files.items()):
@@ -245,12 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, body, kind="api", path=self.path)
 
     def _tree(self, repo_id: str, revision: str) -> None:
-        repo = self._access(repo_id, "api", path=self.path)
-        if repo is None:
-            return
-        commit = repo.resolve(revision)
+        commit = self._commit(repo_id, revision, "api", path=self.path)
         if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", kind="api", path=self.path)
+            return
         entries, folders = [], set()
         for name, data in sorted(commit.files.items()):
             for i in range(1, name.count("/") + 1):
@@ -267,12 +272,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo_id: str, revision: str, name: str, head: bool) -> None:
         log = {"path": self.path, "file": name}
-        repo = self._access(repo_id, "file", **log)
-        if repo is None:
-            return
-        commit = repo.resolve(revision)
+        commit = self._commit(repo_id, revision, "file", **log)
         if commit is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", kind="file", **log)
+            return
         if name not in commit.files:
             return self._error(404, "EntryNotFound", f"{name} does not exist on \"{revision}\"", kind="file",
                                extra={"X-Repo-Commit": commit.sha}, **log)
