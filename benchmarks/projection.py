@@ -76,6 +76,8 @@ class Row:
     tg_core_roofline: float  # CPU: tok/s at 1 billion weights/s per core-GHz (0 for GPU backends)
     pp_per_unit: float  # tok/s per GFLOP/s
     source: str
+    profile: Profile
+    threads: int  # CPU threads the measurement used
 
     @property
     def tg_eff(self) -> float:
@@ -111,7 +113,7 @@ def load_rows(profiles: dict[str, Profile]) -> list[Row]:
         rows.append(Row(r["profile"], backend, profile.backend_class(backend), model, model.quant_family, size,
                         float(r["pp_tok_s"]) if r["pp_tok_s"] else None,
                         float(r["tg_tok_s"]) if r["tg_tok_s"] else None,
-                        unit.tg_tokens_per_s, core_roofline, unit.pp_tokens_per_s, r["source"]))
+                        unit.tg_tokens_per_s, core_roofline, unit.pp_tokens_per_s, r["source"], profile, threads))
     return rows
 
 
@@ -192,15 +194,25 @@ def cpu_memory_ceiling(rows: list[Row]) -> tuple[float, str]:
 
 
 def predict(row: Row, train: list[Row]) -> tuple[float | None, float | None]:
-    tg = pp = None
-    if row.tg is not None and row.cls in GPU_CLASSES:
-        tg = row.tg_roofline * factor(train, "tg", row.cls, row.family)[0]
-    elif row.tg is not None:
-        tg = min(row.tg_roofline * cpu_memory_ceiling(train)[0],
-                 row.tg_core_roofline * factor(train, "core", row.cls, row.family)[0])
-    if row.pp is not None and row.size > 0:
-        pp = row.pp_per_unit * row.size * factor(train, "pp", row.cls, row.family)[0]
-    return tg, pp
+    """(tg, pp) of ``row`` as ``edgepack fit`` projects them: fit.project on the row's profile carrying the
+    factors calibrated on ``train`` (what --write-profiles would write) and the row's thread count."""
+    def number(value: float) -> Sourced:
+        return Sourced(value, "calibrated on the training rows", "estimate", "validation")
+
+    wants_pp = row.pp is not None and row.size > 0
+    per_unit = factor(train, "pp", row.cls, row.family)[0] if wants_pp else 1.0
+    if row.cls in GPU_CLASSES:
+        efficiency, rates = factor(train, "tg", row.cls, row.family)[0], {}
+    else:
+        efficiency = cpu_memory_ceiling(train)[0]
+        rates = {row.family: number(factor(train, "core", row.cls, row.family)[0])}
+    fold = dataclasses.replace(
+        row.profile, threads=number(row.threads), generation_efficiency={row.backend: number(efficiency)},
+        cpu_gweights_per_core_ghz=rates,
+        prompt_gflops={row.backend: {row.family: number(per_unit * row.size)}})
+    projected = project(row.model, fold, row.backend, n_ctx=N_CTX)
+    return (projected.tg_tokens_per_s if row.tg is not None else None,
+            projected.pp_tokens_per_s if wants_pp else None)
 
 
 # --- report ---------------------------------------------------------------------------------------------------
@@ -352,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                 tg = f"tg {factor(rows, 'core', cls, fam)[0]:.2f} G weights/s per core-GHz"
             parts.append(f"{fam}: {tg}, pp {ppf:.1f} GFLOP/s/unit" + ("" if cls in how else " (fallback)"))
         print(f"  {cls:10} " + "; ".join(parts))
-    print(f"  CPU memory ceiling: {cpu_memory_ceiling(rows)[0]:.2f} of the spec bandwidth "
-          f"({cpu_memory_ceiling(rows)[1]})\n")
+    ceiling, how = cpu_memory_ceiling(rows)
+    print(f"  CPU memory ceiling: {ceiling:.2f} of the spec bandwidth ({how})\n")
     ok_in = summarize(errs["in"], "in-sample          ")
     ok_lodo = summarize(errs["lodo"], "leave-one-device-out")
     return 0 if ok_in and ok_lodo else 1
