@@ -46,11 +46,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 from edgepack.fit import ModelDesc, describe_config, project  # noqa: E402
 from edgepack.profiles import QUANT_FAMILIES, SHIPPED_DIR, Profile, Sourced, load_profiles  # noqa: E402
+from tinymodels import CONFIGS  # noqa: E402  (the shared fixtures, found as the tests find them)
 
-CONFIGS = REPO.parent / "shared" / "fixtures" / "configs"
 DATA = HERE / "data" / "measurements.csv"
 GPU_CLASSES = ("metal", "vulkan", "cuda", "opencl")
 N_CTX = 512  # pp512 / tg128 runs

@@ -22,6 +22,7 @@ import json
 import math
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 ROOT = Path(__file__).resolve().parent.parent
-TEXT = ROOT.parent / "shared" / "fixtures" / "texts" / "war-and-peace.txt"
+sys.path.insert(0, str(ROOT / "tests"))
+from tinymodels import TEXTS  # noqa: E402  (the shared fixtures, found as the tests find them)
+
+TEXT = TEXTS / "war-and-peace.txt"
 OUT = ROOT / "examples" / "demo"
 
 VOCAB_SIZE = 2048

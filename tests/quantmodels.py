@@ -21,11 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-try:  # prefer the same lookup as tinymodels (EDGEPACK_FIXTURES)
-    from tinymodels import FIXTURES  # type: ignore[no-redef]
-except ImportError:  # imported from benchmarks/ without tests/ on sys.path first
-    pass
+from tinymodels import FIXTURES
+
 SP_TOKENIZER = FIXTURES / "tokenizers" / "llama2-sentencepiece-llama2c" / "tokenizer.model"
 WAR_AND_PEACE = FIXTURES / "texts" / "war-and-peace.txt"
 VOCAB = 32000

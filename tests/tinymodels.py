@@ -10,12 +10,32 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("EDGEPACK_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+
+def find_fixtures() -> Path:
+    """The shared test fixtures: $EDGEPACK_FIXTURES, else ../shared/fixtures beside this checkout, else beside the
+    local repository this checkout was cloned from (a fresh clone in a temp folder)."""
+    if os.environ.get("EDGEPACK_FIXTURES"):
+        return Path(os.environ["EDGEPACK_FIXTURES"])
+    beside = REPO.parent / "shared" / "fixtures"
+    if beside.is_dir():
+        return beside
+    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip().removeprefix("file://")
+    if origin and Path(origin).is_dir():
+        cloned_from = Path(origin).resolve().parent / "shared" / "fixtures"
+        if cloned_from.is_dir():
+            return cloned_from
+    return beside
+
+
+FIXTURES = find_fixtures()
 TOKENIZERS = FIXTURES / "tokenizers"
 CONFIGS = FIXTURES / "configs"
 TEXTS = FIXTURES / "texts"
