@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from edgepack.fit import ModelDesc, describe_config, project  # noqa: E402
 from edgepack.profiles import QUANT_FAMILIES, SHIPPED_DIR, Profile, Sourced, load_profiles  # noqa: E402
-from tinymodels import CONFIGS  # noqa: E402  (the shared fixtures, found as the tests find them)
+from tinymodels import CONFIGS  # noqa: E402  (the fixtures in tests/fixtures)
 
 DATA = HERE / "data" / "measurements.csv"
 GPU_CLASSES = ("metal", "vulkan", "cuda", "opencl")

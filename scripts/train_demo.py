@@ -31,7 +31,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from tinymodels import TEXTS  # noqa: E402  (the shared fixtures, found as the tests find them)
+from tinymodels import TEXTS  # noqa: E402  (the fixtures in tests/fixtures)
 
 TEXT = TEXTS / "war-and-peace.txt"
 OUT = ROOT / "examples" / "demo"

@@ -1,7 +1,7 @@
 """The architecture families' test cases: tiny checkpoints from real configs, real or family-style tokenizers.
 
 Used by tests/test_families.py and benchmarks/families.py. Each ``FamilyCase`` names a real config.json from
-../shared/fixtures/configs, how it is shrunk (everything else kept: GQA ratio, head_dim rule, tied embeddings,
+tests/fixtures/configs, how it is shrunk (everything else kept: GQA ratio, head_dim rule, tied embeddings,
 biases, soft-caps, rope settings; sliding windows shrunk below the test sequence so they take effect) and a
 tokenizer. Real tokenizer files are used where the fixtures have one for the family (Phi-3, GPT-2, Phi-2 for
 StableLM, TinyLlama); otherwise the tokenizer is trained here with ``tokenizers`` in the family's own

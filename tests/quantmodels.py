@@ -10,7 +10,7 @@ Two kinds:
   perplexity, KL divergence and top-1 agreement measure something; a random model with std-0.05 weights has
   near-uniform outputs over 32000 tokens, where every quant type's KLD is tiny and ordering is noise.
 
-The tokenizer is the real Llama-2 SentencePiece model from the shared fixtures.
+The tokenizer is the real Llama-2 SentencePiece model from tests/fixtures.
 """
 
 from __future__ import annotations

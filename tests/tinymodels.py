@@ -1,8 +1,8 @@
 """Builders for the tiny random-weight checkpoints the tests convert, and the references they compare to.
 
-Shapes come from real config.json files (../shared/fixtures/configs), shrunk but with everything else kept
+Shapes come from real config.json files (tests/fixtures/configs), shrunk but with everything else kept
 (GQA ratio, tied embeddings, rope settings, norms); tokenizers are the real files in
-../shared/fixtures/tokenizers. Weights are seeded, so every run builds the same model.
+tests/fixtures/tokenizers. Weights are seeded, so every run builds the same model.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +17,25 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def find_fixtures() -> Path:
-    """The shared test fixtures: $EDGEPACK_FIXTURES, else ../shared/fixtures beside this checkout, else beside the
-    local repository this checkout was cloned from (a fresh clone in a temp folder)."""
-    if os.environ.get("EDGEPACK_FIXTURES"):
-        return Path(os.environ["EDGEPACK_FIXTURES"])
-    beside = REPO.parent / "shared" / "fixtures"
-    if beside.is_dir():
-        return beside
-    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
-                            capture_output=True, text=True).stdout.strip().removeprefix("file://")
-    if origin and Path(origin).is_dir():
-        cloned_from = Path(origin).resolve().parent / "shared" / "fixtures"
-        if cloned_from.is_dir():
-            return cloned_from
-    return beside
+FIXTURES = REPO / "tests" / "fixtures"
 
 
-FIXTURES = find_fixtures()
+def unpack_fixtures(root: Path = FIXTURES) -> None:
+    """Write NAME beside each committed NAME.zst that has no up-to-date unpacked copy (large fixtures are stored
+    compressed; tests/fixtures/README.md). Atomic, so an interrupted run never leaves a truncated fixture."""
+    import zstandard
+
+    for packed in root.rglob("*.zst"):
+        target = packed.with_suffix("")
+        if target.exists() and target.stat().st_mtime_ns >= packed.stat().st_mtime_ns:
+            continue
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with packed.open("rb") as src, tmp.open("wb") as dst:
+            zstandard.ZstdDecompressor().copy_stream(src, dst)
+        os.replace(tmp, target)
+
+
+unpack_fixtures()
 TOKENIZERS = FIXTURES / "tokenizers"
 CONFIGS = FIXTURES / "configs"
 TEXTS = FIXTURES / "texts"
