@@ -29,7 +29,7 @@ Two validation schemes are printed, every device counting once (its error is the
 Targets (issue 7): generation median over devices <= 20%, worst device <= 35%; prompt median <= 35%.
 
     python benchmarks/projection.py                    # tables + both schemes; exit 1 if held-out misses
-    python benchmarks/projection.py --write-profiles   # write the in-sample class factors into profiles/
+    python benchmarks/projection.py --write-profiles   # write the in-sample class factors into the shipped profiles (edgepack/data/profiles/)
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ def _set(text: str, table: str, key: str, field: str, value, source: str, note: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--write-profiles", action="store_true", help="write the in-sample class factors into profiles/")
+    ap.add_argument("--write-profiles", action="store_true", help="write the in-sample class factors into the shipped profiles (edgepack/data/profiles/)")
     args = ap.parse_args(argv)
     profiles = load_profiles()
     rows = load_rows(profiles)

@@ -1,6 +1,6 @@
 """Device profiles: TOML files describing a phone, laptop or board, every number with its source.
 
-A profile is data (``profiles/*.toml``), validated against the schema below and loaded into a frozen
+A profile is data (``edgepack/data/profiles/*.toml``), validated against the schema below and loaded into a frozen
 ``Profile``. The rule that keeps the numbers honest: any table that holds a number must also say where
 the number comes from (``source``: a URL or document) and what it is (``kind``: ``spec`` -- the vendor's
 figure, ``measurement`` -- someone ran something, ``estimate`` -- reasoning, which then needs a ``note``).
@@ -23,7 +23,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
+# Shipped inside the package (package data), so a plain `pip install` has them too.
+SHIPPED_DIR = Path(__file__).resolve().parent / "data" / "profiles"
 SCHEMA_VERSION = 1
 
 KINDS = ("spec", "measurement", "estimate")
@@ -154,13 +155,13 @@ def _validate(data: dict, schema: dict, file: str, prefix: str = "") -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, typ):
             raise ProfileError(f"{where}: must be a {_type_name(typ)}, got {type(value).__name__}",
-                               "see profiles/SCHEMA.md")
+                               "see edgepack/data/profiles/SCHEMA.md")
         if isinstance(value, float) and not math.isfinite(value):
-            raise ProfileError(f"{where}: must be finite", "see profiles/SCHEMA.md")
+            raise ProfileError(f"{where}: must be finite", "see edgepack/data/profiles/SCHEMA.md")
         if isinstance(value, str) and key in ("source",) and len(value.strip()) < 8:
             raise ProfileError(f"{where}: too short to identify a source", "give a URL or a document title")
         if check is not None and (err := check(value)):
-            raise ProfileError(f"{where}: {err}", "see profiles/SCHEMA.md")
+            raise ProfileError(f"{where}: {err}", "see edgepack/data/profiles/SCHEMA.md")
     if data.get("kind") == "estimate" and "source" in schema and not data.get("note"):
         raise ProfileError(f"{file}:{prefix}kind: an estimate needs a note with the reasoning",
                            "add note = \"...\"")
