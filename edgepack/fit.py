@@ -406,6 +406,10 @@ class MemoryParts:
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.output_bytes + self.overhead_bytes
 
+    def as_mb(self) -> dict[str, float]:
+        """The parts in megabytes (1e6 bytes), keys named by that unit: weights_mb, kv_cache_mb, ..."""
+        return {k.removesuffix("_bytes") + "_mb": round(v / MB, 2) for k, v in asdict(self).items()}
+
 
 def _pad(n: int, to: int) -> int:
     return (n + to - 1) // to * to
@@ -488,7 +492,7 @@ def flops_per_token(model: ModelDesc, n_ctx: int) -> float:
 
 
 def project(model: ModelDesc, profile: Profile, backend: str | None = None, n_ctx: int = 512,
-            host: HostCalibration | None = None) -> Projection:
+            host: HostCalibration | None = None, threads: int | None = None) -> Projection:
     """Projected generation and prompt speed of ``model`` on ``profile``'s ``backend``.
 
     Generation reads every weight (and the KV cache so far) once per token: t = bytes / (bandwidth x
@@ -496,7 +500,8 @@ def project(model: ModelDesc, profile: Profile, backend: str | None = None, n_ct
     multiply every weight: when the profile gives that rate (weights per second per core-GHz, per quant family),
     t is the longer of the memory time and weights / (rate x core-GHz of the threads). Prompt processing is
     compute-bound: tokens/s = GFLOP/s (for the backend and the weights' quant family) / FLOPs per token. The
-    average context during a pp512/tg128 run is used for the KV and attention terms."""
+    average context during a pp512/tg128 run is used for the KV and attention terms. ``threads`` (CPU backend)
+    replaces the profile's thread count: the core-GHz of that many threads, fastest cores first, scale both."""
     backend = backend or profile.default_backend
     if backend not in profile.backends:
         raise UsageError(f"profile {profile.name} has no {backend} backend", f"choose one of {', '.join(profile.backends)}")
@@ -506,10 +511,13 @@ def project(model: ModelDesc, profile: Profile, backend: str | None = None, n_ct
     overhead = host.per_token_overhead_s(model) if host else 0.0
     seconds = bytes_tok / (profile.bandwidth_gb_s.value * 1e9 * eff)
     rate = profile.cpu_weights_rate(model.quant_family) if backend == "cpu" else None
+    core_ghz = profile.core_ghz(threads)
     if rate is not None:  # the cores, not the memory, may be what limits a CPU
-        seconds = max(seconds, model.matmul_params / (rate.value * 1e9 * profile.core_ghz()))
+        seconds = max(seconds, model.matmul_params / (rate.value * 1e9 * core_ghz))
     tg = 1.0 / (seconds + overhead)
     gflops = profile.gflops(backend, model.quant_family).value
+    if backend == "cpu" and threads:  # the profile's prompt GFLOP/s are for its own thread count
+        gflops *= core_ghz / profile.core_ghz()
     fpt = flops_per_token(model, 256)
     pp = gflops * 1e9 / fpt
     return Projection(backend, tg, pp, bytes_tok, fpt, eff, gflops, overhead * 1e3)
@@ -573,8 +581,13 @@ def _quality_key(v: Variant) -> tuple:
 
 
 def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min_tps: float | None = None,
-        max_kld: float | None = None, backend: str | None = None, flash_attn: bool = False) -> FitResult:
-    """For every (variant, profile): memory, projected speed, fits or not; then one pick per profile."""
+        max_kld: float | None = None, backend: str | None = None, flash_attn: bool = False,
+        threads: int | None = None) -> FitResult:
+    """For every (variant, profile): memory, projected speed, fits or not; then one pick per profile.
+    ``threads``: CPU threads the app will use (default: each profile's own ``cpu.threads``; capped at a
+    profile's core count)."""
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads must be at least 1, got {threads}", "e.g. --threads 4")
     if not variants:
         raise UsageError("no variants to fit", "give GGUF files, or --config with --quant")
     rows: list[FitRow] = []
@@ -582,6 +595,7 @@ def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min
     summary: dict[str, str] = {}
     for profile in profiles:
         be = backend if backend and backend in profile.backends else profile.default_backend
+        n_threads = min(threads, profile.n_cores) if threads else int(profile.threads.value)
         usable = profile.usable_bytes
         overhead = int(profile.runtime_overhead_mb.value * MB)
         cands = []
@@ -590,7 +604,7 @@ def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min
                           if memory_needed(v.model, n_ctx, b, flash_attn, overhead).total_bytes <= usable),
                          DEFAULT_BATCHES[0])
             mem = memory_needed(v.model, n_ctx, batch, flash_attn, overhead)
-            proj = project(v.model, profile, be, n_ctx, v.host)
+            proj = project(v.model, profile, be, n_ctx, v.host, n_threads)
             fits = mem.total_bytes <= usable
             reasons = []
             if not fits:
@@ -600,10 +614,10 @@ def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min
                 reasons.append(f"too slow ({proj.tg_tokens_per_s:.1f} tok/s < {min_tps:g})")
             if max_kld is not None and v.quality.kld is not None and v.quality.kld > max_kld:
                 reasons.append(f"too lossy (KLD {v.quality.kld:.4f} > {max_kld:g})")
-            settings = {"threads": int(profile.threads.value), "n_ctx": n_ctx, "n_batch": batch,
+            settings = {"threads": n_threads, "n_ctx": n_ctx, "n_batch": batch,
                         "backend": be, "flash_attn": flash_attn}
             row = FitRow(variant=v.model.name, profile=profile.name, backend=be,
-                         memory={k: round(val / MB, 2) for k, val in asdict(mem).items()},
+                         memory=mem.as_mb(),
                          memory_total_mb=round(mem.total_bytes / MB, 2), usable_mb=round(usable / MB, 1), fits=fits,
                          tg_tokens_per_s=round(proj.tg_tokens_per_s, 2), pp_tokens_per_s=round(proj.pp_tokens_per_s, 2),
                          kld=v.quality.kld, bits_per_weight=round(v.model.bits_per_weight, 3),

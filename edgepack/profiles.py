@@ -228,6 +228,10 @@ class Profile:
         """Calibration class of ``backend`` on this device: the CPU class, or metal / vulkan / opencl / cuda."""
         return self.device_class if backend == "cpu" else backend
 
+    @property
+    def n_cores(self) -> int:
+        return sum(c.cores for c in self.clusters)
+
     def core_ghz(self, threads: int | None = None) -> float:
         """Sum of max clocks over the ``threads`` fastest cores (default: the profile's thread count): the CPU
         size prompt speed is scaled by within a device class."""

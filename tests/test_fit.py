@@ -179,13 +179,38 @@ def test_fit_cli_config_mode_json(tmp_path):
     out = json.loads(res.stdout)
     rows = {(r["variant"], r["profile"]): r for r in out["rows"]}
     q4 = rows[(cfg.parent.name + "-Q4_K_M", "pixel-8")]
-    assert set(q4["memory"]) >= {"weights_bytes", "kv_cache_bytes", "compute_bytes"}
+    assert set(q4["memory"]) >= {"weights_mb", "kv_cache_mb", "compute_mb", "output_mb", "overhead_mb"}
     # Llama-3.1-8B Q4_K_M is 4.58 GiB (4.92 GB) as published by llama.cpp's quantizer
-    assert 4.8e3 < q4["memory"]["weights_bytes"] < 5.0e3
+    assert 4.8e3 < q4["memory"]["weights_mb"] < 5.0e3
     assert out["picks"]["pixel-8"] is None and out["picks"]["macbook-pro-m3-pro"].endswith("Q8_0")
     bad = subprocess.run([sys.executable, "-m", "edgepack", "fit", "--config", str(cfg), "-p", "pixel-8"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--quant" in bad.stderr
+
+
+def test_fit_threads_scale_cpu_speed_and_are_recorded(tmp_path):
+    """--threads N: the app's thread count; CPU speeds follow the clocks of that many cores (fastest first),
+    the setting is in the JSON, and a bad value is a usage error."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(real_config("llama3_2_1b")))
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "edgepack", "fit", "--config", str(cfg), "--quant", "Q4_0",
+                               "-p", "galaxy-s23", "--json", *extra], capture_output=True, text=True)
+
+    rows = {}
+    for n in (1, 2, 8):
+        res = run("--threads", str(n))
+        assert res.returncode == 0, res.stderr
+        [rows[n]] = json.loads(res.stdout)["rows"]
+        assert rows[n]["settings"]["threads"] == n
+    profile = get_profile("galaxy-s23")
+    ratio = profile.core_ghz(2) / profile.core_ghz(1)
+    assert rows[2]["pp_tokens_per_s"] / rows[1]["pp_tokens_per_s"] == pytest.approx(ratio, rel=0.02)
+    assert rows[1]["tg_tokens_per_s"] < rows[2]["tg_tokens_per_s"] <= rows[8]["tg_tokens_per_s"]
+    assert rows[8]["pp_tokens_per_s"] > rows[2]["pp_tokens_per_s"]
+    bad = run("--threads", "0")
+    assert bad.returncode == 2 and "threads" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_fit_config_from_a_hub_repo_fetches_only_config_json(tmp_path):
@@ -204,7 +229,7 @@ def test_fit_config_from_a_hub_repo_fetches_only_config_json(tmp_path):
         assert res.returncode == 0, res.stderr
         assert server.downloaded() == ["config.json"]
         row = json.loads(res.stdout)["rows"][0]
-        assert row["variant"] == "llama-8b-Q4_K_M" and 4.8e3 < row["memory"]["weights_bytes"] < 5.0e3
+        assert row["variant"] == "llama-8b-Q4_K_M" and 4.8e3 < row["memory"]["weights_mb"] < 5.0e3
         missing = run("--config", "org/nope", "--quant", "Q4_K_M", "-p", "pixel-8")
         assert missing.returncode == 7 and "Traceback" not in missing.stderr and "org/nope" in missing.stderr
         # offline, the cached config.json answers without the server

@@ -31,10 +31,13 @@ from ._output import emit_table, save_and_emit
 @click.option("--max-kld", type=float, help="Maximum KLD vs the reference (needs --bench with quality).")
 @click.option("--backend", help="Prefer this backend where the profile has it (default: the profile's).")
 @click.option("--flash-attn", is_flag=True, help="Plan for flash attention (smaller compute buffer).")
+@click.option("-t", "--threads", type=int,
+              help="CPU threads the app will use (default: each profile's cpu.threads); speeds scale with the "
+                   "clocks of that many cores, fastest first.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="Also write the JSON result here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx, min_tps, max_kld, backend,
-                flash_attn, out, as_json) -> None:
+                flash_attn, threads, out, as_json) -> None:
     """Pick the best variant for each device: memory, projected speed, quality, reasons.
 
     MODELS are GGUF files (variants of one model). Or describe a model without files with --config and
@@ -47,6 +50,11 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
       edgepack fit *.gguf --bench bench.json --min-tps 8 --max-kld 0.05 --json
       edgepack fit --config Llama-3.1-8B/config.json --quant Q4_K_M --quant Q8_0 -p pixel-8
       edgepack fit --config meta-llama/Llama-3.1-8B --quant Q4_K_M -p pixel-8 -p macbook-air-m2
+      edgepack fit model-Q4_0.gguf -p galaxy-s23 --threads 4       # what a 4-thread app gets
+
+    \b
+    JSON memory parts are in megabytes (1e6 bytes): memory.weights_mb, kv_cache_mb, compute_mb, output_mb,
+    overhead_mb, and memory_total_mb / usable_mb.
     """
     if n_ctx <= 0:
         raise UsageError("--ctx must be positive", "e.g. --ctx 2048")
@@ -69,7 +77,7 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
     profiles = ([get_profile(n, extra) for n in profile_names] if profile_names
                 else list(load_profiles(extra).values()))
     result = fit(variants, profiles, n_ctx=n_ctx, min_tps=min_tps, max_kld=max_kld, backend=backend,
-                 flash_attn=flash_attn)
+                 flash_attn=flash_attn, threads=threads)
     if save_and_emit(result.to_dict(), out, as_json):
         return
     emit_table(["profile", "variant", "memory MB (usable)", "fits", "tg tok/s", "pp tok/s", "KLD", "verdict"],
