@@ -206,6 +206,10 @@ def table_gelu(model) -> None:
 CASES = [
     FamilyCase("qwen2.5-0.5b", "qwen2_0_5b", "qwen2-trained", {"hidden": 448, "heads": 7}),
     FamilyCase("qwen3-0.6b", "qwen3_0.6b", "qwen2-trained", {}, {"head_dim": 128}),
+    # Qwen2.5's documented long-context setting (factor 4 over the 32k original context), with the original
+    # context shrunk to 32 so that the YaRN ramp and the interpolation reach the frequencies a 48-token test uses.
+    FamilyCase("qwen2.5-yarn", "qwen2_0_5b", "qwen2-trained", {"hidden": 448, "heads": 7},
+               {"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}}),
     FamilyCase("gemma-2b", "gemma_2b", "gemma-trained", gelu_table=True),
     FamilyCase("gemma2-2b", "gemma2_2b", "gemma-trained", {},
                {"head_dim": 128, "query_pre_attn_scalar": 128, "sliding_window": SLIDING_WINDOW},

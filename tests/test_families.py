@@ -178,6 +178,10 @@ def _config_only(tmp_path, config: dict):
 UNSUPPORTED = [
     ("qwen2_0_5b", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope scaling type 'dynamic'"),
     ("qwen2_0_5b", {"use_sliding_window": True}, "use_sliding_window"),
+    ("qwen2_0_5b", {"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768,
+                                     "beta_fast": 16}}, "beta_fast=16"),
+    ("qwen3_0.6b", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768,
+                                     "truncate": False}}, "truncate=false"),
     ("phi-3_5", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn'"),
     ("gemma2_2b", {}, "query_pre_attn_scalar 256"),  # shrunk head_dim 64 with the 2B's scalar 256
     ("gemma2_2b", {"query_pre_attn_scalar": 64, "final_logit_softcapping": None}, "final_logit_softcapping"),

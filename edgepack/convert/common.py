@@ -58,7 +58,53 @@ def rope_metadata(config: HFConfig, supported: frozenset = frozenset({"linear", 
             "only if you accept a model that differs from the original")
     if rope_type == "linear":
         out += [(K.Rope.SCALING_TYPE, "linear", STR), (K.Rope.SCALING_FACTOR, float(params["factor"]), F32)]
+    if rope_type == "yarn":
+        out += yarn_metadata(config)
     # llama3 scaling is carried as the rope_freqs tensor (see llama3_rope_factors), as llama.cpp expects.
+    return out
+
+
+YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0  # llama.cpp's only values: it reads no beta keys from a GGUF
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_metadata(config: HFConfig) -> list[Metadata]:
+    """YaRN as llama.cpp reproduces it: scaling type, factor, original context and the attention factor.
+
+    transformers (``_compute_yarn_parameters``) blends interpolated and extrapolated frequencies over a ramp
+    between the correction dims of beta_fast/beta_slow (floored/ceiled when ``truncate``) and scales cos/sin by
+    ``attention_factor`` (default 0.1·ln(factor)+1, or the mscale/mscale_all_dim ratio). ggml's rope does the
+    same ramp with floor/ceil and multiplies by 0.1·ln(factor)+1 times the GGUF's ``rope.scaling.attn_factor``
+    (src/llama-context.cpp), so that key carries HF's factor divided by the default. llama.cpp reads no beta
+    keys and always truncates: other betas or ``truncate: false`` are refused.
+    """
+    params = config.rope_parameters
+    factor = params.get("factor")
+    if factor is None or float(factor) < 1.0:
+        raise UnsupportedArchitecture(f"YaRN rope scaling with factor {factor!r} is not supported",
+                                      "llama.cpp reproduces YaRN for a factor >= 1 only")
+    factor = float(factor)
+    for key, default in (("beta_fast", YARN_BETA_FAST), ("beta_slow", YARN_BETA_SLOW)):
+        if float(params.get(key) or default) != default:
+            raise UnsupportedArchitecture(f"YaRN rope scaling with {key}={params[key]} is not supported",
+                                          f"llama.cpp always uses {key}={default:g}")
+    if params.get("truncate", True) is False:
+        raise UnsupportedArchitecture("YaRN rope scaling with truncate=false is not supported",
+                                      "llama.cpp always rounds the correction range to whole dimensions")
+    original = params.get("original_max_position_embeddings") or config.get("original_max_position_embeddings",
+                                                                            "max_position_embeddings")
+    attention = params.get("attention_factor")
+    if attention is None:
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        attention = (_yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim) if mscale and mscale_all_dim
+                     else _yarn_mscale(factor))
+    out: list[Metadata] = [(K.Rope.SCALING_TYPE, "yarn", STR), (K.Rope.SCALING_FACTOR, factor, F32),
+                           (K.Rope.SCALING_ORIG_CTX_LEN, int(original), U32)]
+    if float(attention) != _yarn_mscale(factor):
+        out.append((K.Rope.SCALING_ATTN_FACTOR, float(attention) / _yarn_mscale(factor), F32))
     return out
 
 

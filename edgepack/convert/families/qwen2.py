@@ -13,8 +13,9 @@ from ...errors import UnsupportedArchitecture
 from ..common import DECODER_HPARAMS, RMS_NORM_EPS, check_silu, decoder_tensors, head_size_metadata, rope_metadata
 from ..spec import ArchSpec, HFConfig, register
 
-# Linear rope scaling divides positions by the factor in HF and in llama.cpp alike.
-ROPE_SCALING = frozenset({"linear"})
+# Linear rope scaling divides positions by the factor in HF and in llama.cpp alike; YaRN (Qwen2.5's and Qwen3's
+# long-context setting) is carried as GGUF rope-scaling keys where llama.cpp reproduces it (common.yarn_metadata).
+ROPE_SCALING = frozenset({"linear", "yarn"})
 
 
 def _check(config: HFConfig) -> None:
