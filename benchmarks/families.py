@@ -1,7 +1,7 @@
 """Per-family agreement table: every architecture family's tiny checkpoint converted and run in llama.cpp
 against transformers (logits) and Hugging Face tokenizers (token ids).
 
-    .venv/bin/python benchmarks/families.py
+    .venv/bin/python benchmarks/families.py [CASE ...]      (all cases, or only those named)
 
 Columns: F32 max|Δ| and top-1 against transformers computing as llama.cpp does by design (ggml's FP16-table
 GELU for the GELU families; for F16 also weights and matmul inputs rounded to half), the same against plain
@@ -42,7 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tokenizers: dict[str, Path] = {}
-        for case in CASES:
+        for case in [c for c in CASES if not sys.argv[1:] or c.name in sys.argv[1:]]:
             if case.tokenizer not in tokenizers:
                 tokenizers[case.tokenizer] = build_tokenizer(case.tokenizer, root / f"tok-{case.tokenizer}")
             tok = tokenizers[case.tokenizer]

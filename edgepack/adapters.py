@@ -360,6 +360,7 @@ def _load_base(base: str | os.PathLike, progress: Progress = QUIET) -> _Base:
 def _load_hf_base(folder: Path, provenance: Provenance | None) -> _Base:
     config = HFConfig(load_json(folder / "config.json", "config.json"))
     spec = spec_for(config.architecture)
+    config = config.with_defaults(spec.defaults)
     spec.check(config)
     checkpoint = Checkpoint(folder)
     n_blocks = int(config.get("num_hidden_layers", "n_layer"))

@@ -14,3 +14,45 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="edgepack-tests-hf-home-")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE"):
     os.environ.pop(_var, None)
+
+
+# --- the architecture families' tiny checkpoints (tests/family_cases.py), shared by the family test modules ---
+
+import pytest  # noqa: E402
+
+from family_cases import CASES, build_tokenizer, case_config, half_precision_matmuls, prompt_ids, table_gelu  # noqa: E402
+from tinymodels import build_model, hf_logits  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer_folders(tmp_path_factory):
+    """Tokenizers are built once per session (training the family-style ones takes a few seconds)."""
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = build_tokenizer(name, tmp_path_factory.mktemp(f"tok-{name}"))
+        return cache[name]
+    return get
+
+
+@pytest.fixture(scope="session", params=CASES, ids=lambda c: c.name)
+def built(request, tmp_path_factory, tokenizer_folders):
+    """The case, its folder, token ids, and transformers' logits: as trained (``plain``), and computing as
+    llama.cpp does by design (``f32``: ggml's FP16-table GELU where the family uses GELU; ``f16``: also
+    weights and matmul inputs rounded to half, as ggml's CPU F16 matmul)."""
+    case = request.param
+    folder = tmp_path_factory.mktemp(case.name)
+    tok = tokenizer_folders(case.tokenizer)
+    model_dir = folder / "model"
+    model = build_model(case_config(case, tok), model_dir)
+    for f in tok.iterdir():
+        (model_dir / f.name).write_bytes(f.read_bytes())
+    ids = prompt_ids(case, model_dir)
+    references = {"plain": hf_logits(model, ids)}
+    if case.gelu_table:
+        table_gelu(model)
+    references["f32"] = hf_logits(model, ids) if case.gelu_table else references["plain"]
+    half_precision_matmuls(model)
+    references["f16"] = hf_logits(model, ids)
+    return case, folder, ids, references

@@ -11,11 +11,13 @@ BPE with byte fallback and its special tokens).
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gemma_configs import GEMMA3_4B_IT, TINY_SIGLIP
 from tinymodels import TEXTS, TOKENIZERS, real_config, shrink
 
 QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
@@ -154,7 +156,9 @@ def tokenizer_size(folder: Path) -> int:
 @dataclass(frozen=True)
 class FamilyCase:
     name: str
-    config: str  # fixtures/configs/<config>.config.json
+    # fixtures/configs/<config>.config.json, or a published config held in code (gemma_configs.py). A multimodal
+    # config (text_config inside) is not shrunk: ``overrides`` is merged into it key by key, nested dicts too.
+    config: str | dict
     tokenizer: str
     shrink_args: dict = field(default_factory=dict)
     overrides: dict = field(default_factory=dict)
@@ -163,6 +167,10 @@ class FamilyCase:
     # with that same table GELU (see table_gelu) and allows 2e-3: what remains is the table's rounding
     # landing on the other side of a half-precision step when the inputs differ in the last float32 bits.
     gelu_table: bool = False
+    # Limits replacing test_families' defaults for this case ("f32", "f16"; "plain_f32", "plain_f16" against
+    # transformers as trained), where the reference itself moves more than the default allows: each is stated
+    # with the reference's own spread, transformers run in float32 vs float64 with the same roundings.
+    tolerance: dict = field(default_factory=dict)
 
 
 def half_precision_matmuls(model) -> None:
@@ -218,6 +226,16 @@ CASES = [
                {"head_dim": 128, "query_pre_attn_scalar": 128, "sliding_window": SLIDING_WINDOW,
                 "sliding_window_pattern": 2},
                gelu_table=True),
+    # The 4B's sparse text_config with its default heads (8 query, 4 KV, head_dim 256) and global/local
+    # pattern (5 local + 1 global: 7 layers give both kinds and a local one after the global). The logit soft-cap
+    # that the multimodal class never applies must not reach the GGUF either.
+    FamilyCase("gemma3-4b-multimodal", GEMMA3_4B_IT, "gemma-trained", {},
+               {"text_config": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 7,
+                                "sliding_window": SLIDING_WINDOW, "final_logit_softcapping": 30.0},
+                "vision_config": TINY_SIGLIP, "mm_tokens_per_image": 1},
+               # 8 heads of 256 over a 256-wide residual, 7 layers: the F16 reference moves 1.0e-2 between float32
+               # and float64 arithmetic (F32 reference: 1.6e-3), and llama.cpp sits at 1.2e-2 (F32: 1.7e-3).
+               gelu_table=True, tolerance={"f16": 1.5e-2, "plain_f16": 4e-2}),
     # head_dim 96 as the real model, so the 48 real LongRoPE factors fit unchanged. The original context is
     # shrunk with the same ratio (32x): above the sequence, HF and llama.cpp both use the short factors...
     FamilyCase("phi3.5-longrope-short", "phi-3_5", "phi3-mini", {"hidden": 384, "heads": 4,
@@ -239,10 +257,22 @@ def _round_up(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
 
+def _merged(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def case_config(case: FamilyCase, tokenizer_folder: Path) -> dict:
     """The real config shrunk; vocab_size = the tokenizer's, padded up like the real models pad theirs."""
-    real = real_config(case.config)
+    real = real_config(case.config) if isinstance(case.config, str) else case.config
     vocab_size = _round_up(tokenizer_size(tokenizer_folder))
+    if "text_config" in real:
+        config = _merged(real, case.overrides)
+        config["text_config"]["vocab_size"] = vocab_size
+        config.pop("transformers_version", None)
+        return config
     if real["model_type"] == "gpt2":  # GPT-2 names its sizes n_*; keep the real vocabulary size (50257)
         config = {k: v for k, v in real.items() if k != "transformers_version"}
         config.update(n_embd=256, n_layer=2, n_head=4, n_positions=1024, n_ctx=1024,

@@ -94,6 +94,9 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
                f"{result.n_tensors} tensors, {result.n_params:,} params) in {result.seconds:.1f}s")
     click.echo(f"architecture {result.architecture} -> {result.gguf_architecture}; tokenizer: {result.tokenizer}, "
                f"{result.vocab_size} tokens")
+    if result.dropped:
+        parts = ", ".join(f"{part} ({n} tensors)" for part, n in sorted(result.dropped.items()))
+        click.echo(f"note: converted the text model only; not converted: {parts}")
     if qtypes:
         print_results(quantized)
         if not keep:

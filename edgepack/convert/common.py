@@ -37,6 +37,16 @@ def head_size_metadata(config: HFConfig) -> list[Metadata]:
     return [(K.Attention.KEY_LENGTH, config.head_dim, U32), (K.Attention.VALUE_LENGTH, config.head_dim, U32)]
 
 
+# Where transformers saves the text decoder of a multimodal *ForConditionalGeneration model: 4.x (and the Hub
+# checkpoints written with it) as language_model.model.* and language_model.lm_head.*, 5.x as
+# model.language_model.* and lm_head.*. ArchSpec.renames with these gives the text-only class's names.
+MULTIMODAL_TEXT_RENAMES: tuple[tuple[str, str], ...] = (
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("model.language_model.", "model."),
+)
+
+
 # rope types whose HF implementation changes nothing but the base frequency: safe to carry as plain rope.
 PLAIN_ROPE_TYPES = {None, "default"}
 

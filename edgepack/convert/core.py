@@ -59,6 +59,9 @@ class ConvertResult:
     tokenizer: str
     vocab_size: int
     source_sha256: dict[str, str] = field(default_factory=dict)
+    # Checkpoint parts llama.cpp's text model does not use (a multimodal model's vision tower...): part ->
+    # number of tensors left out. Also recorded in the GGUF as edgepack.source.dropped.
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class PlannedTensor:
     shape: tuple[int, ...]  # HF order (row-major); GGUF stores the reverse
     out_type: QT
     data: np.ndarray | None = None  # only for computed tensors
+    hf_name: str = ""  # the name the family knows the tensor by (after ArchSpec.renames)
 
 
 def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_only: bool = False,
@@ -87,6 +91,7 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
         raise BadCheckpoint(f"{src} is not a folder", "give the path of a Hugging Face model folder")
     config = HFConfig(load_json(src / "config.json", "config.json"))
     spec = spec_for(config.architecture)
+    config = config.with_defaults(spec.defaults)
     spec.check(config)
     check_output_path(out, force)
 
@@ -94,7 +99,7 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     checkpoint = None if vocab_only else Checkpoint(src)
     n_vocab = config.get("vocab_size", default=None)
     vocab = load_vocab(src, int(n_vocab) if n_vocab else None, pre_tokenizer)
-    plan = [] if checkpoint is None else _plan_tensors(spec, config, checkpoint, outtype)
+    plan, dropped = ([], {}) if checkpoint is None else _plan_tensors(spec, config, checkpoint, outtype)
     resolved = _resolve_outtype(outtype, checkpoint)
     arch_metadata = list(spec.metadata(config))
 
@@ -109,6 +114,8 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     n_params = sum(int(np.prod(t.shape)) for t in plan)
     writer = gguf.GGUFWriter(path=None, arch=spec.arch_name)
     _add_general(writer, src, config, resolved, n_params, provenance, placeholders, vocab_only)
+    if dropped:
+        writer.add_array("edgepack.source.dropped", sorted(dropped))
     _add_hparams(writer, spec, config, arch_metadata)
     vocab.add_to_gguf(writer)
     for t in plan:
@@ -127,7 +134,7 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     return ConvertResult(output=out, architecture=config.architecture, gguf_architecture=spec.arch_name,
                          outtype=resolved, n_tensors=len(plan), n_params=n_params, size_bytes=out.stat().st_size,
                          seconds=round(time.monotonic() - started, 3), tokenizer=vocab.source,
-                         vocab_size=len(vocab.tokens), source_sha256=hashes)
+                         vocab_size=len(vocab.tokens), source_sha256=hashes, dropped=dropped)
 
 
 def _write(writer: gguf.GGUFWriter, tmp: Path, plan: list[PlannedTensor], checkpoint: Checkpoint | None,
@@ -156,12 +163,15 @@ def _resolve_outtype(outtype: str, checkpoint: Checkpoint | None) -> str:
     return "f16"
 
 
-def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint, outtype: str) -> list[PlannedTensor]:
+def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint,
+                  outtype: str) -> tuple[list[PlannedTensor], dict[str, int]]:
+    """The tensors to write, in order, and the checkpoint parts left out (part -> tensor count)."""
     expected = spec.tensors(config)
+    tensors, dropped = _family_names(spec, checkpoint)
     prefix = spec.optional_prefix
-    if prefix and not any(n.startswith(prefix) for n in checkpoint.tensors):
+    if prefix and not any(n.startswith(prefix) for n in tensors):
         expected = {n.removeprefix(prefix): shape for n, shape in expected.items()}
-    unexpected = [n for n in checkpoint.tensors if n not in expected and not spec.ignores(n)]
+    unexpected = [n for n in tensors if n not in expected and not spec.ignores(n)]
     if unexpected:
         raise UnsupportedArchitecture(
             f"tensor {unexpected[0]} is not part of a {config.architecture} model"
@@ -172,7 +182,7 @@ def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint, outt
     resolved = _resolve_outtype(outtype, checkpoint)
     plan = []
     for hf_name, shape in expected.items():
-        info = checkpoint.tensors.get(hf_name)
+        info = tensors.get(hf_name)
         if info is None:
             if shape.optional:  # e.g. lm_head when embeddings are tied
                 continue
@@ -187,10 +197,28 @@ def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint, outt
         if gguf_name is None:
             raise UnsupportedArchitecture(f"no llama.cpp name for tensor {hf_name}", "report this as a bug")
         out_shape = tuple(shape.out_shape or info.shape)
-        plan.append(PlannedTensor(gguf_name, info, out_shape, _out_type(resolved, out_shape)))
+        plan.append(PlannedTensor(gguf_name, info, out_shape, _out_type(resolved, out_shape), hf_name=hf_name))
     for gguf_name, data in spec.extra_tensors(config):
         plan.append(PlannedTensor(gguf_name, None, tuple(data.shape), QT.F32, data))
-    return plan
+    return plan, dropped
+
+
+def _family_names(spec: ArchSpec, checkpoint: Checkpoint) -> tuple[dict[str, TensorInfo], dict[str, int]]:
+    """The checkpoint's tensors under the names the family knows (``spec.renames`` applied), without the parts
+    the family drops (counted per part)."""
+    tensors: dict[str, TensorInfo] = {}
+    dropped: dict[str, int] = {}
+    for name, info in checkpoint.tensors.items():
+        renamed = spec.renamed(name)
+        part = spec.dropped_part(renamed)
+        if part is not None:
+            dropped[part] = dropped.get(part, 0) + 1
+            continue
+        if renamed in tensors:
+            raise BadCheckpoint(f"tensor {renamed} is stored twice (as {tensors[renamed].name} and {name})",
+                                "the checkpoint mixes two layouts: re-save or re-download it")
+        tensors[renamed] = info
+    return tensors, dropped
 
 
 def _out_type(outtype: str, shape: tuple[int, ...]) -> QT:
@@ -208,7 +236,7 @@ def _nbytes(t: PlannedTensor) -> int:
 
 def _load(checkpoint: Checkpoint, t: PlannedTensor, spec: ArchSpec, config: HFConfig) -> np.ndarray:
     data = checkpoint.read(t.source.name)
-    transform = spec.transform_for(t.source.name)
+    transform = spec.transform_for(t.hf_name)
     return transform(data, config) if transform else data
 
 

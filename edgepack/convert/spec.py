@@ -24,18 +24,27 @@ class HFConfig:
     """config.json with the differences between transformers 4.x and 5.x smoothed over.
 
     5.x moved ``rope_theta`` and ``rope_scaling`` into ``rope_parameters`` and renamed ``torch_dtype`` to
-    ``dtype``; older GPT-style configs use ``n_ctx``/``n_embd`` names. ``get`` tries names in order.
+    ``dtype``; older GPT-style configs use ``n_ctx``/``n_embd`` names. ``get`` tries names in order, in the
+    text model's config (``text_config`` of a multimodal model), then in ``defaults``: the values the model's
+    transformers config class fills in, since config.json leaves out what equals them (``ArchSpec.defaults``).
     """
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, defaults: dict | None = None):
         self.data = data
         self.text = data.get("text_config") or data
+        self.defaults = defaults or {}
+
+    def with_defaults(self, defaults: dict) -> HFConfig:
+        return HFConfig(self.data, defaults) if defaults else self
 
     def get(self, *names: str, default=REQUIRED):
         for name in names:
             value = self.text.get(name)
             if value is not None:
                 return value
+        for name in names:
+            if name in self.defaults:
+                return self.defaults[name]
         if default is REQUIRED:
             raise BadCheckpoint(f"config.json has no {' / '.join(names)}", "re-download config.json")
         return default
@@ -62,7 +71,7 @@ class HFConfig:
 
     @property
     def head_dim(self) -> int:
-        explicit = self.text.get("head_dim")
+        explicit = self.get("head_dim", default=None)
         if explicit:
             return int(explicit)
         return int(self.get("hidden_size", "n_embd")) // int(self.get("num_attention_heads", "n_head"))
@@ -134,6 +143,16 @@ class ArchSpec:
     # A prefix of the names in ``tensors`` that some checkpoints leave out (saved from the base model class
     # rather than the *ForCausalLM one): when no checkpoint tensor carries it, it is dropped from every name.
     optional_prefix: str = ""
+    # (checkpoint prefix, name prefix) pairs applied to every checkpoint tensor name first: a text decoder
+    # saved inside a multimodal class (``language_model.model.`` by transformers 4.x, ``model.language_model.``
+    # by 5.x) is then named as the text-only class names it, and ``tensors``/``transforms`` see those names.
+    renames: tuple[tuple[str, str], ...] = ()
+    # regex on (renamed) tensor names -> the checkpoint part they belong to, for parts llama.cpp's text model
+    # does not use (a vision tower, its projector, an audio encoder): not converted, and the result says so.
+    dropped: dict[str, str] = field(default_factory=dict)
+    # config.json values that transformers' config class supplies when the file leaves them out (multimodal
+    # checkpoints save a sparse text_config); see HFConfig.
+    defaults: dict = field(default_factory=dict)
 
     @property
     def arch_name(self) -> str:
@@ -147,6 +166,18 @@ class ArchSpec:
 
     def ignores(self, hf_name: str) -> bool:
         return any(re.search(p, hf_name) for p in self.ignore)
+
+    def renamed(self, checkpoint_name: str) -> str:
+        for old, new in self.renames:
+            if checkpoint_name.startswith(old):
+                return new + checkpoint_name[len(old):]
+        return checkpoint_name
+
+    def dropped_part(self, hf_name: str) -> str | None:
+        for pattern, part in self.dropped.items():
+            if re.search(pattern, hf_name):
+                return part
+        return None
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

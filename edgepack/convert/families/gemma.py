@@ -1,4 +1,5 @@
-"""Gemma, Gemma 2 and Gemma 3 (text only): GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM.
+"""Gemma, Gemma 2 and Gemma 3 (text): GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, and the text
+model of Gemma3ForConditionalGeneration (Gemma 3 4B/12B/27B; its vision tower and projector are not converted).
 
 What sets them apart from Llama, and where each fact lives in llama.cpp (src/models/gemma*.cpp):
 
@@ -17,18 +18,24 @@ What sets them apart from Llama, and where each fact lives in llama.cpp (src/mod
 
 Which layers slide is written per layer (``attention.sliding_window_pattern`` as a bool array), taken from
 HF's ``layer_types`` when config.json has it, else from the model's fixed pattern.
+
+Gemma3ForConditionalGeneration keeps the same text decoder under another prefix (``MULTIMODAL_TEXT_RENAMES``)
+in a ``text_config`` that holds only what differs from transformers' Gemma3TextConfig defaults (the 4B's names
+hidden size, FFN size, layer count, rope scaling and window: heads, head_dim, vocabulary... are defaults), and
+its forward pass never soft-caps the logits, whatever ``final_logit_softcapping`` says: the GGUF has no cap.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import gguf
 import numpy as np
 
 from ...errors import UnsupportedArchitecture
-from ..common import (DECODER_HPARAMS, F32, PLAIN_ROPE_TYPES, RMS_NORM_EPS, STR, U32, decoder_tensors,
-                      head_size_metadata, rope_metadata)
+from ..common import (DECODER_HPARAMS, F32, MULTIMODAL_TEXT_RENAMES, PLAIN_ROPE_TYPES, RMS_NORM_EPS, STR, U32,
+                      decoder_tensors, head_size_metadata, rope_metadata)
 from ..floats import bf16_to_f32
 from ..spec import ArchSpec, HFConfig, Metadata, register
 
@@ -36,7 +43,7 @@ K = gguf.Keys
 BOOL_ARRAY = gguf.GGUFValueType.ARRAY
 
 # llama.cpp uses the 27B query scale (1/sqrt(hidden/heads)) for these layer counts (gemma2.cpp, gemma3.cpp).
-LAYERS_27B = {"Gemma2ForCausalLM": 46, "Gemma3ForCausalLM": 62}
+LAYERS_27B = {"Gemma2ForCausalLM": 46, "Gemma3ForCausalLM": 62, "Gemma3ForConditionalGeneration": 62}
 
 
 def plus_one(weights: np.ndarray, config: HFConfig) -> np.ndarray:
@@ -169,6 +176,10 @@ def _rope_type(params: dict):
 def _gemma3_check(config: HFConfig) -> None:
     _check_activation(config, ("gelu_pytorch_tanh",))
     _check_query_scale(config)
+    if config.get("use_bidirectional_attention", default=False):
+        raise UnsupportedArchitecture("Gemma 3 with use_bidirectional_attention is not supported",
+                                      "llama.cpp's gemma3 graph attends causally (an embedding model needs "
+                                      "another architecture)")
     if config.get("attn_logit_softcapping", default=None):
         raise UnsupportedArchitecture("Gemma 3 with attn_logit_softcapping is not supported",
                                       "llama.cpp's gemma3 graph has no attention soft-capping")
@@ -181,7 +192,7 @@ def _gemma3_check(config: HFConfig) -> None:
                                       "supported", "llama.cpp scales only the global layers' rope")
 
 
-def _gemma3_metadata(config: HFConfig):
+def _gemma3_metadata(config: HFConfig, *, logit_softcap: bool = True):
     full, local = gemma3_rope(config)
     yield K.Rope.FREQ_BASE, float(full.get("rope_theta", 1_000_000.0)), F32
     yield K.Rope.DIMENSION_COUNT, config.head_dim, U32
@@ -189,13 +200,21 @@ def _gemma3_metadata(config: HFConfig):
         yield K.Rope.SCALING_TYPE, "linear", STR
         yield K.Rope.SCALING_FACTOR, float(full["factor"]), F32
     yield from head_size_metadata(config)
-    if config.get("final_logit_softcapping", default=None):
+    if logit_softcap and config.get("final_logit_softcapping", default=None):
         yield K.LLM.FINAL_LOGIT_SOFTCAPPING, float(config.get("final_logit_softcapping")), F32
     layers = sliding_layers(config, every=6)
     if any(layers):
         yield from _sliding_metadata(config, every=6)
         yield K.Rope.FREQ_BASE_SWA, float(local.get("rope_theta", 10000.0)), F32
 
+
+# transformers' Gemma3TextConfig defaults, which config.json leaves out when a value equals them.
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+    "tie_word_embeddings": True,
+}
 
 GEMMA3 = register(ArchSpec(
     hf_classes=("Gemma3ForCausalLM",),
@@ -206,4 +225,17 @@ GEMMA3 = register(ArchSpec(
     transforms={r"norm\.weight$": plus_one},
     ignore=(r"rotary_emb(_local)?\.inv_freq$",),
     check=_gemma3_check,
+    defaults=GEMMA3_TEXT_DEFAULTS,
+))
+
+# The vision tower (SigLIP) and projector of Gemma 3 4B/12B/27B, in 4.x and 5.x checkpoint layouts.
+GEMMA3_VISION_PARTS = {r"^(model\.)?vision_tower\.": "vision tower",
+                       r"^(model\.)?multi_modal_projector\.": "multimodal projector"}
+
+GEMMA3_MULTIMODAL = register(dataclasses.replace(
+    GEMMA3,
+    hf_classes=("Gemma3ForConditionalGeneration",),
+    metadata=lambda config: _gemma3_metadata(config, logit_softcap=False),
+    renames=MULTIMODAL_TEXT_RENAMES,
+    dropped=GEMMA3_VISION_PARTS,
 ))
