@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,11 @@ class FamilyCase:
     tolerance: dict = field(default_factory=dict)
 
 
+# Weights an F16 GGUF still holds in F32, as llama.cpp's converter keeps them (edgepack.convert.core.keeps_f32):
+# convolution kernels and MoE routers.
+KEPT_F32 = re.compile(r"(conv\.conv|conv1d|\.gate|router\.layer)\.weight$")
+
+
 def half_precision_matmuls(model) -> None:
     """Make transformers compute as llama.cpp's CPU backend does with an F16 GGUF: weights rounded to half, and
     each matmul's input rounded to half too (ggml converts src1 to the F16 vec_dot type, accumulating in F32).
@@ -183,8 +189,8 @@ def half_precision_matmuls(model) -> None:
         return (args[0].to(torch.float16).to(torch.float32),) + tuple(args[1:])
 
     with torch.no_grad():
-        for _, param in model.named_parameters():
-            if param.dim() > 1:
+        for name, param in model.named_parameters():
+            if param.dim() > 1 and not KEPT_F32.search(name):
                 param.copy_(param.to(torch.float16).to(torch.float32))
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
@@ -250,6 +256,12 @@ CASES = [
     FamilyCase("smollm-135m", "smollm_135m", "smollm-trained", {"hidden": 384, "heads": 6}),
     FamilyCase("smollm2-135m", "smollm2_135m", "smollm-trained", {"hidden": 384, "heads": 6}),
     FamilyCase("tinyllama-1.1b", "tinyllama_1b_chat_v1.0", "tinyllama", {"heads": 8}),
+    # LFM2 v1 config (full_attn_idxs): 6 layers keep attention at 2 and 5, convolutions around them; block_ff_dim
+    # 700 -> 2/3 = 466 -> rounded up to 512 by the size rule (block_multiple_of 256 as the real model).
+    FamilyCase("lfm2-1.2b", "lfm2_1.2b", "qwen2-trained", {"layers": 6, "heads": 8}, {"block_ff_dim": 700}),
+    # 4 layers: 2 dense (conv, conv) then MoE on an attention and a conv layer; the real 32 experts, top 4.
+    FamilyCase("lfm2-8b-a1b", "lfm2_8b_a1b", "qwen2-trained", {"layers": 4, "heads": 8},
+               {"layer_types": real_config("lfm2_8b_a1b")["layer_types"][:4], "moe_intermediate_size": 64}),
 ]
 
 

@@ -78,6 +78,10 @@ def copy_tokenizer(src_dir: Path, dst: Path, rename: dict[str, str] | None = Non
             shutil.copy(f, dst / rename.get(f.name, f.name))
 
 
+# MoE routers' expert-selection biases: buffers (not parameters) that checkpoints carry.
+ROUTING_BIASES = ("expert_bias", "e_score_correction_bias")
+
+
 def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32"):
     """Instantiate config['architectures'][0] with seeded random weights and save it as safetensors."""
     import torch
@@ -95,6 +99,9 @@ def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32
                 p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
             else:
                 p.copy_(std * torch.randn_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith(ROUTING_BIASES):  # saved buffers that start at zero would hide a lost tensor
+                b.copy_(0.1 * torch.randn_like(b))
     model = model.to(getattr(torch, dtype))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

@@ -150,13 +150,15 @@ class Checkpoint:
                 raise BadCheckpoint(f"index says {name} is in {file}, but it is not there",
                                     "re-download the shard or the index")
 
-    def read(self, name: str) -> np.ndarray:
-        """Read one tensor into a new array of its raw dtype (BF16 as uint16), shaped as stored."""
-        return read_tensor(self.tensors[name])
+    def read(self, name: str, start: int = 0, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Read one tensor (or ``shape`` elements of it from element ``start``) into a new array of its raw
+        dtype (BF16 as uint16)."""
+        return read_tensor(self.tensors[name], start, shape)
 
 
-def read_tensor(info: TensorInfo) -> np.ndarray:
-    """One tensor from its file into a new array of its raw dtype (BF16 as uint16), shaped as stored."""
+def read_tensor(info: TensorInfo, start: int = 0, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """One tensor from its file into a new array of its raw dtype (BF16 as uint16), shaped as stored; or only
+    the contiguous block of ``shape`` elements that starts at element ``start`` (one expert of a fused tensor)."""
     name = info.name
     if info.dtype not in SAFETENSORS_DTYPES:
         raise BadCheckpoint(f"tensor {name} has dtype {info.dtype}, which edgepack cannot convert",
@@ -165,12 +167,16 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
     if info.nbytes != info.n_elements * elem_bytes:
         raise BadCheckpoint(f"tensor {name}: {info.nbytes} bytes do not match shape {list(info.shape)}",
                             f"re-download {info.file.name}")
-    out = np.empty(info.shape, dtype=np_dtype)
+    shape = info.shape if shape is None else shape
+    nbytes = math.prod(shape) * elem_bytes
+    if start < 0 or start * elem_bytes + nbytes > info.nbytes:
+        raise ValueError(f"elements {start}..+{math.prod(shape)} lie outside {name}")  # a family bug, not user data
+    out = np.empty(shape, dtype=np_dtype)
     with open(info.file, "rb", buffering=0) as f:
-        f.seek(info.offset)
+        f.seek(info.offset + start * elem_bytes)
         view = memoryview(out.reshape(-1).view(np.uint8))
         got = 0
-        while got < info.nbytes:
+        while got < nbytes:
             n = f.readinto(view[got:])
             if not n:
                 raise BadCheckpoint(f"{info.file.name} is truncated inside {name}", f"re-download {info.file.name}")

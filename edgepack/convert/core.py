@@ -8,10 +8,11 @@ tensor infos -> stream the tensors (read, transform, cast, write, forget) into a
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gguf
@@ -24,7 +25,7 @@ from ..ggufheader import read_header
 from ..progress import QUIET, Progress
 from . import floats
 from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
-from .spec import ArchSpec, HFConfig, spec_for
+from .spec import ArchSpec, Expected, HFConfig, Part, spec_for
 from .vocab import load_vocab
 
 QT = gguf.GGMLQuantizationType
@@ -67,11 +68,12 @@ class ConvertResult:
 @dataclass(frozen=True)
 class PlannedTensor:
     gguf_name: str
-    source: TensorInfo | None  # None for tensors computed from the config (extra_tensors)
+    source: TensorInfo | None  # None for tensors computed from the config (extra_tensors) or built from parts
     shape: tuple[int, ...]  # HF order (row-major); GGUF stores the reverse
     out_type: QT
     data: np.ndarray | None = None  # only for computed tensors
     hf_name: str = ""  # the name the family knows the tensor by (after ArchSpec.renames)
+    parts: tuple[tuple[TensorInfo, Part], ...] = ()  # a tensor stacked from checkpoint blocks, in order
 
 
 def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_only: bool = False,
@@ -146,12 +148,35 @@ def _write(writer: gguf.GGUFWriter, tmp: Path, plan: list[PlannedTensor], checkp
     total = sum(_nbytes(t) for t in plan)
     progress.start(f"converting to {label}", total)
     for t in plan:
+        if t.parts:
+            writer.write_tensor_data(_StackedParts(t, checkpoint, spec, config, progress))
+            continue
         data = t.data if t.source is None else _load(checkpoint, t, spec, config)
         writer.write_tensor_data(_cast(data, _held_dtype(data), t.out_type))
         progress.advance(_nbytes(t))
         del data
     writer.close()
     progress.finish()
+
+
+class _StackedParts:
+    """A tensor built from checkpoint blocks, as gguf-py's writer takes it (``nbytes`` and ``tofile``): each part
+    is read, transformed, cast and written in turn, so a layer's experts are never all in memory at once."""
+
+    def __init__(self, t: PlannedTensor, checkpoint: Checkpoint, spec: ArchSpec, config: HFConfig,
+                 progress: Progress):
+        self.t, self.checkpoint, self.spec, self.config, self.progress = t, checkpoint, spec, config, progress
+        self.nbytes = _nbytes(t)
+
+    def tofile(self, fout) -> None:
+        block, type_size = gguf.GGML_QUANT_SIZES[self.t.out_type]
+        for info, part in self.t.parts:
+            data = self.checkpoint.read(info.name, part.start, part.shape)
+            transform = self.spec.transform_for(part.name)
+            data = transform(data, self.config) if transform else data
+            _cast(data, _held_dtype(data), self.t.out_type).tofile(fout)
+            self.progress.advance(int(np.prod(part.shape)) // block * type_size)
+            del data
 
 
 def _resolve_outtype(outtype: str, checkpoint: Checkpoint | None) -> str:
@@ -170,8 +195,11 @@ def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint,
     tensors, dropped = _family_names(spec, checkpoint)
     prefix = spec.optional_prefix
     if prefix and not any(n.startswith(prefix) for n in tensors):
-        expected = {n.removeprefix(prefix): shape for n, shape in expected.items()}
-    unexpected = [n for n in tensors if n not in expected and not spec.ignores(n)]
+        expected = {n.removeprefix(prefix): _drop_prefix(e, prefix) for n, e in expected.items()}
+    chosen = {name: _choose_form(e, tensors) for name, e in expected.items() if e.forms}
+    known = {n for n, e in expected.items() if not e.forms}
+    known.update(p.name for form in chosen.values() for p in form)
+    unexpected = [n for n in tensors if n not in known and not spec.ignores(n)]
     if unexpected:
         raise UnsupportedArchitecture(
             f"tensor {unexpected[0]} is not part of a {config.architecture} model"
@@ -182,6 +210,10 @@ def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint,
     resolved = _resolve_outtype(outtype, checkpoint)
     plan = []
     for hf_name, shape in expected.items():
+        if hf_name in chosen:
+            if chosen[hf_name]:  # () for an optional stacked tensor the checkpoint does not hold
+                plan.append(_plan_stacked(hf_name, shape, chosen[hf_name], tensors, name_map, resolved))
+            continue
         info = tensors.get(hf_name)
         if info is None:
             if shape.optional:  # e.g. lm_head when embeddings are tied
@@ -193,11 +225,10 @@ def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint,
         if tuple(info.shape) != tuple(shape.shape):
             raise BadCheckpoint(f"tensor {hf_name} has shape {list(info.shape)}, expected {list(shape.shape)} "
                                 "from config.json", "config.json and the weights do not belong together")
-        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise UnsupportedArchitecture(f"no llama.cpp name for tensor {hf_name}", "report this as a bug")
+        gguf_name = _gguf_name(hf_name, shape, name_map)
         out_shape = tuple(shape.out_shape or info.shape)
-        plan.append(PlannedTensor(gguf_name, info, out_shape, _out_type(resolved, out_shape), hf_name=hf_name))
+        plan.append(PlannedTensor(gguf_name, info, out_shape, _out_type(resolved, out_shape, gguf_name),
+                                  hf_name=hf_name))
     for gguf_name, data in spec.extra_tensors(config):
         plan.append(PlannedTensor(gguf_name, None, tuple(data.shape), QT.F32, data))
     return plan, dropped
@@ -221,8 +252,64 @@ def _family_names(spec: ArchSpec, checkpoint: Checkpoint) -> tuple[dict[str, Ten
     return tensors, dropped
 
 
-def _out_type(outtype: str, shape: tuple[int, ...]) -> QT:
-    if len(shape) < 2:  # norms and biases stay F32, as llama.cpp expects
+def _gguf_name(name: str, e: Expected, name_map: gguf.TensorNameMap) -> str:
+    gguf_name = e.gguf_name or name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+    if gguf_name is None:
+        raise UnsupportedArchitecture(f"no llama.cpp name for tensor {name}", "report this as a bug")
+    return gguf_name
+
+
+def _drop_prefix(e: Expected, prefix: str) -> Expected:
+    forms = tuple(tuple(replace(p, name=p.name.removeprefix(prefix)) for p in form) for form in e.forms)
+    return replace(e, forms=forms)
+
+
+def _choose_form(e: Expected, tensors: dict[str, TensorInfo]) -> tuple[Part, ...]:
+    """The first form whose tensors the checkpoint holds all of; else name what the first form misses."""
+    for form in e.forms:
+        if all(p.name in tensors for p in form):
+            return form
+    if e.optional:
+        return ()
+    missing = next(p.name for p in e.forms[0] if p.name not in tensors)
+    raise BadCheckpoint(f"tensor {missing} is missing", "the checkpoint is incomplete: re-download it")
+
+
+def _plan_stacked(name: str, e: Expected, form: tuple[Part, ...], tensors: dict[str, TensorInfo],
+                  name_map: gguf.TensorNameMap, outtype: str) -> PlannedTensor:
+    parts = []
+    for part in form:
+        info = tensors[part.name]
+        if info.dtype not in SAFETENSORS_DTYPES:
+            raise BadCheckpoint(f"tensor {part.name} has dtype {info.dtype}, which edgepack cannot convert",
+                                "supported source dtypes: " + ", ".join(SAFETENSORS_DTYPES))
+        if tuple(info.shape) != tuple(part.source_shape):
+            raise BadCheckpoint(f"tensor {part.name} has shape {list(info.shape)}, expected "
+                                f"{list(part.source_shape)} from config.json",
+                                "config.json and the weights do not belong together")
+        parts.append((info, part))
+    if sum(int(np.prod(p.shape)) for p in form) != int(np.prod(e.shape)):
+        raise ValueError(f"the parts of {name} do not add up to {e.shape}")  # a family bug, not user data
+    gguf_name = _gguf_name(name, e, name_map)
+    return PlannedTensor(gguf_name, None, tuple(e.shape), _out_type(outtype, tuple(e.shape), gguf_name),
+                         parts=tuple(parts))
+
+
+# Tensors llama.cpp keeps in F32 whatever the file type (its converter's list; its quantizer skips them too):
+# the kernels of ggml_ssm_conv (which reads an F32 kernel), MoE routers (expert choice is a comparison of their
+# outputs), normalisation weights of any shape, and tensors without a .weight suffix (ssm_a/ssm_d, biases).
+ALWAYS_F32 = tuple(re.compile(gguf.TENSOR_NAMES[kind].replace("{bid}", r"\d+").replace(".", r"\.") + r"\.weight$")
+                   for kind in (gguf.MODEL_TENSOR.SSM_CONV1D, gguf.MODEL_TENSOR.SHORTCONV_CONV,
+                                gguf.MODEL_TENSOR.FFN_GATE_INP))
+
+
+def keeps_f32(gguf_name: str, shape: tuple[int, ...]) -> bool:
+    return (len(shape) < 2 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight")
+            or any(p.fullmatch(gguf_name) for p in ALWAYS_F32))
+
+
+def _out_type(outtype: str, shape: tuple[int, ...], gguf_name: str) -> QT:
+    if keeps_f32(gguf_name, shape):  # norms, biases, conv kernels, routers: F32 as llama.cpp
         return QT.F32
     if outtype == "q8_0":
         return QT.Q8_0 if shape[-1] % gguf.GGML_QUANT_SIZES[QT.Q8_0][0] == 0 else QT.F16

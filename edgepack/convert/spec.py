@@ -8,6 +8,7 @@ Hugging Face and llama.cpp, and ``check`` rejects configs the family cannot repr
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -105,14 +106,56 @@ class HParam:
 
 
 @dataclass(frozen=True)
+class Part:
+    """A contiguous block of one checkpoint tensor: the tensor ``name`` (whose full shape config.json implies is
+    ``source_shape``), indexed by the leading ``index`` (e.g. ``(expert,)`` of a fused [experts, ...] tensor),
+    then optionally cut to ``rows`` (a [start, stop) range of the next axis: the gate or up half of a fused
+    gate_up). Leading indices and one range of the axis after them always select contiguous bytes."""
+
+    name: str
+    source_shape: tuple[int, ...]
+    index: tuple[int, ...] = ()
+    rows: tuple[int, int] | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        rest = self.source_shape[len(self.index):]
+        if self.rows is None:
+            return rest
+        return (self.rows[1] - self.rows[0],) + rest[1:]
+
+    @property
+    def start(self) -> int:
+        """Offset of the block's first element in the source tensor (row-major)."""
+        offset, stride = 0, math.prod(self.source_shape)
+        for axis, i in enumerate(self.index):
+            stride //= self.source_shape[axis]
+            offset += i * stride
+        if self.rows is not None:
+            offset += self.rows[0] * math.prod(self.source_shape[len(self.index) + 1:])
+        return offset
+
+
+@dataclass(frozen=True)
 class Expected:
-    """A tensor a checkpoint must (or may) hold, with the shape config.json implies (HF row-major order)."""
+    """A tensor a checkpoint must (or may) hold, with the shape config.json implies (HF row-major order).
+
+    A GGUF tensor that llama.cpp wants stacked or cut from checkpoint tensors (a layer's experts as one
+    [experts, rows, cols] tensor) is declared under the name llama.cpp's tensor map knows it by, with
+    ``forms``: each form is the parts that, concatenated in order, make it. The first form whose tensors are all
+    in the checkpoint is used (e.g. per-expert tensors as on the Hub, or transformers 5's fused ones); the parts
+    are read and written one at a time, so the whole tensor is never held in memory.
+    """
 
     shape: tuple[int, ...]
     optional: bool = False
     # The shape the family's transform returns, when it differs from ``shape`` (e.g. GPT-2's Conv1D weights,
     # stored transposed): what the GGUF declares. None: the transform keeps the shape.
     out_shape: tuple[int, ...] | None = None
+    forms: tuple[tuple[Part, ...], ...] = ()
+    # The GGUF name, where gguf-py's tensor map does not know the tensor for this architecture (or knows it
+    # with another suffix than llama.cpp reads). None: the map decides.
+    gguf_name: str | None = None
 
 
 # An extra GGUF key computed from the config (name, value, GGUF value type).
