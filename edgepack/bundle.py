@@ -28,6 +28,7 @@ import gguf
 from . import __version__
 from .errors import OutputError, UsageError, VerifyError
 from .fileio import atomic_output, sha256_file
+from .validate import safe_name
 
 SCHEMA = "edgepack.bundle"
 SCHEMA_VERSION = 1
@@ -144,6 +145,11 @@ def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: 
         raise UsageError(f"unknown archive kind {archive!r}", "choose none, tar.zst or zip")
     facts = gguf_facts(model)
     name = model_name or facts["model"]["name"] or model.stem
+    try:  # each becomes a file name in the bundle; a GGUF's general.name is a stranger's text
+        for what, value in [("model name", name), ("quant", quant), *(("adapter name", a.name) for a in adapters)]:
+            safe_name(value, what)
+    except ValueError as exc:
+        raise UsageError(str(exc), "give names that are one plain file name (letters, digits, '.', '_', '-')") from None
     model_file = f"{name}-{quant}.gguf"
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))

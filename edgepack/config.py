@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError, EdgepackError
+from .validate import git_revision, safe_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -146,6 +147,14 @@ def _str(v):
     return v.strip()
 
 
+def _name(v):
+    """A name that becomes part of file names (the model's, an adapter's): one safe file-name component."""
+    try:
+        return safe_name(_str(v))
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+
+
 def _int_pos(v):
     if isinstance(v, str):
         try:
@@ -222,7 +231,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("name", "name", _str, "EDGEPACK_NAME", "model name used in file names (default: the source's name)"),
+    Option("name", "name", _name, "EDGEPACK_NAME", "model name used in file names (default: the source's name)"),
     Option("source", "source", lambda v: v, "EDGEPACK_SOURCE", "local folder or org/repo@revision"),
     Option("quantize.types", "quant_types", _list_of(_quant_name), "EDGEPACK_QUANTS", "llama.cpp quant types"),
     Option("quantize.bits", "quant_bits", _list_of(_bits), "EDGEPACK_BITS", "bit widths (their recommended type)"),
@@ -478,7 +487,12 @@ def resolve(config_file: str | os.PathLike | None = None, *, cli: dict[str, Any]
             values[key] = default
             origins.setdefault(key, "default")
 
-    name = values.pop("name", None) or _default_name(source)
+    name = values.pop("name", None)
+    if name is None:
+        try:
+            name = safe_name(_default_name(source), "the name derived from the source")
+        except ValueError as exc:
+            raise ConfigError(f"{exc}", "set name = \"my-model\" in edgepack.toml (or EDGEPACK_NAME)") from None
     origins.setdefault("name", "default")
     return BuildConfig(config_file=path, name=name, source=source, quants=tuple(quants), adapters=adapters,
                        origins=origins, **values)
@@ -500,7 +514,7 @@ def _parse_source(value, folder: Path, fail) -> Source:
         if "path" in value and "repo" not in value:
             return Source("local", path=_local(value["path"], folder))
         if "repo" in value:
-            return Source("hub", repo_id=_str(value["repo"]), revision=value.get("revision"))
+            return Source("hub", repo_id=_str(value["repo"]), revision=_revision(value.get("revision"), fail))
         raise fail("source table needs path or repo")
     if not isinstance(value, str) or not value.strip():
         raise fail("must be a folder path or org/repo@revision")
@@ -509,7 +523,17 @@ def _parse_source(value, folder: Path, fail) -> Source:
     if text.startswith((".", "/", "~")) or local.exists() or not HUB_SOURCE.match(text):
         return Source("local", path=_local(text, folder))
     repo, _, rev = text.partition("@")
-    return Source("hub", repo_id=repo, revision=rev or None)
+    return Source("hub", repo_id=repo, revision=_revision(rev or None, fail))
+
+
+def _revision(value, fail) -> str | None:
+    """A Hub revision is a branch, tag or commit name, never a path (it names a file in the Hub cache)."""
+    if value is None:
+        return None
+    try:
+        return git_revision(value)
+    except ValueError as exc:
+        raise fail(str(exc), "write a branch, tag or commit sha, e.g. org/repo@main") from None
 
 
 def _local(text: str, folder: Path) -> Path:
@@ -572,6 +596,10 @@ def _parse_adapters(value, folder: Path, file_values: _FileValues | None, fail) 
         name = entry.get("name") or path.name
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise bad("name", "must be letters, digits, '_', '.', '-'")
+        try:
+            safe_name(name, "adapter name")
+        except ValueError as exc:
+            raise bad("name", str(exc), "name the adapter with letters, digits, '_', '.', '-'") from None
         out.append(AdapterSpec(name=name, path=path, mode=mode, scales=tuple(float(s) for s in scales)))
     names = [a.name for a in out]
     dup = next((n for n in names if names.count(n) > 1), None)

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -44,10 +45,49 @@ def blake3_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def check_replaceable(out: str | os.PathLike) -> None:
+    """Refuse to replace ``out`` when it exists and is not a regular file (a device such as /dev/null, a pipe,
+    a socket, a folder; a symlink counts as what it points to). Every file output goes through this (from
+    ``atomic_path``), so no command can turn a device node into a file, even with --force."""
+    try:
+        mode = os.stat(out).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputError(f"cannot inspect output {out}: {exc.strerror}", "choose another output path") from exc
+    if stat.S_ISDIR(mode):
+        raise OutputError(f"output {out} is a folder", "give a file path, e.g. -o model.gguf")
+    if not stat.S_ISREG(mode):
+        raise OutputError(f"output {out} exists and is {_kind(mode)}, not a regular file",
+                          "write to a new file path; edgepack replaces only regular files")
+
+
+def prepare_output_dir(out: str | os.PathLike) -> Path:
+    """Create the output folder ``out`` (with parents) unless it is there; refuse one that exists as anything
+    but a folder (a file, a device) or cannot be written."""
+    out = Path(out)
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.stat(out).st_mode
+        if not stat.S_ISDIR(mode):
+            raise OutputError(f"output folder {out} exists and is {_kind(mode)}", "give a folder path with -o")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {out}: {exc.strerror}", "choose another -o folder") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {out} is not writable", "choose another -o folder or fix permissions")
+    return out
+
+
 def check_output_path(out: Path, force: bool) -> None:
     """Refuse an existing output (unless ``force``) and a folder we cannot write, before any work is done."""
-    if out.is_dir():
-        raise OutputError(f"output {out} is a folder", "give a file path, e.g. -o model.gguf")
+    check_replaceable(out)
     if out.exists() and not force:
         raise OutputError(f"output {out} already exists", "pass --force to overwrite it")
     parent = out.parent if str(out.parent) else Path(".")
@@ -66,6 +106,7 @@ def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``out`` for a writer that opens files itself; on success fsync + rename it
     to ``out``, on failure (KeyboardInterrupt included) remove it."""
     out = Path(out)
+    check_replaceable(out)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the mode any new file would
@@ -77,6 +118,7 @@ def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        check_replaceable(out)  # again: the work may have taken hours, and a rename would replace a device
         os.replace(tmp, out)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):

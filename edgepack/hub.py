@@ -38,6 +38,7 @@ from .convert.core import Provenance
 from .errors import HubError, OutputError, UsageError
 from .fileio import HASH_CHUNK_BYTES, atomic_write_text
 from .progress import QUIET, Progress
+from .validate import git_revision
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -146,7 +147,25 @@ def parse_source(text: str) -> HubSource | None:
         if explicit:
             raise UsageError(f"{text!r} is not a Hub repo id", "write hf://org/name or hf://org/name@revision")
         return None
+    if revision:
+        _check_revision(revision)
     return HubSource(repo_id, revision or None)
+
+
+def _check_request(repo_id: str, revision: str | None) -> None:
+    """Refuse a repo id or revision that is not one, before any request is sent or any file written: both
+    become parts of URLs and of paths in the cache (``refs/<revision>``)."""
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or ".." in repo_id:
+        raise UsageError(f"{repo_id!r} is not a Hub repo id", "write org/name, optionally @revision")
+    if revision is not None:
+        _check_revision(revision)
+
+
+def _check_revision(revision: str) -> None:
+    try:
+        git_revision(revision)
+    except ValueError as exc:
+        raise UsageError(str(exc), "write a branch, tag or commit sha, e.g. org/name@main") from None
 
 
 def resolve_source(src: str | os.PathLike, *, token: str | None = None, settings: HubSettings | None = None,
@@ -220,8 +239,7 @@ def pull(repo_id: str, revision: str | None = None, out_dir: str | os.PathLike |
     Hub or the network can refuse, ``OutputError`` for disk problems; on failure ``out_dir`` is untouched.
     """
     started = time.monotonic()
-    if not _REPO_ID.match(repo_id or "") or ".." in repo_id:
-        raise UsageError(f"{repo_id!r} is not a Hub repo id", "write org/name, optionally @revision")
+    _check_request(repo_id, revision)
     settings = settings or HubSettings.from_env(token=token)
     if token:
         settings = HubSettings(settings.endpoint, settings.cache_dir, token, settings.offline, settings.timeout_s)
@@ -257,8 +275,7 @@ def fetch_file(repo_id: str, filename: str, revision: str | None = None, *, toke
                settings: HubSettings | None = None) -> Path:
     """One file of a repo (e.g. ``config.json`` to size a model before downloading it) into the standard cache,
     nothing else; offline (``HF_HUB_OFFLINE``) it answers from the cache. Errors as ``pull``'s."""
-    if not _REPO_ID.match(repo_id or "") or ".." in repo_id:
-        raise UsageError(f"{repo_id!r} is not a Hub repo id", "write org/name, optionally @revision")
+    _check_request(repo_id, revision)
     settings = settings or HubSettings.from_env(token=token)
     ctx = _Context(repo_id, revision or DEFAULT_REVISION, settings)
     try:

@@ -30,7 +30,7 @@ from typing import Any, Callable
 from . import __version__
 from .config import AdapterSpec, BuildConfig
 from .errors import BadCheckpoint, EdgepackError, UsageError
-from .fileio import atomic_write_text, sha256_file
+from .fileio import atomic_write_text, prepare_output_dir, sha256_file
 from .progress import QUIET, Progress
 
 CACHE_DIR = ".edgepack-cache"
@@ -248,7 +248,7 @@ class _Build:
     # ------------------------------------------------------------------------------------------------
     def run(self) -> BuildResult:
         started = time.monotonic()
-        self.out.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(self.out)
         self.cache.sweep()
         units = {u.key: u for u in plan(self.config)}
         if self.only is not None and self.only not in units:

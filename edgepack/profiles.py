@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ProfileError
+from .validate import safe_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,6 +49,17 @@ def _fraction(v):
     return None if 0 < v <= 1 else "must be in (0, 1]"
 
 
+def _profile_name(v: str) -> str | None:
+    # The name becomes a bundle folder (bundles/<name>/): one safe file-name component, lower case.
+    if not (v and v.replace("-", "").isalnum() and v == v.lower()):
+        return "must be lower-case letters, digits and '-'"
+    try:
+        safe_name(v, "a profile name")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _one_of(options):
     def check(v):
         return None if v in options else f"must be one of {', '.join(options)}"
@@ -74,8 +86,7 @@ CLUSTER = {"name": (str, True, None), "cores": (int, True, _positive), "max_ghz"
 
 SCHEMA: dict = {
     "schema": (int, True, lambda v: None if v == SCHEMA_VERSION else f"must be {SCHEMA_VERSION}"),
-    "name": (str, True, lambda v: None if v and v.replace("-", "").isalnum() and v == v.lower()
-             else "must be lower-case letters, digits and '-'"),
+    "name": (str, True, _profile_name),
     "display_name": (str, True, None),
     "kind": (str, True, _one_of(DEVICE_KINDS)),
     "soc": (str, True, None),

@@ -36,7 +36,7 @@ import gguf
 
 from . import __version__
 from .errors import BadGGUF, OutputError, QuantizeError, UsageError
-from .fileio import atomic_path, atomic_write_text, blake3_file
+from .fileio import atomic_path, atomic_write_text, blake3_file, check_replaceable, prepare_output_dir
 from .ggufheader import GGUFHeader, read_header
 from .progress import QUIET, Progress
 
@@ -285,10 +285,11 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
     if source.quantized and not allow_requantize:
         _refuse_requantize(source, qtypes)
     out_dir = Path(out_dir) if out_dir is not None else src.resolve().parent
-    _prepare_dir(out_dir)
+    prepare_output_dir(out_dir)
     plans = []
     for qt in qtypes:
         out = output_path(out_dir, source.name, qt)
+        check_replaceable(out)  # before reading it (a pipe would block the re-run check) or doing any work
         if out.exists() and out.resolve() == src.resolve():
             raise UsageError(f"the {qt.name} output would overwrite the source {src}",
                              "write elsewhere with -o DIR, or skip this type: the source already is it")
@@ -330,17 +331,6 @@ def _refuse_requantize(source: SourceInfo, qtypes: list[QuantType]) -> None:
     raise QuantizeError(f"{source.path.name} is already quantized ({source.file_type}); requantizing to "
                         f"{qtypes[0].name} compounds the error",
                         "quantize from the F16/BF16/F32 GGUF, or pass --allow-requantize")
-
-
-def _prepare_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"output folder {out_dir} is a file", "give a folder with -o DIR")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder {out_dir}: {exc.strerror}", "choose another -o DIR") from exc
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {out_dir} is not writable", "choose another -o DIR or fix permissions")
 
 
 def _settings(qt: QuantType, out_t: int | None, embd_t: int | None, pure: bool, requant: bool) -> str:

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OutputError, UsageError
-from .fileio import atomic_write_text
+from .errors import UsageError
+from .fileio import atomic_write_text, prepare_output_dir
 
 
 @dataclass
@@ -187,11 +187,7 @@ def write_report(results: str | Path | dict, out_dir: str | Path) -> ReportResul
     data = results if isinstance(results, dict) else load_results(results)
     if isinstance(results, dict) and "fit" not in data:
         data = {"fit": data}
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out} ({exc.strerror})", "choose another -o folder") from exc
+    out = prepare_output_dir(out_dir)
     plots = _plots(data)
     md_text = _md(data)
     atomic_write_text(out / "report.md", md_text)

@@ -174,3 +174,16 @@ def test_verify_cli(bundle, tmp_path):
     (copy / "report.md").write_text("# changed\n")
     bad = subprocess.run([sys.executable, "-m", "edgepack", "verify", str(copy)], capture_output=True, text=True)
     assert bad.returncode == 13 and bad.stderr.count("\n") == 1 and "report.md" in bad.stderr
+
+
+@pytest.mark.parametrize("field, value", [("model_name", "../../escape"), ("model_name", "/tmp/x"),
+                                          ("adapter", ".."), ("adapter", "a/b")])
+def test_names_in_a_bundle_are_file_names(parts, tmp_path, field, value):
+    """A name from the config or a GGUF's general.name never leaves the bundle folder (issue 13, finding 2)."""
+    from edgepack.errors import UsageError
+
+    adapters = [BundleAdapter(value if field == "adapter" else "dialogue", parts["adapter"])]
+    with pytest.raises(UsageError, match="contains '/'|starts with '.'"):
+        write_bundle(tmp_path / "b" / "pixel-8", model=parts["model"], quant="Q8_0", profile=PROFILE, source=SOURCE,
+                     adapters=adapters, model_name=value if field == "model_name" else "demo")
+    assert list(tmp_path.rglob("*")) == [], "refused before anything is written"

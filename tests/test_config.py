@@ -106,6 +106,32 @@ def test_errors_name_file_and_line(tmp_path, text, line, words):
     assert info.value.hint
 
 
+@pytest.mark.parametrize("text, line, words", [
+    ('source = "./model"\nname = "../../../../X"\n', 2, "name: name '../../../../X' contains '/'"),
+    ('source = "./model"\nname = "/tmp/X"\n', 2, "contains '/'"),
+    ('source = "./model"\nname = ".."\n', 2, "starts with '.'"),
+    ('source = "./model"\nname = "a\\u0007b"\n', 2, "contains '\\x07'"),
+    ('source = "./model"\nname = "' + "x" * 101 + '"\n', 2, "at most 100"),
+    ('source = "./model"\n[[adapters]]\npath = "a"\nname = ".."\n', 4, "adapters[0].name: adapter name '..'"),
+    ('\nsource = "org/model@../../x"\n', 2, "source: revision '../../x' is not a branch, tag or commit name"),
+    ('source = "org/model@/etc/passwd"\n', 1, "is not a branch, tag or commit name"),
+    ('[source]\nrepo = "org/model"\nrevision = "a/../b"\n', 1, "contains '..'"),
+])
+def test_names_and_revisions_cannot_be_paths(tmp_path, text, line, words):
+    """Every name that becomes a file name, and a Hub revision (a file in the Hub cache), is one safe name."""
+    test_errors_name_file_and_line(tmp_path, text, line, words)
+
+
+def test_a_derived_name_is_checked_too(tmp_path):
+    (tmp_path / "we:ird").mkdir()
+    path = write(tmp_path, 'source = "./we:ird"\n')
+    with pytest.raises(ConfigError, match="the name derived from the source 'we:ird' contains ':'") as info:
+        resolve(path, env={})
+    assert "name =" in info.value.hint
+    with pytest.raises(ConfigError, match="env EDGEPACK_NAME: name: .* contains '/'"):
+        resolve(write(tmp_path, 'source = "./model"\n'), env={"EDGEPACK_NAME": "a/b"})
+
+
 def test_env_and_cli_errors_say_where(tmp_path):
     path = write(tmp_path, 'source = "./model"\n')
     with pytest.raises(ConfigError, match="env EDGEPACK_CTX: constraints.ctx: must be a positive integer"):

@@ -406,3 +406,44 @@ def test_a_damaged_cache_is_caught_and_healed(repo, hub, model_files, monkeypatc
     healed = pull(REPO, first)
     assert hub.downloaded().count("model.safetensors") == sent_before + 1
     assert (healed.folder / "model.safetensors").read_bytes() == files["model.safetensors"]
+
+
+# -- hostile revisions (issue 13, finding 1) -------------------------------------------------------------------
+
+SMALL_REPO = "org/small"
+SMALL_FILES = {"config.json": b"{}", "model.safetensors": b"\0" * 64}
+
+
+def files_outside(root: Path, cache: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and cache not in p.parents}
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute"])
+def test_a_revision_is_never_a_path(hub, tmp_path, kind):
+    """A revision names a branch, tag or commit. One that reads as a path is refused before any request, even
+    when the endpoint answers it (it used to become refs/<revision> in the cache: a file written anywhere,
+    holding the commit sha)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    revision = "../../../../escape" if kind == "relative" else str(victim)
+    sha = hub.add_commit(SMALL_REPO, SMALL_FILES)
+    hub.repos[SMALL_REPO].branches[revision] = sha  # a hostile (or broken) endpoint resolves it
+    cache = Path(os.environ["HF_HOME"]) / "hub"
+    before = files_outside(tmp_path, cache)
+    with pytest.raises(UsageError, match="not a branch, tag or commit name"):
+        pull(SMALL_REPO, revision)
+    with pytest.raises(UsageError, match="not a branch, tag or commit name"):
+        resolve_source(f"{SMALL_REPO}@{revision}")
+    assert_one_line_error(run_cli("pull", f"{SMALL_REPO}@{revision}", "-o", str(tmp_path / "out")), 2,
+                          "not a branch, tag or commit name")
+    assert files_outside(tmp_path, cache) == before
+    assert victim.read_text() == "precious"
+    assert hub.requests() == [], "refused before any request"
+
+
+def test_ordinary_revisions_are_accepted(hub):
+    sha = hub.add_commit(SMALL_REPO, SMALL_FILES, tags=("v1.0-rc.1",))
+    hub.repos[SMALL_REPO].branches["refs/pr/1"] = sha  # the Hub's pull-request refs hold slashes
+    for revision in ("main", "v1.0-rc.1", "refs/pr/1", sha, sha[:7]):
+        assert pull(SMALL_REPO, revision).commit_sha == sha

@@ -71,6 +71,9 @@ def _bad(tmp_path: Path, edit) -> Path:
      "[prompt.cpu]", "[prompt.vulkan]"), "generation_compute.cpu", "backend not in backends"),
     (lambda t: t.replace("value = 5,", "value = 64,"), "cpu.threads.value", "exceeds"),
     (lambda t: t.replace('kind = "spec" },\n]', 'kind = "rumour" },\n]'), "cpu.clusters[2].kind", "must be one of"),
+    # the name becomes a bundle folder: one safe file-name component of sane length
+    (lambda t: t.replace('name = "pixel-8"', f'name = "{"p" * 101}"'), "name", "at most 100"),
+    (lambda t: t.replace('name = "pixel-8"', 'name = "-pixel-8"'), "name", "starts with '-'"),
 ])
 def test_malformed_profile_is_rejected_with_file_key_reason(tmp_path, edit, key, reason):
     path = _bad(tmp_path, edit)
