@@ -98,3 +98,11 @@ class ConstraintError(EdgepackError):
     """``edgepack build --check``: a constraint failed (a profile lost its pick, a KLD limit was exceeded)."""
 
     exit_code = 14
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM: ``timeout``, CI cancellation, ``kill``). Raised by the CLI's
+    signal handler; a KeyboardInterrupt, so every cleanup that runs on Ctrl-C (temp files, temp folders,
+    locks) runs for it too. The CLI exits with 143 (128 + SIGTERM)."""
+
+    exit_code = 143

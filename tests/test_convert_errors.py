@@ -192,8 +192,11 @@ def test_bad_option_is_one_line(good_model, tmp_path):
     assert result.returncode == 2 and "q4_k" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_ctrl_c_leaves_nothing(tmp_path):
-    """SIGINT in the middle of writing: no output and no temp file remain."""
+@pytest.mark.parametrize("signum, code, last_lines", [(signal.SIGINT, 130, ("interrupted", "aborted")),
+                                                      (signal.SIGTERM, 143, ("terminated",))])
+def test_ctrl_c_and_sigterm_leave_nothing(tmp_path, signum, code, last_lines):
+    """SIGINT (Ctrl-C) or SIGTERM (`timeout`, CI cancelling a job) in the middle of writing: no output and no temp
+    file remain (issue 13, finding 6: SIGTERM used to leave the half-written temp file)."""
     config = tiny_llama_config(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=8,
                                num_key_value_heads=8)
     folder = synthetic_llama(tmp_path / "big", config)
@@ -203,12 +206,12 @@ def test_ctrl_c_leaves_nothing(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "edgepack", "convert", str(folder), "-o", str(out_dir / "x.gguf"),
                              "--outtype", "q8_0"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not any(p.name.endswith(".tmp") for p in out_dir.iterdir()):
+    while not any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in out_dir.iterdir()):
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stderr = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert list(out_dir.iterdir()) == []
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] in last_lines, stderr

@@ -6,12 +6,14 @@ place that turns an ``EdgepackError`` into one ``error: ... (hint: ...)`` line o
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import click
 
 from .. import __version__
-from ..errors import EdgepackError
+from ..errors import EdgepackError, Terminated
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -33,9 +35,25 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM -> ``Terminated`` (a KeyboardInterrupt) in the main thread, so it cleans up as Ctrl-C does."""
+    signal.signal(signal.SIGTERM, lambda *_: None)  # a second SIGTERM must not interrupt that cleanup
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
+        return _run(argv, debug)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run(argv, debug)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str] | None, debug: bool) -> None:
     try:
         cli.main(args=argv, prog_name="edgepack", standalone_mode=False)
     except EdgepackError as exc:
@@ -45,9 +63,15 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (hint: {exc.hint})" if exc.hint else ""
         click.echo(f"error: {exc}{hint}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click turns a KeyboardInterrupt into Abort
+        if isinstance(exc.__cause__, Terminated):
+            click.echo("terminated", err=True)
+            sys.exit(Terminated.exit_code)
         click.echo("aborted", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("terminated", err=True)
+        sys.exit(Terminated.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
