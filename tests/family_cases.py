@@ -259,6 +259,10 @@ CASES = [
     # LFM2 v1 config (full_attn_idxs): 6 layers keep attention at 2 and 5, convolutions around them; block_ff_dim
     # 700 -> 2/3 = 466 -> rounded up to 512 by the size rule (block_multiple_of 256 as the real model).
     FamilyCase("lfm2-1.2b", "lfm2_1.2b", "qwen2-trained", {"layers": 6, "heads": 8}, {"block_ff_dim": 700}),
+    FamilyCase("olmo2-7b", "olmo2_7b", "qwen2-trained"),
+    FamilyCase("olmo2-7b-tied", "olmo2_7b", "qwen2-trained", {}, {"tie_word_embeddings": True}),
+    # Granite 3.3 2B's multipliers as released: embeddings x12, residual x0.22, attention scale 1/64, logits / 8.
+    FamilyCase("granite-3.3-2b", "granite_3.3_2b", "smollm-trained", {"heads": 8}),
     # 4 layers: 2 dense (conv, conv) then MoE on an attention and a conv layer; the real 32 experts, top 4.
     FamilyCase("lfm2-8b-a1b", "lfm2_8b_a1b", "qwen2-trained", {"layers": 4, "heads": 8},
                {"layer_types": real_config("lfm2_8b_a1b")["layer_types"][:4], "moe_intermediate_size": 64}),

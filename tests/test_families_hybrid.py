@@ -1,4 +1,4 @@
-"""The hybrid and MoE families' structure: what the logits tests in test_families.py would not pin down alone.
+"""The hybrid, MoE and Granite families' structure: what the logits tests in test_families.py would not pin down alone.
 
 LFM2's convolution state must carry across separate decode calls (llama.cpp keeps the last conv_L_cache - 1
 inputs per sequence) and its kernel taps must keep their order; LFM2-MoE's experts must be stacked in the
@@ -24,8 +24,9 @@ from tinymodels import compare, llama_cpp_logits, real_config, shrink
 
 LFM2_CASE = next(c for c in CASES if c.name == "lfm2-1.2b")
 LFM2MOE_CASE = next(c for c in CASES if c.name == "lfm2-8b-a1b")
-# A structural break must move the logits this far: 100x the F32 tolerance.
-BROKEN = 100 * TOLERANCE["f32"]
+# A structural break must move the logits this far: 20x the F32 tolerance (the weakest break shown, Granite's
+# attention multiplier on a tiny model with near-uniform attention, moves them 6e-3).
+BROKEN = 20 * TOLERANCE["f32"]
 
 
 def _f32(folder, name="f32.gguf"):
@@ -184,6 +185,10 @@ UNSUPPORTED = [
     ("lfm2_8b_a1b", {"layer_types": ["conv", "mamba"]}, "layer type 'mamba'"),
     ("lfm2_8b_a1b", {"layer_types": ["conv", "conv"], "routed_scaling_factor": 2.5}, "routed_scaling_factor 2.5"),
     ("lfm2_8b_a1b", {"layer_types": ["conv", "conv"], "norm_topk_prob": False}, "norm_topk_prob"),
+    ("olmo2_7b", {"attention_bias": True}, "attention_bias"),
+    ("olmo2_7b", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope scaling type 'dynamic'"),
+    ("granite_3.3_2b", {"mlp_bias": True}, "attention_bias/mlp_bias"),
+    ("granite_3.3_2b", {"logits_scaling": 0}, "logits_scaling 0"),
 ]
 
 
@@ -198,3 +203,24 @@ def test_unsupported_setting_is_refused_and_nothing_written(tmp_path, config_nam
     assert message in str(info.value) and "\n" not in str(info.value)
     assert info.value.hint
     assert list(tmp_path.iterdir()) == [folder]
+
+
+GRANITE_CASE = next(c for c in CASES if c.name == "granite-3.3-2b")
+
+
+@pytest.mark.parametrize("built", [GRANITE_CASE], indirect=True, ids=["granite"])
+@pytest.mark.parametrize("multiplier", ["embedding_multiplier", "residual_multiplier", "attention_multiplier",
+                                        "logits_scaling"])
+def test_granite_each_multiplier_is_carried(built, multiplier):
+    """Negative control per multiplier: the GGUF written as if config.json left it at 1.0 moves llama.cpp's logits
+    far from transformers' (the multipliers are not lost in the noise of a tiny model)."""
+    case, folder, ids, references = built
+    config = json.loads((folder / "model/config.json").read_text())
+    assert float(config[multiplier]) != 1.0
+    plain = folder / f"no-{multiplier}"
+    _rewrite_checkpoint(folder, plain, lambda tensors: tensors)
+    (plain / "config.json").write_text(json.dumps(dict(config, **{multiplier: 1.0})))
+    convert(plain, plain / "f32.gguf", outtype="f32")
+    max_abs, _ = compare(references["f32"], llama_cpp_logits(plain / "f32.gguf", ids))
+    print(f"granite without {multiplier}: max|Δ|={max_abs:.2e}; logits span {np.ptp(references['f32']):.2e}")
+    assert max_abs > BROKEN
