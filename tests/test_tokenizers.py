@@ -44,12 +44,28 @@ def _normalized_added_tokens(folder) -> list[str]:
     return [t["content"] for t in json.loads(path.read_text())["added_tokens"] if t.get("normalized")]
 
 
+# Token texts llama.cpp makes end-of-generation control tokens whatever the GGUF says (src/llama-vocab.cpp lists
+# them by text), so that special=True matches them inside text. Qwen's vocabulary has "</s>" as an ordinary token.
+LLAMA_CPP_FORCED_CONTROL = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<eos>")
+
+
+def _forced_control_tokens(folder) -> list[str]:
+    """Ordinary vocabulary entries (not added tokens) that llama.cpp turns into control tokens by their text.
+    README: "Known tokenizer differences"."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    added = {t["content"] for t in data["added_tokens"]}
+    return [t for t in LLAMA_CPP_FORCED_CONTROL if t in data["model"]["vocab"] and t not in added]
+
+
 def test_token_ids_match_the_models_own_tokenizer(vocab_gguf):
     case, folder, _, llm = vocab_gguf
     truth = case.truth_encoder(folder)
     parse_special = case.truth == "tokenizers"
     mismatches = []
-    normalized_specials = _normalized_added_tokens(folder) if parse_special else []
+    normalized_specials = _normalized_added_tokens(folder) + _forced_control_tokens(folder) if parse_special else []
     texts = [t for t in all_texts() if not any(s in t for s in normalized_specials)]
     assert len(texts) >= len(all_texts()) - 3
     for text in texts:
@@ -64,6 +80,10 @@ def test_special_tokens_and_bos(vocab_gguf):
     case, folder, out, llm = vocab_gguf
     reader = gguf.GGUFReader(out)
     fields = {f.name: f for f in reader.fields.values()}
+    if case.name == "qwen3-json":  # Qwen's tokenizer files name no BOS (config.json's bos_token_id does) and add none
+        assert llm.tokenize(b"Hello", add_bos=True) == llm.tokenize(b"Hello", add_bos=False)
+        assert fields["tokenizer.ggml.pre"].contents() == "qwen2"
+        return
     bos = int(fields["tokenizer.ggml.bos_token_id"].parts[-1][0])
     assert llm.token_bos() == bos
     # add_bos as the original tokenizer does it (all these models prepend BOS, except Phi-3's config says no).
@@ -87,6 +107,27 @@ def test_normalized_special_token_strings_differ_as_documented(tmp_path):
     text = "<s> looks special </s>"
     assert case.truth_encoder(folder)(text) == [1, 3430, 4266, 2]  # HF drops the spaces next to <s>, </s>
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == [1, 29871, 3430, 4266, 29871, 2]
+    llm.close()
+
+
+@pytest.mark.slow
+def test_qwen_differences_are_llama_cpp_behaviour_as_documented(tmp_path):
+    """The two places where a Qwen GGUF's ids differ from HF tokenizers, pinned so a change on either side shows:
+    llama.cpp applies no NFC normalisation (HF composes c + U+0301 into ć before splitting), and llama.cpp makes
+    a token whose text is "</s>" a control token, which special=True then matches inside text."""
+    case = next(c for c in CASES if c.name == "qwen3-json")
+    folder = case.build(tmp_path / "tok")
+    (folder / "config.json").write_text(json.dumps(_config(case.vocab_size)))
+    convert(folder, folder / "vocab.gguf", vocab_only=True)
+    llm = llama_cpp.Llama(str(folder / "vocab.gguf"), vocab_only=True, verbose=False)
+    truth = case.truth_encoder(folder)
+    decomposed = "c\u0301"  # what NFC turns into "\u0107"
+    assert truth(decomposed) == truth("\u0107") != llm.tokenize(decomposed.encode(), add_bos=False, special=False)
+    assert llm.tokenize("\u0107".encode(), add_bos=False, special=False) == truth("\u0107")
+    text = "<s> looks special </s>"
+    ordinary = llm.tokenize(text.encode(), add_bos=False, special=False)
+    assert ordinary == truth(text)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) != ordinary
     llm.close()
 
 

@@ -26,6 +26,7 @@ TRICKY_TEXTS = [
     "emoji 😀🎉👍🏽 and ZWJ 👩‍👩‍👧", "日本語のテキストと中文文本", "مرحبا بالعالم", "Ünïcödé ñ ß ø å",
     "<s> looks special </s>", "[INST] not a control token [/INST]", "<|endoftext|><|im_start|>", "a",
     "I'm sure they're fine, aren't we? We'll see; I'd go.", "HTTP://EXAMPLE.COM/path?q=1&r=2",
+    "if (a&&b||!c) { y = a->b[3] >>",
 ]
 
 
@@ -124,6 +125,14 @@ def _llama3_json(folder: Path) -> None:
                          "{{ m['content'] }}<|eot_id|>{% endfor %}"}))
 
 
+def _qwen3_json(folder: Path) -> None:
+    """Qwen2/2.5/3's byte-level BPE: tokenizer.json built by transformers from the real vocab.json + merges.txt
+    (as Qwen's own tokenizer.json was: NFC, the Qwen2 split regex, ByteLevel without regex)."""
+    import transformers
+
+    transformers.AutoTokenizer.from_pretrained(TOKENIZERS / "qwen3-sd-scripts").save_pretrained(folder)
+
+
 BUILDERS = {
     "llama2-spm": _llama2_spm,
     "tinyllama-spm": _tinyllama_spm,
@@ -133,6 +142,7 @@ BUILDERS = {
     "mistral-v1-spm": _mistral("v1"),
     "mistral-v3-spm": _mistral("v3"),
     "llama3-json": _llama3_json,
+    "qwen3-json": _qwen3_json,
 }
 
 CASES = [
@@ -144,4 +154,5 @@ CASES = [
     TokenizerCase("mistral-v1-spm", 32000, "sentencepiece"),
     TokenizerCase("mistral-v3-spm", 32768, "sentencepiece"),
     TokenizerCase("llama3-json", 128256, "tokenizers"),
+    TokenizerCase("qwen3-json", 151936, "tokenizers"),
 ]
