@@ -224,6 +224,9 @@ CASES = [
     # context shrunk to 32 so that the YaRN ramp and the interpolation reach the frequencies a 48-token test uses.
     FamilyCase("qwen2.5-yarn", "qwen2_0_5b", "qwen2-trained", {"hidden": 448, "heads": 7},
                {"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}}),
+    # 16 experts, 4 per token (the real 128 / 8 shrunk), head_dim 128 apart from hidden / heads as in the real model.
+    FamilyCase("qwen3-moe-30b-a3b", "qwen3_moe_30b_a3b", "qwen2-trained", {},
+               {"head_dim": 128, "num_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 128}),
     FamilyCase("gemma-2b", "gemma_2b", "gemma-trained", gelu_table=True),
     FamilyCase("gemma2-2b", "gemma2_2b", "gemma-trained", {},
                {"head_dim": 128, "query_pre_attn_scalar": 128, "sliding_window": SLIDING_WINDOW},

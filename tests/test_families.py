@@ -90,6 +90,58 @@ def test_gpt2_checkpoint_saved_without_the_transformer_prefix(built):
     assert top1 == 1.0 and max_abs <= (GELU_TOLERANCE if case.gelu_table else TOLERANCE)["f32"]
 
 
+MOE_CASE = next(c for c in CASES if c.name == "qwen3-moe-30b-a3b")
+
+
+def _fuse_experts(tensors: dict, n_layers: int, n_expert: int, order) -> dict:
+    """transformers 5's in-memory expert layout: experts.gate_up_proj (E, 2F, H) with each expert's gate rows
+    before its up rows, experts.down_proj (E, H, F); experts taken in ``order``."""
+    out = {n: t for n, t in tensors.items() if ".mlp.experts." not in n}
+    for i in range(n_layers):
+        p = f"model.layers.{i}.mlp.experts"
+        out[f"{p}.gate_up_proj"] = np.stack([np.concatenate([tensors[f"{p}.{e}.gate_proj.weight"],
+                                                             tensors[f"{p}.{e}.up_proj.weight"]]) for e in order])
+        out[f"{p}.down_proj"] = np.stack([tensors[f"{p}.{e}.down_proj.weight"] for e in order])
+    return out
+
+
+@pytest.mark.parametrize("built", [MOE_CASE], indirect=True, ids=["qwen3-moe"])
+def test_moe_experts_stack_in_order_from_either_layout(built):
+    """Per-expert and pre-fused checkpoints give the same GGUF, whose expert e is HF's expert e; the logits
+    comparison catches a broken expert order (experts permuted against the router: far off)."""
+    from safetensors.numpy import load_file, save_file
+
+    case, folder, ids, references = built
+    config = json.loads((folder / "model/config.json").read_text())
+    n_layers, n_expert = config["num_hidden_layers"], config["num_local_experts"]
+    tensors = load_file(folder / "model" / "model.safetensors")
+    results = {}
+    for label, order in (("fused", range(n_expert)), ("permuted", [1, 0] + list(range(2, n_expert)))):
+        src = folder / label
+        src.mkdir(exist_ok=True)
+        for f in (folder / "model").iterdir():
+            if f.suffix != ".safetensors" and f.is_file():
+                (src / f.name).write_bytes(f.read_bytes())
+        save_file(_fuse_experts(tensors, n_layers, n_expert, order), src / "model.safetensors")
+        convert(src, folder / f"{label}.gguf", outtype="f32")
+        results[label] = compare(references["f32"], llama_cpp_logits(folder / f"{label}.gguf", ids))
+    convert(folder / "model", folder / "per-expert.gguf", outtype="f32")
+    a, b = gguf.GGUFReader(folder / "per-expert.gguf"), gguf.GGUFReader(folder / "fused.gguf")
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for x, y in zip(a.tensors, b.tensors):
+        assert np.array_equal(x.data, y.data), x.name
+    stacked = {t.name: t.data for t in a.tensors}
+    for e in range(n_expert):
+        for gguf_part, hf_part in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
+            assert np.array_equal(stacked[f"blk.1.ffn_{gguf_part}_exps.weight"][e],
+                                  tensors[f"model.layers.1.mlp.experts.{e}.{hf_part}.weight"])
+    print(f"qwen3-moe: fused layout max|Δ|={results['fused'][0]:.2e}; experts 0/1 swapped: "
+          f"max|Δ|={results['permuted'][0]:.2e} top1={results['permuted'][1]:.0%}")
+    max_abs, top1 = results["fused"]
+    assert top1 == 1.0 and max_abs <= TOLERANCE["f32"]
+    assert results["permuted"][0] > 1e-2, results["permuted"]
+
+
 def _arch_kv(path) -> dict:
     reader = gguf.GGUFReader(path)
     return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("tokenizer.")}
@@ -149,6 +201,8 @@ UNSUPPORTED = [
     ("qwen3_0.6b", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768,
                                      "truncate": False}}, "truncate=false"),
     ("phi-3_5", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn'"),
+    ("qwen3_moe_30b_a3b", {"norm_topk_prob": False}, "norm_topk_prob=false"),
+    ("qwen3_moe_30b_a3b", {"mlp_only_layers": [0]}, "dense layers"),
     ("gemma2_2b", {}, "query_pre_attn_scalar 256"),  # shrunk head_dim 64 with the 2B's scalar 256
     ("gemma2_2b", {"query_pre_attn_scalar": 64, "final_logit_softcapping": None}, "final_logit_softcapping"),
     ("gemma3_1b_it", {"query_pre_attn_scalar": 64, "rope_scaling": {"rope_type": "yarn", "factor": 8.0}},
@@ -184,7 +238,8 @@ def test_cli_refuses_unsupported_rope_scaling(tmp_path):
 def test_list_architectures_names_every_family():
     result = CliRunner().invoke(cli, ["convert", "--list-architectures"])
     assert result.exit_code == 0
-    expected = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "GemmaForCausalLM": "gemma",
+    expected = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                "Qwen3MoeForCausalLM": "qwen3moe", "GemmaForCausalLM": "gemma",
                 "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3", "Phi3ForCausalLM": "phi3",
                 "StableLmForCausalLM": "stablelm", "GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama"}
     for hf_class, arch in expected.items():
@@ -203,3 +258,49 @@ def test_a_family_is_one_module_and_no_core_edit():
     assert {"qwen2", "qwen3", "gemma", "phi3", "stablelm", "gpt2", "llama"} <= modules
     for module in modules:
         assert f"families.{module}" not in core_sources and f"families import {module}" not in core_sources
+
+
+def _moe_peak_rss_growth(folder, tok, n_expert: int) -> int:
+    """Peak RSS growth (bytes) of converting a 1-layer Qwen3-MoE with ``n_expert`` experts of 512 x 512, in a fresh
+    process whose libraries are loaded before measuring."""
+    from tinymodels import write_safetensors
+
+    from edgepack.convert.families.qwen3moe import QWEN3MOE
+    from edgepack.convert.spec import HFConfig
+
+    config = dict(shrink(real_config("qwen3_moe_30b_a3b"), hidden=512, layers=1, vocab_size=1536),
+                  num_experts=n_expert, moe_intermediate_size=512)
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    for f in tok.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    hf = HFConfig(config)
+    shapes = {}
+    for name, e in QWEN3MOE.tensors(hf).items():
+        if e.forms:  # the experts, one tensor each as save_pretrained writes them
+            shapes.update({p.name: p.source_shape for p in e.forms[0]})
+        elif not e.optional:
+            shapes[name] = e.shape
+    rng = np.random.default_rng(0)
+    write_safetensors(folder / "model.safetensors",
+                      {n: ("F32", rng.standard_normal(s, dtype=np.float32) * 0.02) for n, s in shapes.items()})
+    script = ("import json, sys; from edgepack.convert import convert, floats; floats._ggml_cpu()\n"
+              "kb = lambda key: int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
+              "convert(sys.argv[1], sys.argv[2] + '.vocab', vocab_only=True)\n"
+              "before = kb('VmRSS'); convert(sys.argv[1], sys.argv[2], outtype='f16')\n"
+              "print(json.dumps({'growth_bytes': (kb('VmHWM') - before) * 1024}))")
+    out = subprocess.run([sys.executable, "-c", script, str(folder), str(folder / "moe.gguf")], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["growth_bytes"]
+
+
+@pytest.mark.slow
+def test_stacked_experts_are_streamed_not_held(tmp_path, tokenizer_folders):
+    """Peak RSS does not grow with the number of experts: they are read and written one at a time, never gathered
+    into the stacked tensor first (which would add 48 MB of source floats per tensor from 16 to 64 experts)."""
+    tok = tokenizer_folders("qwen2-trained")
+    small, large = (_moe_peak_rss_growth(tmp_path / f"e{n}", tok, n) for n in (16, 64))
+    stack_growth = (64 - 16) * 512 * 512 * 4
+    print(f"peak RSS growth: 16 experts {small / 2**20:.1f} MB, 64 experts {large / 2**20:.1f} MB "
+          f"(stacked tensors {stack_growth / 2**20:.0f} MB larger)")
+    assert large - small < stack_growth / 6

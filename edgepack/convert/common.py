@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 
 from ..errors import UnsupportedArchitecture
-from .spec import Expected, HFConfig, HParam, Metadata
+from .spec import Expected, HFConfig, HParam, Metadata, Part
 
 K = gguf.Keys
 F32 = gguf.GGUFValueType.FLOAT32
@@ -219,3 +219,36 @@ def decoder_tensors(config: HFConfig, *, qkv_bias: bool = False, qk_norm: bool =
         tied = bool(config.get("tie_word_embeddings", default=False))
         tensors["lm_head.weight"] = Expected((n_vocab, hidden), optional=lm_head == "optional" or tied)
     return tensors
+
+
+# Mixture-of-experts hyperparameters. transformers 5 saves Qwen3-MoE's num_experts as num_local_experts.
+EXPERT_COUNT_NAMES = ("num_experts", "num_local_experts")
+EXPERT_HPARAMS: tuple[HParam, ...] = (
+    HParam(K.LLM.EXPERT_COUNT, EXPERT_COUNT_NAMES),
+    HParam(K.LLM.EXPERT_USED_COUNT, ("num_experts_per_tok",)),
+    HParam(K.LLM.EXPERT_FEED_FORWARD_LENGTH, ("moe_intermediate_size",)),
+)
+
+
+def stacked_experts(config: HFConfig, bid: int, prefix: str) -> dict[str, Expected]:
+    """llama.cpp's stacked expert tensors of layer ``bid`` (ffn_gate_exps / ffn_up_exps / ffn_down_exps, expert
+    e at index e) from the SwiGLU experts under ``prefix`` (e.g. "model.layers.0.mlp.experts"), in either layout:
+    per expert as save_pretrained writes them (``{prefix}.{e}.gate_proj.weight`` (F, H), ``up_proj`` (F, H),
+    ``down_proj`` (H, F)), or pre-fused as transformers 5 holds them (``{prefix}.gate_up_proj`` (E, 2F, H), each
+    expert's gate rows before its up rows, and ``{prefix}.down_proj`` (E, H, F))."""
+    n_expert, hidden = int(config.get(*EXPERT_COUNT_NAMES)), int(config.get("hidden_size"))
+    ff = int(config.get("moe_intermediate_size"))
+    fused_gate_up, fused_down = (n_expert, 2 * ff, hidden), (n_expert, hidden, ff)
+    names, T = gguf.TENSOR_NAMES, gguf.MODEL_TENSOR
+    out = {}
+    for kind, proj, shape, fused in (
+            (T.FFN_GATE_EXP, "gate_proj", (ff, hidden),
+             [Part(f"{prefix}.gate_up_proj", fused_gate_up, (e,), (0, ff)) for e in range(n_expert)]),
+            (T.FFN_UP_EXP, "up_proj", (ff, hidden),
+             [Part(f"{prefix}.gate_up_proj", fused_gate_up, (e,), (ff, 2 * ff)) for e in range(n_expert)]),
+            (T.FFN_DOWN_EXP, "down_proj", (hidden, ff),
+             [Part(f"{prefix}.down_proj", fused_down, (e,)) for e in range(n_expert)])):
+        per_expert = tuple(Part(f"{prefix}.{e}.{proj}.weight", shape) for e in range(n_expert))
+        out[f"{prefix}.{proj}s"] = Expected((n_expert,) + shape, forms=(per_expert, tuple(fused)),
+                                            gguf_name=names[kind].format(bid=bid) + ".weight")
+    return out
