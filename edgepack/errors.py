@@ -106,3 +106,9 @@ class Terminated(KeyboardInterrupt):
     locks) runs for it too. The CLI exits with 143 (128 + SIGTERM)."""
 
     exit_code = 143
+
+
+class ImatrixError(EdgepackError):
+    """An importance matrix that cannot be read, or that was made for another model."""
+
+    exit_code = 15

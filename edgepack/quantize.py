@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import re
@@ -45,6 +46,7 @@ SIDECAR_SUFFIX = ".edgepack.json"
 SETTINGS_KEY = "edgepack.quantize.settings"
 TYPE_KEY = "edgepack.quantize.type"
 VERSION_KEY = "edgepack.quantize.version"
+CALIBRATION_KEY = "edgepack.quantize.imatrix.calibration_sha256"
 UNQUANTIZED = (QT.F32, QT.F16, QT.BF16)
 
 
@@ -55,7 +57,7 @@ class QuantType:
     ``ftype``: llama.cpp's ``llama_ftype`` value (include/llama.h). ``base``: the ggml type most weights get
     (llama.cpp's ``llama_ftype_get_default_type``); the mixes (``_M``, ``_L``) give some tensors more bits.
     ``bits``: the bit width a user means by ``--bits``; ``recommended``: the type ``--bits`` picks.
-    ``status``: "offered", "imatrix" (llama.cpp requires an importance matrix: refused until calibration exists)
+    ``status``: "offered", "imatrix" (llama.cpp makes it only with an importance matrix: refused without one)
     or "unavailable" (with the reason in ``note``).
     """
 
@@ -127,6 +129,9 @@ _BY_NAME = {t.name: t for t in QUANT_TYPES}
 # ggml types allowed for --output-tensor-type / --token-embedding-type (llama.cpp requires no imatrix there).
 TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL",
                 "IQ4_XS", "Q3_K", "IQ3_S", "Q2_K")
+# ggml types llama.cpp quantizes only with an importance matrix (src/llama-quant.cpp, tensor_requires_imatrix);
+# --tensor-type accepts them when one is given.
+IMATRIX_TENSOR_TYPES = ("IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S")
 
 
 def offered_types() -> list[QuantType]:
@@ -134,19 +139,27 @@ def offered_types() -> list[QuantType]:
 
 
 def quant_type(name: str) -> QuantType:
-    """Look a type up by name (case-insensitive, aliases accepted); refuse the ones edgepack does not offer."""
+    """Look a type up by name (case-insensitive, aliases accepted); refuse the ones edgepack does not offer.
+    Types that need an importance matrix are returned: ``quantize`` refuses them when none is given."""
     key = name.strip().upper()
     key = ALIASES.get(key, key)
     qt = _BY_NAME.get(key)
     if qt is None:
         raise UsageError(f"unknown quantization type {name!r}",
                          f"choose one of {', '.join(t.name for t in offered_types())}")
-    if qt.needs_imatrix:
-        raise QuantizeError(f"{qt.name} needs an importance matrix (imatrix), which edgepack cannot make yet",
-                            "llama.cpp refuses it without one; use IQ3_S, Q3_K_S or Q2_K for 2-3 bits")
-    if not qt.offered:
+    if not qt.offered and not qt.needs_imatrix:
         raise QuantizeError(f"{qt.name} is not offered: {qt.note}", "use Q4_K_M, Q8_0 or another offered type")
     return qt
+
+
+def refuse_without_imatrix(qtypes: Iterable[QuantType],
+                           hint: str = "pass --calibration TEXT (or --calibration builtin) to compute one, "
+                                       "or --imatrix FILE") -> None:
+    """The types llama.cpp makes only with an importance matrix, refused (before any work) when there is none."""
+    needs = [qt.name for qt in qtypes if qt.needs_imatrix]
+    if needs:
+        raise QuantizeError(f"{', '.join(needs)} need{'s' if len(needs) == 1 else ''} an importance matrix (imatrix)",
+                            hint)
 
 
 def type_for_bits(bits: int) -> QuantType:
@@ -170,14 +183,40 @@ def resolve_types(types: Iterable[str] = (), bits: Iterable[int] = ()) -> list[Q
     return list(dict.fromkeys(out))
 
 
-def tensor_type(name: str | None, option: str) -> int | None:
+def tensor_type(name: str | None, option: str, with_imatrix: bool = False) -> int | None:
     """A ggml tensor type name (``Q8_0``) -> its enum value, for the output/token-embedding overrides."""
     if name is None:
         return None
     key = name.strip().upper()
-    if key not in TENSOR_TYPES:
-        raise UsageError(f"{option}: unknown tensor type {name!r}", f"choose one of {', '.join(TENSOR_TYPES)}")
+    allowed = TENSOR_TYPES + (IMATRIX_TENSOR_TYPES if with_imatrix else ())
+    if key not in allowed:
+        extra = f"; {', '.join(IMATRIX_TENSOR_TYPES)} need an imatrix" if not with_imatrix else ""
+        raise UsageError(f"{option}: unknown tensor type {name!r}", f"choose one of {', '.join(allowed)}{extra}")
     return int(QT[key])
+
+
+def tensor_overrides(specs: Iterable[str], tensor_names: Iterable[str], with_imatrix: bool = False
+                     ) -> list[tuple[str, int]]:
+    """``--tensor-type PATTERN=TYPE`` -> (pattern, ggml type) pairs, in llama-quantize's meaning: the pattern
+    (lower-cased) is a regular expression searched in each tensor's name; the first matching pattern wins and
+    replaces the mix's choice. A pattern that matches none of ``tensor_names`` is refused (a typo would
+    otherwise do nothing)."""
+    names = list(tensor_names)
+    out = []
+    for spec in specs:
+        pattern, sep, type_name = spec.partition("=")
+        pattern = pattern.strip().lower()
+        if not sep or not pattern or not type_name.strip():
+            raise UsageError(f"--tensor-type {spec!r} is not PATTERN=TYPE", "e.g. --tensor-type attn_v=Q8_0")
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"--tensor-type {spec!r}: bad pattern ({exc})", "give a regular expression") from None
+        if not any(regex.search(n) for n in names):
+            raise UsageError(f"--tensor-type {spec!r} matches no tensor of the model",
+                             f"tensor names look like {', '.join(names[:3])}, ...")
+        out.append((pattern, tensor_type(type_name, "--tensor-type", with_imatrix)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,6 +244,8 @@ class QuantizeResult:
     skipped: bool  # an up-to-date output from an earlier run was kept
     tensor_types: dict[str, int]  # ggml type -> number of tensors written with it
     fallbacks: list[Fallback] = field(default_factory=list)
+    imatrix: str = ""  # the importance matrix's file name ("" without one)
+    calibration_sha256: str = ""  # sha256 of the text the imatrix was computed on, when known
 
 
 @dataclass(frozen=True)
@@ -263,29 +304,52 @@ def output_path(out_dir: Path, name: str, qt: QuantType) -> Path:
 def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: str | Path | None = None, *,
              threads: int = 0, output_tensor_type: str | None = None, token_embedding_type: str | None = None,
              pure: bool = False, allow_requantize: bool = False, force: bool = False, hash_source: bool = False,
-             progress: Progress = QUIET) -> list[QuantizeResult]:
+             imatrix: str | Path | None = None, calibration: str | Path | None = None,
+             tensor_types: Iterable[str] = (), progress: Progress = QUIET) -> list[QuantizeResult]:
     """Quantize ``src_gguf`` to each of ``types`` into ``out_dir`` (default: the source's folder).
 
     Outputs are named ``<Model>-<TYPE>.gguf``. ``threads`` 0 means all cores. ``output_tensor_type`` /
     ``token_embedding_type`` override the mix for ``output.weight`` / ``token_embd.weight`` (ggml type names);
-    ``pure`` gives every weight the base type (no k-quant mix). A quantized source is refused unless
-    ``allow_requantize``. An existing output from another tool is refused unless ``force``. Every check is made
-    before any quantization starts. Up-to-date outputs are kept (see the module docstring; ``hash_source`` also
-    recognises a source rewritten with the same bytes). Raises ``EdgepackError`` subclasses.
+    ``tensor_types``: ``PATTERN=TYPE`` overrides (``tensor_overrides``); ``pure`` gives every weight the base
+    type (no k-quant mix). ``imatrix``: an importance matrix file (GGUF or legacy .dat) for this model, used for
+    every type; ``calibration``: a text file (or ``"builtin"``) to compute one from first, kept as
+    ``<Model>.imatrix.gguf`` in ``out_dir`` and reused while model and text are unchanged. Types that need an
+    imatrix (IQ2_XS, ...) are refused without one. A quantized source is refused unless ``allow_requantize``. An
+    existing output from another tool is refused unless ``force``. Every check is made before any work starts.
+    Up-to-date outputs are kept (see the module docstring; ``hash_source`` also recognises a source rewritten
+    with the same bytes). Raises ``EdgepackError`` subclasses.
     """
+    from . import imatrix as im
+
     src = Path(src_gguf)
     qtypes = [t if isinstance(t, QuantType) else quant_type(t) for t in types]
     if not qtypes:
         raise UsageError("no quantization type given", "pass -t TYPE (e.g. -t Q4_K_M) or --bits N")
-    out_t = tensor_type(output_tensor_type, "--output-tensor-type")
-    embd_t = tensor_type(token_embedding_type, "--token-embedding-type")
+    if imatrix is not None and calibration is not None:
+        raise UsageError("--imatrix and --calibration both given", "pass one: a ready imatrix, or the text to make it")
+    with_imatrix = imatrix is not None or calibration is not None
+    if not with_imatrix:
+        refuse_without_imatrix(qtypes)
+    out_t = tensor_type(output_tensor_type, "--output-tensor-type", with_imatrix)
+    embd_t = tensor_type(token_embedding_type, "--token-embedding-type", with_imatrix)
     if threads < 0:
         raise UsageError(f"--threads must be >= 0, not {threads}", "0 uses every core")
     source = inspect_source(src)
     if source.quantized and not allow_requantize:
         _refuse_requantize(source, qtypes)
+    overrides = tensor_overrides(tensor_types, (t.name for t in read_header(src).tensors), with_imatrix)
+    imat = None
+    if imatrix is not None:
+        imat = im.read(imatrix)
+        im.check_model(imat, src)
+    if calibration is not None:
+        im.calibration_text(calibration)  # readable, before any work
     out_dir = Path(out_dir) if out_dir is not None else src.resolve().parent
     prepare_output_dir(out_dir)
+    if calibration is not None:
+        imat = im.ensure(src, calibration, out_dir / f"{source.name}.imatrix.gguf", threads=threads,
+                         progress=progress)
+    imat_digest = im.digest(imat) if imat is not None else ""
     plans = []
     for qt in qtypes:
         out = output_path(out_dir, source.name, qt)
@@ -293,7 +357,7 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
         if out.exists() and out.resolve() == src.resolve():
             raise UsageError(f"the {qt.name} output would overwrite the source {src}",
                              "write elsewhere with -o DIR, or skip this type: the source already is it")
-        settings = _settings(qt, out_t, embd_t, pure, allow_requantize)
+        settings = _settings(qt, out_t, embd_t, pure, allow_requantize, imat_digest, overrides)
         plans.append((qt, out, settings))
     existing = [(qt, out, s) for qt, out, s in plans if out.exists()]
     for qt, out, _ in existing:
@@ -317,7 +381,7 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
                 progress.finish("(skipped)")
             continue
         results.append(_quantize_one(src, qt, out, settings, threads, out_t, embd_t, pure, allow_requantize,
-                                     identity, source.n_tensors, progress))
+                                     identity, source.n_tensors, progress, imatrix=imat, overrides=overrides))
     return results
 
 
@@ -333,10 +397,19 @@ def _refuse_requantize(source: SourceInfo, qtypes: list[QuantType]) -> None:
                         "quantize from the F16/BF16/F32 GGUF, or pass --allow-requantize")
 
 
-def _settings(qt: QuantType, out_t: int | None, embd_t: int | None, pure: bool, requant: bool) -> str:
+def _settings(qt: QuantType, out_t: int | None, embd_t: int | None, pure: bool, requant: bool,
+              imatrix_digest: str = "", overrides: list[tuple[str, int]] = ()) -> str:
+    """The settings an output was made with, as one short string (llama.cpp's kv values hold 127 bytes: the
+    imatrix and the tensor-type overrides enter as 16-hex-digit digests)."""
     names = {None: "default"}
-    return (f"type={qt.name};ftype={qt.ftype};output={names.get(out_t) or QT(out_t).name};"
+    text = (f"type={qt.name};ftype={qt.ftype};output={names.get(out_t) or QT(out_t).name};"
             f"embd={names.get(embd_t) or QT(embd_t).name};pure={int(pure)};requant={int(requant)}")
+    if imatrix_digest:
+        text += f";imatrix={imatrix_digest}"
+    if overrides:
+        listing = "\n".join(f"{p}={QT(t).name}" for p, t in overrides)
+        text += f";tt={hashlib.sha256(listing.encode()).hexdigest()[:16]}"
+    return text
 
 
 def _made_by_us(out: Path) -> bool:
@@ -440,13 +513,17 @@ class _LlamaLog:
         return found[-1].strip() if found else "no reason given (see --debug)"
 
 
-def _kv_overrides(llama_cpp, pairs: dict[str, str]):
-    """A zero-terminated ``llama_model_kv_override`` array of string values (llama.cpp writes them to the
-    output: llama_model_quantize_impl, "kv_overrides")."""
+def _kv_overrides(llama_cpp, pairs: dict[str, str | int]):
+    """A zero-terminated ``llama_model_kv_override`` array of string and integer values (llama.cpp writes them
+    to the output: llama_model_quantize_impl, "kv_overrides")."""
     arr = (llama_cpp.llama_model_kv_override * (len(pairs) + 1))()
     for item, (key, value) in zip(arr, pairs.items()):
-        item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
         item.key = key.encode()
+        if isinstance(value, int):
+            item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            item.value.val_i64 = value
+            continue
+        item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
         encoded = value.encode()
         if len(encoded) >= 128:
             raise UsageError(f"metadata value for {key} is too long for llama.cpp ({len(encoded)} bytes)")
@@ -454,9 +531,37 @@ def _kv_overrides(llama_cpp, pairs: dict[str, str]):
     return arr
 
 
+def _imatrix_provenance(imatrix) -> dict[str, str | int]:
+    """The keys llama-quantize writes when given an imatrix (tools/quantize/quantize.cpp), plus the calibration
+    text's sha256. The file is recorded by name, not path, so that the same inputs give the same bytes."""
+    keys: dict[str, str | int] = {"quantize.imatrix.file": imatrix.path.name if imatrix.path else "imatrix"}
+    if imatrix.datasets:
+        keys["quantize.imatrix.dataset"] = imatrix.datasets[0].encode()[:127].decode("utf-8", "ignore")
+    keys["quantize.imatrix.entries_count"] = len(imatrix.entries)
+    if imatrix.chunk_count > 0:
+        keys["quantize.imatrix.chunks_count"] = imatrix.chunk_count
+    if imatrix.calibration_sha256:
+        keys[CALIBRATION_KEY] = imatrix.calibration_sha256
+    return keys
+
+
+def _c_imatrix(llama_cpp, imatrix):
+    """The NULL-name-terminated ``llama_model_imatrix_data`` array, and the buffers it points into (keep both)."""
+    values = imatrix.importance()
+    arr = (llama_cpp.llama_model_imatrix_data * (len(values) + 1))()
+    keep = []
+    for item, (name, data) in zip(arr, sorted(values.items())):
+        encoded = name.encode()
+        keep += [encoded, data]
+        item.name = encoded
+        item.data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        item.size = data.size
+    return arr, keep
+
+
 def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: int, out_t: int | None,
                   embd_t: int | None, pure: bool, allow_requantize: bool, identity: dict[str, str], n_tensors: int,
-                  progress: Progress) -> QuantizeResult:
+                  progress: Progress, *, imatrix=None, overrides: list[tuple[str, int]] = ()) -> QuantizeResult:
     import llama_cpp
 
     started = time.monotonic()
@@ -469,8 +574,19 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
         params.token_embedding_type = embd_t
     params.pure = pure
     params.allow_requantize = allow_requantize
-    overrides = _kv_overrides(llama_cpp, {TYPE_KEY: qt.name, SETTINGS_KEY: settings, VERSION_KEY: __version__})
-    params.kv_overrides = ctypes.cast(overrides, type(params.kv_overrides))
+    keys: dict[str, str | int] = {TYPE_KEY: qt.name, SETTINGS_KEY: settings, VERSION_KEY: __version__}
+    if imatrix is not None:
+        keys.update(_imatrix_provenance(imatrix))
+        c_imatrix, _buffers = _c_imatrix(llama_cpp, imatrix)
+        params.imatrix = ctypes.cast(c_imatrix, type(params.imatrix))
+    kv = _kv_overrides(llama_cpp, keys)
+    params.kv_overrides = ctypes.cast(kv, type(params.kv_overrides))
+    if overrides:
+        patterns = [p.encode() for p, _ in overrides]
+        tt = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for item, pattern, (_, ggml_type) in zip(tt, patterns, overrides):
+            item.pattern, item.type = pattern, ggml_type
+        params.tt_overrides = ctypes.cast(tt, type(params.tt_overrides))
 
     progress.start(f"{qt.name} -> {out.name}", n_tensors)
     log = _LlamaLog(lambda: progress.advance(1))
@@ -489,7 +605,9 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
             raise QuantizeError(f"llama.cpp wrote an unreadable {qt.name} file: {exc}", "report this as a bug") from exc
         result = _describe(qt, out, reader, tmp.stat().st_size, False, log.fallbacks())
     record = {"edgepack": __version__, "source": src.name, **identity, "settings": settings, "size_bytes": out.stat().st_size,
-              "tensor_types": result.tensor_types, "fallbacks": [asdict(f) for f in result.fallbacks]}
+              "tensor_types": result.tensor_types, "fallbacks": [asdict(f) for f in result.fallbacks],
+              "imatrix": result.imatrix, "calibration_sha256": result.calibration_sha256,
+              "tensor_type_overrides": [f"{p}={QT(t).name}" for p, t in overrides]}
     atomic_write_text(out.with_name(out.name + SIDECAR_SUFFIX), json.dumps(record, indent=2) + "\n")
     result.seconds = round(time.monotonic() - started, 3)
     progress.finish(f"{result.size_bytes / 2**20:.1f} MiB, {result.bpw:.2f} bpw"
@@ -509,4 +627,5 @@ def _describe(qt: QuantType, out: Path, reader: GGUFHeader, size_bytes: int, ski
     return QuantizeResult(type=qt.name, output=out, size_bytes=size_bytes,
                           n_params=n_params, bpw=round(data_bytes * 8 / max(n_params, 1), 4),
                           seconds=0.0, skipped=skipped, tensor_types=tensor_types,
-                          fallbacks=fallbacks)
+                          fallbacks=fallbacks, imatrix=str(reader.get("quantize.imatrix.file") or ""),
+                          calibration_sha256=str(reader.get(CALIBRATION_KEY) or ""))

@@ -100,7 +100,7 @@ def test_imatrix_types_are_refused_by_llama_cpp_too(f16, tmp_path):
     assert {t.name for t in needs} >= {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M", "IQ3_XXS"}
     for t in needs:
         with pytest.raises(QuantizeError, match="importance matrix"):
-            quant_type(t.name)
+            quantize(f16, [quant_type(t.name)], tmp_path)
         # Bypass edgepack's table: the quantizer itself must refuse, with a reason we pass on.
         out = tmp_path / f"x-{t.name}.gguf"
         with pytest.raises(QuantizeError, match="imatrix") as info:
@@ -356,7 +356,7 @@ def test_cli_json_bits_and_table(capsys, f16, tmp_path):
     out = run_ok(capsys, "quantize", str(f16), "--bits", "8", "-o", str(tmp_path / "d"))
     assert "tiny-Q8_0.gguf" in out and "8.50" in out and "up to date" in out
     listing = run_ok(capsys, "quantize", "--list-types")
-    assert "IQ2_XXS" in listing and "needs an imatrix" in listing
+    assert "IQ2_XXS" in listing and "with an imatrix" in listing
 
 
 def test_convert_then_quantize(capsys, tmp_path):

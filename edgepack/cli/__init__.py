@@ -92,6 +92,7 @@ from . import config as _config  # noqa: E402,F401
 from . import adapter as _adapter  # noqa: E402,F401
 from . import report as _report  # noqa: E402,F401
 from . import quantize as _quantize  # noqa: E402,F401
+from . import imatrix as _imatrix  # noqa: E402,F401
 from . import eval as _eval  # noqa: E402,F401
 from . import verify as _verify  # noqa: E402,F401
 from . import build as _build  # noqa: E402,F401

@@ -11,7 +11,7 @@ from ..convert import OUTTYPES, convert, supported_architectures
 from ..fileio import check_output_path
 from ..hub import parse_source, resolve_source
 from ..progress import Progress
-from ..quantize import quantize, resolve_types
+from ..quantize import quantize, refuse_without_imatrix, resolve_types
 from . import cli
 from .quantize import print_results
 from ._output import emit_json, emit_table, human_bytes
@@ -66,6 +66,7 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
     if src is None:
         raise click.UsageError("missing SRC (a Hugging Face model folder)")
     qtypes = resolve_types([quant_types]) if quant_types else []  # refuse bad types before any work
+    refuse_without_imatrix(qtypes, "convert first, then: edgepack quantize MODEL.gguf -t TYPE --calibration TEXT")
     if qtypes and (vocab_only or outtype == "q8_0"):
         raise click.UsageError("-q needs weights in an F32/F16/BF16 intermediate (not --vocab-only or --outtype q8_0)")
     hub_source = src.startswith("hf://") or (not Path(src).exists() and parse_source(src) is not None)
