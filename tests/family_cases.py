@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemma_configs import GEMMA3_4B_IT, TINY_SIGLIP
+from gemma_configs import GEMMA3_4B_IT, GEMMA4_31B_TEXT, GEMMA4_E2B_IT, TINY_GEMMA4_VISION, TINY_SIGLIP
 from tinymodels import TEXTS, TOKENIZERS, real_config, shrink
 
 QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
@@ -245,6 +245,27 @@ CASES = [
                # 8 heads of 256 over a 256-wide residual, 7 layers: the F16 reference moves 1.0e-2 between float32
                # and float64 arithmetic (F32 reference: 1.6e-3), and llama.cpp sits at 1.2e-2 (F32: 1.7e-3).
                gelu_table=True, tolerance={"f16": 1.5e-2, "plain_f16": 4e-2}),
+    # Gemma 4 E2B's structure on 10 layers: local heads of 32 and global of 64 (proportional rope on a quarter),
+    # one KV head, 16-wide per-layer embeddings, the last 5 layers reusing layer 3's (local) and 4's (global) K/V
+    # with doubled FFNs, soft-capped logits. The audio tower is left out (transformers builds without it).
+    FamilyCase("gemma4-e2b", GEMMA4_E2B_IT, "gemma-trained", {},
+               {"text_config": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 10,
+                                "num_attention_heads": 4, "head_dim": 32, "global_head_dim": 64,
+                                "sliding_window": SLIDING_WINDOW, "hidden_size_per_layer_input": 16,
+                                "num_kv_shared_layers": 5,
+                                "layer_types": (["sliding_attention"] * 4 + ["full_attention"]) * 2},
+                "vision_config": TINY_GEMMA4_VISION, "audio_config": None},
+               # The F32 reference moves 1.2e-3 between float32 and float64 arithmetic (F16: 6.4e-3); llama.cpp sits
+               # at 2.3e-3 (F16 7.2e-3). The table GELU also runs on the per-layer gates: 1.2e-2 from plain GELU.
+               gelu_table=True, tolerance={"f32": 3e-3, "plain_f32": 2e-2}),
+    # Gemma 4 31B's text model on 6 layers: 2 KV heads on local layers, 1 on the global one, which has no v_proj.
+    FamilyCase("gemma4-31b", GEMMA4_31B_TEXT, "gemma-trained", {"hidden": 128, "layers": 6, "heads": 4},
+               {"head_dim": 32, "global_head_dim": 64, "num_global_key_value_heads": 1, "intermediate_size": 256,
+                "sliding_window": SLIDING_WINDOW,
+                "layer_types": ["sliding_attention"] * 5 + ["full_attention"]},
+               # F32 6.7e-4 (reference floor 7.6e-4), F16 3.6e-3. Against plain GELU one position of 48 has its
+               # best two logits closer than the table's rounding moves them: top-1 47/48 there.
+               gelu_table=True, tolerance={"plain_top1_f32": 0.97}),
     # head_dim 96 as the real model, so the 48 real LongRoPE factors fit unchanged. The original context is
     # shrunk with the same ratio (32x): above the sequence, HF and llama.cpp both use the short factors...
     FamilyCase("phi3.5-longrope-short", "phi-3_5", "phi3-mini", {"hidden": 384, "heads": 4,
@@ -290,6 +311,8 @@ def case_config(case: FamilyCase, tokenizer_folder: Path) -> dict:
     if "text_config" in real:
         config = _merged(real, case.overrides)
         config["text_config"]["vocab_size"] = vocab_size
+        if "vocab_size_per_layer_input" in config["text_config"]:  # per-layer embeddings: one row per token too
+            config["text_config"]["vocab_size_per_layer_input"] = vocab_size
         config.pop("transformers_version", None)
         return config
     if real["model_type"] == "gpt2":  # GPT-2 names its sizes n_*; keep the real vocabulary size (50257)

@@ -43,3 +43,86 @@ GEMMA3_4B_IT = {
 # A SigLIP tower of one tiny layer: the converter drops it, transformers needs one to build the model.
 TINY_SIGLIP = {"hidden_size": 32, "image_size": 28, "intermediate_size": 64, "num_attention_heads": 2,
                "num_hidden_layers": 1, "patch_size": 14}
+
+# google/gemma-4-E2B-it: 35 layers (4 local + 1 global, repeated), the last 20 reusing the K/V of layers 13
+# (local) and 14 (global); local heads of 256, global of 512 with proportional rope over a quarter of them;
+# 256-wide per-layer embeddings; the shared layers' FFN doubled; logits soft-capped at 30.
+GEMMA4_E2B_IT = {
+    "architectures": ["Gemma4ForConditionalGeneration"],
+    "model_type": "gemma4",
+    "tie_word_embeddings": True,
+    "image_token_id": 258880,
+    "audio_token_id": 258881,
+    "video_token_id": 258884,
+    "boi_token_id": 255999,
+    "eoi_token_id": 258882,
+    "boa_token_id": 256000,
+    "eoa_token_id": 258883,
+    "eos_token_id": [1, 106],
+    "text_config": {
+        "model_type": "gemma4_text",
+        "hidden_size": 1536,
+        "num_hidden_layers": 35,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "global_head_dim": 512,
+        "num_global_key_value_heads": None,
+        "attention_k_eq_v": False,
+        "sliding_window": 512,
+        "vocab_size": 262144,
+        "vocab_size_per_layer_input": 262144,
+        "hidden_size_per_layer_input": 256,
+        "num_kv_shared_layers": 20,
+        "use_double_wide_mlp": True,
+        "intermediate_size": 6144,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-6,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "final_logit_softcapping": 30.0,
+        "pad_token_id": 0,
+        "bos_token_id": 2,
+        "eos_token_id": 1,
+        "layer_types": (["sliding_attention"] * 4 + ["full_attention"]) * 7,
+        "rope_parameters": {
+            "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
+            "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
+        },
+    },
+    "vision_config": {"model_type": "gemma4_vision"},
+    "audio_config": {"model_type": "gemma4_audio"},
+}
+
+# A Gemma 4 vision tower of one tiny layer (dropped by the converter; transformers needs one to build the model).
+TINY_GEMMA4_VISION = {"model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 64,
+                      "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16}
+
+# google/gemma-4-31B-it's text model: no per-layer embeddings (0), no KV sharing, 16 KV heads on local layers
+# and 4 on global ones, whose keys are their values too (attention_k_eq_v: no v_proj); 5 local + 1 global.
+GEMMA4_31B_TEXT = {
+    "architectures": ["Gemma4ForCausalLM"],
+    "model_type": "gemma4_text",
+    "hidden_size": 5376,
+    "num_hidden_layers": 60,
+    "intermediate_size": 21504,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 16,
+    "num_global_key_value_heads": 4,
+    "head_dim": 256,
+    "global_head_dim": 512,
+    "vocab_size": 262144,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 131072,
+    "sliding_window": 1024,
+    "final_logit_softcapping": 30.0,
+    "use_double_wide_mlp": False,
+    "num_kv_shared_layers": 0,
+    "hidden_size_per_layer_input": 0,
+    "attention_k_eq_v": True,
+    "tie_word_embeddings": True,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 10,
+    "rope_parameters": {
+        "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0, "rope_type": "proportional"},
+        "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
+    },
+}

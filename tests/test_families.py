@@ -46,7 +46,7 @@ def _check_logits(built, outtype: str) -> None:
           f"max|Δ|={plain_abs:.2e} top1={plain_top1:.0%} ({len(ids)} tokens)")
     assert top1 == 1.0
     if outtype == "f32":
-        assert plain_top1 == 1.0
+        assert plain_top1 >= case.tolerance.get("plain_top1_f32", 1.0)
     assert max_abs <= case.tolerance.get(outtype, (GELU_TOLERANCE if case.gelu_table else TOLERANCE)[outtype])
     assert plain_abs <= case.tolerance.get(f"plain_{outtype}", PLAIN_TOLERANCE[outtype])
 

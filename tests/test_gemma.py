@@ -139,3 +139,142 @@ def test_gemma3_multimodal_refusals(tmp_path):
             convert(folder, tmp_path / "out.gguf")
         assert message in str(info.value) and info.value.hint
         assert not (tmp_path / "out.gguf").exists()
+
+
+# --- Gemma 4 -------------------------------------------------------------------------------------------------
+
+GEMMA4_E2B = next(c for c in CASES if c.name == "gemma4-e2b")
+
+
+def _fields(path) -> dict:
+    reader = gguf.GGUFReader(path)
+    return {name: f.contents() for name, f in reader.fields.items() if not name.startswith("tokenizer.ggml.t")}
+
+
+@pytest.mark.parametrize("built", [GEMMA4_E2B], indirect=True, ids=[GEMMA4_E2B.name])
+def test_gemma4_structure_reaches_the_gguf(built, tmp_path):
+    """The E2B structure, key by key: KV-shared layers (count, no k/v of their own), per-layer embeddings, the
+    doubled FFN of the shared layers, global/local head sizes, proportional rope's frequency divisors."""
+    case, folder, ids, references = built
+    text = json.loads((folder / "model/config.json").read_text())["text_config"]
+    result = convert(folder / "model", tmp_path / "e2b.gguf", outtype="f32")
+    assert result.gguf_architecture == "gemma4" and set(result.dropped) == {"vision tower"}
+    kv = _fields(tmp_path / "e2b.gguf")
+    a = "gemma4"
+    assert kv[f"{a}.attention.shared_kv_layers"] == text["num_kv_shared_layers"] == 5
+    assert kv[f"{a}.attention.sliding_window_pattern"] == [t == "sliding_attention" for t in text["layer_types"]]
+    assert kv[f"{a}.feed_forward_length"] == [256] * 5 + [512] * 5
+    assert kv[f"{a}.embedding_length_per_layer_input"] == 16
+    assert (kv[f"{a}.attention.key_length"], kv[f"{a}.attention.key_length_swa"]) == (64, 32)
+    assert (kv[f"{a}.rope.dimension_count"], kv[f"{a}.rope.dimension_count_swa"]) == (64, 32)
+    assert kv[f"{a}.attention.head_count_kv"] == 1 and kv[f"{a}.final_logit_softcapping"] == 30.0
+    assert kv["tokenizer.ggml.model"] == "gemma4"
+    tensors = _tensors(tmp_path / "e2b.gguf")
+    assert not [n for n in tensors if n.startswith(tuple(f"blk.{i}.attn_k" for i in range(5, 10)))]
+    assert all(f"blk.{i}.attn_k.weight" in tensors and f"blk.{i}.attn_v.weight" in tensors for i in range(5))
+    # proportional rope: a quarter of the global head's 32 frequencies rotate, the other 24 stay still
+    assert tensors["rope_freqs.weight"].tolist() == np.array([1.0] * 8 + [1e30] * 24, dtype=np.float32).tolist()
+    assert tensors["per_layer_token_embd.weight"].shape == (len(references["plain"][0]), 16 * 10)
+
+
+@pytest.mark.parametrize("built", [GEMMA4_E2B], indirect=True, ids=[GEMMA4_E2B.name])
+def test_gemma4_both_save_forms_convert_alike(built, tmp_path):
+    """transformers 5.x saves no k/v weights for KV-shared layers; a checkpoint that keeps them (as on the Hub)
+    gives the same GGUF tensors, the extra ones reported as left out. The Gemma4ForCausalLM form of the same
+    weights (model.* names, config = text_config) converts to the same tensors too."""
+    from safetensors.numpy import load_file, save_file
+
+    case, folder, ids, references = built
+    convert(folder / "model", tmp_path / "ref.gguf", outtype="f32")
+    reference = _tensors(tmp_path / "ref.gguf")
+    # Hub form: give each shared layer the k/v weights of a layer with its own
+    hub = tmp_path / "hub"
+    _relayout(folder / "model", hub, lambda n: n)
+    tensors = load_file(hub / "model.safetensors")
+    prefix = "model.language_model.layers."
+    for i, source in zip(range(5, 10), range(5)):
+        for name in ("k_proj.weight", "v_proj.weight", "k_norm.weight"):
+            tensors[f"{prefix}{i}.self_attn.{name}"] = tensors[f"{prefix}{source}.self_attn.{name}"]
+    save_file(tensors, hub / "model.safetensors")
+    result = convert(hub, tmp_path / "hub.gguf", outtype="f32")
+    assert result.dropped["k/v weights of KV-shared layers (unused)"] == 15
+    # causal-LM form
+    causal = tmp_path / "causal"
+    config = json.loads((folder / "model/config.json").read_text())
+    text = dict(config["text_config"], architectures=["Gemma4ForCausalLM"])
+    _relayout(folder / "model", causal, lambda n: n.replace("model.language_model.", "model."), text)
+    plain = load_file(causal / "model.safetensors")
+    save_file({n: t for n, t in plain.items() if n.startswith("model.layers.") or not n.startswith(
+        ("model.vision_tower.", "model.embed_vision."))}, causal / "model.safetensors")
+    convert(causal, tmp_path / "causal.gguf", outtype="f32")
+    for layout in ("hub", "causal"):
+        got = _tensors(tmp_path / f"{layout}.gguf")
+        assert list(got) == list(reference), layout
+        assert all(np.array_equal(got[n], reference[n]) for n in reference), layout
+
+
+def _with_redundant_merges(folder) -> int:
+    """Give the trained tokenizer.json what Gemma 4's has: merges that make an existing token from another pair
+    of tokens (ranked after the first). Returns how many were added."""
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    model = data["model"]
+    vocab = model["vocab"]
+    known = {tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]}
+    extra = []
+    for token in sorted(vocab, key=vocab.get):
+        for cut in range(1, len(token)):
+            pair = (token[:cut], token[cut:])
+            if pair not in known and pair[0] in vocab and pair[1] in vocab:
+                extra.append(list(pair))
+                known.add(pair)
+    model["merges"] = [m.split(" ") if isinstance(m, str) else list(m) for m in model["merges"]] + extra
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return len(extra)
+
+
+def test_gemma4_token_ids_match_hf_tokenizers(tokenizer_folders, tmp_path):
+    """llama.cpp's gemma4 tokenizer (BPE by merge ranks, newline runs apart, bytes as <0xXX>) gives HF tokenizers'
+    ids on the conformance and tricky texts, also with merges that make one token from several pairs (as Gemma
+    4's tokenizer.json has)."""
+    import llama_cpp
+
+    from family_cases import case_config, conformance_texts, hf_encoder
+    from tokenizer_cases import TRICKY_TEXTS
+
+    folder = tmp_path / "vocab"
+    folder.mkdir()
+    for f in tokenizer_folders("gemma-trained").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    assert _with_redundant_merges(folder) > 100
+    (folder / "config.json").write_text(json.dumps(case_config(GEMMA4_E2B, folder)))
+    convert(folder, tmp_path / "vocab.gguf", vocab_only=True)
+    assert _fields(tmp_path / "vocab.gguf")["tokenizer.ggml.model"] == "gemma4"
+    llm = llama_cpp.Llama(str(tmp_path / "vocab.gguf"), vocab_only=True, verbose=False)
+    truth = hf_encoder(folder)
+    texts = conformance_texts() + TRICKY_TEXTS
+    mismatched = [t for t in texts if llm.tokenize(t.encode(), add_bos=False, special=False) != truth(t)]
+    print(f"gemma4 tokenizer: {len(texts) - len(mismatched)}/{len(texts)} texts with identical ids")
+    assert not mismatched, repr(mismatched[0])
+
+
+GEMMA4_REFUSALS = [
+    ({"enable_moe_block": True}, "enable_moe_block"),
+    ({"hidden_activation": "gelu"}, "activation 'gelu'"),
+    ({"use_bidirectional_attention": "all"}, "use_bidirectional_attention 'all'"),
+    # 35 layers, 19 shared: layer 15 (local) would be read by the shared global layers
+    ({"num_kv_shared_layers": 19}, "shared full_attention layers would read layer 15"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e6},
+                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, "rope type 'yarn'"),
+]
+
+
+@pytest.mark.parametrize("text,message", GEMMA4_REFUSALS, ids=[m for _, m in GEMMA4_REFUSALS])
+def test_gemma4_refusals(tmp_path, text, message):
+    from edgepack.errors import UnsupportedArchitecture
+    from gemma_configs import GEMMA4_E2B_IT
+
+    (tmp_path / "config.json").write_text(json.dumps(_merged(GEMMA4_E2B_IT, {"text_config": text})))
+    with pytest.raises(UnsupportedArchitecture) as info:
+        convert(tmp_path, tmp_path / "out.gguf")
+    assert message in str(info.value) and info.value.hint
+    assert not (tmp_path / "out.gguf").exists()

@@ -102,6 +102,8 @@ def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32
         for name, b in model.named_buffers():
             if name.endswith(ROUTING_BIASES):  # saved buffers that start at zero would hide a lost tensor
                 b.copy_(0.1 * torch.randn_like(b))
+            elif name.endswith("layer_scalar"):  # Gemma 4's learned per-layer scales, kept as (saved) buffers
+                b.copy_(1.0 + 0.1 * torch.randn_like(b))
     model = model.to(getattr(torch, dtype))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

@@ -41,9 +41,9 @@ def head_size_metadata(config: HFConfig) -> list[Metadata]:
 # checkpoints written with it) as language_model.model.* and language_model.lm_head.*, 5.x as
 # model.language_model.* and lm_head.*. ArchSpec.renames with these gives the text-only class's names.
 MULTIMODAL_TEXT_RENAMES: tuple[tuple[str, str], ...] = (
-    ("language_model.model.", "model."),
-    ("language_model.lm_head.", "lm_head."),
-    ("model.language_model.", "model."),
+    (r"^language_model\.model\.", "model."),
+    (r"^language_model\.lm_head\.", "lm_head."),
+    (r"^model\.language_model\.", "model."),
 )
 
 

@@ -100,7 +100,7 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     # Everything that can be wrong with the input is found here, before any output or progress appears.
     checkpoint = None if vocab_only else Checkpoint(src)
     n_vocab = config.get("vocab_size", default=None)
-    vocab = load_vocab(src, int(n_vocab) if n_vocab else None, pre_tokenizer)
+    vocab = load_vocab(src, int(n_vocab) if n_vocab else None, pre_tokenizer, spec.tokenizer_model)
     plan, dropped = ([], {}) if checkpoint is None else _plan_tensors(spec, config, checkpoint, outtype)
     resolved = _resolve_outtype(outtype, checkpoint)
     arch_metadata = list(spec.metadata(config))
@@ -192,7 +192,7 @@ def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint,
                   outtype: str) -> tuple[list[PlannedTensor], dict[str, int]]:
     """The tensors to write, in order, and the checkpoint parts left out (part -> tensor count)."""
     expected = spec.tensors(config)
-    tensors, dropped = _family_names(spec, checkpoint)
+    tensors, dropped = _family_names(spec, config, checkpoint)
     prefix = spec.optional_prefix
     if prefix and not any(n.startswith(prefix) for n in tensors):
         expected = {n.removeprefix(prefix): _drop_prefix(e, prefix) for n, e in expected.items()}
@@ -234,14 +234,16 @@ def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint,
     return plan, dropped
 
 
-def _family_names(spec: ArchSpec, checkpoint: Checkpoint) -> tuple[dict[str, TensorInfo], dict[str, int]]:
+def _family_names(spec: ArchSpec, config: HFConfig,
+                  checkpoint: Checkpoint) -> tuple[dict[str, TensorInfo], dict[str, int]]:
     """The checkpoint's tensors under the names the family knows (``spec.renames`` applied), without the parts
     the family drops (counted per part)."""
     tensors: dict[str, TensorInfo] = {}
     dropped: dict[str, int] = {}
+    parts = spec.dropped_parts(config)
     for name, info in checkpoint.tensors.items():
         renamed = spec.renamed(name)
-        part = spec.dropped_part(renamed)
+        part = next((part for pattern, part in parts.items() if re.search(pattern, renamed)), None)
         if part is not None:
             dropped[part] = dropped.get(part, 0) + 1
             continue

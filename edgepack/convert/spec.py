@@ -44,7 +44,7 @@ class HFConfig:
             if value is not None:
                 return value
         for name in names:
-            if name in self.defaults:
+            if name in self.defaults and name not in self.text:  # an explicit null is not a default
                 return self.defaults[name]
         if default is REQUIRED:
             raise BadCheckpoint(f"config.json has no {' / '.join(names)}", "re-download config.json")
@@ -186,13 +186,18 @@ class ArchSpec:
     # A prefix of the names in ``tensors`` that some checkpoints leave out (saved from the base model class
     # rather than the *ForCausalLM one): when no checkpoint tensor carries it, it is dropped from every name.
     optional_prefix: str = ""
-    # (checkpoint prefix, name prefix) pairs applied to every checkpoint tensor name first: a text decoder
-    # saved inside a multimodal class (``language_model.model.`` by transformers 4.x, ``model.language_model.``
-    # by 5.x) is then named as the text-only class names it, and ``tensors``/``transforms`` see those names.
+    # (regex, replacement) pairs applied in order to every checkpoint tensor name first: a text decoder saved
+    # inside a multimodal class (``language_model.model.`` by transformers 4.x, ``model.language_model.`` by
+    # 5.x) is then named as the text-only class names it, and ``tensors``/``transforms`` see those names; a
+    # buffer saved without ``.weight`` gets it, so gguf's name map finds it.
     renames: tuple[tuple[str, str], ...] = ()
     # regex on (renamed) tensor names -> the checkpoint part they belong to, for parts llama.cpp's text model
-    # does not use (a vision tower, its projector, an audio encoder): not converted, and the result says so.
-    dropped: dict[str, str] = field(default_factory=dict)
+    # does not use (a vision tower, its projector, an audio encoder, k/v projections of KV-shared layers): not
+    # converted, and the result says so. A function of the config when the parts depend on it.
+    dropped: dict[str, str] | Callable[[HFConfig], dict[str, str]] = field(default_factory=dict)
+    # The GGUF tokenizer model llama.cpp needs for this architecture when the tokenizer files do not decide it
+    # (Gemma 4: "gemma4"); None: worked out from the files (see vocab.load_vocab).
+    tokenizer_model: str | None = None
     # config.json values that transformers' config class supplies when the file leaves them out (multimodal
     # checkpoints save a sparse text_config); see HFConfig.
     defaults: dict = field(default_factory=dict)
@@ -211,16 +216,12 @@ class ArchSpec:
         return any(re.search(p, hf_name) for p in self.ignore)
 
     def renamed(self, checkpoint_name: str) -> str:
-        for old, new in self.renames:
-            if checkpoint_name.startswith(old):
-                return new + checkpoint_name[len(old):]
+        for pattern, replacement in self.renames:
+            checkpoint_name = re.sub(pattern, replacement, checkpoint_name, count=1)
         return checkpoint_name
 
-    def dropped_part(self, hf_name: str) -> str | None:
-        for pattern, part in self.dropped.items():
-            if re.search(pattern, hf_name):
-                return part
-        return None
+    def dropped_parts(self, config: HFConfig) -> dict[str, str]:
+        return self.dropped(config) if callable(self.dropped) else self.dropped
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

@@ -10,6 +10,8 @@ Three sources, in the order llama.cpp's own converter prefers them:
   higher score does). GGUF tokenizer model ``llama``.
 * ``tokenizer.json`` byte-level BPE (Llama-3, GPT-2, Qwen2, SmolLM...): tokens + merges, and the
   pre-tokenizer worked out from the file (see ``pretokenizers``). GGUF tokenizer model ``gpt2``.
+* Gemma 4's ``tokenizer.json`` (asked for by its family, ``ArchSpec.tokenizer_model``): the SentencePiece-style
+  vocabulary with its merges, run by llama.cpp as BPE. GGUF tokenizer model ``gemma4``.
 
 Special token ids, add_bos/add_eos and the chat template come from gguf-py's ``SpecialVocab``, which reads
 tokenizer_config.json, the tokenizer.json post-processor (transformers 5.x no longer writes add_bos_token)
@@ -63,11 +65,15 @@ class Vocab:
             self.special.add_to_gguf(writer, quiet=True)
 
 
-def load_vocab(folder: Path, n_vocab: int | None, pre_override: str | None = None) -> Vocab:
-    """Build the vocabulary for the model in ``folder``; ``n_vocab`` is config.json's vocab_size."""
+def load_vocab(folder: Path, n_vocab: int | None, pre_override: str | None = None,
+               tokenizer_model: str | None = None) -> Vocab:
+    """Build the vocabulary for the model in ``folder``; ``n_vocab`` is config.json's vocab_size;
+    ``tokenizer_model`` the GGUF tokenizer model the architecture needs, when the files do not decide it."""
     spm_file, json_file = folder / "tokenizer.model", folder / "tokenizer.json"
     tokenizer_json = _read_tokenizer_json(json_file) if json_file.is_file() else None
-    if spm_file.is_file() and _is_sentencepiece(spm_file):
+    if tokenizer_model == "gemma4":
+        vocab = _gemma4_vocab(tokenizer_json, folder)
+    elif spm_file.is_file() and _is_sentencepiece(spm_file):
         vocab = _sentencepiece_vocab(spm_file, tokenizer_json, folder)
     elif tokenizer_json is not None:
         model = tokenizer_json.get("model", {})
@@ -238,6 +244,39 @@ def _prepends_space(tokenizer_json: dict) -> bool:
                and s.get("add_prefix_space", True) for s in pre_steps)
 
 
+# Gemma 4's chat-format tokens that llama.cpp's chat parser reads as text: typed USER_DEFINED so they render,
+# as llama.cpp's own converter types them (conversion/gemma.py, Gemma4Model.set_vocab).
+GEMMA4_VISIBLE_TOKENS = frozenset({"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+                                   "<tool_response|>", '<|"|>'})
+
+
+def _gemma4_vocab(tokenizer_json: dict | None, folder: Path) -> Vocab:
+    """Gemma 4's tokenizer.json as llama.cpp's ``gemma4`` tokenizer: tokens and merges run as BPE on raw UTF-8
+    with spaces as ▁, runs of newlines kept apart, unknown bytes as <0xXX>. Merge ranks decide, not SentencePiece
+    scores: Gemma 4 has merges that make the same token from different pairs, which scores cannot order."""
+    model = (tokenizer_json or {}).get("model") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        raise TokenizerError("Gemma 4 needs its tokenizer.json (BPE with byte fallback)",
+                             "download tokenizer.json with the model")
+    steps = tokenizer_json.get("normalizer") or {}
+    steps = steps.get("normalizers", [steps])
+    if not any(s.get("type") == "Replace" and s.get("content") == "\u2581" for s in steps) or any(
+            s.get("type") == "Prepend" for s in steps):
+        raise TokenizerError("tokenizer.json does not normalize spaces to ▁ without a prefix, as llama.cpp's gemma4 "
+                             "tokenizer does", "this tokenizer cannot be reproduced exactly")
+    _merge_pairs(model)
+    unk = model.get("unk_token")
+    tokens = _tokens_by_id(model["vocab"])
+    types = [TT.UNKNOWN if t == unk else TT.BYTE if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
+             else TT.NORMAL for t in tokens]
+    vocab = Vocab(model="gemma4", tokens=tokens, token_types=types, add_space_prefix=False,
+                  source="tokenizer.json (Gemma 4 BPE with byte fallback)")
+    _append_added(vocab, _added_tokens(tokenizer_json, folder), score=None)
+    vocab.token_types = [TT.USER_DEFINED if t in GEMMA4_VISIBLE_TOKENS else kind
+                         for t, kind in zip(vocab.tokens, vocab.token_types)]
+    return vocab
+
+
 def _byte_level_bpe_vocab(tokenizer_json: dict, folder: Path, pre_override: str | None) -> Vocab:
     pre = detect_pre_tokenizer(tokenizer_json, pre_override)
     tokens = _tokens_by_id(tokenizer_json["model"]["vocab"])
@@ -270,8 +309,9 @@ def _pad_to(vocab: Vocab, n_vocab: int | None) -> None:
 
 
 def _special_vocab(folder: Path, vocab: Vocab) -> gguf.SpecialVocab:
-    special = gguf.SpecialVocab(folder, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
-    if vocab.model == "gpt2" and not special.merges:
+    with_merges = vocab.model in ("gpt2", "gemma4")
+    special = gguf.SpecialVocab(folder, load_merges=with_merges, n_vocab=len(vocab.tokens))
+    if with_merges and not special.merges:
         raise TokenizerError("tokenizer.json has no merges", "re-download tokenizer.json")
     if special.chat_template is None and (folder / "chat_template.jinja").is_file():
         special.chat_template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
@@ -286,4 +326,6 @@ def _special_vocab(folder: Path, vocab: Vocab) -> gguf.SpecialVocab:
         # LlamaTokenizer's default when no file says otherwise: add <s>, not </s>.
         special.add_special_token.setdefault("bos", True)
         special.add_special_token.setdefault("eos", False)
+    if vocab.model == "gemma4":  # llama.cpp adds <bos> for gemma4 whatever the file says (llama-vocab.cpp)
+        special.add_special_token["bos"] = True
     return special
