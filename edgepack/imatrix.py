@@ -15,9 +15,8 @@ this module follows; the code is edgepack's own):
 - the per-column importance the quantizer uses is in_sum2 / count (per expert), 1 where an expert never ran.
 
 Memory: the sums (float64, one per weight column per expert) plus one chunk's activations and logits; the text
-is read and tokenized in blocks of ``TEXT_BLOCK_CHARS`` cut at line ends, so a long calibration file costs no
-more than a short one. (Each block is tokenized on its own: a SentencePiece vocabulary may add its leading
-space at a block start, one token per ~64 K characters that can differ from tokenizing the whole text.)
+is read and tokenized in blocks (edgepack.calibration), so a long calibration file costs no more than a short
+one.
 
 File: llama.cpp's GGUF imatrix (``general.type = imatrix``; per weight ``<name>.in_sum2``, F32, shape
 [n_cols, n_mat] in ggml order, and ``<name>.counts``, F32, [1, n_mat]; ``imatrix.datasets``,
@@ -31,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import io
 import math
 import os
 import re
@@ -46,12 +44,13 @@ import numpy as np
 
 from . import __version__
 from .errors import BadGGUF, EdgepackError, ImatrixError, UsageError
+from .calibration import Calibration, text_blocks
+from .calibration import calibration as load_calibration
 from .fileio import atomic_path
 from .ggufheader import read_header
 from .progress import QUIET, Progress
 
 DEFAULT_CTX = 512  # llama-imatrix's default chunk size
-TEXT_BLOCK_CHARS = 64 * 1024
 MIN_ROWS = 16  # llama-imatrix ignores products over fewer rows (tiny batches say little)
 KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE = "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"
 KEY_CALIBRATION = "edgepack.imatrix.calibration_sha256"
@@ -115,36 +114,16 @@ class ImatrixResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Calibration text: read in blocks, tokenized into chunks
+# Calibration text (edgepack.calibration) tokenized into chunks
 
 
-def text_blocks(source: str | Path | io.TextIOBase, block_chars: int = TEXT_BLOCK_CHARS) -> Iterator[str]:
-    """The text in blocks of about ``block_chars``, each cut after a line end (the whole text when shorter)."""
-    stream = source if isinstance(source, io.TextIOBase) else None
-    if stream is None:
-        stream = io.StringIO(source) if isinstance(source, str) else open(source, encoding="utf-8")
-    with contextlib.closing(stream):
-        pending = ""
-        while True:
-            piece = stream.read(block_chars)
-            if not piece:
-                break
-            pending += piece
-            cut = pending.rfind("\n") + 1
-            if cut and len(pending) >= block_chars:
-                yield pending[:cut]
-                pending = pending[cut:]
-        if pending:
-            yield pending
-
-
-def token_chunks(tokenize, blocks: Iterable[str], ctx: int, bos: int | None) -> Iterator[np.ndarray]:
-    """Chunks of ``ctx`` token ids from the blocks (BOS added at the text's start and put first in every chunk
-    when ``bos`` is given, as llama-imatrix does); a last partial chunk is dropped."""
+def token_chunks(tokenize, blocks: Iterable[tuple[str, bool]], ctx: int, bos: int | None) -> Iterator[np.ndarray]:
+    """Chunks of ``ctx`` token ids from (text, parse_special) blocks (BOS added at the text's start and put
+    first in every chunk when ``bos`` is given, as llama-imatrix does); a last partial chunk is dropped."""
     buf = np.empty(0, np.int32)
     first = True
-    for block in blocks:
-        ids = np.asarray(tokenize(block.encode("utf-8"), first and bos is not None), np.int32)
+    for block, special in blocks:
+        ids = np.asarray(tokenize(block.encode("utf-8"), first and bos is not None, special), np.int32)
         first = False
         buf = np.concatenate([buf, ids])
         while len(buf) >= ctx:
@@ -345,10 +324,11 @@ def _eval_callback_type():
 # Computing
 
 
-def compute(model: str | Path, text: Path | str, output: str | Path, *, ctx: int = 0, chunks: int = 0,
+def compute(model: str | Path, text: Calibration | Path | str, output: str | Path, *, ctx: int = 0, chunks: int = 0,
             threads: int = 0, process_output: bool = False, dataset: str = "", progress: Progress = QUIET,
             ) -> ImatrixResult:
-    """Run ``model`` over the calibration ``text`` (a file as ``Path``, or the text itself as ``str``) and write its
+    """Run ``model`` over the calibration ``text`` (a ``Calibration``, a text file as ``Path``, or the text itself
+    as ``str``) and write its
     importance matrix to ``output`` (GGUF, atomically).
 
     ``ctx``: tokens per chunk (0: 512, or the model's training context when smaller); ``chunks``: stop after
@@ -362,14 +342,11 @@ def compute(model: str | Path, text: Path | str, output: str | Path, *, ctx: int
     if ctx < 0 or chunks < 0 or threads < 0:
         raise UsageError("--ctx, --chunks and --threads must be >= 0", "0 picks the default")
     if isinstance(text, Path):
-        text_path = text
-        digest = _sha256_text_file(text_path)
-        dataset = dataset or text_path.name
-        blocks: Iterable[str] = text_blocks(text_path)
+        text = Calibration((text,), text.name)
+    if isinstance(text, Calibration):
+        digest, dataset = text.sha256, dataset or text.label
     else:
-        digest = hashlib.sha256(str(text).encode("utf-8")).hexdigest()
-        dataset = dataset or "text"
-        blocks = text_blocks(str(text))
+        digest, dataset = hashlib.sha256(text.encode("utf-8")).hexdigest(), dataset or "text"
     threads = threads or (os.cpu_count() or 1)
     started = time.monotonic()
     collector = Collector(process_output)
@@ -379,6 +356,7 @@ def compute(model: str | Path, text: Path | str, output: str | Path, *, ctx: int
         bos = llama_cpp.llama_vocab_bos(vocab) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
         batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
         try:
+            blocks = _blocks(text, header.get("tokenizer.chat_template"), vocab)
             done = _run(llm_ctx, vocab, batch, blocks, n_ctx, bos, chunks, collector, progress, model.name)
         finally:
             llama_cpp.llama_batch_free(batch)
@@ -396,58 +374,43 @@ def compute(model: str | Path, text: Path | str, output: str | Path, *, ctx: int
                          calibration_sha256=digest)
 
 
-BUILTIN = "builtin"
-BUILTIN_CALIBRATION = "calibration.txt"
-
-
-def calibration_text(spec: str | Path) -> tuple[Path, str]:
-    """``--calibration``: a UTF-8 text file, or ``builtin`` (edgepack/data/calibration.txt) -> (path, the
-    dataset name recorded in the imatrix). Checked readable here, before any work."""
-    if str(spec) == BUILTIN:
-        from importlib import resources
-
-        return Path(str(resources.files("edgepack").joinpath("data", BUILTIN_CALIBRATION))), \
-            f"edgepack:{BUILTIN_CALIBRATION}"
-    path = Path(spec)
-    if path.is_dir():
-        raise UsageError(f"calibration text {path} is a folder", "give a UTF-8 text file, or 'builtin'")
-    _sha256_text_file(path)
-    return path, path.name
-
-
 def ensure(model: str | Path, calibration: str | Path, output: str | Path, *, threads: int = 0, ctx: int = 0,
            process_output: bool = False, progress: Progress = QUIET) -> Imatrix:
-    """The imatrix of ``model`` on ``calibration`` at ``output``: the existing file when it was made from the
-    same model file (size, mtime, inode) and the same text (sha256) with the same settings, else computed."""
+    """The imatrix of ``model`` on ``calibration`` (``--calibration``'s value) at ``output``: the existing file
+    when it was made from the same model file (size, mtime, inode) and the same text (sha256) with the same
+    settings, else computed."""
     model, output = Path(model), Path(output)
-    path, label = calibration_text(calibration)
+    cal = load_calibration(calibration)
     if output.exists():
         with contextlib.suppress(EdgepackError):
             found = read(output)
-            if (found.calibration_sha256 == _sha256_text_file(path) and found.model_fingerprint == _fingerprint(model)
+            if (found.calibration_sha256 == cal.sha256 and found.model_fingerprint == _fingerprint(model)
                     and found.process_output == process_output and (not ctx or found.chunk_size == ctx)):
                 if progress.enabled:
                     progress.start(f"imatrix {output.name} is up to date", 1)
                     progress.finish("(reused)")
                 return found
-    compute(model, path, output, ctx=ctx, threads=threads, process_output=process_output, dataset=label,
-            progress=progress)
+    compute(model, cal, output, ctx=ctx, threads=threads, process_output=process_output, progress=progress)
     return read(output)
 
 
-def _sha256_text_file(path: Path) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            digest = hashlib.sha256()
-            while block := f.read(TEXT_BLOCK_CHARS):
-                digest.update(block.encode("utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"calibration text {path} does not exist", "give a UTF-8 text file") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"calibration text {path} is not UTF-8 ({exc.reason})", "convert it to UTF-8") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read calibration text {path}: {exc.strerror}", "check the path") from None
-    return digest.hexdigest()
+def _blocks(text: Calibration | str, chat_template, vocab) -> Iterator[tuple[str, bool]]:
+    if isinstance(text, str):
+        return ((block, False) for block in text_blocks(text))
+    template = chat_template if isinstance(chat_template, str) and chat_template.strip() else None
+    return text.blocks(template, _piece(vocab, "bos"), _piece(vocab, "eos"))
+
+
+def _piece(vocab, which: str) -> str:
+    """The text of the BOS/EOS token (for chat templates that write ``{{ bos_token }}``), "" when none."""
+    import llama_cpp
+
+    token = getattr(llama_cpp, f"llama_vocab_{which}")(vocab)
+    if token < 0:
+        return ""
+    buf = ctypes.create_string_buffer(256)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+    return buf.raw[:max(n, 0)].decode("utf-8", "replace")
 
 
 def _fingerprint(path: Path) -> str:
@@ -509,10 +472,10 @@ def _quiet_log(llama_cpp) -> None:
 def _tokenizer(vocab):
     import llama_cpp
 
-    def tokenize(data: bytes, add_bos: bool) -> np.ndarray:
+    def tokenize(data: bytes, add_bos: bool, special: bool) -> np.ndarray:
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, add_bos, False)
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, add_bos, special)
         if n < 0:
             raise EdgepackError("llama.cpp could not tokenize the calibration text", "check that it is UTF-8 text")
         return np.frombuffer(buf, dtype=np.int32, count=n).copy()

@@ -320,6 +320,7 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
     with the same bytes). Raises ``EdgepackError`` subclasses.
     """
     from . import imatrix as im
+    from .calibration import calibration as load_calibration
 
     src = Path(src_gguf)
     qtypes = [t if isinstance(t, QuantType) else quant_type(t) for t in types]
@@ -343,7 +344,7 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
         imat = im.read(imatrix)
         im.check_model(imat, src)
     if calibration is not None:
-        im.calibration_text(calibration)  # readable, before any work
+        load_calibration(calibration)  # readable and well-formed, before any work
     out_dir = Path(out_dir) if out_dir is not None else src.resolve().parent
     prepare_output_dir(out_dir)
     if calibration is not None:

@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 
 from edgepack import imatrix as im
+from edgepack.calibration import calibration as load_calibration
+from edgepack.calibration import render_chats, text_blocks
+from edgepack.errors import UsageError
 from edgepack.cli import main
 from edgepack.convert import convert
 from edgepack.evaluate import evaluate_many, open_llama
@@ -151,9 +154,10 @@ def test_legacy_dat_is_read(demo_imatrix, tmp_path):
 def test_memory_stays_bounded_on_long_text():
     """Blocks cut at line ends and chunked as they come: nothing holds the whole token list."""
     text = "".join(f"line {i} of a long calibration text\n" for i in range(20_000))
-    blocks = list(im.text_blocks(text, block_chars=4096))
+    blocks = list(text_blocks(text, block_chars=4096))
     assert "".join(blocks) == text and max(map(len, blocks)) < 4096 + 64 and all(b.endswith("\n") for b in blocks)
-    chunks = list(im.token_chunks(lambda data, bos: list(range(len(data) // 4)), blocks, 100, bos=7))
+    chunks = list(im.token_chunks(lambda data, bos, special: list(range(len(data) // 4)),
+                                  ((b, False) for b in blocks), 100, bos=7))
     assert all(len(c) == 100 and c[0] == 7 for c in chunks)
     assert len(chunks) == sum(len(b) // 4 for b in blocks) // 100
 
@@ -290,3 +294,33 @@ def test_imatrix_command(capsys, f32, calibration, tmp_path):
     short.write_text("Only a few words.")
     refused(capsys, "imatrix", str(f32), "--calibration", str(short), "-o", str(out), code=2,
             words="shorter than one chunk")
+
+
+def test_builtin_calibration_and_chat_template(f32, tmp_path):
+    """The shipped set is readable and mixed; conversations go through the model's own chat template."""
+    cal = load_calibration("builtin")
+    assert [p.name for p in cal.files] == ["calibration.txt", "calibration-chat.jsonl"]
+    text = cal.files[0].read_text(encoding="utf-8")
+    for sample in ("CHAPTER I", "def load(path: Path)", "#include <stdio.h>", "Весной", "朝の駅", "السوق"):
+        assert sample in text, sample
+    template = read_header(f32).get("tokenizer.chat_template")  # the demo's: "{{ role }}: {{ content }}</s>"
+    rendered = list(render_chats(cal.files[1], template, bos="<s>", eos="</s>"))
+    assert len(rendered) == 12 and rendered[0].startswith("system: You are a helpful assistant.")
+    assert "</s>\nuser: How long" in rendered[0]
+    plain = list(render_chats(cal.files[1], None))
+    assert plain[1].startswith("User: Can you explain what a hash function is")
+    # A template that refuses system messages gets them folded into the first user turn.
+    strict = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}"
+              "[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    assert next(render_chats(cal.files[1], strict)).startswith("[user] You are a helpful assistant. Answer briefly.")
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(cal.files[1].read_text(encoding="utf-8") * 2, encoding="utf-8")
+    made = im.compute(f32, load_calibration(chats), tmp_path / "chat.imatrix.gguf", ctx=64, chunks=2, threads=1)
+    assert made.chunks == 2 and im.read(made.output).datasets == ["chats.jsonl"]
+    made = im.compute(f32, cal, tmp_path / "builtin.imatrix.gguf", ctx=64, chunks=2, threads=1)
+    assert im.read(made.output).datasets == ["edgepack:builtin"] and made.calibration_sha256 == cal.sha256
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user"}]}\n')
+    with pytest.raises(UsageError, match="bad.jsonl:1 is not a conversation"):
+        load_calibration(bad)

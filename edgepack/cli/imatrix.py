@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..imatrix import calibration_text, compute
+from ..calibration import calibration as load_calibration
+from ..imatrix import compute
 from ..progress import Progress
 from . import cli
 from ._output import emit_json
@@ -15,8 +16,8 @@ from ._output import emit_json
 @cli.command("imatrix")
 @click.argument("model", type=click.Path(path_type=Path), required=False)
 @click.option("--calibration", metavar="TEXT", default="builtin", show_default=True,
-              help="UTF-8 calibration text; 'builtin' is edgepack's own mixed set (prose, code, several "
-                   "languages, chat turns).")
+              help="UTF-8 calibration text, or a .jsonl of conversations (rendered through the model's chat "
+                   "template); 'builtin' is edgepack's own mixed set (prose, code, 18 languages, chat turns).")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="The imatrix file to write (default: <model stem>.imatrix.gguf beside the model).")
 @click.option("--ctx", type=int, default=0, help="Tokens per chunk (default 512, or the model's context if less).")
@@ -41,10 +42,10 @@ def imatrix_command(model: Path | None, calibration: str, output: Path | None, c
     """
     if model is None:
         raise click.UsageError("missing MODEL (a .gguf file)")
-    text, label = calibration_text(calibration)
+    text = load_calibration(calibration)
     output = output or model.with_name(f"{model.stem}.imatrix.gguf")
     result = compute(model, text, output, ctx=ctx, chunks=chunks, threads=threads, process_output=process_output,
-                     dataset=label, progress=Progress(enabled=not as_json))
+                     progress=Progress(enabled=not as_json))
     if as_json:
         emit_json(result)
         return
