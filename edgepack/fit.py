@@ -24,7 +24,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .errors import BadGGUF, UnsupportedArchitecture, UsageError
+from .convert.spec import (SOURCE_CONFIG_KEY, HFConfig, LayerSize, SizeFacts, gguf_tensors, spec_for,
+                           supported_architectures)
+from .errors import BadGGUF, EdgepackError, UsageError
+from .ggufheader import GGUFHeader, SkippedArray, read_header
 from .profiles import Profile
 
 QT = gguf.GGMLQuantizationType
@@ -68,47 +71,106 @@ def _more_bits(i: int, n: int) -> bool:  # llama-quant.cpp use_more_bits
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def quant_mix(ftype: str, role: str, i_layer: int, n_layer: int, n_gqa: int, tied: bool) -> QT:
-    """The type llama.cpp's quantizer gives one tensor (dense, non-Falcon models) for ``ftype``."""
+def _category(name: str) -> str:
+    """llama-quant.cpp's tensor category, from the GGUF name (first match wins, as there)."""
+    if name == "output.weight":
+        return "output"
+    if name in ("token_embd.weight", "per_layer_token_embd.weight"):
+        return "token_embd"
+    for category, needle in (("attn_v", "attn_qkv.weight"), ("attn_v", "attn_kv_b.weight"),
+                             ("attn_v", "attn_v.weight"), ("attn_k", "attn_k.weight"), ("attn_q", "attn_q.weight"),
+                             ("attn_output", "attn_output.weight"), ("ffn_up", "ffn_up"), ("ffn_gate", "ffn_gate"),
+                             ("ffn_down", "ffn_down")):
+        if needle in name:  # fused qkv and MLA's kv_b count as attn_v there ("category_is_attn_v")
+            return category
+    return "other"
+
+
+# Weights llama.cpp's quantizer leaves in their source type (llama-quant.cpp, tensor_allows_quantization).
+KEEP_TYPE = ("_norm.weight", "ffn_gate_inp.weight", "altup", "laurel", "per_layer_model_proj", "ssm_conv1d",
+             "shortconv.conv.weight")
+KEEP_NAMES = ("position_embd.weight", "token_types.weight")
+
+
+def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
+    return (len(shape) >= 2 and name.endswith("weight") and name not in KEEP_NAMES
+            and not any(part in name for part in KEEP_TYPE))
+
+
+def _block(name: str) -> int:
+    return int(name.split(".")[1]) if name.startswith("blk.") else -1
+
+
+def quant_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], n_layer: int, n_gqa: int,
+                n_expert: int = 0) -> dict[str, QT]:
+    """The type llama.cpp's quantizer gives each tensor of an F16 GGUF for ``ftype`` (llama-quant.cpp).
+
+    ``tensors``: (GGUF name, GGUF shape). The quantizer visits them by block, then name, and counts attn_v-like
+    and ffn_down tensors as it goes: the "more bits" layers are positions in that count. ``n_gqa`` is layer 0's
+    query/KV head ratio; ``n_expert`` the experts per MoE layer (8 bumps attention, as for Mixtral).
+    Not modelled: the 70B-only attn_v bump and Falcon's rules (edgepack converts neither).
+    """
     base = QUANT_BASE[ftype]
-    if base in (QT.F32, QT.F16, QT.BF16):
-        return base
-    if role == "output" or (role == "token_embd" and tied):
-        return QT.Q8_0 if base == QT.Q8_0 else QT.Q6_K
-    if role == "token_embd":
-        return base
-    if role == "attn_v":
-        if ftype == "Q2_K":
-            return QT.Q4_K if n_gqa >= 4 else QT.Q3_K
-        if ftype == "Q3_K_M":
-            return QT.Q5_K if i_layer < 2 else QT.Q4_K
-        if ftype == "Q3_K_L":
-            return QT.Q5_K
-        if ftype in ("IQ4_NL", "IQ4_XS") and n_gqa >= 4:
-            return QT.Q5_K
-        if ftype in ("Q4_K_M", "Q5_K_M") and _more_bits(i_layer, n_layer):
-            return QT.Q6_K
-        if ftype == "Q4_K_S" and i_layer < 4:
-            return QT.Q5_K
-        return base
-    if role == "ffn_down":
-        if ftype == "Q2_K":
-            return QT.Q3_K
-        if ftype == "Q3_K_M":
-            return QT.Q5_K if i_layer < n_layer // 16 else QT.Q4_K
-        if ftype == "Q3_K_L":
-            return QT.Q5_K
-        if ftype in ("Q4_K_M", "Q5_K_M") and _more_bits(i_layer, n_layer):
-            return QT.Q6_K
-        if ftype in ("IQ4_NL", "IQ4_XS") and i_layer < n_layer // 8:
-            return QT.Q5_K
-        if ftype == "Q4_K_S" and i_layer < n_layer // 8:
-            return QT.Q5_K
-        return base
-    if role == "attn_output":
-        return {"Q2_K": QT.Q3_K, "Q3_K_M": QT.Q4_K, "Q3_K_L": QT.Q5_K}.get(ftype, base)
-    if role == "attn_qkv":
-        return {"Q3_K_M": QT.Q4_K, "Q3_K_L": QT.Q4_K, "Q4_K_M": QT.Q5_K, "Q5_K_M": QT.Q6_K}.get(ftype, base)
+    source = base if base in (QT.F32, QT.BF16) else QT.F16  # what convert writes for a matrix
+    tied = not any(name == "output.weight" for name, _ in tensors)
+    n_wv = sum(_category(name) == "attn_v" for name, _ in tensors)
+    i_wv = i_down = 0
+    out: dict[str, QT] = {}
+    for name, shape in sorted(tensors, key=lambda t: (_block(t[0]), t[0])):
+        if len(shape) < 2:
+            out[name] = QT.F32
+            continue
+        if base in (QT.F32, QT.F16, QT.BF16) or not _quantizable(name, shape):
+            out[name] = source
+            continue
+        category, t = _category(name), base
+        if category == "output" or (category == "token_embd" and tied):
+            t = QT.Q8_0 if base == QT.Q8_0 or shape[0] % gguf.GGML_QUANT_SIZES[base][0] else QT.Q6_K
+        elif category == "attn_v":
+            t = _attn_v_type(ftype, base, i_wv, n_wv, n_gqa)
+            t = QT.Q8_0 if n_expert == 8 else t
+            i_wv += 1
+        elif category == "attn_k" and n_expert == 8:
+            t = QT.Q8_0
+        elif category == "ffn_down":
+            t = _ffn_down_type(ftype, base, _block(name) if n_expert > 1 else i_down, n_layer)
+            i_down += 1
+        elif category == "attn_output":
+            if n_expert == 8:
+                t = QT.Q5_K if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS") else base
+            else:
+                t = {"Q2_K": QT.Q3_K, "Q3_K_M": QT.Q4_K, "Q3_K_L": QT.Q5_K}.get(ftype, base)
+        out[name] = _fit_type(t, shape[0])
+    return out
+
+
+def _attn_v_type(ftype: str, base: QT, i: int, n: int, n_gqa: int) -> QT:
+    if ftype == "Q2_K":
+        return QT.Q4_K if n_gqa >= 4 else QT.Q3_K
+    if ftype == "Q3_K_M":
+        return QT.Q5_K if i < 2 else QT.Q4_K
+    if ftype == "Q3_K_L":
+        return QT.Q5_K
+    if ftype in ("IQ4_NL", "IQ4_XS") and n_gqa >= 4:
+        return QT.Q5_K
+    if ftype in ("Q4_K_M", "Q5_K_M") and _more_bits(i, n):
+        return QT.Q6_K
+    if ftype == "Q4_K_S" and i < 4:
+        return QT.Q5_K
+    return base
+
+
+def _ffn_down_type(ftype: str, base: QT, i: int, n: int) -> QT:
+    if ftype == "Q2_K":
+        return QT.Q3_K
+    if ftype == "Q3_K_M":
+        return QT.Q5_K if i < n // 16 else QT.Q4_K
+    if ftype == "Q3_K_L":
+        return QT.Q5_K
+    if ftype in ("Q4_K_M", "Q5_K_M") and _more_bits(i, n):
+        return QT.Q6_K
+    if ftype in ("IQ4_NL", "IQ4_XS", "Q4_K_S") and i < n // 8:
+        return QT.Q5_K
     return base
 
 
@@ -152,6 +214,18 @@ class ModelDesc:
     tensors: list[TensorDesc] = field(default_factory=list, repr=False)
     file_size_bytes: int = 0
     source: str = ""  # file path or config path
+    # Per layer (convert/spec.py LayerSize); empty: every layer has n_head_kv x head_dim_k/v and swa_layers.
+    layers: list[LayerSize] = field(default_factory=list, repr=False)
+    n_expert: int = 0
+    n_expert_used: int = 0
+    lookup_tensors: tuple[str, ...] = ("token_embd.weight",)
+
+    def layer_sizes(self) -> list[LayerSize]:
+        if self.layers:
+            return self.layers
+        swa = self.swa_layers or [False] * self.n_layer
+        return [LayerSize(self.n_head, self.n_head_kv, self.head_dim_k, self.head_dim_v,
+                          sliding_window=self.n_swa if slides else 0) for slides in swa]
 
     @property
     def weight_bytes(self) -> int:
@@ -165,45 +239,37 @@ class ModelDesc:
     def bits_per_weight(self) -> float:
         return 8 * self.weight_bytes / max(self.n_params, 1)
 
-    def _embd(self) -> TensorDesc | None:
-        return next((t for t in self.tensors if t.name == "token_embd.weight"), None)
+    def _is_lookup(self, t: TensorDesc) -> bool:
+        """A table of which a token reads one row (token embedding, per-layer embeddings), unless it is also
+        the output matrix (tied embeddings)."""
+        return t.name in self.lookup_tensors and not (self.tied_embeddings and t.name == "token_embd.weight")
+
+    def _active_share(self, t: TensorDesc) -> float:
+        """Stacked experts (``*_exps``): a token reads only the n_expert_used it is routed to."""
+        return self.n_expert_used / self.n_expert if "_exps." in t.name and self.n_expert else 1.0
 
     @property
     def bytes_read_per_token(self) -> int:
-        """Weights generation streams per token: all but the token embedding table, of which one row is read
-        (with tied embeddings the table is also the output matrix, so it is read in full)."""
-        embd = self._embd()
-        if embd is None or self.tied_embeddings:
-            return self.weight_bytes
-        return self.weight_bytes - embd.size_bytes + embd.size_bytes // max(self.n_vocab, 1)
+        """Weights generation streams per token: everything, except one row of each lookup table and only the
+        active experts of each MoE layer."""
+        return int(sum(t.size_bytes // max(t.shape[-1], 1) if self._is_lookup(t)
+                       else t.size_bytes * self._active_share(t) for t in self.tensors))
 
     @property
     def matmul_params(self) -> int:
-        """Parameters in matrix multiplications per token (2 FLOPs each): everything but the embedding lookup."""
-        embd = self._embd()
-        n = sum(int(np.prod(t.shape)) for t in self.tensors if len(t.shape) >= 2)
-        if embd is not None and not self.tied_embeddings:
-            n -= int(np.prod(embd.shape))
-        if self.tied_embeddings and embd is not None:
-            n += 0  # output uses the same table: already counted once
-        return n
+        """Parameters in matrix multiplications per token (2 FLOPs each): every matrix but the lookup tables
+        (a tied embedding is the output matrix, so it counts), active experts only."""
+        return int(sum(int(np.prod(t.shape)) * self._active_share(t) for t in self.tensors
+                       if len(t.shape) >= 2 and not self._is_lookup(t)))
 
     @property
     def quant_family(self) -> str:
         by_family: dict[str, int] = {}
         for t in self.tensors:
-            if len(t.shape) >= 2 and t.name != "token_embd.weight":
+            if len(t.shape) >= 2 and not self._is_lookup(t) and t.name != "token_embd.weight":
                 f = quant_family(QT[t.type])
                 by_family[f] = by_family.get(f, 0) + t.size_bytes
         return max(by_family, key=by_family.get) if by_family else "f16"
-
-
-def _field(reader: gguf.GGUFReader, key: str, default=None):
-    f = reader.get_field(key)
-    if f is None:
-        return default
-    value = f.contents()
-    return value
 
 
 FTYPE_NAMES = {v.value: k.replace("MOSTLY_", "") for k, v in gguf.LlamaFileType.__members__.items()}
@@ -213,40 +279,63 @@ SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "cohere2": 4}  # llama.cpp: hparams.set
 def describe_gguf(path: str | Path) -> ModelDesc:
     """Read a GGUF's hyperparameters and tensor sizes (no weights are loaded)."""
     path = Path(path)
-    if not path.is_file():
-        raise BadGGUF(f"{path}: no such file", "give the path of a .gguf file")
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # gguf-py raises ValueError/struct errors on garbage
-        raise BadGGUF(f"{path}: not a readable GGUF file ({exc})", "is the file complete?") from exc
-    arch = _field(reader, "general.architecture")
+    header = read_header(path)  # BadGGUF for anything but a complete GGUF
+    arch = header.get("general.architecture")
     if not arch:
         raise BadGGUF(f"{path}: general.architecture is missing", "was it written by llama.cpp or edgepack?")
 
     def key(k, default=None):
-        return _field(reader, f"{arch}.{k}", default)
+        value = header.get(f"{arch}.{k}", default)
+        return default if isinstance(value, SkippedArray) else value
 
-    n_embd, n_head = int(key("embedding_length")), int(key("attention.head_count"))
-    n_head_kv = int(key("attention.head_count_kv", n_head))
     n_layer = int(key("block_count"))
-    head_k = int(key("attention.key_length", n_embd // n_head))
+
+    def per_layer(k: str, default) -> list[int]:  # llama.cpp writes some hyperparameters as per-layer arrays
+        value = key(k, default)
+        return [int(x) for x in value] if isinstance(value, list) else [int(value)] * n_layer
+
+    n_embd = int(key("embedding_length"))
+    heads = per_layer("attention.head_count", 0)
+    kv_heads = per_layer("attention.head_count_kv", key("attention.head_count"))
+    n_head, n_head_kv = max(heads), max(kv_heads)
+    head_k = int(key("attention.key_length", n_embd // max(n_head, 1)))
     head_v = int(key("attention.value_length", head_k))
     n_swa = int(key("attention.sliding_window", 0) or 0)
-    tensors = [TensorDesc(t.name, tuple(int(x) for x in t.shape), QT(t.tensor_type).name, int(t.n_bytes))
-               for t in reader.tensors]
+    tensors = [TensorDesc(t.name, t.shape, t.type.name, t.n_bytes) for t in header.tensors]
     names = {t.name for t in tensors}
     embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
     n_vocab = int(key("vocab_size", 0) or (embd.shape[1] if embd else 0))
-    ftype = _field(reader, "general.file_type")
-    n_ff = key("feed_forward_length", 0)
-    n_ff = int(n_ff[0] if isinstance(n_ff, list) else n_ff)
+    ftype = header.get("general.file_type")
+    n_ff = max(per_layer("feed_forward_length", 0))
     swa_layers = _swa_layers(arch, n_layer, n_swa, key("attention.sliding_window_pattern"))
+    facts = _source_sizes(header)
+    if facts is not None:  # converted by edgepack: the family's own per-layer description
+        layers, lookup = list(facts.layers), facts.lookup_tensors
+        n_expert, n_expert_used = facts.n_expert, facts.n_expert_used
+    else:  # another converter's file: llama.cpp's per-layer arrays, uniform head sizes
+        layers = [LayerSize(h, kv, head_k, head_v, sliding_window=n_swa if slides else 0)
+                  for h, kv, slides in zip(heads, kv_heads, swa_layers)]
+        lookup = ("token_embd.weight", "per_layer_token_embd.weight")
+        n_expert, n_expert_used = int(key("expert_count", 0) or 0), int(key("expert_used_count", 0) or 0)
     return ModelDesc(name=path.stem, quant=FTYPE_NAMES.get(ftype, "unknown") if ftype is not None else "unknown",
                      architecture=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
                      head_dim_k=head_k, head_dim_v=head_v, n_ff=n_ff, n_vocab=n_vocab,
                      n_ctx_train=int(key("context_length", 0)), n_swa=n_swa, swa_layers=swa_layers,
                      tied_embeddings="output.weight" not in names, tensors=tensors,
-                     file_size_bytes=path.stat().st_size, source=str(path))
+                     file_size_bytes=path.stat().st_size, source=str(path), layers=layers, n_expert=n_expert,
+                     n_expert_used=n_expert_used, lookup_tensors=lookup)
+
+
+def _source_sizes(header: GGUFHeader) -> SizeFacts | None:
+    """The family's SizeFacts from the config.json edgepack convert stores in the GGUF (None for files from
+    other converters, or a class this edgepack does not know)."""
+    text, hf_class = header.get(SOURCE_CONFIG_KEY), header.get("edgepack.source.architecture")
+    if not text or not hf_class or hf_class not in supported_architectures():
+        return None
+    try:
+        return spec_for(hf_class).sizes(HFConfig(json.loads(text)))
+    except (ValueError, EdgepackError):  # a config this version cannot read: fall back to the GGUF's keys
+        return None
 
 
 def _swa_layers(arch: str, n_layer: int, n_swa: int, pattern=None) -> list[bool]:
@@ -261,91 +350,32 @@ def _swa_layers(arch: str, n_layer: int, n_swa: int, pattern=None) -> list[bool]
     return [(i % period) < period - 1 for i in range(n_layer)]
 
 
-CONFIG_ARCH = {  # HF architectures -> (GGUF architecture, fused qkv, fused gate_up)
-    "LlamaForCausalLM": ("llama", False, False), "MistralForCausalLM": ("llama", False, False),
-    "Qwen2ForCausalLM": ("qwen2", False, False), "Qwen3ForCausalLM": ("qwen3", False, False),
-    "GemmaForCausalLM": ("gemma", False, False), "Gemma2ForCausalLM": ("gemma2", False, False),
-    "Gemma3ForCausalLM": ("gemma3", False, False), "Phi3ForCausalLM": ("phi3", True, True),
-    "StableLmForCausalLM": ("stablelm", False, False), "OlmoForCausalLM": ("olmo", False, False),
-    "Olmo2ForCausalLM": ("olmo2", False, False), "InternLM2ForCausalLM": ("internlm2", False, False),
-    "MiniCPMForCausalLM": ("minicpm", False, False),
-}
-
-
 def describe_config(config: dict, quant: str, name: str = "model") -> ModelDesc:
-    """Sizes without files: the tensors a converter would write for ``config`` and the types llama.cpp's
-    quantizer gives them for ``quant`` (e.g. Q4_K_M)."""
+    """Sizes without files: the tensors convert would write for ``config`` (from the family's ArchSpec, the
+    one description convert uses) and the types llama.cpp's quantizer gives them for ``quant`` (e.g. Q4_K_M).
+    Architectures and settings convert refuses are refused here with the same error."""
     quant = quant.upper()
     if quant not in QUANT_BASE:
         raise UsageError(f"unknown quant type {quant!r}", f"choose one of {', '.join(QUANT_BASE)}")
-    cfg = dict(config.get("text_config") or {}, **{k: v for k, v in config.items() if k != "text_config"})
-    archs = cfg.get("architectures") or [""]
-    if archs[0] not in CONFIG_ARCH:
-        raise UnsupportedArchitecture(f"no size model for {archs[0] or 'an unnamed architecture'}",
-                                      f"supported: {', '.join(CONFIG_ARCH)}")
-    arch, fused_qkv, fused_up = CONFIG_ARCH[archs[0]]
-    try:
-        n_embd, n_layer = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
-        n_head = int(cfg["num_attention_heads"])
-        n_ff, n_vocab = int(cfg["intermediate_size"]), int(cfg["vocab_size"])
-    except KeyError as exc:
-        raise UsageError(f"config.json lacks {exc.args[0]}", "give a decoder-only model's config.json") from exc
-    n_kv = int(cfg.get("num_key_value_heads") or n_head)
-    head = int(cfg.get("head_dim") or n_embd // n_head)
-    tied = bool(cfg.get("tie_word_embeddings", arch in ("gemma", "gemma2", "gemma3")))
-    n_gqa = n_head // n_kv
-    tensors: list[TensorDesc] = []
-
-    def add(tname: str, shape: tuple[int, ...], role: str, i: int = 0):
-        if len(shape) == 1:
-            t = QT.F32
-        else:
-            t = _fit_type(quant_mix(quant, role, i, n_layer, n_gqa, tied), shape[0])
-        tensors.append(TensorDesc(tname, shape, t.name, tensor_bytes(t, shape)))
-
-    add("token_embd.weight", (n_embd, n_vocab), "token_embd")
-    add("output_norm.weight", (n_embd,), "norm")
-    if not tied:
-        add("output.weight", (n_embd, n_vocab), "output")
-    q_out, kv_out = n_head * head, n_kv * head
-    for i in range(n_layer):
-        p = f"blk.{i}."
-        add(p + "attn_norm.weight", (n_embd,), "norm")
-        if fused_qkv:
-            add(p + "attn_qkv.weight", (n_embd, q_out + 2 * kv_out), "attn_qkv", i)
-        else:
-            add(p + "attn_q.weight", (n_embd, q_out), "attn_q", i)
-            add(p + "attn_k.weight", (n_embd, kv_out), "attn_k", i)
-            add(p + "attn_v.weight", (n_embd, kv_out), "attn_v", i)
-        add(p + "attn_output.weight", (q_out, n_embd), "attn_output", i)
-        add(p + "ffn_norm.weight", (n_embd,), "norm")
-        if fused_up:
-            add(p + "ffn_up.weight", (n_embd, 2 * n_ff), "ffn_up", i)
-        else:
-            add(p + "ffn_gate.weight", (n_embd, n_ff), "ffn_gate", i)
-            add(p + "ffn_up.weight", (n_embd, n_ff), "ffn_up", i)
-        add(p + "ffn_down.weight", (n_ff, n_embd), "ffn_down", i)
-        if cfg.get("attention_bias") or arch == "qwen2":
-            for nm, n in (("attn_q.bias", q_out), ("attn_k.bias", kv_out), ("attn_v.bias", kv_out)):
-                add(p + nm, (n,), "norm")
-        if arch in ("qwen3", "gemma3"):
-            add(p + "attn_q_norm.weight", (head,), "norm")
-            add(p + "attn_k_norm.weight", (head,), "norm")
-        if arch in ("gemma2", "gemma3"):
-            add(p + "post_attention_norm.weight", (n_embd,), "norm")
-            add(p + "post_ffw_norm.weight", (n_embd,), "norm")
-    n_swa = int(cfg.get("sliding_window") or 0) if arch in SWA_PATTERN else 0
-    layer_types = cfg.get("layer_types")
-    if isinstance(layer_types, list) and len(layer_types) == n_layer:
-        swa_layers = [lt == "sliding_attention" for lt in layer_types]
-    else:
-        swa_layers = _swa_layers(arch, n_layer, n_swa, cfg.get("sliding_window_pattern"))
-    weight = sum(t.size_bytes for t in tensors)
-    return ModelDesc(name=f"{name}-{quant}", quant=quant, architecture=arch, n_layer=n_layer, n_embd=n_embd,
-                     n_head=n_head, n_head_kv=n_kv, head_dim_k=head, head_dim_v=head, n_ff=n_ff, n_vocab=n_vocab,
-                     n_ctx_train=int(cfg.get("max_position_embeddings") or 0), n_swa=n_swa if any(swa_layers) else 0,
-                     swa_layers=swa_layers, tied_embeddings=tied, tensors=tensors, file_size_bytes=weight,
-                     source=name)
+    hf = HFConfig(config)
+    spec = spec_for(hf.architecture)
+    spec.check(hf)
+    facts = spec.sizes(hf)
+    shapes = gguf_tensors(spec, hf)
+    first = next((layer for layer in facts.layers if layer.n_head_kv), facts.layers[0])
+    n_gqa = facts.layers[0].n_head // facts.layers[0].n_head_kv if facts.layers[0].n_head_kv else 0
+    types = quant_types(quant, shapes, len(facts.layers), n_gqa, facts.n_expert)
+    tensors = [TensorDesc(n, shape, types[n].name, tensor_bytes(types[n], shape)) for n, shape in shapes]
+    swa = [layer.sliding_window > 0 for layer in facts.layers]
+    return ModelDesc(name=f"{name}-{quant}", quant=quant, architecture=spec.arch_name, n_layer=len(facts.layers),
+                     n_embd=facts.n_embd, n_head=first.n_head, n_head_kv=first.n_head_kv,
+                     head_dim_k=first.head_dim_k, head_dim_v=first.head_dim_v, n_ff=facts.n_ff,
+                     n_vocab=facts.n_vocab, n_ctx_train=facts.n_ctx_train,
+                     n_swa=max((layer.sliding_window for layer in facts.layers), default=0), swa_layers=swa,
+                     tied_embeddings=not any(n == "output.weight" for n, _ in shapes), tensors=tensors,
+                     file_size_bytes=sum(t.size_bytes for t in tensors), source=name, layers=list(facts.layers),
+                     n_expert=facts.n_expert, n_expert_used=facts.n_expert_used,
+                     lookup_tensors=facts.lookup_tensors)
 
 
 def load_config(source: str | Path) -> dict:
@@ -401,10 +431,12 @@ class MemoryParts:
     compute_bytes: int
     output_bytes: int
     overhead_bytes: int
+    state_bytes: int = 0  # recurrent/convolution state of hybrid layers (fixed per sequence)
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.output_bytes + self.overhead_bytes
+        return (self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.output_bytes
+                + self.overhead_bytes + self.state_bytes)
 
     def as_mb(self) -> dict[str, float]:
         """The parts in megabytes (1e6 bytes), keys named by that unit: weights_mb, kv_cache_mb, ..."""
@@ -417,16 +449,24 @@ def _pad(n: int, to: int) -> int:
 
 def kv_cells(model: ModelDesc, n_ctx: int, n_ubatch: int) -> list[int]:
     """Cells per layer the KV cache holds: n_ctx (padded to 256); sliding-window layers only their window
-    (+ one micro-batch, as llama.cpp's iSWA cache sizes it)."""
+    (+ one micro-batch, as llama.cpp's iSWA cache sizes it); 0 for layers without a cache of their own
+    (recurrent/convolution layers, layers reading another layer's KV)."""
     full = _pad(n_ctx, KV_PAD)
-    swa = min(full, _pad(model.n_swa + n_ubatch, KV_PAD)) if model.n_swa else full
-    return [swa if is_swa else full for is_swa in (model.swa_layers or [False] * model.n_layer)]
+    return [0 if not layer.has_kv_cache else
+            min(full, _pad(layer.sliding_window + n_ubatch, KV_PAD)) if layer.sliding_window else full
+            for layer in model.layer_sizes()]
 
 
 def kv_cache_bytes(model: ModelDesc, n_ctx: int, n_ubatch: int = 512, kv_type_bytes: float = 2.0) -> int:
-    """layers x cells x kv_heads x head_dim x (K + V) x bytes (F16 = 2 by default)."""
-    per_cell = model.n_head_kv * (model.head_dim_k + model.head_dim_v) * kv_type_bytes
-    return int(sum(cells * per_cell for cells in kv_cells(model, n_ctx, n_ubatch)))
+    """Per layer: cells x kv_heads x (head_dim_k + head_dim_v) x bytes (F16 = 2 by default)."""
+    return int(sum(cells * layer.n_head_kv * (layer.head_dim_k + layer.head_dim_v) * kv_type_bytes
+                   for cells, layer in zip(kv_cells(model, n_ctx, n_ubatch), model.layer_sizes())))
+
+
+def recurrent_state_bytes(model: ModelDesc, n_seq: int = 1) -> int:
+    """The recurrent/convolution state of hybrid layers: fixed per sequence, whatever the context (F32, as
+    llama.cpp keeps it by default; its log calls it the RS buffer)."""
+    return 4 * n_seq * sum(layer.state_floats for layer in model.layer_sizes())
 
 
 def compute_buffer_bytes(model: ModelDesc, n_ctx: int, n_ubatch: int = 512, flash_attn: bool = False) -> int:
@@ -435,7 +475,7 @@ def compute_buffer_bytes(model: ModelDesc, n_ctx: int, n_ubatch: int = 512, flas
     (without flash attention the KQ scores n_head x n_kv x n_ubatch plus the mask; with it only an F16 mask).
     The constants (3 and 7 hidden-state-sized temporaries) were read off llama.cpp's graph on this host."""
     f32 = 4
-    n_kv = max(kv_cells(model, n_ctx, n_ubatch))
+    n_kv = max(kv_cells(model, n_ctx, n_ubatch), default=0)
     hidden = model.n_embd * n_ubatch * f32
     logits = model.n_vocab * n_ubatch * f32 + 3 * hidden
     ffn = 3 * model.n_ff * n_ubatch * f32 + 2 * hidden
@@ -452,7 +492,8 @@ def memory_needed(model: ModelDesc, n_ctx: int, n_batch: int = 512, flash_attn: 
     return MemoryParts(weights_bytes=model.weight_bytes,
                        kv_cache_bytes=kv_cache_bytes(model, n_ctx, n_ubatch, kv_type_bytes),
                        compute_bytes=compute_buffer_bytes(model, n_ctx, n_ubatch, flash_attn),
-                       output_bytes=model.n_vocab * 4, overhead_bytes=overhead_bytes)
+                       output_bytes=model.n_vocab * 4, overhead_bytes=overhead_bytes,
+                       state_bytes=recurrent_state_bytes(model))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -486,8 +527,10 @@ class Projection:
 
 
 def flops_per_token(model: ModelDesc, n_ctx: int) -> float:
-    """2 FLOPs per matmul parameter + attention over the context (QK^T and AV)."""
-    attn = 2 * 2 * model.n_layer * model.n_head * model.head_dim_k * n_ctx
+    """2 FLOPs per matmul parameter + attention over the context (QK^T and AV; a sliding layer sees at most its
+    window)."""
+    attn = sum(2 * 2 * layer.n_head * layer.head_dim_k * (min(n_ctx, layer.sliding_window) or n_ctx)
+               for layer in model.layer_sizes())
     return 2.0 * model.matmul_params + attn
 
 
@@ -665,4 +708,4 @@ def nice_mb(n: float) -> str:
 
 __all__ = ["ModelDesc", "MemoryParts", "Projection", "HostCalibration", "Quality", "Variant", "FitRow", "FitResult",
            "describe_gguf", "describe_config", "load_config", "config_name", "memory_needed", "kv_cache_bytes",
-           "compute_buffer_bytes", "project", "fit", "variants_from_bench", "quant_mix", "math"]
+           "compute_buffer_bytes", "recurrent_state_bytes", "project", "fit", "variants_from_bench", "quant_types", "math"]

@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from edgepack.fit import (HostCalibration, Quality, Variant, compute_buffer_byte
                           fit, kv_cache_bytes, memory_needed, project)
 from edgepack.profiles import SHIPPED_DIR, get_profile, load_profile_file
 from edgepack.quantize import quantize
-from tinymodels import TOKENIZERS, build_model, real_config, shrink
+from tinymodels import TOKENIZERS, build_model, llama_cpp_buffers, real_config, shrink
 
 
 @pytest.fixture(scope="module")
@@ -49,32 +48,12 @@ def test_config_sizes_match_llama_cpp_quantizer_tensor_by_tensor(tiny, quant):
     assert planned.weight_bytes == real.weight_bytes
 
 
-LOG = re.compile(r"(KV buffer size|compute buffer size) =\s+([\d.]+) MiB")
-
-
-def _llama_cpp_buffers(path: Path, n_ctx: int, n_batch: int, flash_attn: bool) -> dict:
-    """Load the model in a child process (verbose) and read llama.cpp's own buffer sizes from stderr."""
-    code = textwrap.dedent(f"""
-        import llama_cpp
-        llm = llama_cpp.Llama({str(path)!r}, n_ctx={n_ctx}, n_batch={n_batch}, n_ubatch={n_batch}, n_threads=2,
-                              flash_attn={flash_attn}, verbose=True)
-        llm.close()
-    """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    sizes: dict[str, float] = {}
-    for kind, mib in LOG.findall(res.stderr):
-        key = "kv" if kind.startswith("KV") else "compute"
-        sizes[key] = sizes.get(key, 0.0) + float(mib) * 2**20 if key == "kv" else float(mib) * 2**20
-    return sizes
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("n_ctx, n_batch, flash_attn", [
     (512, 512, False), (4096, 512, False), (4096, 128, False), (8192, 512, False), (8192, 1024, False),
     (4096, 512, True), (8192, 512, True)])
 def test_memory_model_matches_llama_cpp_within_10_percent(tiny, n_ctx, n_batch, flash_attn):
-    got = _llama_cpp_buffers(tiny["Q4_K_M"], n_ctx, n_batch, flash_attn)
+    got = llama_cpp_buffers(tiny["Q4_K_M"], n_ctx, n_batch, flash_attn)
     model = describe_gguf(tiny["Q4_K_M"])
     kv = kv_cache_bytes(model, n_ctx, n_batch)
     compute = compute_buffer_bytes(model, n_ctx, n_batch, flash_attn)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +144,32 @@ def llama_cpp_logits(gguf_path: Path, token_ids: list[int], lora: Path | None = 
         return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
 
 
+BUFFER_LOG = re.compile(r"(model|KV|RS|compute) buffer size =\s+([\d.]+) MiB")
+
+
+def llama_cpp_buffers(path: Path, n_ctx: int, n_batch: int = 512, flash_attn: bool = False) -> dict[str, float]:
+    """Load the model in a child process (verbose) and read llama.cpp's own buffer sizes, in bytes, from its
+    log: model (weights), kv (all KV caches: an iSWA model has two), rs (recurrent state), compute.
+
+    Sliding-window caches as llama-server and llama-cli size them (swa_full=false: the window + one
+    micro-batch), which is what the fit models; llama_context_default_params() would size them as full caches.
+    """
+    code = textwrap.dedent(f"""
+        import llama_cpp
+        llm = llama_cpp.Llama({str(path)!r}, n_ctx={n_ctx}, n_batch={n_batch}, n_ubatch={n_batch}, n_threads=2,
+                              flash_attn={flash_attn}, swa_full=False, verbose=True)
+        llm.close()
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sizes: dict[str, float] = {}
+    for kind, mib in BUFFER_LOG.findall(res.stderr):
+        key = kind.lower()
+        # several model/KV/RS buffers add up; the compute buffer is reported once per backend: the last (CPU)
+        sizes[key] = float(mib) * 2**20 + (sizes.get(key, 0.0) if key != "compute" else 0.0)
+    return sizes
+
+
 def compare(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     """(max |Δ| over all logits, fraction of positions whose argmax agrees)."""
     max_abs = float(np.max(np.abs(reference - got)))
@@ -167,17 +197,23 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) ->
 
 
 def synthetic_llama(folder: Path, config: dict, *, dtype: str = "F32", seed: int = 0, shards: int = 1) -> Path:
-    """A Llama checkpoint with random weights written by numpy (no torch): for error cases and benchmarks.
+    """A Llama checkpoint with random weights written by numpy (no torch): for error cases and benchmarks."""
+    return synthetic_checkpoint(folder, config, dtype=dtype, seed=seed, shards=shards)
 
-    Shapes follow the converter's own expectations (LlamaForCausalLM); BF16 is the top half of float32.
+
+def synthetic_checkpoint(folder: Path, config: dict, *, dtype: str = "F32", seed: int = 0, shards: int = 1) -> Path:
+    """A checkpoint of config's architecture with random weights written by numpy (no torch).
+
+    Shapes follow the converter's own expectations (the family's ArchSpec; optional tensors left out); BF16 is
+    the top half of float32.
     """
-    from edgepack.convert.families.llama import LLAMA
-    from edgepack.convert.spec import HFConfig
+    from edgepack.convert.spec import HFConfig, spec_for
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
-    expected = LLAMA.tensors(HFConfig(config))
+    hf_config = HFConfig(config)
+    expected = spec_for(hf_config.architecture).tensors(hf_config)
     names = [n for n, e in expected.items() if not e.optional]
     per_shard = -(-len(names) // shards)
     weight_map = {}

@@ -8,6 +8,7 @@ tensor infos -> stream the tensors (read, transform, cast, write, forget) into a
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -25,7 +26,7 @@ from ..ggufheader import read_header
 from ..progress import QUIET, Progress
 from . import floats
 from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
-from .spec import ArchSpec, Expected, HFConfig, Part, spec_for
+from .spec import SOURCE_CONFIG_KEY, ArchSpec, Expected, HFConfig, Part, spec_for
 from .vocab import load_vocab
 
 QT = gguf.GGMLQuantizationType
@@ -392,6 +393,7 @@ def _add_general(writer: gguf.GGUFWriter, src: Path, config: HFConfig, outtype: 
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string("edgepack.version", __version__)
     writer.add_string("edgepack.source.architecture", config.architecture)
+    writer.add_string(SOURCE_CONFIG_KEY, json.dumps(config.data, sort_keys=True, separators=(",", ":")))
     writer.add_array("edgepack.source.files", sorted(hashes))
     writer.add_array("edgepack.source.sha256", [hashes[k] for k in sorted(hashes)])
     if provenance:

@@ -4,6 +4,22 @@ A family module builds one ``ArchSpec`` and calls ``register``; the shared core 
 hyperparameters are copied from config.json to GGUF keys by the ``hparams`` table, tensors are renamed with
 ``gguf.TensorNameMap`` for ``arch``, ``transforms`` rewrite the few tensors whose layout differs between
 Hugging Face and llama.cpp, and ``check`` rejects configs the family cannot represent faithfully.
+
+The same spec sizes a model without its weights (``edgepack fit --config``, edgepack/fit.py): ``gguf_tensors``
+turns ``tensors`` into the GGUF names and shapes convert would write, and ``sizes`` (a ``SizeFacts``) states
+the per-layer facts the tensors alone do not tell. How a new family plugs in:
+
+* tensors, hparams, metadata, transforms, check: what convert needs (above). Nothing else is needed for a
+  plain decoder: the default ``sizes`` (``uniform_sizes``) says every layer has a full-context KV cache of
+  num_key_value_heads x head_dim.
+* ``sizes=lambda config: uniform_sizes(config, sliding=..., window=...)`` when some layers slide;
+* ``sizes=`` a function returning ``SizeFacts(layers=tuple(LayerSize(...) for each layer), ...)`` when layers
+  differ otherwise: per-layer KV heads and head sizes, layers that read another layer's KV (``kv_shared``),
+  recurrent/convolution layers (``n_head_kv=0`` and their fixed per-sequence ``state_floats``), experts
+  (``n_expert`` / ``n_expert_used``), tables read one row per token (``lookup_tensors``: per-layer embeddings).
+
+tests/test_fit.py sizes every registered class from its tiny test config and compares with llama.cpp's own
+numbers for the converted file.
 """
 
 from __future__ import annotations
@@ -19,6 +35,9 @@ import numpy as np
 from ..errors import BadCheckpoint, UnsupportedArchitecture
 
 REQUIRED = object()
+# The GGUF key convert stores config.json under, so that ``edgepack fit`` can size a converted (and quantized)
+# file with its family's per-layer description.
+SOURCE_CONFIG_KEY = "edgepack.source.config"
 
 
 class HFConfig:
@@ -165,6 +184,67 @@ Transform = Callable[[np.ndarray, HFConfig], np.ndarray]
 
 
 @dataclass(frozen=True)
+class LayerSize:
+    """What one layer costs at generation time beyond its weights (what ``edgepack fit`` sizes).
+
+    ``n_head_kv`` KV heads with ``head_dim_k`` / ``head_dim_v`` are cached per token unless the layer is
+    ``kv_shared`` (it attends to an earlier layer's cache and holds none) or has no attention (``n_head_kv`` 0:
+    a recurrent or convolution layer). ``sliding_window`` > 0: the cache holds only that many tokens.
+    ``state_floats``: a recurrent/convolution state per sequence, fixed whatever the context (F32 values).
+    ``n_head``: query heads (attention FLOPs and the attention compute buffer); 0 without attention.
+    """
+
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    sliding_window: int = 0
+    kv_shared: bool = False
+    state_floats: int = 0
+
+    @property
+    def has_attention(self) -> bool:
+        return self.n_head > 0
+
+    @property
+    def has_kv_cache(self) -> bool:
+        return self.n_head_kv > 0 and not self.kv_shared
+
+
+@dataclass(frozen=True)
+class SizeFacts:
+    """The facts about a model that its tensor list does not tell (see ``uniform_sizes`` for the defaults).
+
+    ``n_ff``: the widest feed-forward (compute buffer). ``n_expert`` / ``n_expert_used``: experts stored and
+    read per token (GGUF tensors named ``*_exps``). ``lookup_tensors``: GGUF tables of which a token reads one
+    row (the token embedding, per-layer embeddings) unless they double as the output matrix.
+    """
+
+    layers: tuple[LayerSize, ...]
+    n_embd: int
+    n_vocab: int
+    n_ff: int
+    n_ctx_train: int
+    n_expert: int = 0
+    n_expert_used: int = 0
+    lookup_tensors: tuple[str, ...] = ("token_embd.weight",)
+
+
+def uniform_sizes(config: HFConfig, sliding: list[bool] | None = None, window: int = 0) -> SizeFacts:
+    """Every layer alike: num_key_value_heads x head_dim cached per token; ``sliding`` (one bool per layer)
+    marks the layers whose cache holds only ``window`` tokens."""
+    n_layer = int(config.get("num_hidden_layers", "n_layer"))
+    sliding = sliding or [False] * n_layer
+    layer = LayerSize(config.n_head, config.n_head_kv, config.head_dim, config.head_dim)
+    layers = tuple(LayerSize(layer.n_head, layer.n_head_kv, layer.head_dim_k, layer.head_dim_v,
+                             sliding_window=window if slides else 0) for slides in sliding)
+    hidden = int(config.get("hidden_size", "n_embd"))
+    return SizeFacts(layers=layers, n_embd=hidden, n_vocab=int(config.get("vocab_size")),
+                     n_ff=int(config.get("intermediate_size", "n_inner", default=None) or 4 * hidden),
+                     n_ctx_train=int(config.get("max_position_embeddings", "n_positions", "n_ctx", default=0)))
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """Everything the shared converter core needs to know about one architecture family."""
 
@@ -201,6 +281,8 @@ class ArchSpec:
     # config.json values that transformers' config class supplies when the file leaves them out (multimodal
     # checkpoints save a sparse text_config); see HFConfig.
     defaults: dict = field(default_factory=dict)
+    # Per-layer facts for sizing (``edgepack fit``) that the tensors do not tell; see the module docstring.
+    sizes: Callable[[HFConfig], SizeFacts] = uniform_sizes
 
     @property
     def arch_name(self) -> str:
@@ -222,6 +304,23 @@ class ArchSpec:
 
     def dropped_parts(self, config: HFConfig) -> dict[str, str]:
         return self.dropped(config) if callable(self.dropped) else self.dropped
+
+
+def gguf_tensors(spec: ArchSpec, config: HFConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(GGUF name, GGUF shape) of every tensor convert writes for ``config`` (optional tensors, which a
+    checkpoint may or may not hold, left out), without reading a checkpoint. GGUF shapes list the row length
+    first (the reverse of Hugging Face's)."""
+    name_map = gguf.get_tensor_name_map(spec.arch, int(config.get("num_hidden_layers", "n_layer")))
+    out = []
+    for hf_name, expected in spec.tensors(config).items():
+        if expected.optional:
+            continue
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise UnsupportedArchitecture(f"no llama.cpp name for tensor {hf_name}", "report this as a bug")
+        out.append((gguf_name, tuple(reversed(expected.out_shape or expected.shape))))
+    out += [(name, tuple(reversed(data.shape))) for name, data in spec.extra_tensors(config)]
+    return out
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

@@ -37,7 +37,7 @@ from ...errors import UnsupportedArchitecture
 from ..common import (DECODER_HPARAMS, F32, MULTIMODAL_TEXT_RENAMES, PLAIN_ROPE_TYPES, RMS_NORM_EPS, STR, U32,
                       decoder_tensors, head_size_metadata, rope_metadata)
 from ..floats import bf16_to_f32
-from ..spec import ArchSpec, HFConfig, Metadata, register
+from ..spec import ArchSpec, HFConfig, Metadata, SizeFacts, register, uniform_sizes
 
 K = gguf.Keys
 BOOL_ARRAY = gguf.GGUFValueType.ARRAY
@@ -97,6 +97,11 @@ def _sliding_metadata(config: HFConfig, every: int) -> list[Metadata]:
             (K.Attention.SLIDING_WINDOW_PATTERN, sliding_layers(config, every), BOOL_ARRAY)]
 
 
+def _sliding_sizes(config: HFConfig, every: int) -> SizeFacts:
+    """For ``edgepack fit``: the sliding layers' caches hold only the window."""
+    return uniform_sizes(config, sliding_layers(config, every), int(config.get("sliding_window", default=0) or 0))
+
+
 # --- Gemma -------------------------------------------------------------------------------------------------
 
 def _gemma_check(config: HFConfig) -> None:
@@ -154,6 +159,7 @@ GEMMA2 = register(ArchSpec(
     transforms={r"norm\.weight$": plus_one},
     ignore=(r"rotary_emb\.inv_freq$", r"^lm_head\.weight$"),
     check=_gemma2_check,
+    sizes=lambda config: _sliding_sizes(config, every=2),
 ))
 
 
@@ -226,6 +232,7 @@ GEMMA3 = register(ArchSpec(
     ignore=(r"rotary_emb(_local)?\.inv_freq$",),
     check=_gemma3_check,
     defaults=GEMMA3_TEXT_DEFAULTS,
+    sizes=lambda config: _sliding_sizes(config, every=6),
 ))
 
 # The vision tower (SigLIP) and projector of Gemma 3 4B/12B/27B, in 4.x and 5.x checkpoint layouts.
