@@ -44,7 +44,7 @@ from .convert.checkpoint import (SAFETENSORS_DTYPES, Checkpoint, TensorInfo, loa
                                   read_tensor)
 from .convert.floats import f32_to_bf16, to_f32
 from .convert.core import ConvertResult, Provenance, convert
-from .convert.spec import ArchSpec, HFConfig, Transform, spec_for, supported_architectures
+from .convert.spec import ArchSpec, HFConfig, Transform, family_of, spec_for, supported_architectures
 from .errors import AdapterError, BadGGUF, EdgepackError, OutputError, UsageError
 from .fileio import atomic_path, check_output_path, sha256_file
 from .ggufheader import read_header
@@ -358,9 +358,7 @@ def _load_base(base: str | os.PathLike, progress: Progress = QUIET) -> _Base:
 
 
 def _load_hf_base(folder: Path, provenance: Provenance | None) -> _Base:
-    config = HFConfig(load_json(folder / "config.json", "config.json"))
-    spec = spec_for(config.architecture)
-    config = config.with_defaults(spec.defaults)
+    spec, config = family_of(load_json(folder / "config.json", "config.json"))
     spec.check(config)
     checkpoint = Checkpoint(folder)
     n_blocks = int(config.get("num_hidden_layers", "n_layer"))

@@ -24,8 +24,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .convert.spec import (SOURCE_CONFIG_KEY, HFConfig, LayerSize, SizeFacts, gguf_tensors, spec_for,
-                           supported_architectures)
+from .convert.spec import SOURCE_CONFIG_KEY, LayerSize, SizeFacts, family_of, gguf_tensors, supported_architectures
 from .errors import BadGGUF, EdgepackError, UsageError
 from .ggufheader import GGUFHeader, SkippedArray, read_header
 from .profiles import Profile
@@ -330,10 +329,11 @@ def _source_sizes(header: GGUFHeader) -> SizeFacts | None:
     """The family's SizeFacts from the config.json edgepack convert stores in the GGUF (None for files from
     other converters, or a class this edgepack does not know)."""
     text, hf_class = header.get(SOURCE_CONFIG_KEY), header.get("edgepack.source.architecture")
-    if not text or not hf_class or hf_class not in supported_architectures():
+    if not text or hf_class not in supported_architectures():
         return None
     try:
-        return spec_for(hf_class).sizes(HFConfig(json.loads(text)))
+        spec, config = family_of(json.loads(text))
+        return spec.sizes(config)
     except (ValueError, EdgepackError):  # a config this version cannot read: fall back to the GGUF's keys
         return None
 
@@ -357,8 +357,7 @@ def describe_config(config: dict, quant: str, name: str = "model") -> ModelDesc:
     quant = quant.upper()
     if quant not in QUANT_BASE:
         raise UsageError(f"unknown quant type {quant!r}", f"choose one of {', '.join(QUANT_BASE)}")
-    hf = HFConfig(config)
-    spec = spec_for(hf.architecture)
+    spec, hf = family_of(config)
     spec.check(hf)
     facts = spec.sizes(hf)
     shapes = gguf_tensors(spec, hf)

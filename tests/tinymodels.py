@@ -144,12 +144,14 @@ def llama_cpp_logits(gguf_path: Path, token_ids: list[int], lora: Path | None = 
         return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
 
 
-BUFFER_LOG = re.compile(r"(model|KV|RS|compute) buffer size =\s+([\d.]+) MiB")
+BUFFER_LOG = re.compile(r"(\S+) (model|KV|RS|compute) buffer size =\s+([\d.]+) MiB")
 
 
 def llama_cpp_buffers(path: Path, n_ctx: int, n_batch: int = 512, flash_attn: bool = False) -> dict[str, float]:
     """Load the model in a child process (verbose) and read llama.cpp's own buffer sizes, in bytes, from its
-    log: model (weights), kv (all KV caches: an iSWA model has two), rs (recurrent state), compute.
+    log: model (weights), kv (all KV caches: an iSWA model has two), rs (recurrent state), compute. The
+    CPU_REPACK model buffer is left out: it holds copies of weights the mapped file also holds, rearranged for
+    this CPU's kernels (the mapped pages of those tensors are not touched again).
 
     Sliding-window caches as llama-server and llama-cli size them (swa_full=false: the window + one
     micro-batch), which is what the fit models; llama_context_default_params() would size them as full caches.
@@ -163,8 +165,10 @@ def llama_cpp_buffers(path: Path, n_ctx: int, n_batch: int = 512, flash_attn: bo
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     sizes: dict[str, float] = {}
-    for kind, mib in BUFFER_LOG.findall(res.stderr):
+    for buffer, kind, mib in BUFFER_LOG.findall(res.stderr):
         key = kind.lower()
+        if buffer.endswith("REPACK"):
+            continue
         # several model/KV/RS buffers add up; the compute buffer is reported once per backend: the last (CPU)
         sizes[key] = float(mib) * 2**20 + (sizes.get(key, 0.0) if key != "compute" else 0.0)
     return sizes
@@ -207,13 +211,13 @@ def synthetic_checkpoint(folder: Path, config: dict, *, dtype: str = "F32", seed
     Shapes follow the converter's own expectations (the family's ArchSpec; optional tensors left out); BF16 is
     the top half of float32.
     """
-    from edgepack.convert.spec import HFConfig, spec_for
+    from edgepack.convert.spec import family_of
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
-    hf_config = HFConfig(config)
-    expected = spec_for(hf_config.architecture).tensors(hf_config)
+    spec, hf_config = family_of(config)
+    expected = spec.tensors(hf_config)
     names = [n for n, e in expected.items() if not e.optional]
     per_shard = -(-len(names) // shards)
     weight_map = {}

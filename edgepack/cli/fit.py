@@ -54,7 +54,7 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
 
     \b
     JSON memory parts are in megabytes (1e6 bytes): memory.weights_mb, kv_cache_mb, compute_mb, output_mb,
-    overhead_mb, and memory_total_mb / usable_mb.
+    overhead_mb, state_mb (recurrent state of hybrid models), and memory_total_mb / usable_mb.
     """
     if n_ctx <= 0:
         raise UsageError("--ctx must be positive", "e.g. --ctx 2048")

@@ -26,7 +26,7 @@ from ..ggufheader import read_header
 from ..progress import QUIET, Progress
 from . import floats
 from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
-from .spec import SOURCE_CONFIG_KEY, ArchSpec, Expected, HFConfig, Part, spec_for
+from .spec import SOURCE_CONFIG_KEY, ArchSpec, Expected, HFConfig, Part, family_of
 from .vocab import load_vocab
 
 QT = gguf.GGMLQuantizationType
@@ -92,9 +92,7 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
         raise UsageError(f"unknown outtype {outtype!r}", f"choose one of {', '.join(OUTTYPES)}")
     if not src.is_dir():
         raise BadCheckpoint(f"{src} is not a folder", "give the path of a Hugging Face model folder")
-    config = HFConfig(load_json(src / "config.json", "config.json"))
-    spec = spec_for(config.architecture)
-    config = config.with_defaults(spec.defaults)
+    spec, config = family_of(load_json(src / "config.json", "config.json"))
     spec.check(config)
     check_output_path(out, force)
 

@@ -338,6 +338,14 @@ def supported_architectures() -> dict[str, str]:
     return {cls: spec.arch_name for cls, spec in sorted(_REGISTRY.items())}
 
 
+def family_of(data: dict) -> tuple[ArchSpec, HFConfig]:
+    """The family spec for a config.json's class and the config as that family reads it (its defaults
+    applied). Raises UnsupportedArchitecture for a class no family converts; does not run ``spec.check``."""
+    config = HFConfig(data)
+    spec = spec_for(config.architecture)
+    return spec, config.with_defaults(spec.defaults)
+
+
 def spec_for(hf_class: str) -> ArchSpec:
     spec = _REGISTRY.get(hf_class)
     if spec is None:
