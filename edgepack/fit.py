@@ -24,6 +24,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from .convert.core import keeps_f32
 from .convert.spec import SOURCE_CONFIG_KEY, LayerSize, SizeFacts, family_of, gguf_tensors, supported_architectures
 from .errors import BadGGUF, EdgepackError, UsageError
 from .ggufheader import GGUFHeader, SkippedArray, read_header
@@ -85,7 +86,8 @@ def _category(name: str) -> str:
     return "other"
 
 
-# Weights llama.cpp's quantizer leaves in their source type (llama-quant.cpp, tensor_allows_quantization).
+# Weights llama.cpp's quantizer leaves in their source type (llama-quant.cpp, tensor_allows_quantization);
+# norms, routers and conv kernels among them are F32 in the source already (convert.core.keeps_f32).
 KEEP_TYPE = ("_norm.weight", "ffn_gate_inp.weight", "altup", "laurel", "per_layer_model_proj", "ssm_conv1d",
              "shortconv.conv.weight")
 KEEP_NAMES = ("position_embd.weight", "token_types.weight")
@@ -116,7 +118,7 @@ def quant_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], n_layer:
     i_wv = i_down = 0
     out: dict[str, QT] = {}
     for name, shape in sorted(tensors, key=lambda t: (_block(t[0]), t[0])):
-        if len(shape) < 2:
+        if keeps_f32(name, shape):
             out[name] = QT.F32
             continue
         if base in (QT.F32, QT.F16, QT.BF16) or not _quantizable(name, shape):

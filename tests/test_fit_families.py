@@ -24,6 +24,7 @@ from tinymodels import CONFIGS, TOKENIZERS, llama_cpp_buffers, real_config, shri
 
 TOKENIZER = TOKENIZERS / "tinyllama-chat-resaved-Dheena731"  # any real vocabulary (32000 tokens) will do
 N_CTX, N_BATCH = 1024, 256
+LOG_STEP = 0.01 * 2**20  # llama.cpp logs buffer sizes in MiB with two decimals
 
 
 def tiny_config(hf_class: str) -> dict:
@@ -71,7 +72,8 @@ def test_memory_of_every_family_matches_what_llama_cpp_allocates(quantized):
     ours = {"model": model.weight_bytes, "kv": kv_cache_bytes(model, N_CTX, N_BATCH),
             "rs": recurrent_state_bytes(model), "compute": compute_buffer_bytes(model, N_CTX, N_BATCH)}
     for part, size in ours.items():
-        assert abs(size - got.get(part, 0.0)) <= 0.10 * got.get(part, 0.0), (part, ours, got)
+        # 10%, or the log's own rounding (it prints MiB with two decimals) for a tiny buffer
+        assert abs(size - got.get(part, 0.0)) <= max(0.10 * got.get(part, 0.0), LOG_STEP / 2), (part, ours, got)
 
 
 def test_fit_cli_sizes_every_family_from_config_json(quantized, tmp_path):

@@ -217,8 +217,13 @@ def synthetic_checkpoint(folder: Path, config: dict, *, dtype: str = "F32", seed
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
     spec, hf_config = family_of(config)
-    expected = spec.tensors(hf_config)
-    names = [n for n, e in expected.items() if not e.optional]
+    shapes = {}
+    for name, e in spec.tensors(hf_config).items():
+        if e.optional:
+            continue
+        # a stacked tensor (a layer's experts) is written in its first form: the per-expert tensors
+        shapes.update({p.name: p.source_shape for p in e.forms[0]} if e.forms else {name: e.shape})
+    names = list(shapes)
     per_shard = -(-len(names) // shards)
     weight_map = {}
     for shard in range(shards):
@@ -226,7 +231,7 @@ def synthetic_checkpoint(folder: Path, config: dict, *, dtype: str = "F32", seed
         file = "model.safetensors" if shards == 1 else f"model-{shard + 1:05d}-of-{shards:05d}.safetensors"
         tensors = {}
         for name in part:
-            values = rng.standard_normal(expected[name].shape, dtype=np.float32) * 0.02
+            values = rng.standard_normal(shapes[name], dtype=np.float32) * 0.02
             if dtype == "BF16":
                 tensors[name] = ("BF16", (values.view(np.uint32) >> 16).astype(np.uint16))
             else:

@@ -26,7 +26,7 @@ from ..ggufheader import read_header
 from ..progress import QUIET, Progress
 from . import floats
 from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
-from .spec import SOURCE_CONFIG_KEY, ArchSpec, Expected, HFConfig, Part, family_of
+from .spec import SOURCE_CONFIG_KEY, ArchSpec, Expected, HFConfig, Part, family_of, gguf_name_of
 from .vocab import load_vocab
 
 QT = gguf.GGMLQuantizationType
@@ -224,7 +224,7 @@ def _plan_tensors(spec: ArchSpec, config: HFConfig, checkpoint: Checkpoint,
         if tuple(info.shape) != tuple(shape.shape):
             raise BadCheckpoint(f"tensor {hf_name} has shape {list(info.shape)}, expected {list(shape.shape)} "
                                 "from config.json", "config.json and the weights do not belong together")
-        gguf_name = _gguf_name(hf_name, shape, name_map)
+        gguf_name = gguf_name_of(hf_name, shape, name_map)
         out_shape = tuple(shape.out_shape or info.shape)
         plan.append(PlannedTensor(gguf_name, info, out_shape, _out_type(resolved, out_shape, gguf_name),
                                   hf_name=hf_name))
@@ -251,13 +251,6 @@ def _family_names(spec: ArchSpec, config: HFConfig,
                                 "the checkpoint mixes two layouts: re-save or re-download it")
         tensors[renamed] = info
     return tensors, dropped
-
-
-def _gguf_name(name: str, e: Expected, name_map: gguf.TensorNameMap) -> str:
-    gguf_name = e.gguf_name or name_map.get_name(name, try_suffixes=(".weight", ".bias"))
-    if gguf_name is None:
-        raise UnsupportedArchitecture(f"no llama.cpp name for tensor {name}", "report this as a bug")
-    return gguf_name
 
 
 def _drop_prefix(e: Expected, prefix: str) -> Expected:
@@ -291,7 +284,7 @@ def _plan_stacked(name: str, e: Expected, form: tuple[Part, ...], tensors: dict[
         parts.append((info, part))
     if sum(int(np.prod(p.shape)) for p in form) != int(np.prod(e.shape)):
         raise ValueError(f"the parts of {name} do not add up to {e.shape}")  # a family bug, not user data
-    gguf_name = _gguf_name(name, e, name_map)
+    gguf_name = gguf_name_of(name, e, name_map)
     return PlannedTensor(gguf_name, None, tuple(e.shape), _out_type(outtype, tuple(e.shape), gguf_name),
                          parts=tuple(parts))
 

@@ -232,7 +232,7 @@ class SizeFacts:
 
 def uniform_sizes(config: HFConfig, sliding: list[bool] | None = None, window: int = 0) -> SizeFacts:
     """Every layer alike: num_key_value_heads x head_dim cached per token; ``sliding`` (one bool per layer)
-    marks the layers whose cache holds only ``window`` tokens."""
+    marks the layers whose cache holds only ``window`` tokens; experts from transformers' usual names."""
     n_layer = int(config.get("num_hidden_layers", "n_layer"))
     sliding = sliding or [False] * n_layer
     layer = LayerSize(config.n_head, config.n_head_kv, config.head_dim, config.head_dim)
@@ -241,7 +241,10 @@ def uniform_sizes(config: HFConfig, sliding: list[bool] | None = None, window: i
     hidden = int(config.get("hidden_size", "n_embd"))
     return SizeFacts(layers=layers, n_embd=hidden, n_vocab=int(config.get("vocab_size")),
                      n_ff=int(config.get("intermediate_size", "n_inner", default=None) or 4 * hidden),
-                     n_ctx_train=int(config.get("max_position_embeddings", "n_positions", "n_ctx", default=0)))
+                     n_ctx_train=int(config.get("max_position_embeddings", "n_positions", "n_ctx", default=0)),
+                     # transformers' names for a sparse MoE's experts (Mixtral, Qwen-MoE, LFM2-MoE, ...)
+                     n_expert=int(config.get("num_experts", "num_local_experts", default=0) or 0),
+                     n_expert_used=int(config.get("num_experts_per_tok", default=0) or 0))
 
 
 @dataclass(frozen=True)
@@ -306,19 +309,21 @@ class ArchSpec:
         return self.dropped(config) if callable(self.dropped) else self.dropped
 
 
+def gguf_name_of(name: str, e: Expected, name_map: gguf.TensorNameMap) -> str:
+    """The GGUF name convert writes the tensor ``name`` under: the family's own, else gguf-py's map's."""
+    gguf_name = e.gguf_name or name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+    if gguf_name is None:
+        raise UnsupportedArchitecture(f"no llama.cpp name for tensor {name}", "report this as a bug")
+    return gguf_name
+
+
 def gguf_tensors(spec: ArchSpec, config: HFConfig) -> list[tuple[str, tuple[int, ...]]]:
     """(GGUF name, GGUF shape) of every tensor convert writes for ``config`` (optional tensors, which a
     checkpoint may or may not hold, left out), without reading a checkpoint. GGUF shapes list the row length
     first (the reverse of Hugging Face's)."""
     name_map = gguf.get_tensor_name_map(spec.arch, int(config.get("num_hidden_layers", "n_layer")))
-    out = []
-    for hf_name, expected in spec.tensors(config).items():
-        if expected.optional:
-            continue
-        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise UnsupportedArchitecture(f"no llama.cpp name for tensor {hf_name}", "report this as a bug")
-        out.append((gguf_name, tuple(reversed(expected.out_shape or expected.shape))))
+    out = [(gguf_name_of(name, e, name_map), tuple(reversed(e.out_shape or e.shape)))
+           for name, e in spec.tensors(config).items() if not e.optional]
     out += [(name, tuple(reversed(data.shape))) for name, data in spec.extra_tensors(config)]
     return out
 

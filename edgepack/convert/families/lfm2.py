@@ -28,12 +28,14 @@ What llama.cpp expects (src/models/lfm2.cpp, lfm2moe.cpp, the loader in src/llam
 
 from __future__ import annotations
 
+import dataclasses
+
 import gguf
 import numpy as np
 
 from ...errors import UnsupportedArchitecture
 from ..common import U32, rope_metadata
-from ..spec import ArchSpec, Expected, HFConfig, HParam, Part, register
+from ..spec import ArchSpec, Expected, HFConfig, HParam, LayerSize, Part, SizeFacts, register, uniform_sizes
 
 K = gguf.Keys
 ARRAY = gguf.GGUFValueType.ARRAY
@@ -210,6 +212,16 @@ def _zero_expert_bias(config: HFConfig):
             for i in range(n_dense_layers(config), int(config.get("num_hidden_layers")))]
 
 
+def _sizes(config: HFConfig) -> SizeFacts:
+    """For ``edgepack fit``: convolution layers hold no KV cache but conv_L_cache - 1 inputs (hidden values
+    each) per sequence, llama.cpp's recurrent state (hparams.n_embd_r)."""
+    facts = uniform_sizes(config)
+    state = int(config.get("hidden_size")) * (int(config.get("conv_L_cache", default=3)) - 1)
+    conv = LayerSize(n_head=0, n_head_kv=0, head_dim_k=0, head_dim_v=0, state_floats=state)
+    layers = tuple(conv if kind == "conv" else layer for layer, kind in zip(facts.layers, layer_types(config)))
+    return dataclasses.replace(facts, layers=layers, n_ff=dense_ff(config))
+
+
 def _spec(hf_class: str, arch: gguf.MODEL_ARCH, **extra) -> ArchSpec:
     return register(ArchSpec(
         hf_classes=(hf_class,),
@@ -221,6 +233,7 @@ def _spec(hf_class: str, arch: gguf.MODEL_ARCH, **extra) -> ArchSpec:
         # A tied checkpoint may still hold lm_head (the embedding again): it is written as the output then.
         ignore=(r"rotary_emb\.inv_freq$",),
         check=_check,
+        sizes=_sizes,
         **extra,
     ))
 
