@@ -15,6 +15,7 @@ import copy
 import json
 import re
 import shutil
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,7 +177,7 @@ class FamilyCase:
 
 # Weights an F16 GGUF still holds in F32, as llama.cpp's converter keeps them (edgepack.convert.core.keeps_f32):
 # convolution kernels and MoE routers.
-KEPT_F32 = re.compile(r"(conv\.conv|conv1d|\.gate|router\.layer)\.weight$")
+KEPT_F32 = re.compile(r"(conv\.conv|conv1d|\.gate|router\.layer|shared_expert_gate)\.weight$")
 
 
 def half_precision_matmuls(model) -> None:
@@ -195,6 +196,33 @@ def half_precision_matmuls(model) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
             module.register_forward_pre_hook(round_input)
+        elif _fused_swiglu_experts(module):
+            module.forward = types.MethodType(_half_precision_experts, module)
+
+
+def _fused_swiglu_experts(module) -> bool:
+    """transformers 5's fused expert block (gate_up_proj (E, 2F, H) with gate rows first, down_proj (E, H, F)),
+    whose matmuls are no nn.Linear a hook could round."""
+    return (type(module).__name__.endswith("Experts") and hasattr(module, "gate_up_proj")
+            and hasattr(module, "down_proj") and hasattr(module, "act_fn")
+            and not getattr(module, "is_transposed", False) and not getattr(module, "has_bias", False))
+
+
+def _half_precision_experts(self, hidden_states, top_k_index, top_k_weights):
+    """The experts computed as ggml's F16 mul_mat_id does: both matmuls' inputs rounded to half, F32 results."""
+    import torch
+
+    def half(x):
+        return x.to(torch.float16).to(torch.float32)
+
+    out = torch.zeros_like(hidden_states)
+    for expert in range(self.gate_up_proj.shape[0]):
+        token, slot = torch.where(top_k_index == expert)
+        if len(token):
+            gate, up = torch.nn.functional.linear(half(hidden_states[token]), self.gate_up_proj[expert]).chunk(2, -1)
+            y = torch.nn.functional.linear(half(self.act_fn(gate) * up), self.down_proj[expert])
+            out.index_add_(0, token, y * top_k_weights[token, slot, None])
+    return out
 
 
 def table_gelu(model) -> None:
@@ -217,6 +245,12 @@ def table_gelu(model) -> None:
     if not replaced:
         raise RuntimeError("no GELU module found to replace")
 
+def text_model(name: str, architecture: str) -> dict:
+    """The text model of a published multimodal config (its ``text_config``) as a text-only *ForCausalLM config."""
+    real = real_config(name)
+    return dict(real["text_config"], architectures=[architecture])
+
+
 CASES = [
     FamilyCase("qwen2.5-0.5b", "qwen2_0_5b", "qwen2-trained", {"hidden": 448, "heads": 7}),
     FamilyCase("qwen3-0.6b", "qwen3_0.6b", "qwen2-trained", {}, {"head_dim": 128}),
@@ -227,6 +261,22 @@ CASES = [
     # 16 experts, 4 per token (the real 128 / 8 shrunk), head_dim 128 apart from hidden / heads as in the real model.
     FamilyCase("qwen3-moe-30b-a3b", "qwen3_moe_30b_a3b", "qwen2-trained", {},
                {"head_dim": 128, "num_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 128}),
+    # Qwen3.5-0.8B's text model: 3 linear-attention (Gated DeltaNet) layers then 1 full-attention layer, head_dim
+    # 256 with rope on a quarter of it in MRoPE sections [11, 11, 10], linear heads of 128. Two value heads per key
+    # head (as Qwen3.5-9B and the MoE models; the 0.8B has one), so that the value-head reordering is exercised.
+    FamilyCase("qwen3.5-0.8b", text_model("qwen3_5_0.8b", "Qwen3_5ForCausalLM"), "qwen2-trained", {"layers": 4},
+               {"head_dim": 256, "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+                "linear_num_key_heads": 2, "linear_num_value_heads": 4},
+               # F16: the reference itself moves 3.5e-3 between float32 and float64 arithmetic with the same
+               # roundings (F32 GGUF: 1.1e-5), and llama.cpp sits at 5.7e-3.
+               tolerance={"f16": 1e-2}),
+    # Qwen3.6-35B-A3B's text model (Qwen3.5-MoE): 8 of its 256 experts, 2 used per token, shared expert.
+    FamilyCase("qwen3.5-moe-35b-a3b", text_model("qwen3_6_35b_a3b", "Qwen3_5MoeForCausalLM"), "qwen2-trained",
+               {"layers": 4},
+               {"head_dim": 256, "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+                "linear_num_key_heads": 2, "linear_num_value_heads": 4, "num_experts": 8, "num_experts_per_tok": 2,
+                "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64},
+               tolerance={"f16": 1e-2}),  # as qwen3.5-0.8b: llama.cpp at 5.3e-3 in F16 (F32: 1.6e-5)
     FamilyCase("gemma-2b", "gemma_2b", "gemma-trained", gelu_table=True),
     FamilyCase("gemma2-2b", "gemma2_2b", "gemma-trained", {},
                {"head_dim": 128, "query_pre_attn_scalar": 128, "sliding_window": SLIDING_WINDOW},

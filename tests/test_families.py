@@ -59,6 +59,23 @@ def test_f16_logits_match_transformers(built):
     _check_logits(built, "f16")
 
 
+def _sibling_checkpoint(folder, name: str):
+    """folder/name holding the built model's config and tokenizer files, for a checkpoint written another way."""
+    out = folder / name
+    out.mkdir(exist_ok=True)
+    for f in (folder / "model").iterdir():
+        if f.suffix != ".safetensors" and f.is_file():
+            (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+def _assert_same_tensors(a_path, b_path) -> None:
+    a, b = gguf.GGUFReader(a_path), gguf.GGUFReader(b_path)
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for x, y in zip(a.tensors, b.tensors):
+        assert np.array_equal(x.data, y.data), x.name
+
+
 GPT2_CASE = next(c for c in CASES if c.name == "gpt2")
 
 
@@ -69,11 +86,7 @@ def test_gpt2_checkpoint_saved_without_the_transformer_prefix(built):
     from safetensors.numpy import load_file, save_file
 
     case, folder, ids, references = built
-    bare = folder / "bare"
-    bare.mkdir(exist_ok=True)
-    for f in (folder / "model").iterdir():
-        if f.suffix != ".safetensors" and f.is_file():
-            (bare / f.name).write_bytes(f.read_bytes())
+    bare = _sibling_checkpoint(folder, "bare")
     tensors = load_file(folder / "model" / "model.safetensors")
     renamed = {n.removeprefix("transformer."): t for n, t in tensors.items() if n != "lm_head.weight"}
     assert "wte.weight" in renamed and not any(n.startswith("transformer.") for n in renamed)
@@ -82,10 +95,7 @@ def test_gpt2_checkpoint_saved_without_the_transformer_prefix(built):
     save_file(renamed, bare / "model.safetensors")
     convert(folder / "model", folder / "prefixed.gguf", outtype="f32")
     convert(bare, folder / "bare.gguf", outtype="f32")
-    a, b = gguf.GGUFReader(folder / "prefixed.gguf"), gguf.GGUFReader(folder / "bare.gguf")
-    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
-    for x, y in zip(a.tensors, b.tensors):
-        assert np.array_equal(x.data, y.data), x.name
+    _assert_same_tensors(folder / "prefixed.gguf", folder / "bare.gguf")
     max_abs, top1 = compare(references["f32"], llama_cpp_logits(folder / "bare.gguf", ids))
     assert top1 == 1.0 and max_abs <= (GELU_TOLERANCE if case.gelu_table else TOLERANCE)["f32"]
 
@@ -117,20 +127,13 @@ def test_moe_experts_stack_in_order_from_either_layout(built):
     tensors = load_file(folder / "model" / "model.safetensors")
     results = {}
     for label, order in (("fused", range(n_expert)), ("permuted", [1, 0] + list(range(2, n_expert)))):
-        src = folder / label
-        src.mkdir(exist_ok=True)
-        for f in (folder / "model").iterdir():
-            if f.suffix != ".safetensors" and f.is_file():
-                (src / f.name).write_bytes(f.read_bytes())
+        src = _sibling_checkpoint(folder, label)
         save_file(_fuse_experts(tensors, n_layers, n_expert, order), src / "model.safetensors")
         convert(src, folder / f"{label}.gguf", outtype="f32")
         results[label] = compare(references["f32"], llama_cpp_logits(folder / f"{label}.gguf", ids))
     convert(folder / "model", folder / "per-expert.gguf", outtype="f32")
-    a, b = gguf.GGUFReader(folder / "per-expert.gguf"), gguf.GGUFReader(folder / "fused.gguf")
-    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
-    for x, y in zip(a.tensors, b.tensors):
-        assert np.array_equal(x.data, y.data), x.name
-    stacked = {t.name: t.data for t in a.tensors}
+    _assert_same_tensors(folder / "per-expert.gguf", folder / "fused.gguf")
+    stacked = {t.name: t.data for t in gguf.GGUFReader(folder / "per-expert.gguf").tensors}
     for e in range(n_expert):
         for gguf_part, hf_part in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
             assert np.array_equal(stacked[f"blk.1.ffn_{gguf_part}_exps.weight"][e],
@@ -239,7 +242,9 @@ def test_list_architectures_names_every_family():
     result = CliRunner().invoke(cli, ["convert", "--list-architectures"])
     assert result.exit_code == 0
     expected = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
-                "Qwen3MoeForCausalLM": "qwen3moe", "GemmaForCausalLM": "gemma",
+                "Qwen3MoeForCausalLM": "qwen3moe", "Qwen3_5ForCausalLM": "qwen35",
+                "Qwen3_5ForConditionalGeneration": "qwen35", "Qwen3_5MoeForCausalLM": "qwen35moe",
+                "Qwen3_5MoeForConditionalGeneration": "qwen35moe", "GemmaForCausalLM": "gemma",
                 "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3", "Phi3ForCausalLM": "phi3",
                 "StableLmForCausalLM": "stablelm", "GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama"}
     for hf_class, arch in expected.items():
@@ -304,3 +309,110 @@ def test_stacked_experts_are_streamed_not_held(tmp_path, tokenizer_folders):
     print(f"peak RSS growth: 16 experts {small / 2**20:.1f} MB, 64 experts {large / 2**20:.1f} MB "
           f"(stacked tensors {stack_growth / 2**20:.0f} MB larger)")
     assert large - small < stack_growth / 6
+
+
+QWEN35_CASE = next(c for c in CASES if c.name == "qwen3.5-0.8b")
+
+
+def _chunked_logits(path, ids: list[int], chunk: int) -> np.ndarray:
+    """llama.cpp's logits with the prompt fed ``chunk`` tokens at a time: each chunk starts from the convolution
+    and delta-rule state the previous one left (F32 caches)."""
+    from edgepack.evaluate import open_llama
+
+    with open_llama(path, n_ctx=64, logits_all=True, n_threads=2, n_batch=chunk, n_ubatch=chunk, type_k=0,
+                    type_v=0) as llm:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def _convert_with(monkeypatch, hf_class: str, src, out, **changes) -> None:
+    """Convert with the family spec altered (a deliberately broken converter, to show the tests catch it)."""
+    import dataclasses
+
+    from edgepack.convert import spec as spec_module
+
+    broken = dataclasses.replace(spec_module.spec_for(hf_class), **changes)
+    with monkeypatch.context() as m:
+        m.setitem(spec_module._REGISTRY, hf_class, broken)
+        convert(src, out, outtype="f32")
+
+
+@pytest.mark.parametrize("built", [QWEN35_CASE], indirect=True, ids=["qwen3.5"])
+def test_qwen35_state_and_value_heads(built, monkeypatch):
+    """The linear-attention state carries across llama.cpp's batches (the prompt fed 5 tokens at a time gives the
+    same logits), and the converter's layout work is what makes the logits match: value heads left in HF's
+    grouped order, or the convolution taps reversed, are far off."""
+    from edgepack.convert.families import qwen35
+
+    case, folder, ids, references = built
+    path = folder / "f32.gguf"
+    if not path.exists():
+        convert(folder / "model", path, outtype="f32")
+    chunked = compare(references["f32"], _chunked_logits(path, ids, 5))
+    assert chunked[1] == 1.0 and chunked[0] <= TOLERANCE["f32"], chunked
+
+    hf_class = "Qwen3_5ForCausalLM"
+    with monkeypatch.context() as m:  # value heads left in HF's grouped order
+        m.setattr(qwen35, "tile_value_heads", lambda x, config, head_size, axis=0: x)
+        convert(folder / "model", folder / "grouped.gguf", outtype="f32")
+    reversed_taps = dict(qwen35.TRANSFORMS)
+    reversed_taps[r"linear_attn\.(in_proj_qkv|conv1d)\.weight$"] = lambda w, c: (
+        qwen35._qkv_rows(w, c)[..., ::-1].copy() if w.ndim == 3 else qwen35._qkv_rows(w, c))
+    _convert_with(monkeypatch, hf_class, folder / "model", folder / "taps.gguf", transforms=reversed_taps)
+    broken = {name: compare(references["f32"], llama_cpp_logits(folder / f"{name}.gguf", ids))
+              for name in ("grouped", "taps")}
+    print(f"qwen3.5: fed 5 tokens at a time max|Δ|={chunked[0]:.2e}; value heads grouped max|Δ|="
+          f"{broken['grouped'][0]:.2e}; conv taps reversed max|Δ|={broken['taps'][0]:.2e}")
+    assert all(max_abs > 1e-2 for max_abs, _ in broken.values()), broken
+
+
+@pytest.mark.parametrize("built", [QWEN35_CASE], indirect=True, ids=["qwen3.5"])
+def test_qwen35_hub_layout_with_mtp_and_vision_converts_the_same(built):
+    """Hub checkpoints are Qwen3_5ForConditionalGeneration with the text model under model.language_model., a
+    vision tower under model.visual. and the MTP block under mtp. (transformers 5 saves no MTP block): the same
+    GGUF comes out, and the result names what was left out."""
+    from safetensors.numpy import load_file, save_file
+
+    case, folder, ids, _ = built
+    hub = _sibling_checkpoint(folder, "hub")
+    text = json.loads((folder / "model/config.json").read_text())
+    (hub / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen3_5ForConditionalGeneration"], "model_type": "qwen3_5",
+        "tie_word_embeddings": text["tie_word_embeddings"], "text_config": dict(text, model_type="qwen3_5_text")}))
+    tensors = {("model.language_model." + n.removeprefix("model.")) if n.startswith("model.") else n: t
+               for n, t in load_file(folder / "model" / "model.safetensors").items()}
+    hidden = text["hidden_size"]
+    rng = np.random.default_rng(0)
+    extra = {"model.visual.blocks.0.attn.qkv.weight": (96, 32), "model.visual.merger.linear_fc2.weight": (hidden, 64),
+             "mtp.fc.weight": (hidden, 2 * hidden), "mtp.norm.weight": (hidden,),
+             "mtp.pre_fc_norm_embedding.weight": (hidden,), "mtp.pre_fc_norm_hidden.weight": (hidden,),
+             "mtp.layers.0.self_attn.q_proj.weight": (hidden, hidden), "mtp.layers.0.mlp.up_proj.weight": (64, hidden)}
+    tensors.update({n: rng.standard_normal(s).astype(np.float32) for n, s in extra.items()})
+    save_file(tensors, hub / "model.safetensors")
+    result = convert(hub, folder / "hub.gguf", outtype="f32")
+    assert result.dropped == {"MTP block (multi-token prediction)": 6, "vision tower": 2}
+    if not (folder / "f32.gguf").exists():
+        convert(folder / "model", folder / "f32.gguf", outtype="f32")
+    _assert_same_tensors(folder / "f32.gguf", folder / "hub.gguf")
+    runner = CliRunner().invoke(cli, ["convert", str(hub), "-o", str(folder / "cli.gguf"), "--outtype", "f32"])
+    assert runner.exit_code == 0 and "MTP block" in runner.output, runner.output
+
+
+QWEN35_UNSUPPORTED = [
+    ({"layer_types": ["linear_attention"] * 23 + ["sliding_attention"]}, "layer_types 'sliding_attention'"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e7, "partial_rotary_factor": 0.25,
+                          "mrope_section": [11, 11, 10]}}, "rope scaling type 'yarn'"),
+    ({"linear_value_head_dim": 64}, "linear_key_head_dim 128 != linear_value_head_dim 64"),
+    ({"mlp_only_layers": [0]}, "mlp_only_layers"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", QWEN35_UNSUPPORTED, ids=[m for _, m in QWEN35_UNSUPPORTED])
+def test_qwen35_unsupported_setting_is_a_clear_error(tmp_path, overrides, message):
+    from family_cases import text_model
+
+    folder = _config_only(tmp_path, dict(text_model("qwen3_5_0.8b", "Qwen3_5ForCausalLM"), **overrides))
+    with pytest.raises(UnsupportedArchitecture) as info:
+        convert(folder, tmp_path / "out.gguf")
+    assert message in str(info.value) and info.value.hint
+    assert not (tmp_path / "out.gguf").exists()
