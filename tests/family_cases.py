@@ -245,6 +245,14 @@ def table_gelu(model) -> None:
     if not replaced:
         raise RuntimeError("no GELU module found to replace")
 
+# Qwen3.5's text and vision configs shrunk for the multimodal classes (whose nested configs are merged, not shrunk).
+QWEN35_TINY_TEXT = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+                    "num_key_value_heads": 1, "layer_types": ["linear_attention"] * 3 + ["full_attention"],
+                    "max_position_embeddings": 2048}
+QWEN35_TINY_VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 256,
+                      "num_position_embeddings": 64}
+
+
 def text_model(name: str, architecture: str) -> dict:
     """The text model of a published multimodal config (its ``text_config``) as a text-only *ForCausalLM config."""
     real = real_config(name)
@@ -277,6 +285,18 @@ CASES = [
                 "linear_num_key_heads": 2, "linear_num_value_heads": 4, "num_experts": 8, "num_experts_per_tok": 2,
                 "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64},
                tolerance={"f16": 1e-2}),  # as qwen3.5-0.8b: llama.cpp at 5.3e-3 in F16 (F32: 1.6e-5)
+    # The same text models under their published multimodal classes (text model under model.language_model.,
+    # a vision tower llama.cpp's text model does not use, shrunk to one block).
+    FamilyCase("qwen3.5-0.8b-multimodal", "qwen3_5_0.8b", "qwen2-trained", {},
+               {"text_config": dict(QWEN35_TINY_TEXT, linear_num_key_heads=2, linear_num_value_heads=4),
+                "vision_config": QWEN35_TINY_VISION},
+               tolerance={"f16": 1e-2}),
+    FamilyCase("qwen3.5-moe-35b-a3b-multimodal", "qwen3_6_35b_a3b", "qwen2-trained", {},
+               {"text_config": dict(QWEN35_TINY_TEXT, linear_num_key_heads=2, linear_num_value_heads=4,
+                                    num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64,
+                                    shared_expert_intermediate_size=64),
+                "vision_config": QWEN35_TINY_VISION},
+               tolerance={"f16": 1e-2}),
     FamilyCase("gemma-2b", "gemma_2b", "gemma-trained", gelu_table=True),
     FamilyCase("gemma2-2b", "gemma2_2b", "gemma-trained", {},
                {"head_dim": 128, "query_pre_attn_scalar": 128, "sliding_window": SLIDING_WINDOW},

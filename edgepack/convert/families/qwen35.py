@@ -34,7 +34,7 @@ from ...errors import UnsupportedArchitecture
 from ..common import (DECODER_HPARAMS, EXPERT_HPARAMS, MULTIMODAL_TEXT_RENAMES, PLAIN_ROPE_TYPES, RMS_NORM_EPS,
                       U32, F32, check_silu, head_size_metadata, stacked_experts)
 from ..floats import bf16_to_f32
-from ..spec import ArchSpec, Expected, HFConfig, HParam, Metadata, register
+from ..spec import ArchSpec, Expected, HFConfig, HParam, LayerSize, SizeFacts, register, uniform_sizes
 from .gemma import BOOL_ARRAY, plus_one
 
 K = gguf.Keys
@@ -240,6 +240,20 @@ def _tensors(config: HFConfig, moe: bool = False) -> dict[str, Expected]:
     return tensors
 
 
+def _sizes(config: HFConfig) -> SizeFacts:
+    """For ``edgepack fit``: a linear-attention layer holds no KV cache but, per sequence, the last K-1 inputs of
+    its convolution over q, k and v and the delta-rule state (one head_v x head_k matrix per value head):
+    llama.cpp's hparams.n_embd_r() + n_embd_s(), in F32."""
+    facts = uniform_sizes(config)
+    n_k, r, k_dim, v_dim = _heads(config)
+    inner, kernel = n_k * r * v_dim, int(config.get("linear_conv_kernel_dim"))
+    state = (kernel - 1) * (inner + 2 * n_k * k_dim) + k_dim * inner
+    linear = LayerSize(n_head=0, n_head_kv=0, head_dim_k=0, head_dim_v=0, state_floats=state)
+    layers = tuple(linear if recurrent else layer for layer, recurrent in zip(facts.layers, recurrent_layers(config)))
+    n_ff = int(config.get("intermediate_size", default=0) or 0) or int(config.get("moe_intermediate_size"))
+    return dataclasses.replace(facts, layers=layers, n_ff=n_ff)
+
+
 DROPPED = {r"^(model\.)?mtp\.": "MTP block (multi-token prediction)", r"^model\.visual\.": "vision tower"}
 
 QWEN35 = register(ArchSpec(
@@ -254,6 +268,7 @@ QWEN35 = register(ArchSpec(
     renames=MULTIMODAL_TEXT_RENAMES,
     dropped=DROPPED,
     defaults=QWEN35_TEXT_DEFAULTS,
+    sizes=_sizes,
 ))
 
 QWEN35MOE = register(dataclasses.replace(
