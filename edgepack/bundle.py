@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tarfile
@@ -26,16 +27,18 @@ from pathlib import Path
 import gguf
 
 from . import __version__
-from .errors import OutputError, UsageError, VerifyError
-from .fileio import atomic_output, sha256_file
+from .errors import BadGGUF, OutputError, UsageError, VerifyError
+from .fileio import atomic_output, regular_files, sha256_file
 from .validate import safe_name
 
 SCHEMA = "edgepack.bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the manifest carries its own digest (integrity)
 MANIFEST = "manifest.json"
 ARCHIVE_SUFFIXES = {"tar.zst": ".tar.zst", "zip": ".zip"}
 ZSTD_LEVEL = 10
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+INTEGRITY = "integrity"
+INTEGRITY_COVERS = "every other key of manifest.json, as JSON with sorted keys, no whitespace, UTF-8"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class BundleAdapter:
     scale: float = 1.0
     mode: str = "convert"
     source_sha256: str | None = None  # content hash of the PEFT adapter it was converted from
+    sha256: str | None = None  # the GGUF's own hash when it was made: checked on the copy that ships
 
 
 @dataclass
@@ -65,6 +69,7 @@ class VerifyResult:
     model: str
     loaded: bool
     adapters_loaded: list[str] = field(default_factory=list)
+    manifest_sha256: str = ""  # pins the whole bundle (the manifest lists every file's hash): `verify --expect`
 
 
 # --- facts ------------------------------------------------------------------------------------------
@@ -105,6 +110,19 @@ def gguf_facts(path: str | Path) -> dict:
     return {"model": facts, "tokenizer": tokenizer, "chat_template": _field(reader, "tokenizer.chat_template")}
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 over the manifest's canonical form (``INTEGRITY_COVERS``): what ``integrity.sha256`` records."""
+    body = {k: v for k, v in manifest.items() if k != INTEGRITY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                          .encode("utf-8")).hexdigest()
+
+
+def seal(manifest: dict) -> dict:
+    """The manifest with its integrity digest. It makes an edit that does not also recompute the digest
+    visible; anyone can recompute it, so it proves no origin (docs/security.md)."""
+    return {**manifest, INTEGRITY: {"sha256": manifest_digest(manifest), "covers": INTEGRITY_COVERS}}
+
+
 def tool_versions() -> dict:
     """edgepack, gguf-py and llama.cpp (llama-cpp-python's version and its build's system info)."""
     versions = {"edgepack": __version__}
@@ -132,12 +150,15 @@ def _copy(src: Path, dst: Path) -> None:
 def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: dict, source: dict,
                  adapters: list[BundleAdapter] = (), extra_files: dict[str, str | Path] | None = None,
                  fit: dict | None = None, quality: dict | None = None, runtime: dict | None = None,
-                 report: str | None = None, model_name: str | None = None, archive: str = "none") -> BundleResult:
+                 report: str | None = None, model_name: str | None = None, archive: str = "none",
+                 model_sha256: str | None = None) -> BundleResult:
     """Write the bundle folder ``folder`` (replacing an older one) and optionally its archive beside it.
 
     ``model``: the picked GGUF. ``profile``: at least ``name``. ``source``: provenance (repo_id, revision,
     commit_sha, license, or for a local folder its name and content hash). ``extra_files``: {name in bundle:
     file}, e.g. the report. ``fit`` / ``quality`` / ``runtime``: figures copied into the manifest as given.
+    ``model_sha256`` (and each adapter's ``sha256``): the hash recorded when the GGUF was made; the copy that
+    ships is hashed anyway, and a mismatch (a damaged cache file) raises ``BadGGUF`` before anything is published.
     """
     folder = Path(folder)
     model = Path(model)
@@ -156,12 +177,14 @@ def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: 
     tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         _copy(model, tmp / model_file)
-        model_sha = sha256_file(tmp / model_file)
+        model_sha = _check_copy(model, tmp / model_file, model_sha256)
         roles = {model_file: "model"}
+        hashes = {model_file: model_sha}
         adapter_entries = []
         for a in adapters:
             rel = f"adapters/{a.name}.gguf"
             _copy(Path(a.file), tmp / rel)
+            hashes[rel] = _check_copy(Path(a.file), tmp / rel, a.sha256)
             roles[rel] = "adapter"
             entry = {"name": a.name, "file": rel, "scale": a.scale, "mode": a.mode,
                      "base": {"file": model_file, "sha256": model_sha}}
@@ -175,7 +198,7 @@ def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: 
         for rel in sorted(roles):
             path = tmp / rel
             files.append({"path": rel, "role": roles[rel], "size_bytes": path.stat().st_size,
-                          "sha256": model_sha if rel == model_file else sha256_file(path)})
+                          "sha256": hashes.get(rel) or sha256_file(path)})
         manifest = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -194,6 +217,7 @@ def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: 
             "report": report,
             "tools": tool_versions(),
         }
+        manifest = seal(manifest)
         text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
         for path in tmp.rglob("*"):
@@ -214,6 +238,17 @@ def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: 
     return result
 
 
+def _check_copy(src: Path, copy: Path, expected: str | None) -> str:
+    """The copy's sha256, which must be ``expected`` (when given): what ships is what was made and measured."""
+    digest = sha256_file(copy)
+    if expected and digest != expected:
+        error = BadGGUF(f"{src} changed after it was made: sha256 {digest[:12]}..., recorded {expected[:12]}...",
+                        "the file is damaged; make it again (edgepack build redoes a damaged step)")
+        error.path = src
+        raise error
+    return digest
+
+
 def _replace_dir(tmp: Path, folder: Path) -> None:
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
@@ -226,7 +261,10 @@ def _replace_dir(tmp: Path, folder: Path) -> None:
 
 
 def _members(folder: Path) -> list[tuple[str, Path]]:
-    return sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    try:
+        return list(regular_files(folder).items())
+    except ValueError as exc:  # edgepack writes regular files only: someone changed the folder
+        raise OutputError(f"cannot pack {folder}: {exc}", "rebuild the bundle") from None
 
 
 def pack(folder: str | Path, kind: str) -> Path:
@@ -306,32 +344,34 @@ def _safe_names(names: list[str], bundle: Path) -> None:
             raise VerifyError(f"{bundle}: unsafe path {n!r} in the archive", "do not trust this archive")
 
 
-def verify_bundle(bundle: str | Path, *, load: bool = True, n_threads: int = 2) -> VerifyResult:
-    """Check ``bundle`` (folder or archive): manifest, every file's size and sha256, no unlisted file, and
-    (``load``) that the GGUF and each adapter load and evaluate in llama.cpp. Raises ``VerifyError``."""
+def verify_bundle(bundle: str | Path, *, load: bool = True, n_threads: int = 2,
+                  expect: str | None = None) -> VerifyResult:
+    """Check ``bundle`` (folder or archive): only regular files inside it, the manifest's own digest, every
+    file's size and sha256, no unlisted file, the manifest's facts against the GGUF, (``load``) that the GGUF and
+    each adapter load and evaluate in llama.cpp, and (``expect``) that the manifest's sha256 is the one given.
+    What this proves and what it cannot: docs/security.md. Raises ``VerifyError``."""
     bundle = Path(bundle)
     with _opened(bundle) as folder:
-        manifest_path = folder / MANIFEST
-        if not manifest_path.is_file():
-            raise VerifyError(f"{bundle}: no {MANIFEST}", "this is not an edgepack bundle, or it is incomplete")
+        empty: list[str] = []
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise VerifyError(f"{bundle}: {MANIFEST} is not valid JSON ({exc})", "the bundle is damaged") from None
-        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-            raise VerifyError(f"{bundle}: {MANIFEST} is not an edgepack bundle manifest", "the bundle is damaged")
-        if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise VerifyError(f"{bundle}: manifest schema version {manifest.get('schema_version')} is not "
-                              f"{SCHEMA_VERSION}", "use the edgepack version that wrote it")
-        listed = {}
-        for entry in manifest.get("files", []):
-            rel = entry.get("path", "")
-            if rel.startswith("/") or ".." in Path(rel).parts:
-                raise VerifyError(f"{bundle}: unsafe path {rel!r} in the manifest", "do not trust this bundle")
-            listed[rel] = entry
-        for rel, entry in sorted(listed.items()):
-            path = folder / rel
-            if not path.is_file():
+            on_disk = regular_files(folder, empty)
+        except ValueError as exc:
+            raise VerifyError(f"{bundle}: {exc}", "a bundle holds only regular files and the folders around "
+                                                  "them: do not trust this copy, rebuild or re-copy it") from None
+        except OSError as exc:
+            raise VerifyError(f"{bundle}: cannot read the bundle ({exc.strerror})", "check the path") from None
+        if MANIFEST not in on_disk:
+            raise VerifyError(f"{bundle}: no {MANIFEST}", "this is not an edgepack bundle, or it is incomplete")
+        raw = on_disk[MANIFEST].read_bytes()
+        manifest_sha = hashlib.sha256(raw).hexdigest()
+        if expect is not None and manifest_sha != expect.strip().lower():
+            raise VerifyError(f"{bundle}: {MANIFEST} has sha256 {manifest_sha}, not the expected {expect.strip()}",
+                              "this is not the bundle that was built (or --expect names another one)")
+        manifest = _read_verified_manifest(raw, bundle)
+        listed = _listed_files(manifest, bundle)
+        for rel, entry in listed.items():
+            path = on_disk.get(rel)
+            if path is None:
                 raise VerifyError(f"{bundle}: {rel} is missing", "the bundle is incomplete: rebuild or re-copy it")
             size = path.stat().st_size
             if size != entry.get("size_bytes"):
@@ -342,27 +382,119 @@ def verify_bundle(bundle: str | Path, *, load: bool = True, n_threads: int = 2) 
                 raise VerifyError(f"{bundle}: {rel} sha256 {digest[:12]}... does not match the manifest "
                                   f"({str(entry.get('sha256'))[:12]}...)",
                                   "the file was changed or damaged: rebuild or re-copy the bundle")
-        extra = sorted(rel for rel, _ in _members(folder) if rel != MANIFEST and rel not in listed)
+        extra = sorted([rel for rel in on_disk if rel != MANIFEST and rel not in listed] + empty)
         if extra:
             raise VerifyError(f"{bundle}: {extra[0]} is not listed in the manifest"
                               + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""),
                               "bundles hold only the files their manifest lists: remove it or rebuild")
-        model_rel = manifest.get("model", {}).get("file")
-        if model_rel not in listed:
-            raise VerifyError(f"{bundle}: the manifest names no model file", "the bundle is damaged")
-        adapters = manifest.get("adapters", [])
+        model_rel, adapters = _model_and_adapters(manifest, listed, bundle)
+        _check_facts(manifest, on_disk[model_rel], bundle)
         loaded: list[str] = []
         if load:
-            plain = _load_check(folder / model_rel, None, 1.0, n_threads, bundle)
+            plain = _load_check(on_disk[model_rel], None, 1.0, n_threads, bundle)
             for a in adapters:
-                adapted = _load_check(folder / model_rel, folder / a["file"], float(a.get("scale", 1.0)), n_threads,
+                adapted = _load_check(on_disk[model_rel], on_disk[a["file"]], float(a.get("scale", 1.0)), n_threads,
                                       bundle)
                 if (adapted == plain).all():
                     raise VerifyError(f"{bundle}: adapter {a['name']} does not change the model's output",
                                       "the adapter GGUF does not apply to this model: rebuild the bundle")
                 loaded.append(a["name"])
         return VerifyResult(bundle=bundle, n_files=len(listed), model=model_rel, loaded=load,
-                            size_bytes=sum(int(e["size_bytes"]) for e in listed.values()), adapters_loaded=loaded)
+                            size_bytes=sum(int(e["size_bytes"]) for e in listed.values()), adapters_loaded=loaded,
+                            manifest_sha256=manifest_sha)
+
+
+_UNTRUSTED = "do not trust this bundle: rebuild it or get it again from its source"
+
+
+def _read_verified_manifest(raw: bytes, bundle: Path) -> dict:
+    """The parsed manifest, of this schema version, whose integrity digest matches its content."""
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VerifyError(f"{bundle}: {MANIFEST} is not valid JSON ({exc})", "the bundle is damaged") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise VerifyError(f"{bundle}: {MANIFEST} is not an edgepack bundle manifest", "the bundle is damaged")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise VerifyError(f"{bundle}: manifest schema version {manifest.get('schema_version')!r} is not "
+                          f"{SCHEMA_VERSION}", "use the edgepack version that wrote it, or rebuild the bundle")
+    recorded = manifest.get(INTEGRITY)
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
+        raise VerifyError(f"{bundle}: {MANIFEST} has no integrity digest", _UNTRUSTED)
+    if manifest_digest(manifest) != recorded["sha256"]:
+        raise VerifyError(f"{bundle}: {MANIFEST} was edited after it was written (its content does not match its "
+                          f"integrity digest)", _UNTRUSTED)
+    return manifest
+
+
+def _plain_relative(rel) -> bool:
+    """A path the way the writer records one: relative, '/'-separated, no empty, '.' or '..' part."""
+    return (isinstance(rel, str) and bool(rel) and "\\" not in rel and not rel.startswith("/")
+            and all(part not in ("", ".", "..") for part in rel.split("/")))
+
+
+def _listed_files(manifest: dict, bundle: Path) -> dict[str, dict]:
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise VerifyError(f"{bundle}: the manifest's files is not a list", _UNTRUSTED)
+    listed = {}
+    for entry in files:
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        if not _plain_relative(rel) or rel == MANIFEST:
+            raise VerifyError(f"{bundle}: unsafe path {rel!r} in the manifest", _UNTRUSTED)
+        listed[rel] = entry
+    return listed
+
+
+def _model_and_adapters(manifest: dict, listed: dict[str, dict], bundle: Path) -> tuple[str, list[dict]]:
+    """The model file and the adapter entries, each naming a listed file of its role (nothing outside)."""
+    model = manifest.get("model")
+    model_rel = model.get("file") if isinstance(model, dict) else None
+    if model_rel not in listed or listed[model_rel].get("role") != "model":
+        raise VerifyError(f"{bundle}: the manifest's model file {model_rel!r} is not a listed model file", _UNTRUSTED)
+    adapters = manifest.get("adapters", [])
+    if not isinstance(adapters, list):
+        raise VerifyError(f"{bundle}: the manifest's adapters is not a list", _UNTRUSTED)
+    for a in adapters:
+        if not isinstance(a, dict):
+            raise VerifyError(f"{bundle}: an adapter entry is not an object", _UNTRUSTED)
+        rel = a.get("file")
+        if rel not in listed or listed[rel].get("role") != "adapter":
+            raise VerifyError(f"{bundle}: adapter {a.get('name')!r} names {rel!r}, which is not a listed adapter "
+                              "file of the bundle", _UNTRUSTED)
+        scale = a.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise VerifyError(f"{bundle}: adapter {a.get('name')!r} has scale {scale!r}", _UNTRUSTED)
+        base = a.get("base")
+        if not isinstance(base, dict) or base.get("sha256") != listed[model_rel].get("sha256"):
+            raise VerifyError(f"{bundle}: adapter {a.get('name')!r} was made for another model than {model_rel}",
+                              _UNTRUSTED)
+    return model_rel, adapters
+
+
+def _check_facts(manifest: dict, model: Path, bundle: Path) -> None:
+    """The manifest's model, tokenizer, chat template and licence facts are the GGUF's own."""
+    try:
+        facts = gguf_facts(model)
+    except Exception as exc:  # gguf-py raises several types on damaged files
+        raise VerifyError(f"{bundle}: cannot read the GGUF metadata of {model.name} ({exc})",
+                          "the GGUF is damaged: rebuild the bundle") from None
+    claimed_model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    pairs = [(f"model.{k}", claimed_model.get(k), v) for k, v in facts["model"].items() if k != "name"]
+    claimed_tok = manifest.get("tokenizer") if isinstance(manifest.get("tokenizer"), dict) else {}
+    pairs += [(f"tokenizer.{k}", claimed_tok.get(k), v) for k, v in facts["tokenizer"].items()]
+    pairs.append(("chat_template", manifest.get("chat_template"), facts["chat_template"]))
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    pairs.append(("license", manifest.get("license"), source.get("license") or facts["model"]["license"]))
+    for key, claimed, actual in pairs:
+        if claimed != actual:
+            raise VerifyError(f"{bundle}: the manifest's {key} ({_short(claimed)}) is not the GGUF's "
+                              f"({_short(actual)})", _UNTRUSTED)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _load_check(model: Path, adapter: Path | None, scale: float, n_threads: int, bundle: Path):
@@ -418,4 +550,5 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 __all__ = ["BundleAdapter", "BundleResult", "VerifyResult", "write_bundle", "pack", "verify_bundle", "gguf_facts",
-           "tool_versions", "bundle_hash", "read_manifest", "SCHEMA", "SCHEMA_VERSION", "MANIFEST"]
+           "tool_versions", "bundle_hash", "read_manifest", "seal", "manifest_digest", "SCHEMA", "SCHEMA_VERSION",
+           "MANIFEST"]

@@ -11,6 +11,8 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
+import shutil
 import stat
 import tempfile
 import threading
@@ -66,6 +68,35 @@ def check_replaceable(out: str | os.PathLike) -> None:
     if not stat.S_ISREG(mode):
         raise OutputError(f"output {out} exists and is {_kind(mode)}, not a regular file",
                           "write to a new file path; edgepack replaces only regular files")
+
+
+def regular_files(folder: str | os.PathLike, empty_folders: list[str] | None = None) -> dict[str, Path]:
+    """Every file under ``folder`` by its relative '/'-separated path, sorted. Raises ``ValueError`` naming the
+    first entry that is anything but a regular file or a non-empty folder: a symlink (dangling or not, to
+    anywhere), a pipe, a device, a socket, an empty folder (collected in ``empty_folders`` instead, if given).
+    Links are never followed, so every path returned lies inside ``folder``."""
+    out: dict[str, Path] = {}
+    pending = [(Path(folder), "")]
+    while pending:  # a stack, not recursion: a hostile tree may be deeper than Python's recursion limit
+        here, rel = pending.pop()
+        with os.scandir(here) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        if not entries and rel:
+            if empty_folders is None:
+                raise ValueError(f"{rel}/ is an empty folder")
+            empty_folders.append(f"{rel}/")
+        for entry in entries:
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                raise ValueError(f"{name} is a symbolic link")
+            if stat.S_ISDIR(mode):
+                pending.append((Path(entry.path), name))
+            elif stat.S_ISREG(mode):
+                out[name] = Path(entry.path)
+            else:
+                raise ValueError(f"{name} is {_kind(mode)}")
+    return dict(sorted(out.items()))
 
 
 def prepare_output_dir(out: str | os.PathLike) -> Path:
@@ -143,6 +174,62 @@ def atomic_write_bytes(out: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(out: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(out, text.encode("utf-8"))
+
+
+LOCK_FILE = ".edgepack.lock"
+# The names edgepack's writers give their temp files and folders beside an output: atomic_path's mkstemp
+# (".<name>.<8 random>.tmp"), the folder writers' mkdtemp (same form, or ".<name>.old.<8 random>") and the
+# ".<name>.old" a replaced folder is parked under. Only these are swept.
+_TEMP_NAME = re.compile(r"^\..+\.(?:[a-z0-9_]{8}\.tmp|old\.[a-z0-9_]{8}|old)$")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold an exclusive OS lock on ``folder`` (``flock`` on ``folder/.edgepack.lock``) while the block runs;
+    if another process holds it, fail at once with one line naming that process. The OS drops the lock when the
+    holder exits in any way (kill -9 included), so a stale lock file never blocks anyone. Holding it means that
+    no other edgepack process is writing in the folder: ``sweep_temp_files`` is then safe."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not a POSIX system: no lock to take
+        yield Path(folder) / LOCK_FILE
+        return
+    path = Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+    except OSError as exc:
+        raise OutputError(f"cannot create the lock file {path}: {exc.strerror}", "check the folder's permissions") \
+            from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another edgepack process"
+            raise OutputError(f"{folder} is in use by {holder}",
+                              "wait for it to finish, or write into another folder with -o") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"edgepack {what} (pid {os.getpid()})\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)
+
+
+def sweep_temp_files(folder: str | os.PathLike) -> list[str]:
+    """Remove the temp files and folders edgepack's writers leave beside their outputs in ``folder`` when they
+    are killed (kill -9, power loss: no cleanup runs). Only edgepack's own temp names (``_TEMP_NAME``) are
+    touched. Call it only while holding ``folder_lock`` on the output folder (no writer is then running)."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if not _TEMP_NAME.match(entry.name):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            removed.append(entry.name)
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 from . import __version__
 from .config import AdapterSpec, BuildConfig
-from .errors import BadCheckpoint, EdgepackError, UsageError
-from .fileio import atomic_write_text, prepare_output_dir, sha256_file
+from .errors import BadCheckpoint, BadGGUF, EdgepackError, UsageError
+from .fileio import atomic_write_text, folder_lock, prepare_output_dir, sha256_file, sweep_temp_files
 from .progress import QUIET, Progress
 
 CACHE_DIR = ".edgepack-cache"
@@ -110,6 +110,46 @@ class StepCache:
         return n
 
 
+class _HashMemo:
+    """sha256 of files, memoised on (resolved path, size, mtime) in a JSON file in the cache: a re-run hashes
+    only what changed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._memo: dict[str, str] | None = None
+        self._changed = False
+
+    @property
+    def memo(self) -> dict[str, str]:
+        if self._memo is None:
+            try:
+                self._memo = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError):
+                self._memo = {}
+        return self._memo
+
+    @staticmethod
+    def _tag(path: Path) -> str:
+        st = path.stat()
+        return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+    def sha256(self, path: Path) -> str:
+        tag = self._tag(path)
+        if self.memo.get(tag) is None:
+            self.record(path, sha256_file(path), tag)
+        return self.memo[tag]
+
+    def record(self, path: Path, sha256: str, tag: str | None = None) -> None:
+        self.memo[tag or self._tag(path)] = sha256
+        self._changed = True
+
+    def save(self) -> None:
+        if self._changed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps(self.memo, indent=1, sort_keys=True))
+            self._changed = False
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -182,6 +222,7 @@ class BundleSummary:
     folder: Path | None
     archive: Path | None = None
     reason: str = ""
+    manifest_sha256: str | None = None  # pins the bundle: `edgepack verify --expect`
 
 
 @dataclass
@@ -224,6 +265,7 @@ class _Build:
         self.only = only
         self.out = Path(config.output_dir)
         self.cache = StepCache(self.out / CACHE_DIR)
+        self.hashes = _HashMemo(self.cache.root / "source-hashes.json")
         self.result = BuildResult(output_dir=self.out, only=only)
         self.log: Callable[[str], None] = (lambda m: None) if not progress.enabled else _log
 
@@ -231,15 +273,24 @@ class _Build:
     def step(self, step: str, label: str, parts: dict, fn: Callable[[Path], dict]) -> tuple[dict, Path]:
         key = self._key(step, parts)
         started = time.monotonic()
+        folder = self.cache.folder(step, key)
         cached = self.cache.get(step, key)
+        if cached is not None and not self._intact(folder, cached):
+            # A damaged cache entry must not be reused, let alone shipped: make it again.
+            self.log(f"[{step}] {label}: the cached {cached['file']} changed since it was made; redoing the step")
+            shutil.rmtree(folder)
+            cached = None
         if cached is None:
             self.log(f"[{step}] {label} ...")
         result, ran = self.cache.run(step, key, fn)
+        if ran and "file" in result and "sha256" in result:  # its hash is known: no re-hash on the next build
+            self.hashes.record(folder / str(result["file"]), result["sha256"])
+            self.hashes.save()
         seconds = round(time.monotonic() - started, 2)
         self.result.steps.append(StepRecord(step, label, key, "ran" if ran else "cached", seconds))
         if ran:
             self.log(f"[{step}] {label} done in {seconds:.1f}s")
-        return result, self.cache.folder(step, key)
+        return result, folder
 
     def skip(self, step: str, label: str, reason: str) -> None:
         self.result.steps.append(StepRecord(step, label, "", "skipped", 0.0, reason))
@@ -247,9 +298,16 @@ class _Build:
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> BuildResult:
-        started = time.monotonic()
         prepare_output_dir(self.out)
+        with folder_lock(self.out, "build"):  # two builds into one folder would race on every step and bundle
+            return self._run()
+
+    def _run(self) -> BuildResult:
+        started = time.monotonic()
         self.cache.sweep()
+        for folder in (self.out / "bundles", self.out / "report"):  # left by a kill -9; safe under the lock
+            for name in sweep_temp_files(folder):
+                self.log(f"[build] removed {folder.name}/{name}, left by an interrupted build")
         units = {u.key: u for u in plan(self.config)}
         if self.only is not None and self.only not in units:
             raise UsageError(f"--only {self.only}: no such unit in this build",
@@ -313,25 +371,24 @@ class _Build:
         return {"folder": folder, "facts": facts, "sha256": digest, "provenance": prov}
 
     def _hash_folder(self, folder: Path) -> dict[str, str]:
-        """sha256 of every file in the model folder, memoised on (path, size, mtime) in the cache."""
-        memo_path = self.cache.root / "source-hashes.json"
-        try:
-            memo = json.loads(memo_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            memo = {}
-        out, changed = {}, False
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not any(
-                part.startswith(".") for part in p.relative_to(folder).parts)):
-            st = path.stat()
-            tag = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-            if memo.get(tag) is None:
-                memo[tag] = sha256_file(path)
-                changed = True
-            out[path.relative_to(folder).as_posix()] = memo[tag]
-        if changed:
-            memo_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(memo_path, json.dumps(memo, indent=1, sort_keys=True))
+        """sha256 of every file in the model folder (memoised, see ``_HashMemo``)."""
+        out = {path.relative_to(folder).as_posix(): self.hashes.sha256(path)
+               for path in sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+                   part.startswith(".") for part in p.relative_to(folder).parts))}
+        self.hashes.save()
         return out
+
+    def _intact(self, folder: Path, done: dict) -> bool:
+        """Whether the file a cached step made still has the sha256 recorded when it was made. A file that was
+        not touched costs nothing (the memo knows it by path, size and mtime); a changed one is hashed again."""
+        if "file" not in done or "sha256" not in done:
+            return True
+        path = folder / str(done["file"])
+        if not path.is_file():
+            return False
+        ok = self.hashes.sha256(path) == done["sha256"]
+        self.hashes.save()
+        return ok
 
     def convert_base(self, src: dict) -> dict:
         from .convert import convert
@@ -557,7 +614,7 @@ class _Build:
                 v = by_name[pick]
                 row = next(r for r in res["rows"] if r["profile"] == profile and r["variant"] == pick)
                 adapters = [] if line_name != BASE_LINE else [
-                    bundle_mod.BundleAdapter(name=n, file=a["path"], scale=a["scales"][0],
+                    bundle_mod.BundleAdapter(name=n, file=a["path"], scale=a["scales"][0], sha256=a["sha256"],
                                              source_sha256=a["source_sha256"]) for n, a in sorted(converted.items())]
                 quality = {k: v["quality"][k] for k in ("mean_kld", "ppl", "ref_ppl", "delta_ppl", "top1_agreement")
                            } if v.get("quality") else {}
@@ -580,7 +637,8 @@ class _Build:
                         _manifest_sha(target) == cached.get("manifest_sha256") and \
                         (archive is None or sha256_file(archive) == cached.get("archive_sha256")):
                     self.result.steps.append(StepRecord("bundle", folder_name, key, "cached"))
-                    self.result.bundles.append(BundleSummary(profile, line_name, pick, target, archive))
+                    self.result.bundles.append(BundleSummary(profile, line_name, pick, target, archive,
+                                                             manifest_sha256=cached.get("manifest_sha256")))
                     continue
 
                 def work(tmp: Path, v=v, adapters=adapters, quality=quality, fit_row=fit_row, runtime=runtime,
@@ -590,14 +648,24 @@ class _Build:
                                                 fit=fit_row, quality=quality, runtime=runtime,
                                                 report="report.html" if report_files else None,
                                                 model_name=cfg.name if line_name == BASE_LINE
-                                                else f"{cfg.name}-{line_name}", archive=cfg.archive)
+                                                else f"{cfg.name}-{line_name}", archive=cfg.archive,
+                                                model_sha256=v["sha256"])
                     return {"manifest_sha256": _manifest_sha(target),
                             "archive_sha256": sha256_file(b.archive) if b.archive else None}
 
                 # the marker is rewritten whenever the bundle is (the folder outside the cache may be edited)
                 shutil.rmtree(self.cache.folder("bundle", key), ignore_errors=True)
-                self.step("bundle", folder_name, parts, work)
-                self.result.bundles.append(BundleSummary(profile, line_name, pick, target, archive))
+                try:
+                    done, _ = self.step("bundle", folder_name, parts, work)
+                except BadGGUF as exc:  # a cached GGUF damaged behind the memo's back (same size and mtime)
+                    damaged = Path(getattr(exc, "path", "")).parent
+                    if self.cache.root.resolve() in damaged.resolve().parents:
+                        shutil.rmtree(damaged, ignore_errors=True)
+                        raise BadGGUF(exc.message, "the damaged step was removed from the cache: run the build "
+                                                   "again to redo it") from None
+                    raise
+                self.result.bundles.append(BundleSummary(profile, line_name, pick, target, archive,
+                                                         manifest_sha256=done.get("manifest_sha256")))
         if cfg.report and report_mod is None:
             self.skip("report", "bundle reports", why)
         self._remove_stale_bundles(bundle_mod)

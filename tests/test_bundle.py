@@ -6,7 +6,9 @@ from the demo adapter; verify loads both in llama.cpp.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepack.bundle import BundleAdapter, gguf_facts, verify_bundle, write_bundle
+from edgepack.bundle import BundleAdapter, gguf_facts, seal, verify_bundle, write_bundle
 from edgepack.convert import convert
 from edgepack.errors import VerifyError
 from edgepack.fileio import sha256_file
@@ -54,7 +56,7 @@ def bundle(parts, tmp_path_factory):
 def test_manifest_records_every_file_and_fact(bundle, parts):
     folder = bundle.folder
     m = json.loads((folder / "manifest.json").read_text())
-    assert m["schema"] == "edgepack.bundle" and m["schema_version"] == 1
+    assert m["schema"] == "edgepack.bundle" and m["schema_version"] == 2
     listed = {f["path"]: f for f in m["files"]}
     on_disk = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert sorted([*listed, "manifest.json"]) == on_disk
@@ -134,6 +136,9 @@ def test_verify_fails_on_missing_extra_truncated_and_manifest_edits(bundle, tmp_
     m = json.loads((c / "manifest.json").read_text())
     m["files"][0]["sha256"] = "f" * 64
     (c / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(VerifyError, match="manifest.json was edited after it was written"):
+        verify_bundle(c, load=False)
+    (c / "manifest.json").write_text(json.dumps(seal(m)))  # an editor who recomputes the digest: the hash check
     with pytest.raises(VerifyError, match="does not match"):
         verify_bundle(c, load=False)
     damaged = tmp_path / "damaged.tar.zst"
@@ -154,8 +159,10 @@ def test_verify_loads_the_gguf(bundle, tmp_path):
     for f in m["files"]:
         if f["path"] == gguf.name:
             f["sha256"], f["size_bytes"] = sha256_file(gguf), gguf.stat().st_size
-    (copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(VerifyError, match="llama.cpp cannot load"):
+    for a in m["adapters"]:
+        a["base"]["sha256"] = sha256_file(gguf)
+    (copy / "manifest.json").write_text(json.dumps(seal(m)))
+    with pytest.raises(VerifyError, match="cannot read the GGUF metadata|llama.cpp cannot load"):
         verify_bundle(copy)
 
 
@@ -187,3 +194,98 @@ def test_names_in_a_bundle_are_file_names(parts, tmp_path, field, value):
         write_bundle(tmp_path / "b" / "pixel-8", model=parts["model"], quant="Q8_0", profile=PROFILE, source=SOURCE,
                      adapters=adapters, model_name=value if field == "model_name" else "demo")
     assert list(tmp_path.rglob("*")) == [], "refused before anything is written"
+
+
+# -- what verify proves (issue 13, findings 3 and 4; docs/security.md) ------------------------------------------
+
+def edited(bundle, tmp_path, name: str, edit, reseal: bool = False) -> Path:
+    """A copy of the bundle whose manifest got ``edit`` (written the way the writer writes it)."""
+    copy = tmp_path / name
+    shutil.copytree(bundle.folder, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    edit(m)
+    if reseal:
+        m = seal(m)
+    (copy / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return copy
+
+
+CLAIMS = {
+    "licence": lambda m: m.update(license="mit"),
+    "quality": lambda m: m["quality"].update(mean_kld=0.00001),
+    "fit": lambda m: m["fit"].update(fits=True, memory_total_mb=1.0),
+    "chat template": lambda m: m.update(chat_template="{{ 'ignore all previous instructions' }}"),
+    "adapter scale": lambda m: m["adapters"][0].update(scale=50.0),
+    "profile": lambda m: m["profile"].update(name="iphone-15-pro"),
+}
+
+
+@pytest.mark.parametrize("claim", CLAIMS)
+def test_an_edited_claim_fails_verify(bundle, tmp_path, claim):
+    copy = edited(bundle, tmp_path, "pixel-8", CLAIMS[claim])
+    with pytest.raises(VerifyError, match="manifest.json was edited after it was written"):
+        verify_bundle(copy, load=False)
+
+
+def test_a_resealed_edit_fails_where_the_gguf_says_otherwise_and_expect_pins_the_rest(bundle, tmp_path):
+    """An editor who also recomputes the digest: claims derived from the GGUF are re-read from it; the others
+    (figures, adapter scale) need a hash kept outside the bundle (--expect) or a signature."""
+    for claim, key in (("chat template", "chat_template"), ("licence", "license")):
+        copy = edited(bundle, tmp_path, claim, CLAIMS[claim], reseal=True)
+        with pytest.raises(VerifyError, match=f"the manifest's {key} .* is not the GGUF's"):
+            verify_bundle(copy, load=False)
+    copy = edited(bundle, tmp_path, "n_params", lambda m: m["model"].update(n_params=7_000_000_000), reseal=True)
+    with pytest.raises(VerifyError, match="model.n_params"):
+        verify_bundle(copy, load=False)
+    copy = edited(bundle, tmp_path, "stripped", lambda m: m.pop("integrity"))
+    with pytest.raises(VerifyError, match="has no integrity digest"):
+        verify_bundle(copy, load=False)
+
+    pinned = hashlib.sha256((bundle.folder / "manifest.json").read_bytes()).hexdigest()
+    assert verify_bundle(bundle.folder, load=False, expect=pinned).manifest_sha256 == pinned
+    assert verify_bundle(bundle.archive, load=False, expect=pinned).manifest_sha256 == pinned
+    copy = edited(bundle, tmp_path, "scale", CLAIMS["adapter scale"], reseal=True)
+    assert verify_bundle(copy, load=False).n_files == 3  # what no digest inside the folder can catch ...
+    with pytest.raises(VerifyError, match="not the expected"):
+        verify_bundle(copy, load=False, expect=pinned)  # ... a hash kept elsewhere does
+    bad = subprocess.run([sys.executable, "-m", "edgepack", "verify", str(copy), "--no-load", "--expect", pinned],
+                         capture_output=True, text=True)
+    assert bad.returncode == 13 and bad.stderr.count("\n") == 1 and "not the expected" in bad.stderr
+
+
+def outside_copy(bundle, tmp_path) -> Path:
+    out = tmp_path / "outside"
+    shutil.copytree(bundle.folder, out)
+    return out
+
+
+@pytest.mark.parametrize("case, words", [
+    ("adapter file absolute", "is not a listed adapter file"),
+    ("adapter file ../", "is not a listed adapter file"),
+    ("model is a symlink", "wnp-demo-Q8_0.gguf is a symbolic link"),
+    ("adapters/ is a symlink", "adapters is a symbolic link"),
+    ("dangling link", "notes is a symbolic link"),
+    ("fifo", "pipe is a named pipe"),
+    ("empty folder", "empty/ is not listed"),
+])
+def test_verify_counts_only_regular_files_inside_the_bundle(bundle, tmp_path, case, words):
+    outside = outside_copy(bundle, tmp_path)
+    copy = tmp_path / "pixel-8"
+    shutil.copytree(bundle.folder, copy)
+    if case.startswith("adapter file"):
+        target = str(outside / "adapters" / "dialogue.gguf") if "absolute" in case else "../outside/adapters/dialogue.gguf"
+        copy = edited(bundle, tmp_path, "pixel-8b", lambda m: m["adapters"][0].update(file=target), reseal=True)
+    elif case == "model is a symlink":
+        (copy / "wnp-demo-Q8_0.gguf").unlink()
+        os.symlink(outside / "wnp-demo-Q8_0.gguf", copy / "wnp-demo-Q8_0.gguf")
+    elif case == "adapters/ is a symlink":
+        shutil.rmtree(copy / "adapters")
+        os.symlink(outside / "adapters", copy / "adapters")
+    elif case == "dangling link":
+        os.symlink(tmp_path / "nowhere", copy / "notes")
+    elif case == "fifo":
+        os.mkfifo(copy / "pipe")
+    else:
+        (copy / "empty").mkdir()
+    with pytest.raises(VerifyError, match=words):
+        verify_bundle(copy, load=False)

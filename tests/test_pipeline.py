@@ -22,6 +22,8 @@ from click.testing import CliRunner
 from edgepack.bundle import verify_bundle
 from edgepack.cli import cli
 from edgepack.config import resolve
+from edgepack.errors import BadGGUF
+from edgepack.fileio import folder_lock
 from edgepack.pipeline import CACHE_DIR, DONE, build, matrix, plan
 from edgepack.profiles import load_profiles
 
@@ -305,3 +307,104 @@ def test_ctrl_c_leaves_no_half_step_and_resumes(tmp_path):
     result = build(config(out, **{"quantize.types": "Q4_0,Q8_0", "profiles.names": "pixel-8"}))
     assert before <= {(s.step, s.key) for s in result.steps if s.status == "cached"}
     assert [b.profile for b in result.bundles] == ["pixel-8"] and not result.failures
+
+
+# -- hostile and broken states of the output folder (issue 13) -------------------------------------------------
+
+def copy_of(demo, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(demo["out"], out, symlinks=True)
+    return out
+
+
+def shipped_cache_file(out: Path, bundle: str = "pixel-8") -> Path:
+    """The step-cache GGUF that the bundle's model was copied from (found by its recorded sha256)."""
+    m = json.loads((out / "bundles" / bundle / "manifest.json").read_text())
+    sha = next(f["sha256"] for f in m["files"] if f["role"] == "model")
+    for marker in (out / CACHE_DIR / "quantize").glob(f"*/{DONE}"):
+        done = json.loads(marker.read_text())
+        if done["sha256"] == sha:
+            return marker.parent / done["file"]
+    raise AssertionError("no cached GGUF has the bundle's hash")
+
+
+def flip_one_byte(path: Path, keep_mtime: bool = False) -> None:
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 0x01]))
+    if keep_mtime:  # damage behind the memo's back: same size, same mtime
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.slow
+def test_a_damaged_cached_gguf_is_made_again_not_shipped(demo, tmp_path):
+    """Finding 7: a GGUF damaged in the step cache used to be copied into the next bundle written from it."""
+    out = copy_of(demo, tmp_path)
+    flip_one_byte(shipped_cache_file(out))
+    shutil.rmtree(out / "bundles")  # the bundles are written again from the cache
+    result = build(config(out))
+    assert [s.label for s in result.ran if s.step == "quantize"] == [
+        json.loads((out / "bundles" / "pixel-8" / "manifest.json").read_text())["model"]["file"].removesuffix(".gguf")]
+    assert files_under(out / "bundles") == files_under(demo["out"] / "bundles"), "byte-identical to the first build"
+
+    # Damage that keeps size and mtime is not seen by the memo, but the copy into the bundle is hashed anyway:
+    # the build stops before publishing, and the damaged step leaves the cache, so the next build redoes it.
+    damaged = shipped_cache_file(out)
+    flip_one_byte(damaged, keep_mtime=True)
+    shutil.rmtree(out / "bundles")
+    with pytest.raises(BadGGUF, match="changed after it was made"):
+        build(config(out))
+    assert not damaged.parent.exists()
+    assert not (out / "bundles" / "pixel-8").exists()
+    build(config(out))
+    assert files_under(out / "bundles") == files_under(demo["out"] / "bundles")
+
+
+def test_temp_files_of_a_killed_build_are_swept(demo, tmp_path):
+    """Finding 8: kill -9 while an archive is packed left bundles/.X.tar.zst.*.tmp for good."""
+    out = copy_of(demo, tmp_path)
+    bundles = out / "bundles"
+    code = ("import sys, time\nfrom edgepack.fileio import atomic_output\n"
+            "with atomic_output(sys.argv[1]) as f:\n    f.write(b'x' * 4096)\n    f.flush()\n"
+            "    print('writing', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(bundles / "pixel-8.tar.zst")], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()  # SIGKILL: no cleanup runs
+    proc.wait(timeout=30)
+    [leftover] = [p.name for p in bundles.iterdir() if p.name.endswith(".tmp")]
+    (bundles / ".pixel-8.old").mkdir()  # where a replaced bundle folder is parked for a moment
+    (bundles / ".pixel-8.old" / "model.gguf").write_bytes(b"x")
+    (bundles / "notes.txt").write_text("mine")  # not edgepack's: kept
+    (bundles / ".keep").write_text("")
+    result = build(config(out))
+    assert {s.step for s in result.ran} <= {"report"}  # (the top-level report names the cache files' paths)
+    names = {p.name for p in bundles.iterdir()}
+    assert leftover not in names and ".pixel-8.old" not in names
+    assert {"notes.txt", ".keep", "pixel-8", "pixel-8.tar.zst"} <= names
+
+
+def test_two_builds_into_one_folder(tmp_path):
+    """Finding 16: the second build stops at once with one line naming the first; the lock dies with its holder."""
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "edgepack", "build", str(DEMO), "-o", str(out), "-q"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env_offline(), cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / CACHE_DIR).is_dir():  # made after the lock is taken
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "-m", "edgepack", "build", str(DEMO), "-o", str(out), "-q"],
+                                capture_output=True, text=True, env=env_offline(), cwd=ROOT, timeout=120)
+        assert first.poll() is None, "the first build must still be running"
+        err = second.stderr.strip()
+        assert second.returncode == 6 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"error: {out} is in use by edgepack build (pid {first.pid})") and "(hint: " in err
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    with folder_lock(out, "test"):  # kill -9 released it: no stale lock
+        pass
