@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import unicodedata
 
 import gguf
 import numpy as np
@@ -167,10 +168,8 @@ def test_sliding_windows_are_shorter_than_the_test_sequence(built):
         assert any(pattern) and not all(pattern)  # local and global layers both exercised
 
 
-@pytest.mark.parametrize("tokenizer", sorted({c.tokenizer for c in CASES}))
-def test_token_ids_match_hf_tokenizers(tokenizer, tokenizer_folders, tmp_path):
-    import llama_cpp
-
+def _vocab_folder(tokenizer: str, tokenizer_folders, tmp_path):
+    """The tokenizer's files with the config.json of the first case that uses it."""
     case = next(c for c in CASES if c.tokenizer == tokenizer)
     folder = tmp_path / "vocab"
     folder.mkdir()
@@ -178,6 +177,14 @@ def test_token_ids_match_hf_tokenizers(tokenizer, tokenizer_folders, tmp_path):
     for f in tok.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / "config.json").write_text(json.dumps(case_config(case, tok)))
+    return folder
+
+
+@pytest.mark.parametrize("tokenizer", sorted({c.tokenizer for c in CASES}))
+def test_token_ids_match_hf_tokenizers(tokenizer, tokenizer_folders, tmp_path):
+    import llama_cpp
+
+    folder = _vocab_folder(tokenizer, tokenizer_folders, tmp_path)
     convert(folder, tmp_path / "vocab.gguf", vocab_only=True)
     llm = llama_cpp.Llama(str(tmp_path / "vocab.gguf"), vocab_only=True, verbose=False)
     truth = hf_encoder(folder)
@@ -345,9 +352,8 @@ def test_qwen35_state_and_value_heads(built, monkeypatch):
     from edgepack.convert.families import qwen35
 
     case, folder, ids, references = built
-    path = folder / "f32.gguf"
-    if not path.exists():
-        convert(folder / "model", path, outtype="f32")
+    path = folder / "state.gguf"
+    convert(folder / "model", path, outtype="f32")
     chunked = compare(references["f32"], _chunked_logits(path, ids, 5))
     assert chunked[1] == 1.0 and chunked[0] <= TOLERANCE["f32"], chunked
 
@@ -391,9 +397,8 @@ def test_qwen35_hub_layout_with_mtp_and_vision_converts_the_same(built):
     save_file(tensors, hub / "model.safetensors")
     result = convert(hub, folder / "hub.gguf", outtype="f32")
     assert result.dropped == {"MTP block (multi-token prediction)": 6, "vision tower": 2}
-    if not (folder / "f32.gguf").exists():
-        convert(folder / "model", folder / "f32.gguf", outtype="f32")
-    _assert_same_tensors(folder / "f32.gguf", folder / "hub.gguf")
+    convert(folder / "model", folder / "text.gguf", outtype="f32")
+    _assert_same_tensors(folder / "text.gguf", folder / "hub.gguf")
     runner = CliRunner().invoke(cli, ["convert", str(hub), "-o", str(folder / "cli.gguf"), "--outtype", "f32"])
     assert runner.exit_code == 0 and "MTP block" in runner.output, runner.output
 
@@ -416,3 +421,23 @@ def test_qwen35_unsupported_setting_is_a_clear_error(tmp_path, overrides, messag
         convert(folder, tmp_path / "out.gguf")
     assert message in str(info.value) and info.value.hint
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_qwen35_pre_tokenizer_is_detected_and_matters(tokenizer_folders, tmp_path):
+    """Qwen3.5's split keeps combining marks inside words: detected as llama.cpp's qwen35, and on Devanagari and
+    Thai Qwen2's split (qwen2) would give other ids."""
+    import llama_cpp
+
+    folder = _vocab_folder("qwen35-trained", tokenizer_folders, tmp_path)
+    truth = hf_encoder(folder)
+    texts = [t for t in conformance_texts() if any(unicodedata.category(c).startswith("M") for c in t)]
+    mismatched = {}
+    for pre in (None, "qwen2"):
+        out = tmp_path / f"{pre}.gguf"
+        convert(folder, out, vocab_only=True, pre_tokenizer=pre)
+        if pre is None:
+            assert gguf.GGUFReader(out).fields["tokenizer.ggml.pre"].contents() == "qwen35"
+        llm = llama_cpp.Llama(str(out), vocab_only=True, verbose=False)
+        mismatched[pre] = sum(llm.tokenize(t.encode(), add_bos=False, special=False) != truth(t) for t in texts)
+        llm.close()
+    assert mismatched[None] == 0 and mismatched["qwen2"] > 0, mismatched

@@ -16,6 +16,9 @@ LLAMA3_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{
                 "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
 QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
                "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+# Qwen3.5's: letters may carry combining marks (\p{M}) inside a word.
+QWEN35_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}"
+                "| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
 
 # signature (tuple of step descriptions) -> llama.cpp pre-tokenizer name (tokenizer.ggml.pre).
 KNOWN: dict[tuple[str, ...], str] = {
@@ -25,6 +28,8 @@ KNOWN: dict[tuple[str, ...], str] = {
     (f"split:{LLAMA3_REGEX}", "bytelevel"): "llama-bpe",
     # Qwen2/2.5/3, StableLM-2: single digits instead of 1-3.
     (f"split:{QWEN2_REGEX}", "bytelevel"): "qwen2",
+    # Qwen3.5 / Qwen3.6.
+    (f"split:{QWEN35_REGEX}", "bytelevel"): "qwen35",
     # SmolLM/SmolLM2, StarCoder: individual digits, then the GPT-2 regex.
     ("digits-individual", "bytelevel-regex"): "smollm",
 }
