@@ -192,26 +192,54 @@ def test_bad_option_is_one_line(good_model, tmp_path):
     assert result.returncode == 2 and "q4_k" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("signum, code, last_lines", [(signal.SIGINT, 130, ("interrupted", "aborted")),
-                                                      (signal.SIGTERM, 143, ("terminated",))])
-def test_ctrl_c_and_sigterm_leave_nothing(tmp_path, signum, code, last_lines):
-    """SIGINT (Ctrl-C) or SIGTERM (`timeout`, CI cancelling a job) in the middle of writing: no output and no temp
-    file remain (issue 13, finding 6: SIGTERM used to leave the half-written temp file)."""
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory) -> Path:
+    """A checkpoint big enough that writing it takes a while (about 200M parameters)."""
     config = tiny_llama_config(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=8,
                                num_key_value_heads=8)
-    folder = synthetic_llama(tmp_path / "big", config)
+    folder = synthetic_llama(tmp_path_factory.mktemp("big") / "big", config)
     shutil.copy(TOKENIZERS / "llama2-sentencepiece-llama2c/tokenizer.model", folder / "tokenizer.model")
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "edgepack", "convert", str(folder), "-o", str(out_dir / "x.gguf"),
-                             "--outtype", "q8_0"], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    return folder
+
+
+def interrupt_mid_write(args: list[str], out_dir: Path, signum: int) -> tuple[int, str]:
+    """Run ``edgepack ARGS`` writing into ``out_dir``; send ``signum`` once its temp file has data."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgepack", *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
     while not any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in out_dir.iterdir()):
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.02)
     proc.send_signal(signum)
-    stderr = proc.communicate(timeout=60)[1]
-    assert proc.returncode == code, stderr
+    return proc.wait(timeout=60), proc.stderr.read()
+
+
+@pytest.mark.parametrize("signum, code, last_lines", [(signal.SIGINT, 130, ("interrupted", "aborted")),
+                                                      (signal.SIGTERM, 143, ("terminated",))])
+def test_ctrl_c_and_sigterm_leave_nothing(big_model, tmp_path, signum, code, last_lines):
+    """SIGINT (Ctrl-C) or SIGTERM (`timeout`, CI cancelling a job) in the middle of writing: no output and no temp
+    file remain (issue 13, finding 6: SIGTERM used to leave the half-written temp file)."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    returncode, stderr = interrupt_mid_write(["convert", str(big_model), "-o", str(out_dir / "x.gguf"), "--outtype",
+                                              "q8_0"], out_dir, signum)
+    assert returncode == code, stderr
     assert list(out_dir.iterdir()) == []
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] in last_lines, stderr
+
+
+@pytest.mark.slow
+def test_sigterm_during_quantize_leaves_nothing(big_model, tmp_path):
+    """The quantizer runs in C on a worker thread; SIGTERM still reaches the main thread and removes the temp
+    file (the issue measured 457 MB left behind)."""
+    from edgepack.convert import convert
+
+    src = tmp_path / "big-F16.gguf"
+    convert(big_model, src, outtype="f16")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    returncode, stderr = interrupt_mid_write(["quantize", str(src), "-t", "Q4_0", "-o", str(out_dir)], out_dir,
+                                             signal.SIGTERM)
+    assert returncode == 143, stderr
+    assert list(out_dir.iterdir()) == []
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "terminated", stderr
