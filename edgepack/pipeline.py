@@ -6,8 +6,8 @@ key folder, writes ``done.json`` (what it made) last, and the folder is renamed 
 build leaves no half step and resumes where it stopped. A re-run with nothing changed finds every key done and
 does no work; changing one quant type changes only that branch's keys.
 
-The stages are called only through their public functions. A stage module that is not installed is reported
-as a skipped step with the reason (never silently).
+The stages are called only through their public functions and ship in the same package: a stage that fails to
+import (or any programming error in one) fails the build; it is never turned into a skipped step.
 
 Units of work (``plan``): the shared prerequisites (source, convert, merges) and then one unit per variant
 (quantize + eval + bench) and per adapter conversion. ``build(only=KEY)`` runs one unit, so CI can fan a build
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -250,14 +249,6 @@ class BuildResult:
         return not self.ran
 
 
-def _stage(name: str):
-    """Import a stage module; None (with the reason) when this installation lacks it."""
-    try:
-        return importlib.import_module(f"edgepack.{name}"), ""
-    except ImportError as exc:
-        return None, f"edgepack.{name} is not available ({exc})"
-
-
 class _Build:
     def __init__(self, config: BuildConfig, progress: Progress, only: str | None):
         self.config = config
@@ -317,9 +308,7 @@ class _Build:
         line_bases = {BASE_LINE: base}
         for line in lines(self.config)[1:]:
             if self.only is None or units[self.only].line == line.name:
-                merged = self.merge(src, line)
-                if merged is not None:
-                    line_bases[line.name] = merged
+                line_bases[line.name] = self.merge(src, line)
         for unit in units.values():
             if self.only is not None and unit.key != self.only:
                 continue
@@ -346,9 +335,8 @@ class _Build:
         cfg = self.config
         started = time.monotonic()
         if cfg.source.kind == "hub":
-            hub, why = _stage("hub")
-            if hub is None:
-                raise UsageError(f"source {cfg.source} is on the Hub but {why}", "use a local folder as source")
+            from . import hub
+
             folder, prov = hub.resolve_source(f"{cfg.source.repo_id}@{cfg.source.revision}" if cfg.source.revision
                                               else cfg.source.repo_id, progress=self.progress)
         else:
@@ -356,8 +344,9 @@ class _Build:
             if not folder.is_dir():
                 raise BadCheckpoint(f"source folder {folder} does not exist",
                                     "set source in edgepack.toml to a model folder or org/repo@revision")
-            hub, _ = _stage("hub")
-            prov = hub.local_provenance(folder) if hub is not None else None
+            from . import hub
+
+            prov = hub.local_provenance(folder)
         hashes = self._hash_folder(folder)
         digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
         facts = {"kind": cfg.source.kind, "name": cfg.name, "sha256": digest}
@@ -406,24 +395,16 @@ class _Build:
                                  {"source": src["sha256"], "outtype": outtype, "name": self.config.name}, work)
         return {**done, "path": folder / done["file"], "line": BASE_LINE}
 
-    def merge(self, src: dict, line: Line) -> dict | None:
-        adapters, why = _stage("adapters")
-        if adapters is None:
-            self.skip("merge", line.name, why)
-            return None
+    def merge(self, src: dict, line: Line) -> dict:
+        from . import adapters
         from .convert import convert
 
         a = line.adapter
         adapter_sha = self._adapter_hash(a)
-        if "scale" not in _params(adapters.merge_adapter) and line.scale != 1.0:
-            self.skip("merge", line.name, "edgepack.adapters.merge_adapter has no scale parameter: only scale 1 "
-                                          "can be merged")
-            return None
 
         def work(tmp: Path) -> dict:
             merged = tmp / "merged"
-            kwargs = {"scale": line.scale} if "scale" in _params(adapters.merge_adapter) else {}
-            adapters.merge_adapter(a.path, src["folder"], merged, progress=self.progress, **kwargs)
+            adapters.merge_adapter(a.path, src["folder"], merged, scale=line.scale, progress=self.progress)
             out = tmp / f"{self.config.name}-{line.name}-{self.config.outtype.upper()}.gguf"
             res = convert(merged, out, outtype=self.config.outtype, provenance=src["provenance"],
                           progress=self.progress)
@@ -446,10 +427,7 @@ class _Build:
         name = f"{cfg.name}-{unit.quant}" if unit.line == BASE_LINE else f"{cfg.name}-{unit.line}-{unit.quant}"
         facts: dict[str, Any] = {"name": name, "line": unit.line, "quant": unit.quant, "unit": unit.key}
         self.result.variants[name] = facts
-        quantize, why = _stage("quantize")
-        if quantize is None:
-            self.skip("quantize", name, why)
-            return
+        from . import quantize
 
         def work(tmp: Path) -> dict:
             [res] = quantize.quantize(base["path"], [unit.quant], out_dir=tmp, threads=cfg.threads,
@@ -462,7 +440,7 @@ class _Build:
             return {"file": out.name, "sha256": sha256_file(out), "size_bytes": out.stat().st_size}
 
         done, folder = self.step("quantize", name, {"base": base["sha256"], "quant": unit.quant,
-                                                    "llama_cpp": _llama_cpp_version()}, work)
+                                                    "llama_cpp": llama_cpp_runtime()}, work)
         path = folder / done["file"]
         facts.update(file=path, sha256=done["sha256"], size_bytes=done["size_bytes"])
 
@@ -474,17 +452,17 @@ class _Build:
         """
         if not variants:
             return
-        evaluate, why = _stage("evaluate")
-        if evaluate is None:
-            for v in variants:
-                self.skip("eval", v["name"], why)
-            return
+        from . import evaluate
+
         cfg = self.config
         text_path = cfg.eval_text
-        text_sha = sha256_file(text_path) if text_path else "builtin"
+        # the built-in text by its content too: a new text in a new release must not reuse old measurements
+        text_sha = sha256_file(text_path) if text_path else hashlib.sha256(
+            evaluate.builtin_text().encode()).hexdigest()
         ctx = max(16, min(cfg.ctx, 512) // 2 * 2)
         parts = {v["name"]: {"model": v["sha256"], "ref": base["sha256"], "text": text_sha,
-                             "tokens": cfg.eval_tokens, "ctx": ctx} for v in variants}
+                             "tokens": cfg.eval_tokens, "ctx": ctx, "llama_cpp": llama_cpp_runtime()}
+                 for v in variants}
         missing = [v for v in variants if self.cache.get("eval", self._key("eval", parts[v["name"]])) is None]
         measured: dict[str, dict] = {}
         started = time.monotonic()
@@ -510,13 +488,11 @@ class _Build:
                 self.result.steps[-1].seconds = share
 
     def _key(self, step: str, parts: dict) -> str:
-        return content_key(step=step, v=STEP_VERSION, edgepack=__version__, code=_code_hash(step), **parts)
+        return content_key(step=step, v=STEP_VERSION, edgepack=__version__, code=code_hash(), **parts)
 
-    def bench(self, name: str, path: Path, sha: str) -> dict | None:
-        bench, why = _stage("bench")
-        if bench is None:
-            self.skip("bench", name, why)
-            return None
+    def bench(self, name: str, path: Path, sha: str) -> dict:
+        from . import bench
+
         cfg = self.config
         n_prompt, n_gen = min(128, cfg.ctx // 2), min(32, cfg.ctx // 4)
 
@@ -526,15 +502,13 @@ class _Build:
                     "tg_tokens_per_s": m.tg_tokens_per_s, "threads": cfg.threads, "host": _host_id()}
 
         done, _ = self.step("bench", name, {"model": sha, "ctx": cfg.ctx, "threads": cfg.threads,
-                                            "host": _host_id()}, work)
+                                            "host": _host_id(), "llama_cpp": llama_cpp_runtime()}, work)
         return done
 
     def adapter(self, unit: Unit, src: dict, base: dict) -> None:
-        adapters, why = _stage("adapters")
+        from . import adapters
+
         a = next(x for x in self.config.adapters if x.name == unit.adapter)
-        if adapters is None:
-            self.skip("adapter", a.name, why)
-            return
         adapter_sha = self._adapter_hash(a)
 
         def work(tmp: Path) -> dict:
@@ -553,11 +527,9 @@ class _Build:
         return [v for k, v in self.result.variants.items() if not k.startswith("_") and "file" in v]
 
     def fit(self) -> dict | None:
-        fit_mod, why = _stage("fit")
-        profiles_mod, why2 = _stage("profiles")
-        if fit_mod is None or profiles_mod is None:
-            self.skip("fit", "all variants", why or why2)
-            return None
+        from . import fit as fit_mod
+        from . import profiles as profiles_mod
+
         variants = self._variants()
         if not variants:
             self.skip("fit", "all variants", "no quantized variant was built")
@@ -598,9 +570,9 @@ class _Build:
 
     def bundles(self, fit_data: dict, src: dict) -> None:
         from . import bundle as bundle_mod
+        from . import report as report_mod
 
         cfg = self.config
-        report_mod, why = _stage("report")
         by_name = {v["name"]: v for v in self._variants()}
         converted = self.result.variants.get("_adapters", {})
         for line_name, res in fit_data["lines"].items():
@@ -626,7 +598,7 @@ class _Build:
                          "adapter_files": [converted[a.name]["sha256"] for a in adapters], "fit": fit_row,
                          "quality": quality, "runtime": runtime, "source": src["facts"], "profile": profile_facts,
                          "report": {k: sha256_file(f) for k, f in report_files.items()}, "archive": cfg.archive,
-                         "tools": _llama_cpp_version()}
+                         "tools": llama_cpp_runtime()}
                 key = self._key("bundle", parts)
                 target = self.out / "bundles" / folder_name
                 archive = None
@@ -666,8 +638,6 @@ class _Build:
                     raise
                 self.result.bundles.append(BundleSummary(profile, line_name, pick, target, archive,
                                                          manifest_sha256=done.get("manifest_sha256")))
-        if cfg.report and report_mod is None:
-            self.skip("report", "bundle reports", why)
         self._remove_stale_bundles(bundle_mod)
 
     def _remove_stale_bundles(self, bundle_mod) -> None:
@@ -693,7 +663,7 @@ class _Build:
     def bundle_report(self, line_name: str, res: dict, report_mod) -> dict[str, Path]:
         """The report shipped inside every bundle of a line: fit and quality only (no host timings), so it is
         reproducible byte for byte."""
-        if not self.config.report or report_mod is None:
+        if not self.config.report:
             return {}
 
         def work(tmp: Path) -> dict:
@@ -708,10 +678,8 @@ class _Build:
         cfg = self.config
         if not cfg.report:
             return
-        report_mod, why = _stage("report")
-        if report_mod is None:
-            self.skip("report", "report", why)
-            return
+        from . import report as report_mod
+
         data: dict[str, Any] = {"fit": fit_data["lines"][BASE_LINE] if BASE_LINE in fit_data["lines"]
                                 else next(iter(fit_data["lines"].values()))}
         bench_models = []
@@ -742,20 +710,20 @@ class _Build:
         done, _ = self.step("report", "report", key_parts, work)
         self.result.report = target / done["html"]
 
-    def host(self) -> dict | None:
+    def host(self) -> dict:
         """This host's facts for the report (copy bandwidth measured once per host, cached)."""
-        bench, _ = _stage("bench")
-        if bench is None:
-            return None
+        from . import bench
+
         cfg = self.config
 
         def work(tmp: Path) -> dict:
             cpu, _, cores = _host_id().rpartition(" x")
             return {"cpu": cpu, "cores": int(cores), "threads_used": cfg.threads,
                     "bandwidth_gb_s": bench.measure_bandwidth_gb_s(), "python": _python_version(),
-                    "llama_cpp_python": _llama_cpp_version()}
+                    "llama_cpp_python": llama_cpp_runtime()["llama_cpp_python"]}
 
-        done, _ = self.step("host", "measure copy bandwidth", {"host": _host_id(), "threads": cfg.threads}, work)
+        done, _ = self.step("host", "measure copy bandwidth", {"host": _host_id(), "threads": cfg.threads,
+                                                               "llama_cpp": llama_cpp_runtime()}, work)
         return done
 
     def check(self, fit_data: dict | None) -> None:
@@ -788,38 +756,101 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _params(fn) -> set[str]:
-    import inspect
-    return set(inspect.signature(fn).parameters)
+# --- what a cached step depends on besides its inputs: edgepack's code and llama.cpp's build -------------
+#
+# Every step's work runs in this module and calls the stages from here, so the edgepack code any step can run
+# is this module plus everything it imports, found by reading the sources (imports inside functions count;
+# a module that imports by name at run time, like convert/families/, brings its whole package). The key
+# therefore changes with any edit a step could execute, even when the version number does not (a development
+# install, a patched copy); a hand-kept list per step drifted (the adapter step's left out convert/).
+
+def source_closure(module: str = __name__, root: Path | None = None) -> list[Path]:
+    """The files of every edgepack module that ``module`` can import, directly or not, sorted."""
+    import ast
+
+    root = Path(__file__).resolve().parent if root is None else Path(root)
+    top = root.name  # "edgepack"
+
+    def file_of(name: str) -> Path | None:
+        rel = Path(*name.split(".")[1:])
+        for f in (root / rel / "__init__.py", (root / rel).with_suffix(".py")):
+            if f.is_file():
+                return f
+        return None
+
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or not (name == top or name.startswith(top + ".")):
+            continue
+        f = file_of(name)
+        if f is None:  # an attribute imported with `from pkg import name`, not a module
+            continue
+        seen[name] = f
+        is_pkg = f.name == "__init__.py"
+        package = name if is_pkg else name.rpartition(".")[0]
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b first
+        tree = ast.parse(f.read_bytes(), filename=str(f))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                todo += [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in (
+                    "import_module", "iter_modules", "__import__"):
+                folder = f.parent  # imports by name: every module of this package may run
+                todo += [top + "." + ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                         for p in folder.rglob("*.py")]
+    return sorted(set(seen.values()))
 
 
-def _llama_cpp_version() -> str:
-    try:
-        import llama_cpp
-        return str(llama_cpp.__version__)
-    except ImportError:  # pragma: no cover
-        return "none"
+_CODE_HASH: dict[Path, str] = {}
 
 
-# The code each step runs: its hash is part of the step's key, so a changed stage redoes its steps even
-# when the version number did not change (a development install, a patched copy).
-STEP_CODE = {"convert": ("convert",), "merge": ("adapters.py", "convert"), "quantize": ("quantize.py",),
-             "eval": ("evaluate.py",), "bench": ("bench.py",), "host": ("bench.py",), "adapter": ("adapters.py",),
-             "bundle": ("bundle.py",), "bundle-report": ("report.py",), "report": ("report.py",)}
-_CODE_HASHES: dict[str, str] = {}
-
-
-def _code_hash(step: str) -> str:
-    if step not in _CODE_HASHES:
-        here = Path(__file__).resolve().parent
+def code_hash(root: Path | None = None) -> str:
+    """A digest of the edgepack code a build step can run (``source_closure`` of this module)."""
+    root = Path(__file__).resolve().parent if root is None else Path(root)
+    if root not in _CODE_HASH:
         digest = hashlib.sha256()
-        for name in STEP_CODE.get(step, ()):
-            path = here / name
-            for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-                if f.is_file():
-                    digest.update(f.relative_to(here).as_posix().encode() + b"\0" + f.read_bytes())
-        _CODE_HASHES[step] = digest.hexdigest()[:16]
-    return _CODE_HASHES[step]
+        for f in source_closure(root=root):
+            digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        _CODE_HASH[root] = digest.hexdigest()[:16]
+    return _CODE_HASH[root]
+
+
+_LIB_DIGESTS: dict[tuple, str] = {}
+
+
+def llama_cpp_runtime() -> dict[str, str]:
+    """The llama.cpp that quantizes, evaluates and benches: llama-cpp-python's version and a digest of the
+    shared libraries it loads (libllama, libggml*). The libraries carry no commit id of their own (a build from
+    the sdist reports none), and two builds of one version differ (CPU flags, AMX or not): their bytes do not
+    lie. Part of the quantize, eval, bench and host keys, so a new runtime measures again."""
+    import llama_cpp
+    from llama_cpp import llama_cpp as bindings
+
+    # where the bindings loaded libllama from (LLAMA_CPP_LIB_PATH or the package's lib/ folder)
+    lib_dir = Path(getattr(bindings, "_base_path", Path(llama_cpp.__file__).parent / "lib"))
+    return {"llama_cpp_python": str(llama_cpp.__version__), "libs": shared_libs_digest(lib_dir)}
+
+
+def shared_libs_digest(folder: Path) -> str:
+    """sha256 over the shared libraries in ``folder`` (each once, symlinks resolved), memoised on their stats."""
+    libs = sorted({p.resolve() for p in Path(folder).glob("*") if p.is_file() and (
+        ".so" in p.suffixes or p.suffix in (".dylib", ".dll"))})
+    stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in libs)
+    if stats not in _LIB_DIGESTS:
+        digest = hashlib.sha256()
+        for p in libs:
+            digest.update(p.name.encode() + b"\0" + p.read_bytes())
+        _LIB_DIGESTS[stats] = digest.hexdigest()[:16]
+    return _LIB_DIGESTS[stats]
 
 
 def _python_version() -> str:

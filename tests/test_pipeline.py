@@ -46,7 +46,9 @@ def config(out: Path, **cli_values):
 
 def done_keys(out: Path) -> set[tuple[str, str]]:
     root = out / CACHE_DIR
-    return {(p.parent.parent.name, p.parent.name) for p in root.glob(f"*/*/{DONE}")}
+    # not the temp folder of a step that was killed between writing its marker and renaming the folder
+    return {(p.parent.parent.name, p.parent.name) for p in root.glob(f"*/*/{DONE}")
+            if not p.parent.name.startswith(".")}
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
@@ -219,37 +221,96 @@ def test_example_workflow_names_real_commands():
 
 
 @pytest.mark.slow
-def test_merge_lines_missing_stages_and_stale_bundles(tmp_path, monkeypatch):
-    """mode = "both": a GGUF adapter for the base plus one merged line per scale; a stage that is not installed
-    is reported as skipped (the build still ends with bundles); a profile that loses its pick loses its bundle."""
-    import edgepack.pipeline as pipeline
-
+def test_merge_lines_and_stale_bundles(tmp_path):
+    """mode = "both": a GGUF adapter for the base plus one merged line per scale; a profile that loses its pick
+    loses its bundle."""
     demo = ROOT / "examples" / "demo"
     toml = tmp_path / "edgepack.toml"
     toml.write_text(f'name = "m"\nsource = "{demo / "model"}"\n[quantize]\ntypes = ["Q4_0"]\n'
                     f'[[adapters]]\nname = "dialogue"\npath = "{demo / "adapter"}"\nmode = "both"\n'
-                    'scales = [1.0, 0.5]\n[profiles]\nnames = ["pixel-8"]\n[constraints]\nctx = 256\n')
-    real_stage = pipeline._stage
-    monkeypatch.setattr(pipeline, "_stage", lambda name: (None, f"edgepack.{name} is not available (test)")
-                        if name in ("evaluate", "bench") else real_stage(name))
+                    'scales = [1.0, 0.5]\n[profiles]\nnames = ["pixel-8"]\n[constraints]\nctx = 256\n'
+                    '[eval]\ntokens = 256\n')
     out = tmp_path / "out"
     result = build(resolve(toml, cli={"outputs.dir": str(out)}, env={}))
-    skipped = {(s.step, s.label) for s in result.skipped}
-    assert skipped == {(step, v) for step in ("eval", "bench")
-                       for v in ("m-Q4_0", "m-dialogue-x1-Q4_0", "m-dialogue-x0.5-Q4_0")}
-    assert all("not available (test)" in s.reason for s in result.skipped)
+    assert not result.skipped
     assert sorted(b.folder.name for b in result.bundles) == ["pixel-8", "pixel-8+dialogue-x0.5",
                                                              "pixel-8+dialogue-x1"]
     merged = {v["name"]: v["sha256"] for v in result.variants.values() if "sha256" in v and "line" in v}
     assert len(set(merged.values())) == 3  # the base and two different merge strengths
     assert verify_bundle(out / "bundles" / "pixel-8").adapters_loaded == ["dialogue"]
     assert verify_bundle(out / "bundles" / "pixel-8+dialogue-x0.5").adapters_loaded == []
-    res = CliRunner().invoke(cli, ["build", str(toml), "-o", str(out), "-q"])
-    assert "SKIPPED eval m-Q4_0: edgepack.evaluate is not available (test)" in res.output
 
     again = build(resolve(toml, cli={"outputs.dir": str(out), "constraints.min_tps": 1e12}, env={}))
     assert len(again.failures) == 3 and all("too slow" in f for f in again.failures)
     assert not [p for p in (out / "bundles").iterdir()], "bundles of profiles without a pick are removed"
+
+
+def small_config(out: Path, **cli_values):
+    """The demo with one quant type and one profile, no report: the cheapest build that runs every step."""
+    return config(out, **{"quantize.types": "Q4_0", "profiles.names": "pixel-8", "outputs.report": "false",
+                          "outputs.archive": "none", "eval.tokens": "256", **cli_values})
+
+
+def test_a_stage_that_fails_to_import_fails_the_build(tmp_path, monkeypatch):
+    """Every stage ships in the package: one that cannot be imported is a broken install or a bug, and must fail
+    the build (with --check too), never pass as a skipped step with exit 0."""
+    import edgepack
+
+    monkeypatch.setitem(sys.modules, "edgepack.evaluate", None)  # `import edgepack.evaluate` raises ImportError
+    monkeypatch.delattr(edgepack, "evaluate", raising=False)
+    with pytest.raises(ImportError):
+        build(small_config(tmp_path / "out"))
+    res = CliRunner().invoke(cli, ["build", str(DEMO), "-o", str(tmp_path / "out"), "-q", "--check", "-t", "Q4_0",
+                                   "-p", "pixel-8"])
+    assert res.exit_code != 0 and isinstance(res.exception, ImportError), res.output
+
+
+def test_edgepack_code_a_step_runs_is_part_of_its_key(tmp_path):
+    """The adapter step runs convert/ code (adapters imports its checkpoint reader and tensor transforms): an
+    edit there must redo it. Built from a copy of the package, edited between two builds."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(ROOT / "edgepack", pkg / "edgepack", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "out"
+
+    def ran_steps() -> set[str]:
+        res = subprocess.run([sys.executable, "-m", "edgepack", "build", str(DEMO), "-o", str(out), "--json",
+                              "--only", "adapter-dialogue"], capture_output=True, text=True,
+                             env={**env_offline(), "PYTHONPATH": str(pkg)}, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return {s["step"] for s in json.loads(res.stdout)["steps"] if s["status"] == "ran"}
+
+    assert {"convert", "adapter"} <= ran_steps()
+    assert not ran_steps() & {"convert", "adapter"}
+    edited = pkg / "edgepack" / "convert" / "checkpoint.py"
+    edited.write_text(edited.read_text() + "\n# an edit: the same version number, different code\n")
+    assert {"convert", "adapter"} <= ran_steps()
+
+
+@pytest.mark.slow
+def test_a_new_llama_cpp_measures_again(tmp_path, monkeypatch):
+    """Eval and bench results come from llama.cpp: another llama-cpp-python version, or the same version built
+    differently (other libllama bytes), must not reuse them."""
+    import llama_cpp
+    from llama_cpp import llama_cpp as bindings
+
+    out = tmp_path / "out"
+    first = build(small_config(out))
+    assert {s.step for s in first.ran} >= {"quantize", "eval", "bench"}
+    assert build(small_config(out)).nothing_to_do
+
+    monkeypatch.setattr(llama_cpp, "__version__", llama_cpp.__version__ + ".post1")
+    upgraded = {s.step for s in build(small_config(out)).ran}
+    assert {"quantize", "eval", "bench"} <= upgraded
+    monkeypatch.undo()
+    again = build(small_config(out))  # the original runtime's measurements are still there
+    assert not {s.step for s in again.ran} & {"quantize", "eval", "bench"}
+
+    rebuilt = tmp_path / "lib"  # the same version with one changed byte in libllama (another build)
+    shutil.copytree(bindings._base_path, rebuilt, symlinks=True)
+    libllama = next(p for p in rebuilt.iterdir() if p.name.startswith("libllama.") and not p.is_symlink())
+    libllama.write_bytes(libllama.read_bytes() + b"\0")
+    monkeypatch.setattr(bindings, "_base_path", rebuilt)
+    assert {"quantize", "eval", "bench"} <= {s.step for s in build(small_config(out)).ran}
 
 
 def test_hub_source_pins_the_commit_in_the_manifest(tmp_path, monkeypatch):
