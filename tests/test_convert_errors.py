@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymodels import TOKENIZERS, synthetic_llama, tiny_llama_config, write_safetensors
+from tinymodels import TOKENIZERS, popen_for_ctrl_c, synthetic_llama, tiny_llama_config, write_safetensors
 from tokenizer_cases import CASES
 
 
@@ -204,7 +204,7 @@ def big_model(tmp_path_factory) -> Path:
 
 def interrupt_mid_write(args: list[str], out_dir: Path, signum: int) -> tuple[int, str]:
     """Run ``edgepack ARGS`` writing into ``out_dir``; send ``signum`` once its temp file has data."""
-    proc = subprocess.Popen([sys.executable, "-m", "edgepack", *args], stderr=subprocess.PIPE, text=True)
+    proc = popen_for_ctrl_c([sys.executable, "-m", "edgepack", *args], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not any(p.name.endswith(".tmp") and p.stat().st_size > 0 for p in out_dir.iterdir()):
         assert proc.poll() is None, proc.stderr.read()

@@ -26,6 +26,7 @@ from edgepack.errors import BadGGUF
 from edgepack.fileio import folder_lock
 from edgepack.pipeline import CACHE_DIR, DONE, build, matrix, plan
 from edgepack.profiles import load_profiles
+from tinymodels import popen_for_ctrl_c
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo" / "edgepack.toml"
@@ -349,8 +350,8 @@ def test_ctrl_c_leaves_no_half_step_and_resumes(tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "edgepack", "build", str(DEMO), "-o", str(out), "-q", "-t", "Q4_0", "-t", "Q8_0",
             "-p", "pixel-8"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env_offline(),
-                            cwd=ROOT)
+    proc = popen_for_ctrl_c(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env_offline(),
+                           cwd=ROOT)
     deadline = time.monotonic() + 120
     # Interrupt after both quantizations (llama.cpp's log callback runs Python during quantization, and an
     # interrupt raised inside a ctypes callback is swallowed: see the report for issue 8), i.e. during eval.

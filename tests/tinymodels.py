@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -250,3 +251,19 @@ def tiny_llama_config(**overrides) -> dict:
               "tie_word_embeddings": False, "hidden_act": "silu"}
     config.update(overrides)
     return config
+
+
+# --- subprocesses -----------------------------------------------------------------------------------
+
+def popen_for_ctrl_c(args: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen`` for a test that interrupts the child with SIGINT (Ctrl-C).
+
+    A command started in the background (``make test &``, nohup under a non-interactive shell, some CI runners)
+    inherits SIGINT as *ignored*, its children too, and a Python child then never sees the Ctrl-C the test
+    sends. The child's SIGINT goes back to the default before it starts, so the test does not depend on how
+    the test run was started."""
+    return subprocess.Popen(args, preexec_fn=_default_sigint, **kwargs)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
