@@ -192,6 +192,24 @@ def test_bad_option_is_one_line(good_model, tmp_path):
     assert result.returncode == 2 and "q4_k" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_debug_flag_and_environment_show_the_traceback(tmp_path, monkeypatch, capsys):
+    """--debug and EDGEPACK_DEBUG=1 (documented in --help) re-raise the error for its traceback; otherwise one line."""
+    from edgepack.cli import main
+    from edgepack.errors import BadCheckpoint
+
+    missing = str(tmp_path / "no-such-model")
+    monkeypatch.delenv("EDGEPACK_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", missing])
+    assert exit_info.value.code == 3 and capsys.readouterr().err.startswith("error: ")
+    with pytest.raises(BadCheckpoint):
+        main(["--debug", "convert", missing])
+    for value, raises in (("1", True), ("true", True), ("0", False)):
+        monkeypatch.setenv("EDGEPACK_DEBUG", value)
+        with pytest.raises(BadCheckpoint if raises else SystemExit):
+            main(["convert", missing])
+
+
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory) -> Path:
     """A checkpoint big enough that writing it takes a while (about 200M parameters)."""

@@ -43,21 +43,23 @@ def _terminate(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(sys.argv[1:] if argv is None else argv)
     if threading.current_thread() is not threading.main_thread():  # signals reach only the main thread
-        return _run(argv, debug)
+        return _run(args)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        _run(argv, debug)
+        _run(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(argv: list[str] | None, debug: bool) -> None:
+def _run(args: list[str]) -> None:
+    state: dict = {}  # the group callback records --debug / EDGEPACK_DEBUG here (click parsed both)
     try:
-        cli.main(args=argv, prog_name="edgepack", standalone_mode=False)
+        cli.main(args=args, prog_name="edgepack", standalone_mode=False, obj=state)
     except EdgepackError as exc:
-        if debug:
+        # "--debug" in args: an error raised while the options themselves were parsed, before the callback ran
+        if state.get("debug") or "--debug" in args:
             raise
         # One line, always: the message, then what to do about it.
         hint = f" (hint: {exc.hint})" if exc.hint else ""
