@@ -207,6 +207,11 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another edgepack process"
             raise OutputError(f"{folder} is in use by {holder}",
                               "wait for it to finish, or write into another folder with -o") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            yield path  # a file system without locks (some network mounts): nothing to hold
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"edgepack {what} (pid {os.getpid()})\n".encode(), 0)
         yield path
