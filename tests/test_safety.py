@@ -5,6 +5,7 @@ nothing is mocked. (SIGTERM mid-write: tests/test_convert_errors.py.)"""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -85,10 +86,18 @@ def test_a_device_or_pipe_is_never_replaced(tmp_path, fifo):
     check_replaceable(tmp_path / "plain")  # fine: a regular file
 
 
-def test_convert_force_refuses_a_pipe(tmp_path, fifo):
+def test_convert_force_refuses_a_pipe_and_a_device(tmp_path, fifo):
     one_line_error(run_cli("convert", str(DEMO_MODEL), "-o", str(fifo), "--force"), 6,
                    "is a named pipe, not a regular file")
     assert fifo.is_fifo()
+    device = tmp_path / "null"  # a twin of /dev/null (same major/minor), so a failure cannot harm the real one
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating a device node needs root")
+    one_line_error(run_cli("convert", str(DEMO_MODEL), "-o", str(device), "--force"), 6,
+                   "is a character device, not a regular file")
+    assert device.is_char_device()
 
 
 def test_quantize_report_and_adapter_refuse_a_pipe(tmp_path):
