@@ -208,9 +208,10 @@ def half_precision_matmuls(model) -> None:
         for name, param in model.named_parameters():
             if param.dim() > 1 and not KEPT_F32.search(name):
                 param.copy_(param.to(torch.float16).to(torch.float32))
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
-            module.register_forward_pre_hook(round_input)
+            if not KEPT_F32.search(name + ".weight"):  # an F32 weight: ggml multiplies in F32, input unrounded
+                module.register_forward_pre_hook(round_input)
         elif _fused_swiglu_experts(module):
             module.forward = types.MethodType(_half_precision_experts, module)
 
@@ -299,7 +300,7 @@ CASES = [
                {"head_dim": 256, "layer_types": ["linear_attention"] * 3 + ["full_attention"],
                 "linear_num_key_heads": 2, "linear_num_value_heads": 4, "num_experts": 8, "num_experts_per_tok": 2,
                 "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64},
-               tolerance={"f16": 1e-2}),  # as qwen3.5-0.8b: llama.cpp at 6.4e-3 in F16 (F32: 1.5e-5)
+               tolerance={"f16": 1e-2}),  # as qwen3.5-0.8b: llama.cpp at 7.3e-3 in F16 (F32: 1.5e-5)
     # The same text models under their published multimodal classes (text model under model.language_model.,
     # a vision tower llama.cpp's text model does not use, shrunk to one block).
     FamilyCase("qwen3.5-0.8b-multimodal", "qwen3_5_0.8b", "qwen35-trained", {},
