@@ -52,18 +52,20 @@ LLAMA_CPP_FORCED_CONTROL = ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>",
 def _forced_control_tokens(folder) -> list[str]:
     """Ordinary vocabulary entries (not added tokens) that llama.cpp turns into control tokens by their text.
     README: "Known tokenizer differences"."""
-    path = folder / "tokenizer.json"
-    if not path.is_file():
+    if (folder / "tokenizer.json").is_file():
+        data = json.loads((folder / "tokenizer.json").read_text())
+        vocab, added = data["model"]["vocab"], {t["content"] for t in data["added_tokens"]}
+    elif (folder / "vocab.json").is_file():  # added tokens live in tokenizer_config.json, not in vocab.json
+        vocab, added = json.loads((folder / "vocab.json").read_text()), set()
+    else:
         return []
-    data = json.loads(path.read_text())
-    added = {t["content"] for t in data["added_tokens"]}
-    return [t for t in LLAMA_CPP_FORCED_CONTROL if t in data["model"]["vocab"] and t not in added]
+    return [t for t in LLAMA_CPP_FORCED_CONTROL if t in vocab and t not in added]
 
 
 def test_token_ids_match_the_models_own_tokenizer(vocab_gguf):
     case, folder, _, llm = vocab_gguf
     truth = case.truth_encoder(folder)
-    parse_special = case.truth == "tokenizers"
+    parse_special = case.truth != "sentencepiece"
     mismatches = []
     normalized_specials = _normalized_added_tokens(folder) + _forced_control_tokens(folder) if parse_special else []
     texts = [t for t in all_texts() if not any(s in t for s in normalized_specials)]
@@ -80,7 +82,7 @@ def test_special_tokens_and_bos(vocab_gguf):
     case, folder, out, llm = vocab_gguf
     reader = gguf.GGUFReader(out)
     fields = {f.name: f for f in reader.fields.values()}
-    if case.name == "qwen3-json":  # Qwen's tokenizer files name no BOS (config.json's bos_token_id does) and add none
+    if case.name.startswith("qwen3-"):  # Qwen's tokenizer files name no BOS (config.json's bos_token_id does) and add none
         assert llm.tokenize(b"Hello", add_bos=True) == llm.tokenize(b"Hello", add_bos=False)
         assert fields["tokenizer.ggml.pre"].contents() == "qwen2"
         return
@@ -177,5 +179,19 @@ def test_corrupted_tokenizer_json_is_refused(tmp_path):
     (folder / "tokenizer.json").write_bytes((TOKENIZERS / "llama2-ortx/tokenizer.json").read_bytes())
     (folder / "config.json").write_text(json.dumps(_config(32000)))
     with pytest.raises(TokenizerError):
+        convert(folder, folder / "vocab.gguf", vocab_only=True)
+    assert not (folder / "vocab.gguf").exists()
+
+
+def test_vocab_and_merges_of_an_unknown_class_are_refused(tmp_path):
+    """vocab.json + merges.txt say nothing about the pre-tokenizer: only classes whose split is fixed are read."""
+    from edgepack.errors import TokenizerError
+
+    case = next(c for c in CASES if c.name == "qwen3-vocab-merges")
+    folder = case.build(tmp_path / "tok")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(dict(config, tokenizer_class="MysteryTokenizer")))
+    (folder / "config.json").write_text(json.dumps(_config(case.vocab_size)))
+    with pytest.raises(TokenizerError, match="MysteryTokenizer"):
         convert(folder, folder / "vocab.gguf", vocab_only=True)
     assert not (folder / "vocab.gguf").exists()

@@ -43,7 +43,7 @@ def all_texts() -> list[str]:
 class TokenizerCase:
     name: str
     vocab_size: int
-    truth: str  # "sentencepiece" or "tokenizers"
+    truth: str  # "sentencepiece", "tokenizers", or "transformers" (for a folder without tokenizer.json)
 
     def build(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
@@ -57,6 +57,11 @@ class TokenizerCase:
 
             sp = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
             return lambda text: sp.encode(text)
+        if self.truth == "transformers":  # a folder without tokenizer.json: what transformers builds from it
+            import transformers
+
+            auto = transformers.AutoTokenizer.from_pretrained(folder)
+            return lambda text: auto.encode(text, add_special_tokens=False)
         import tokenizers
 
         tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -133,6 +138,12 @@ def _qwen3_json(folder: Path) -> None:
     transformers.AutoTokenizer.from_pretrained(TOKENIZERS / "qwen3-sd-scripts").save_pretrained(folder)
 
 
+def _qwen3_vocab_merges(folder: Path) -> None:
+    """The same tokenizer as the files are: vocab.json + merges.txt + tokenizer_config.json, no tokenizer.json."""
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        _copy(TOKENIZERS / "qwen3-sd-scripts" / name, folder / name)
+
+
 BUILDERS = {
     "llama2-spm": _llama2_spm,
     "tinyllama-spm": _tinyllama_spm,
@@ -143,6 +154,7 @@ BUILDERS = {
     "mistral-v3-spm": _mistral("v3"),
     "llama3-json": _llama3_json,
     "qwen3-json": _qwen3_json,
+    "qwen3-vocab-merges": _qwen3_vocab_merges,
 }
 
 CASES = [
@@ -155,4 +167,5 @@ CASES = [
     TokenizerCase("mistral-v3-spm", 32768, "sentencepiece"),
     TokenizerCase("llama3-json", 128256, "tokenizers"),
     TokenizerCase("qwen3-json", 151936, "tokenizers"),
+    TokenizerCase("qwen3-vocab-merges", 151936, "transformers"),
 ]

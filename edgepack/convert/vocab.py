@@ -27,11 +27,11 @@ from pathlib import Path
 import gguf
 
 from ..errors import TokenizerError
-from .pretokenizers import detect_pre_tokenizer
+from .pretokenizers import QWEN2_REGEX, detect_pre_tokenizer
 
 TT = gguf.TokenType
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json")
 
 # sentencepiece_model.proto's ModelProto.TrainerSpec.ModelType
 SPM_UNIGRAM, SPM_BPE = 1, 2
@@ -84,11 +84,15 @@ def load_vocab(folder: Path, n_vocab: int | None, pre_override: str | None = Non
             vocab = _byte_fallback_bpe_vocab(tokenizer_json, folder)
         else:
             vocab = _byte_level_bpe_vocab(tokenizer_json, folder, pre_override)
+    elif (gpt2_layout := _gpt2_layout_json(folder)) is not None:
+        vocab = _byte_level_bpe_vocab(gpt2_layout, folder, pre_override)
+        vocab.source = vocab.source.replace("tokenizer.json", "vocab.json + merges.txt")
     elif spm_file.is_file():
         raise TokenizerError("tokenizer.model is not a SentencePiece model (a tiktoken file?)",
                              "add the model's tokenizer.json (transformers can build it from tiktoken files)")
     else:
-        raise TokenizerError(f"no tokenizer files in {folder} (tokenizer.model or tokenizer.json)",
+        raise TokenizerError(f"no tokenizer files in {folder} (tokenizer.model, tokenizer.json, or vocab.json and "
+                             "merges.txt)",
                              "download the tokenizer files with the model, or pass --vocab-source DIR")
 
     _pad_to(vocab, n_vocab)
@@ -275,6 +279,42 @@ def _gemma4_vocab(tokenizer_json: dict | None, folder: Path) -> Vocab:
     vocab.token_types = [TT.USER_DEFINED if t in GEMMA4_VISIBLE_TOKENS else kind
                          for t, kind in zip(vocab.tokens, vocab.token_types)]
     return vocab
+
+
+# Byte-level BPE tokenizers saved the GPT-2 way (vocab.json + merges.txt, no tokenizer.json): the class in
+# tokenizer_config.json fixes the pre-tokenizer, as transformers builds it (convert_slow_tokenizer's Qwen2Converter
+# and GPT2Converter), written here as tokenizer.json steps so that pretokenizers.py names it as for a tokenizer.json.
+_QWEN2_STEPS = {"type": "Sequence", "pretokenizers": [
+    {"type": "Split", "pattern": {"Regex": QWEN2_REGEX}, "behavior": "Isolated", "invert": False},
+    {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}
+_GPT2_STEPS = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+GPT2_LAYOUT_PRE_TOKENIZERS = {"Qwen2Tokenizer": _QWEN2_STEPS, "Qwen2TokenizerFast": _QWEN2_STEPS,
+                              "GPT2Tokenizer": _GPT2_STEPS, "GPT2TokenizerFast": _GPT2_STEPS}
+
+
+def _gpt2_layout_json(folder: Path) -> dict | None:
+    """vocab.json + merges.txt as the tokenizer.json dict transformers would build from them; None without them."""
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    if not (vocab_file.is_file() and merges_file.is_file()):
+        return None
+    config_file = folder / "tokenizer_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        vocab_map = json.loads(vocab_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"vocab.json or tokenizer_config.json is not valid JSON ({exc})",
+                             "re-download the tokenizer files") from exc
+    tokenizer_class = config.get("tokenizer_class")
+    steps = GPT2_LAYOUT_PRE_TOKENIZERS.get(tokenizer_class)
+    if steps is None or config.get("add_prefix_space"):
+        raise TokenizerError(f"vocab.json + merges.txt of tokenizer_class {tokenizer_class!r}"
+                             + (" with add_prefix_space" if steps else "") + ": its pre-tokenizer is not known",
+                             "add the model's tokenizer.json (known here: " + ", ".join(GPT2_LAYOUT_PRE_TOKENIZERS)
+                             + ")")
+    lines = merges_file.read_text(encoding="utf-8").splitlines()
+    merges = [line for line in lines if line.strip() and not line.startswith("#version")]
+    return {"model": {"type": "BPE", "vocab": vocab_map, "merges": merges}, "pre_tokenizer": steps,
+            "added_tokens": []}
 
 
 def _byte_level_bpe_vocab(tokenizer_json: dict, folder: Path, pre_override: str | None) -> Vocab:
