@@ -230,23 +230,26 @@ EXPERT_HPARAMS: tuple[HParam, ...] = (
 )
 
 
-def stacked_experts(config: HFConfig, bid: int, prefix: str) -> dict[str, Expected]:
+def stacked_experts(config: HFConfig, bid: int, prefix: str,
+                    projections: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")) -> dict[str, Expected]:
     """llama.cpp's stacked expert tensors of layer ``bid`` (ffn_gate_exps / ffn_up_exps / ffn_down_exps, expert
     e at index e) from the SwiGLU experts under ``prefix`` (e.g. "model.layers.0.mlp.experts"), in either layout:
     per expert as save_pretrained writes them (``{prefix}.{e}.gate_proj.weight`` (F, H), ``up_proj`` (F, H),
     ``down_proj`` (H, F)), or pre-fused as transformers 5 holds them (``{prefix}.gate_up_proj`` (E, 2F, H), each
-    expert's gate rows before its up rows, and ``{prefix}.down_proj`` (E, H, F))."""
+    expert's gate rows before its up rows, and ``{prefix}.down_proj`` (E, H, F)). ``projections``: the per-expert
+    names of gate, up and down (LFM2-MoE: w1, w3, w2)."""
     n_expert, hidden = int(config.get(*EXPERT_COUNT_NAMES)), int(config.get("hidden_size"))
     ff = int(config.get("moe_intermediate_size"))
     fused_gate_up, fused_down = (n_expert, 2 * ff, hidden), (n_expert, hidden, ff)
     names, T = gguf.TENSOR_NAMES, gguf.MODEL_TENSOR
     out = {}
+    gate, up, down = projections
     for kind, proj, shape, fused in (
-            (T.FFN_GATE_EXP, "gate_proj", (ff, hidden),
+            (T.FFN_GATE_EXP, gate, (ff, hidden),
              [Part(f"{prefix}.gate_up_proj", fused_gate_up, (e,), (0, ff)) for e in range(n_expert)]),
-            (T.FFN_UP_EXP, "up_proj", (ff, hidden),
+            (T.FFN_UP_EXP, up, (ff, hidden),
              [Part(f"{prefix}.gate_up_proj", fused_gate_up, (e,), (ff, 2 * ff)) for e in range(n_expert)]),
-            (T.FFN_DOWN_EXP, "down_proj", (hidden, ff),
+            (T.FFN_DOWN_EXP, down, (hidden, ff),
              [Part(f"{prefix}.down_proj", fused_down, (e,)) for e in range(n_expert)])):
         per_expert = tuple(Part(f"{prefix}.{e}.{proj}.weight", shape) for e in range(n_expert))
         out[f"{prefix}.{proj}s"] = Expected((n_expert,) + shape, forms=(per_expert, tuple(fused)),

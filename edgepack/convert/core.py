@@ -341,7 +341,9 @@ def _cast(data: np.ndarray, src_dtype: str, out_type: QT) -> np.ndarray:
     if out_type == QT.F32:
         return flat if src_dtype == "F32" else floats.convert_chunked(flat, src_dtype, np.float32, lambda c: c)
     if out_type == QT.F16:
-        return flat if src_dtype == "F16" else floats.convert_chunked(flat, src_dtype, np.float16, floats.f32_to_f16)
+        # The tensor was read (or transformed) for this write alone: BF16 becomes F16 in place.
+        return flat if src_dtype == "F16" else floats.convert_chunked(flat, src_dtype, np.float16, floats.f32_to_f16,
+                                                                     inplace=True)
     return floats.convert_chunked(flat, src_dtype, np.uint16, floats.f32_to_bf16).view(np.uint8)
 
 

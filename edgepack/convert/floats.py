@@ -70,13 +70,17 @@ def to_f32(data: np.ndarray, src_dtype: str) -> np.ndarray:
     return np.ascontiguousarray(data).astype(np.float32, copy=False)
 
 
-def convert_chunked(flat: np.ndarray, src_dtype: str, out_dtype, narrow) -> np.ndarray:
+def convert_chunked(flat: np.ndarray, src_dtype: str, out_dtype, narrow, *, inplace: bool = False) -> np.ndarray:
     """Widen ``flat`` to float32 and narrow it with ``narrow`` one chunk at a time: temporaries stay at one
-    chunk instead of a float32 copy of the whole tensor."""
-    out = np.empty(flat.shape, dtype=out_dtype)
+    chunk instead of a float32 copy of the whole tensor. ``inplace``: the caller gives up ``flat``, and BF16 ->
+    F16 (same width) is written over it chunk by chunk, so the tensor is held once, not twice."""
     lib = _ggml_cpu()
+    same_width = inplace and src_dtype == "BF16" and out_dtype == np.float16 and flat.flags.c_contiguous \
+        and flat.flags.writeable
+    out = flat.view(np.float16) if same_width else np.empty(flat.shape, dtype=out_dtype)
     if lib is not None and src_dtype == "BF16" and out_dtype in (np.float16, np.float32):
-        # ggml writes straight into the output: no per-chunk arrays, no extra copy.
+        # ggml writes straight into the output: no per-chunk arrays, no extra copy. In place, each chunk is
+        # widened into the scratch before its F16 values overwrite it.
         flat = np.ascontiguousarray(flat)
         if out_dtype == np.float32:
             lib.ggml_cpu_bf16_to_fp32(flat.ctypes.data, out.ctypes.data, flat.size)

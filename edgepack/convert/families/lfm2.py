@@ -34,8 +34,8 @@ import gguf
 import numpy as np
 
 from ...errors import UnsupportedArchitecture
-from ..common import U32, rope_metadata
-from ..spec import ArchSpec, Expected, HFConfig, HParam, LayerSize, Part, SizeFacts, register, uniform_sizes
+from ..common import EXPERT_HPARAMS, U32, rope_metadata, stacked_experts
+from ..spec import ArchSpec, Expected, HFConfig, HParam, LayerSize, SizeFacts, register, uniform_sizes
 
 K = gguf.Keys
 ARRAY = gguf.GGUFValueType.ARRAY
@@ -121,39 +121,21 @@ def _metadata(config: HFConfig):
     yield K.Attention.HEAD_COUNT_KV, kv_heads_per_layer(config), ARRAY
     yield K.LLM.FEED_FORWARD_LENGTH, dense_ff(config), U32
     yield from rope_metadata(config, frozenset())
-    if config.architecture == "Lfm2MoeForCausalLM":
-        yield K.LLM.EXPERT_COUNT, int(config.get("num_experts")), U32
-        yield K.LLM.EXPERT_USED_COUNT, int(config.get("num_experts_per_tok")), U32
-        yield K.LLM.EXPERT_FEED_FORWARD_LENGTH, int(config.get("moe_intermediate_size")), U32
+    if config.architecture == "Lfm2MoeForCausalLM":  # (expert counts and size: EXPERT_HPARAMS)
         yield K.LLM.LEADING_DENSE_BLOCK_COUNT, n_dense_layers(config), U32
         yield K.LLM.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID), U32
 
 
 def _experts(config: HFConfig, i: int) -> dict[str, Expected]:
-    """One MoE layer's router, selection bias and stacked experts, from per-expert or fused tensors."""
-    hidden, n_expert = int(config.get("hidden_size")), int(config.get("num_experts"))
-    ff = int(config.get("moe_intermediate_size"))
-    p = f"model.layers.{i}.feed_forward."
-    names = gguf.TENSOR_NAMES
-    T = gguf.MODEL_TENSOR
-    fused_gate_up, fused_down = (n_expert, 2 * ff, hidden), (n_expert, hidden, ff)
-
-    def stacked(kind: T, w: str, shape: tuple[int, int], fused: tuple[Part, ...]) -> Expected:
-        per_expert = tuple(Part(f"{p}experts.{e}.{w}.weight", shape) for e in range(n_expert))
-        return Expected((n_expert,) + shape, forms=(per_expert, fused),
-                        gguf_name=names[kind].format(bid=i) + ".weight")
-
+    """One MoE layer's router, selection bias and stacked experts (per-expert w1/w3/w2 or fused)."""
+    n_expert, p = int(config.get("num_experts")), f"model.layers.{i}.feed_forward."
+    bias = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.FFN_EXP_PROBS_B].format(bid=i) + ".bias"
     return {
-        p + "gate.weight": Expected((n_expert, hidden)),
+        p + "gate.weight": Expected((n_expert, int(config.get("hidden_size")))),
         # llama.cpp reads the selection bias as exp_probs_b.bias (gguf-py's map says .weight).
         p + "expert_bias": Expected((n_expert,), optional=not config.get("use_expert_bias", default=True),
-                                    gguf_name=names[T.FFN_EXP_PROBS_B].format(bid=i) + ".bias"),
-        p + "experts.w1": stacked(T.FFN_GATE_EXP, "w1", (ff, hidden), tuple(
-            Part(p + "experts.gate_up_proj", fused_gate_up, (e,), (0, ff)) for e in range(n_expert))),
-        p + "experts.w3": stacked(T.FFN_UP_EXP, "w3", (ff, hidden), tuple(
-            Part(p + "experts.gate_up_proj", fused_gate_up, (e,), (ff, 2 * ff)) for e in range(n_expert))),
-        p + "experts.w2": stacked(T.FFN_DOWN_EXP, "w2", (hidden, ff), tuple(
-            Part(p + "experts.down_proj", fused_down, (e,)) for e in range(n_expert))),
+                                    gguf_name=bias),
+        **stacked_experts(config, i, p + "experts", ("w1", "w3", "w2")),
     }
 
 
@@ -226,7 +208,6 @@ def _spec(hf_class: str, arch: gguf.MODEL_ARCH, **extra) -> ArchSpec:
     return register(ArchSpec(
         hf_classes=(hf_class,),
         arch=arch,
-        hparams=HPARAMS,
         tensors=_tensors,
         metadata=_metadata,
         transforms={r"conv\.conv\.weight$": _conv_taps},
@@ -238,5 +219,6 @@ def _spec(hf_class: str, arch: gguf.MODEL_ARCH, **extra) -> ArchSpec:
     ))
 
 
-LFM2 = _spec("Lfm2ForCausalLM", gguf.MODEL_ARCH.LFM2)
-LFM2MOE = _spec("Lfm2MoeForCausalLM", gguf.MODEL_ARCH.LFM2MOE, extra_tensors=_zero_expert_bias)
+LFM2 = _spec("Lfm2ForCausalLM", gguf.MODEL_ARCH.LFM2, hparams=HPARAMS)
+LFM2MOE = _spec("Lfm2MoeForCausalLM", gguf.MODEL_ARCH.LFM2MOE, hparams=HPARAMS + EXPERT_HPARAMS,
+                extra_tensors=_zero_expert_bias)
