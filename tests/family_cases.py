@@ -373,6 +373,17 @@ CASES = [
     FamilyCase("olmo2-7b-tied", "olmo2_7b", "qwen2-trained", {}, {"tie_word_embeddings": True}),
     # Granite 3.3 2B's multipliers as released: embeddings x12, residual x0.22, attention scale 1/64, logits / 8.
     FamilyCase("granite-3.3-2b", "granite_3.3_2b", "smollm-trained", {"heads": 8}),
+    # Granite 4.0-H-Tiny's first 6 layers (5 Mamba2, 1 attention, no rope), its 64 experts (6 used) and shared MLP,
+    # multipliers and Mamba2 geometry (d_state 128, head 64, expand 2, conv 4); 8 Mamba heads at hidden 256.
+    # Weights at std 0.1 (Granite 4's muP initializer_range): at 0.02 the logits / 6 are too flat to show much.
+    FamilyCase("granite-4.0-h-tiny", "granite_4.0_h_tiny", "qwen2-trained", {"layers": 6},
+               {"layer_types": real_config("granite_4.0_h_tiny")["layer_types"][:6], "mamba_n_heads": 8,
+                "intermediate_size": 64, "shared_intermediate_size": 128, "initializer_range": 0.1}),
+    # The dense form (as Granite 4.0-H-1B: no experts, the shared MLP is the layer's MLP), here with rope.
+    FamilyCase("granite-4.0-dense-rope", "granite_4.0_h_tiny", "qwen2-trained", {"layers": 2},
+               {"layer_types": ["mamba", "attention"], "num_local_experts": 0, "num_experts_per_tok": 0,
+                "position_embedding_type": "rope", "shared_intermediate_size": 384, "mamba_n_heads": 8,
+                "initializer_range": 0.1}),
     # 4 layers: 2 dense (conv, conv) then MoE on an attention and a conv layer; the real 32 experts, top 4.
     FamilyCase("lfm2-8b-a1b", "lfm2_8b_a1b", "qwen2-trained", {"layers": 4, "heads": 8},
                {"layer_types": real_config("lfm2_8b_a1b")["layer_types"][:4], "moe_intermediate_size": 64}),

@@ -9,6 +9,7 @@ claim has a negative control: the same model with the detail broken moves the lo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import gguf
 import numpy as np
@@ -189,6 +190,14 @@ UNSUPPORTED = [
     ("olmo2_7b", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope scaling type 'dynamic'"),
     ("granite_3.3_2b", {"mlp_bias": True}, "attention_bias/mlp_bias"),
     ("granite_3.3_2b", {"logits_scaling": 0}, "logits_scaling 0"),
+    ("granite_4.0_h_tiny", {"layer_types": ["mamba", "mamba2"]}, "layer type 'mamba2'"),
+    ("granite_4.0_h_tiny", {"layer_types": ["attention", "attention"]}, "without Mamba layers"),
+    ("granite_4.0_h_tiny", {"layer_types": ["mamba", "attention"], "mamba_n_heads": 8, "mamba_expand": 4},
+     "mamba_expand 4"),
+    ("granite_4.0_h_tiny", {"layer_types": ["mamba", "attention"], "mamba_n_heads": 8, "mamba_conv_bias": False},
+     "mamba_conv_bias False"),
+    ("granite_4.0_h_tiny", {"layer_types": ["mamba", "attention"], "mamba_n_heads": 8,
+                            "time_step_limit": [0.001, 0.1]}, "time_step_limit"),
 ]
 
 
@@ -223,4 +232,60 @@ def test_granite_each_multiplier_is_carried(built, multiplier):
     convert(plain, plain / "f32.gguf", outtype="f32")
     max_abs, _ = compare(references["f32"], llama_cpp_logits(plain / "f32.gguf", ids))
     print(f"granite without {multiplier}: max|Δ|={max_abs:.2e}; logits span {np.ptp(references['f32']):.2e}")
+    assert max_abs > BROKEN
+
+
+HYBRID_CASE = next(c for c in CASES if c.name == "granite-4.0-h-tiny")
+
+
+@pytest.mark.parametrize("built", [HYBRID_CASE], indirect=True, ids=["granite-hybrid"])
+def test_granite_hybrid_state_carries_across_decode_calls(built):
+    """One token per llama_decode: the Mamba2 conv and scan states (and the attention layer's KV) carry exactly
+    what transformers computes over the whole sequence."""
+    case, folder, ids, references = built
+    kv = _arch_kv(_f32(folder))
+    assert kv["granitehybrid.attention.head_count_kv"] == [0, 0, 0, 0, 0, 1]
+    assert kv["granitehybrid.rope.scaling.finetuned"] is False  # position_embedding_type "nope": no rope
+    max_abs, top1 = compare(references["f32"], _decode_one_at_a_time(folder / "f32.gguf", ids))
+    print(f"granite hybrid one token per decode: max|Δ|={max_abs:.2e} top1={top1:.0%}")
+    assert top1 == 1.0 and max_abs <= TOLERANCE["f32"]
+
+
+def _broken_a(weights, config):
+    from edgepack.convert.families.granite_hybrid import _a_from_log
+    return -_a_from_log(weights, config)  # +exp(A_log): a growing state
+
+
+def _swapped_halves(form):
+    """The experts' gate and up halves exchanged."""
+    return tuple(replace(p, rows=(p.rows[1] - p.rows[0], 2 * (p.rows[1] - p.rows[0])) if p.rows[0] == 0 else
+                         (0, p.rows[0])) for p in form)
+
+
+@pytest.mark.parametrize("built", [HYBRID_CASE], indirect=True, ids=["granite-hybrid"])
+@pytest.mark.parametrize("broken", ["A sign", "conv taps reversed", "rope on", "expert gate/up swapped"])
+def test_granite_hybrid_broken_details_diverge(built, broken, monkeypatch):
+    """Negative controls: each detail written wrongly moves llama.cpp's logits far from transformers'."""
+    from edgepack.convert.families import granite_hybrid as gh
+
+    case, folder, ids, references = built
+    if broken == "A sign":
+        monkeypatch.setitem(gh.GRANITE_HYBRID.transforms, r"mamba\.A_log$", _broken_a)
+    elif broken == "conv taps reversed":
+        monkeypatch.setitem(gh.GRANITE_HYBRID.transforms, r"mamba\.conv1d\.weight$",
+                            lambda w, c: gh._conv_taps(w, c)[:, ::-1].copy())
+    elif broken == "rope on":
+        monkeypatch.setattr(gh, "uses_rope", lambda config: True)
+    else:
+        ffn = gh._ffn
+
+        def swapped(config, i):
+            out = ffn(config, i)
+            for name in [n for n in out if n.endswith(("experts.gate", "experts.up"))]:
+                out[name] = replace(out[name], forms=(_swapped_halves(out[name].forms[0]),))
+            return out
+        monkeypatch.setattr(gh, "_ffn", swapped)
+    convert(folder / "model", folder / "broken.gguf", outtype="f32", force=True)
+    max_abs, _ = compare(references["f32"], llama_cpp_logits(folder / "broken.gguf", ids))
+    print(f"granite hybrid, {broken}: max|Δ|={max_abs:.2e}")
     assert max_abs > BROKEN

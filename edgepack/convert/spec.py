@@ -322,10 +322,18 @@ def gguf_tensors(spec: ArchSpec, config: HFConfig) -> list[tuple[str, tuple[int,
     checkpoint may or may not hold, left out), without reading a checkpoint. GGUF shapes list the row length
     first (the reverse of Hugging Face's)."""
     name_map = gguf.get_tensor_name_map(spec.arch, int(config.get("num_hidden_layers", "n_layer")))
-    out = [(gguf_name_of(name, e, name_map), tuple(reversed(e.out_shape or e.shape)))
+    out = [(gguf_name_of(name, e, name_map), _ggml_dims(tuple(reversed(e.out_shape or e.shape))))
            for name, e in spec.tensors(config).items() if not e.optional]
-    out += [(name, tuple(reversed(data.shape))) for name, data in spec.extra_tensors(config)]
+    out += [(name, _ggml_dims(tuple(reversed(data.shape)))) for name, data in spec.extra_tensors(config)]
     return out
+
+
+def _ggml_dims(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A GGUF shape as llama.cpp's files list it: trailing 1s dropped (ggml_n_dims), e.g. a one-group Mamba2
+    norm [d_inner, 1] is [d_inner] once llama.cpp has quantized the file."""
+    while len(shape) > 1 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
