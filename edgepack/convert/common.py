@@ -255,3 +255,15 @@ def stacked_experts(config: HFConfig, bid: int, prefix: str,
         out[f"{prefix}.{proj}s"] = Expected((n_expert,) + shape, forms=(per_expert, tuple(fused)),
                                             gguf_name=names[kind].format(bid=bid) + ".weight")
     return out
+
+
+def checked_layer_types(types: list[str], n_layers: int, known, family: str) -> list[str]:
+    """``layer_types`` of a hybrid, refused unless there is one per layer and each is in ``known``."""
+    if len(types) != n_layers:
+        raise UnsupportedArchitecture(f"layer_types has {len(types)} entries for {n_layers} layers",
+                                      "config.json is damaged: give one layer type per layer")
+    unknown = [t for t in types if t not in known]
+    if unknown:
+        raise UnsupportedArchitecture(f"{family} layer type {unknown[0]!r} is not supported",
+                                      f"llama.cpp's graph for it knows {', '.join(sorted(known))} layers only")
+    return list(types)

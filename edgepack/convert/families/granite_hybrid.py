@@ -31,7 +31,8 @@ import gguf
 import numpy as np
 
 from ...errors import UnsupportedArchitecture
-from ..common import (DECODER_HPARAMS, RMS_NORM_EPS, U32, check_silu, permute_k, permute_q, rope_metadata)
+from ..common import (DECODER_HPARAMS, RMS_NORM_EPS, U32, check_silu, checked_layer_types, permute_k, permute_q,
+                      rope_metadata)
 from ..floats import bf16_to_f32
 from ..spec import ArchSpec, Expected, HFConfig, LayerSize, Part, SizeFacts, register, uniform_sizes
 from .granite import check_multipliers, multiplier_metadata
@@ -48,14 +49,7 @@ def layer_kinds(config: HFConfig) -> list[str]:
     """'mamba' or 'attention' per layer (transformers: every layer Mamba2 when layer_types is absent)."""
     n_layers = int(config.get("num_hidden_layers"))
     types = config.get("layer_types", default=None) or ["mamba"] * n_layers
-    if len(types) != n_layers:
-        raise UnsupportedArchitecture(f"layer_types has {len(types)} entries for {n_layers} layers",
-                                      "config.json is damaged: give one layer type per layer")
-    unknown = [t for t in types if t not in LAYER_KINDS]
-    if unknown:
-        raise UnsupportedArchitecture(f"Granite hybrid layer type {unknown[0]!r} is not supported",
-                                      "llama.cpp's granitehybrid graph has mamba and attention layers only")
-    return [LAYER_KINDS[t] for t in types]
+    return [LAYER_KINDS[t] for t in checked_layer_types(types, n_layers, LAYER_KINDS, "Granite hybrid")]
 
 
 def mamba_sizes(config: HFConfig) -> dict[str, int]:

@@ -34,7 +34,7 @@ import gguf
 import numpy as np
 
 from ...errors import UnsupportedArchitecture
-from ..common import EXPERT_HPARAMS, U32, rope_metadata, stacked_experts
+from ..common import EXPERT_HPARAMS, U32, checked_layer_types, rope_metadata, stacked_experts
 from ..spec import ArchSpec, Expected, HFConfig, HParam, LayerSize, SizeFacts, register, uniform_sizes
 
 K = gguf.Keys
@@ -60,14 +60,7 @@ def layer_types(config: HFConfig) -> list[str]:
         idxs = config.get("full_attn_idxs", default=None)
         idxs = range(n_layers) if idxs is None else idxs
         types = ["full_attention" if i in idxs else "conv" for i in range(n_layers)]
-    if len(types) != n_layers:
-        raise UnsupportedArchitecture(f"layer_types has {len(types)} entries for {n_layers} layers",
-                                      "config.json is damaged: give one layer type per layer")
-    unknown = [t for t in types if t not in LAYER_TYPES]
-    if unknown:
-        raise UnsupportedArchitecture(f"LFM2 layer type {unknown[0]!r} is not supported",
-                                      "llama.cpp's lfm2 graphs have 'conv' and 'full_attention' layers only")
-    return list(types)
+    return checked_layer_types(types, n_layers, LAYER_TYPES, "LFM2")
 
 
 def kv_heads_per_layer(config: HFConfig) -> list[int]:
