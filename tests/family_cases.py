@@ -387,6 +387,10 @@ CASES = [
     # 4 layers: 2 dense (conv, conv) then MoE on an attention and a conv layer; the real 32 experts, top 4.
     FamilyCase("lfm2-8b-a1b", "lfm2_8b_a1b", "qwen2-trained", {"layers": 4, "heads": 8},
                {"layer_types": real_config("lfm2_8b_a1b")["layer_types"][:4], "moe_intermediate_size": 64}),
+    # Without the selection bias: llama.cpp requires one, so zeros are written (the same routing).
+    FamilyCase("lfm2-moe-no-expert-bias", "lfm2_8b_a1b", "qwen2-trained", {"layers": 4, "heads": 8},
+               {"layer_types": real_config("lfm2_8b_a1b")["layer_types"][:4], "moe_intermediate_size": 64,
+                "use_expert_bias": False}),
 ]
 
 
