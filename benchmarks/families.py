@@ -35,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from family_cases import (CASES, build_tokenizer, case_config, conformance_texts, half_precision_matmuls,  # noqa: E402
-                          hf_encoder, prompt_ids, table_gelu)
+from family_cases import (CASES, as_llama_cpp_computes, build_tokenizer, case_config, conformance_texts,  # noqa: E402
+                          half_precision_matmuls, hf_encoder, prompt_ids)
 from tinymodels import (build_model, compare, hf_logits, llama_cpp_logits, real_config,  # noqa: E402
                         synthetic_checkpoint)
 
@@ -70,9 +70,7 @@ def agreement_table(names: list[str]) -> None:
                 shutil.copy(f, folder / "model" / f.name)
             ids = prompt_ids(case, folder / "model")
             plain = hf_logits(model, ids)
-            if case.gelu_table:
-                table_gelu(model)
-            ref32 = hf_logits(model, ids) if case.gelu_table else plain
+            ref32 = hf_logits(model, ids) if as_llama_cpp_computes(case, model) else plain
             half_precision_matmuls(model)
             ref16 = hf_logits(model, ids)
             convert(folder / "model", folder / "f32.gguf", outtype="f32")

@@ -20,7 +20,8 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE
 
 import pytest  # noqa: E402
 
-from family_cases import CASES, build_tokenizer, case_config, half_precision_matmuls, prompt_ids, table_gelu  # noqa: E402
+from family_cases import (CASES, as_llama_cpp_computes, build_tokenizer, case_config, half_precision_matmuls,  # noqa: E402
+                          prompt_ids)
 from tinymodels import build_model, hf_logits  # noqa: E402
 
 
@@ -50,9 +51,7 @@ def built(request, tmp_path_factory, tokenizer_folders):
         (model_dir / f.name).write_bytes(f.read_bytes())
     ids = prompt_ids(case, model_dir)
     references = {"plain": hf_logits(model, ids)}
-    if case.gelu_table:
-        table_gelu(model)
-    references["f32"] = hf_logits(model, ids) if case.gelu_table else references["plain"]
+    references["f32"] = hf_logits(model, ids) if as_llama_cpp_computes(case, model) else references["plain"]
     half_precision_matmuls(model)
     references["f16"] = hf_logits(model, ids)
     return case, folder, ids, references

@@ -20,7 +20,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemma_configs import GEMMA3_4B_IT, GEMMA4_31B_TEXT, GEMMA4_E2B_IT, TINY_GEMMA4_VISION, TINY_SIGLIP
+from gemma_configs import (GEMMA3_4B_IT, GEMMA3N_E2B_TEXT, GEMMA4_31B_TEXT, GEMMA4_E2B_IT, TINY_GEMMA4_VISION,
+                           TINY_SIGLIP)
 from tinymodels import TEXTS, TOKENIZERS, real_config, shrink
 
 QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
@@ -184,6 +185,9 @@ class FamilyCase:
     # with that same table GELU (see table_gelu) and allows 2e-3: what remains is the table's rounding
     # landing on the other side of a half-precision step when the inputs differ in the last float32 bits.
     gelu_table: bool = False
+    # Gemma 3n: llama.cpp's activation-sparsity cut uses the sample standard deviation (n - 1), transformers the
+    # population one (n); the F32/F16 references use llama.cpp's (see sample_std_sparsity).
+    sample_std_sparsity: bool = False
     # Limits replacing test_families' defaults for this case ("f32", "f16"; "plain_f32", "plain_f16" against
     # transformers as trained), where the reference itself moves more than the default allows: each is stated
     # with the reference's own spread, transformers run in float32 vs float64 with the same roundings.
@@ -260,6 +264,33 @@ def table_gelu(model) -> None:
                 replaced += 1
     if not replaced:
         raise RuntimeError("no GELU module found to replace")
+
+def sample_std_sparsity(model) -> None:
+    """Make Gemma 3n's Gaussian top-k cut at mean + icdf(sparsity) x the sample standard deviation (divided by
+    n - 1), as llama.cpp's gemma3n graph does (gaussian_topk in src/models/gemma3n.cpp), not the population one."""
+    import types
+
+    import torch
+
+    def topk(self, inputs):
+        multiplier = torch.distributions.normal.Normal(0, 1).icdf(torch.tensor(self.activation_sparsity))
+        cutoff = inputs.mean(-1, keepdim=True) + inputs.std(-1, keepdim=True, unbiased=True) * multiplier
+        return torch.nn.functional.relu(inputs - cutoff)
+
+    for module in model.modules():
+        if type(module).__name__ == "Gemma3nTextMLP":
+            module._gaussian_topk = types.MethodType(topk, module)
+
+
+def as_llama_cpp_computes(case: FamilyCase, model) -> bool:
+    """Apply to ``model`` what llama.cpp computes differently by design (FP16-table GELU, Gemma 3n's sparsity
+    cut); False when nothing differs."""
+    if case.gelu_table:
+        table_gelu(model)
+    if case.sample_std_sparsity:
+        sample_std_sparsity(model)
+    return case.gelu_table or case.sample_std_sparsity
+
 
 # Qwen3.5's text and vision configs shrunk for the multimodal classes (whose nested configs are merged, not shrunk).
 QWEN35_TINY_TEXT = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -352,6 +383,21 @@ CASES = [
                # F32 6.7e-4 (reference floor 7.6e-4), F16 3.6e-3. Against plain GELU one position of 48 has its
                # best two logits closer than the table's rounding moves them: top-1 47/48 there.
                gelu_table=True, tolerance={"plain_top1_f32": 0.97}),
+    # Gemma 3n E2B's structure on 25 layers: what llama.cpp hard-codes kept (AltUp 4, LAuReL 64, per-layer
+    # embeddings of 256, K/V computed by layers 0-19, sparsity 0.95 on 0-9), the last 5 layers KV-shared (local
+    # ones reading layer 18, the global one layer 19); per-layer embeddings cover only the first 1024 tokens.
+    FamilyCase("gemma3n-e2b", GEMMA3N_E2B_TEXT, "gemma-trained", {"hidden": 64, "layers": 25, "heads": 2},
+               {"head_dim": 32, "intermediate_size": [512] * 25, "sliding_window": SLIDING_WINDOW,
+                "num_kv_shared_layers": 5, "vocab_size_per_layer_input": 1024,
+                "activation_sparsity_pattern": [0.95] * 10 + [0.0] * 15,
+                "layer_types": ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(25)]},
+               # 25 random layers whose per-layer outputs are RMS-normed up from tiny values: each FP16-table GELU
+               # step is amplified. transformers itself moves 1.4e-2 (F32) / 4.4e-2 (F16) between float32 and
+               # float64 arithmetic, with top-1 47/48 (F32) / 45/48 (F16); llama.cpp: 6.0e-3 (47/48) / 6.3e-2 (46/48).
+               # With transformers' population std in the sparsity cut (what plain compares): 0.21 (F32).
+               gelu_table=True, sample_std_sparsity=True,
+               tolerance={"f32": 2.5e-2, "top1_f32": 0.95, "f16": 0.12, "top1_f16": 0.9, "plain_f32": 0.3,
+                          "plain_top1_f32": 0.8, "plain_f16": 0.4}),
     # head_dim 96 as the real model, so the 48 real LongRoPE factors fit unchanged. The original context is
     # shrunk with the same ratio (32x): above the sequence, HF and llama.cpp both use the short factors...
     FamilyCase("phi3.5-longrope-short", "phi-3_5", "phi3-mini", {"hidden": 384, "heads": 4,

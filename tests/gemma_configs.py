@@ -126,3 +126,35 @@ GEMMA4_31B_TEXT = {
         "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
     },
 }
+
+# google/gemma-3n-E2B-it's text model: 30 layers (4 local + 1 global), the last 10 reusing layers 18 (local) and
+# 19 (global)'s K/V; AltUp over 4 streams, LAuReL of rank 64, 256-wide per-layer embeddings over the first 262144
+# tokens of a 262400-token vocabulary; activation sparsity 0.95 on the first 10 layers.
+GEMMA3N_E2B_TEXT = {
+    "architectures": ["Gemma3nForCausalLM"],
+    "model_type": "gemma3n_text",
+    "hidden_size": 2048,
+    "intermediate_size": [8192] * 30,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 256,
+    "vocab_size": 262400,
+    "vocab_size_per_layer_input": 262144,
+    "hidden_size_per_layer_input": 256,
+    "laurel_rank": 64,
+    "altup_num_inputs": 4,
+    "altup_active_idx": 0,
+    "altup_coef_clip": 120.0,
+    "altup_correct_scale": True,
+    "num_kv_shared_layers": 10,
+    "activation_sparsity_pattern": [0.95] * 10 + [0.0] * 20,
+    "sliding_window": 512,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "rope_local_base_freq": 10000.0,
+    "final_logit_softcapping": 30.0,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "rms_norm_eps": 1e-6,
+    "layer_types": ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(30)],
+}

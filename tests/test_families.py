@@ -45,7 +45,7 @@ def _check_logits(built, outtype: str) -> None:
     plain_abs, plain_top1 = compare(references["plain"], got)
     print(f"{case.name}: {outtype.upper()} max|Δ|={max_abs:.2e} top1={top1:.0%}; against plain transformers "
           f"max|Δ|={plain_abs:.2e} top1={plain_top1:.0%} ({len(ids)} tokens)")
-    assert top1 == 1.0
+    assert top1 >= case.tolerance.get(f"top1_{outtype}", 1.0)
     if outtype == "f32":
         assert plain_top1 >= case.tolerance.get("plain_top1_f32", 1.0)
     assert max_abs <= case.tolerance.get(outtype, (GELU_TOLERANCE if case.gelu_table else TOLERANCE)[outtype])

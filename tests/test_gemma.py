@@ -278,3 +278,106 @@ def test_gemma4_refusals(tmp_path, text, message):
         convert(tmp_path, tmp_path / "out.gguf")
     assert message in str(info.value) and info.value.hint
     assert not (tmp_path / "out.gguf").exists()
+
+
+# --- Gemma 3n ------------------------------------------------------------------------------------------------
+
+GEMMA3N_E2B = next(c for c in CASES if c.name == "gemma3n-e2b")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("built", [GEMMA3N_E2B], indirect=True, ids=[GEMMA3N_E2B.name])
+def test_gemma3n_kv_sharing_reads_layers_18_and_19(built, tmp_path):
+    """The KV-shared layers (20-24) read layer 18's K/V (local) and 19's (global): changing layer 18's k weights
+    moves the logits far beyond the tolerance, changing a shared layer's placeholder k weights changes nothing.
+    Also: the AltUp projections are stacked in order, the per-layer embedding table is padded with token 0's row."""
+    from safetensors.numpy import load_file
+
+    case, folder, ids, references = built
+    path = tmp_path / "e2b.gguf"
+    convert(folder / "model", path, outtype="f32")
+    kv = _fields(path)
+    assert kv["gemma3n.attention.shared_kv_layers"] == 5 and kv["gemma3n.embedding_length_per_layer_input"] == 256
+    hf = load_file(folder / "model/model.safetensors")
+    got = _tensors(path)
+    for i in range(20, 25):
+        source = 19 if (i + 1) % 5 == 0 else 18
+        assert np.array_equal(got[f"blk.{i}.attn_k.weight"], hf[f"model.layers.{source}.self_attn.k_proj.weight"])
+    assert np.array_equal(got["altup_proj.weight"], np.stack([hf[f"model.altup_projections.{j}.weight"]
+                                                              for j in range(3)]))
+    table, per_layer = got["per_layer_token_embd.weight"], hf["model.embed_tokens_per_layer.weight"]
+    assert np.array_equal(table[:1024], per_layer) and (table[1024:] == per_layer[0]).all()
+    assert max(ids) >= 1024  # the prompt has tokens beyond the per-layer table
+    baseline = llama_cpp_logits(path, ids)
+
+    def with_k(layer: int, values) -> np.ndarray:
+        changed = tmp_path / f"k{layer}.gguf"
+        changed.write_bytes(path.read_bytes())
+        reader = gguf.GGUFReader(changed, "r+")
+        tensor = next(t for t in reader.tensors if t.name == f"blk.{layer}.attn_k.weight")
+        tensor.data[...] = values
+        reader.data.flush()
+        del reader
+        return llama_cpp_logits(changed, ids)
+
+    assert np.array_equal(with_k(22, hf["model.layers.17.self_attn.k_proj.weight"]), baseline)
+    moved, _ = compare(baseline, with_k(18, hf["model.layers.17.self_attn.k_proj.weight"]))
+    print(f"layer 18's k replaced by layer 17's: max|Δ| {moved:.2e}")
+    assert moved > 10 * GEMMA3N_E2B.tolerance["f32"]
+
+
+@pytest.mark.parametrize("built", [GEMMA3N_E2B], indirect=True, ids=[GEMMA3N_E2B.name])
+def test_gemma3n_both_save_forms_convert_alike(built, tmp_path):
+    """transformers 5 saves no k/v weights on KV-shared layers, Hub checkpoints have them (left out, reported);
+    the multimodal class's names (model.language_model.*, towers left out) give the same tensors too."""
+    from safetensors.numpy import load_file, save_file
+
+    case, folder, ids, references = built
+    convert(folder / "model", tmp_path / "ref.gguf", outtype="f32")
+    reference = _tensors(tmp_path / "ref.gguf")
+    tensors = load_file(folder / "model/model.safetensors")
+    assert "model.layers.20.self_attn.k_proj.weight" not in tensors
+    hub = dict(tensors)
+    rng = np.random.default_rng(0)
+    for i in range(20, 25):
+        for name in ("k_proj.weight", "v_proj.weight", "k_norm.weight"):
+            shape = tensors[f"model.layers.0.self_attn.{name}"].shape
+            hub[f"model.layers.{i}.self_attn.{name}"] = rng.standard_normal(shape).astype(np.float32)
+    multimodal = {n.replace("model.", "model.language_model.", 1): t for n, t in hub.items()}
+    multimodal["model.vision_tower.timm_model.conv_stem.conv.weight"] = np.zeros((8, 3, 3, 3), np.float32)
+    multimodal["model.embed_audio.embedding.weight"] = np.zeros((4, 8), np.float32)
+    config = json.loads((folder / "model/config.json").read_text())
+    wrapped = {"architectures": ["Gemma3nForConditionalGeneration"], "model_type": "gemma3n",
+               "text_config": dict(config, model_type="gemma3n_text")}
+    for layout, data, cfg in (("hub", hub, None), ("multimodal", multimodal, wrapped)):
+        _relayout(folder / "model", tmp_path / layout, lambda n: n, cfg)
+        save_file(data, tmp_path / layout / "model.safetensors")
+        result = convert(tmp_path / layout, tmp_path / f"{layout}.gguf", outtype="f32")
+        assert result.dropped["k/v weights of KV-shared layers (unused)"] == 15
+        got = _tensors(tmp_path / f"{layout}.gguf")
+        assert list(got) == list(reference), layout
+        assert all(np.array_equal(got[n], reference[n]) for n in reference), layout
+    assert set(result.dropped) == {"k/v weights of KV-shared layers (unused)", "vision tower", "audio tower"}
+
+
+GEMMA3N_REFUSALS = [
+    ({"laurel_rank": 32}, "laurel_rank 32"),
+    ({"hidden_size_per_layer_input": 128}, "hidden_size_per_layer_input 128"),
+    ({"altup_num_inputs": 2}, "altup_num_inputs 2"),
+    ({"num_kv_shared_layers": 12}, "12 KV-shared layers of 30"),
+    ({"activation_sparsity_pattern": [0.9] * 10 + [0.0] * 20}, "activation_sparsity_pattern"),
+    ({"final_logit_softcapping": 50.0}, "final_logit_softcapping 50.0"),
+    ({"intermediate_size": [8192] * 15 + [4096] * 15}, "per-layer intermediate sizes"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", GEMMA3N_REFUSALS, ids=[m for _, m in GEMMA3N_REFUSALS])
+def test_gemma3n_geometry_llama_cpp_hard_codes_is_checked(tmp_path, overrides, message):
+    from edgepack.errors import UnsupportedArchitecture
+    from gemma_configs import GEMMA3N_E2B_TEXT
+
+    (tmp_path / "config.json").write_text(json.dumps(dict(GEMMA3N_E2B_TEXT, **overrides)))
+    with pytest.raises(UnsupportedArchitecture) as info:
+        convert(tmp_path, tmp_path / "out.gguf")
+    assert message in str(info.value) and info.value.hint
+    assert not (tmp_path / "out.gguf").exists()
