@@ -458,10 +458,16 @@ def kv_cells(model: ModelDesc, n_ctx: int, n_ubatch: int) -> list[int]:
             for layer in model.layer_sizes()]
 
 
-def kv_cache_bytes(model: ModelDesc, n_ctx: int, n_ubatch: int = 512, kv_type_bytes: float = 2.0) -> int:
-    """Per layer: cells x kv_heads x (head_dim_k + head_dim_v) x bytes (F16 = 2 by default)."""
-    return int(sum(cells * layer.n_head_kv * (layer.head_dim_k + layer.head_dim_v) * kv_type_bytes
-                   for cells, layer in zip(kv_cells(model, n_ctx, n_ubatch), model.layer_sizes())))
+def kv_cache_bytes(model: ModelDesc, n_ctx: int, n_ubatch: int = 512, kv_type_bytes: float = 2.0,
+                   flash_attn: bool = False) -> int:
+    """Per layer: cells x (kv_heads x head_dim_k + the V row) x bytes (F16 = 2 by default). The V row is the
+    layer's kv_heads x head_dim_v, but without flash attention llama.cpp stores V transposed and gives every
+    layer the widest layer's row (llama-kv-cache.cpp, TAG_V_CACHE_VARIABLE: Gemma 4's local and global layers)."""
+    layers = model.layer_sizes()
+    widest_v = max((layer.n_head_kv * layer.head_dim_v for layer in layers), default=0)
+    return int(sum(cells * (layer.n_head_kv * layer.head_dim_k
+                            + (layer.n_head_kv * layer.head_dim_v if flash_attn else widest_v)) * kv_type_bytes
+                   for cells, layer in zip(kv_cells(model, n_ctx, n_ubatch), layers) if cells))
 
 
 def recurrent_state_bytes(model: ModelDesc, n_seq: int = 1) -> int:
@@ -491,7 +497,7 @@ def memory_needed(model: ModelDesc, n_ctx: int, n_batch: int = 512, flash_attn: 
                   overhead_bytes: int = 0, kv_type_bytes: float = 2.0) -> MemoryParts:
     n_ubatch = min(n_batch, 512)
     return MemoryParts(weights_bytes=model.weight_bytes,
-                       kv_cache_bytes=kv_cache_bytes(model, n_ctx, n_ubatch, kv_type_bytes),
+                       kv_cache_bytes=kv_cache_bytes(model, n_ctx, n_ubatch, kv_type_bytes, flash_attn),
                        compute_bytes=compute_buffer_bytes(model, n_ctx, n_ubatch, flash_attn),
                        output_bytes=model.n_vocab * 4, overhead_bytes=overhead_bytes,
                        state_bytes=recurrent_state_bytes(model))

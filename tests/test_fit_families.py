@@ -15,6 +15,7 @@ import shutil
 import pytest
 
 from edgepack.convert import convert, supported_architectures
+from edgepack.convert.spec import family_of
 from edgepack.errors import UnsupportedArchitecture
 from edgepack.fit import (compute_buffer_bytes, describe_config, describe_gguf, kv_cache_bytes,
                           recurrent_state_bytes)
@@ -37,6 +38,12 @@ def tiny_config(hf_class: str) -> dict:
         real = json.loads(path.read_text())
         if (real.get("architectures") or [""])[0] == hf_class:
             return shrink(real, vocab_size=32000)
+    if hf_class.endswith("ForConditionalGeneration"):  # a multimodal class: its text class's case as text_config
+        arch = supported_architectures()[hf_class]
+        for case in CASES:
+            real = real_config(case.config) if isinstance(case.config, str) else case.config
+            if "text_config" not in real and supported_architectures().get(real["architectures"][0]) == arch:
+                return {"architectures": [hf_class], "text_config": case_config(case, TOKENIZER)}
     raise AssertionError(f"no test config for {hf_class}: add a FamilyCase (tests/family_cases.py)")
 
 
@@ -49,6 +56,12 @@ def quantized(request, tmp_path_factory):
     folder = synthetic_checkpoint(root / "hf", config)
     for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(TOKENIZER / name, folder / name)
+    if family_of(config)[0].tokenizer_model == "gemma4":  # Gemma 4's tokenizer.json has no dummy-prefix step
+        tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        steps = tokenizer["normalizer"]["normalizers"]
+        tokenizer["normalizer"]["normalizers"] = [step for step in steps if step["type"] != "Prepend"]
+        (folder / "tokenizer.model").unlink()
+        (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
     convert(folder, root / "f16.gguf", outtype="f16")
     [result] = quantize(root / "f16.gguf", ["Q4_K_M"], root / "q", threads=2)
     return config, result.output

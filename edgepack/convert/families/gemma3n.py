@@ -27,7 +27,8 @@ import gguf
 
 from ...errors import UnsupportedArchitecture
 from ..common import DECODER_HPARAMS, F32, MULTIMODAL_TEXT_RENAMES, RMS_NORM_EPS, U32
-from ..spec import ArchSpec, Expected, HFConfig, Part, register
+from ..spec import ArchSpec, Expected, HFConfig, LayerSize, Part, SizeFacts, register
+from .gemma4 import GEMMA_TOWERS, shared_kv_weights
 
 K = gguf.Keys
 T = gguf.MODEL_TENSOR
@@ -205,13 +206,20 @@ def _metadata(config: HFConfig):
     yield K.LLM.FINAL_LOGIT_SOFTCAPPING, float(config.get("final_logit_softcapping")), F32
 
 
+def _sizes(config: HFConfig) -> SizeFacts:
+    """For ``edgepack fit``: layers from the first shared one on hold no KV cache, local layers' caches are
+    limited to the window; the per-layer embedding table is read one row per token."""
+    window, first_shared = int(config.get("sliding_window")), _first_shared(config)
+    layers = tuple(LayerSize(config.n_head, config.n_head_kv, config.head_dim, config.head_dim,
+                             sliding_window=window if kind == SLIDING else 0, kv_shared=i >= first_shared)
+                   for i, kind in enumerate(layer_types(config)))
+    return SizeFacts(layers=layers, n_embd=int(config.get("hidden_size")), n_vocab=int(config.get("vocab_size")),
+                     n_ff=_n_ff(config), n_ctx_train=int(config.get("max_position_embeddings")),
+                     lookup_tensors=("token_embd.weight", "per_layer_token_embd.weight"))
+
+
 def _shared_kv_weights(config: HFConfig) -> dict[str, str]:
-    n_layer, first_shared = int(config.get("num_hidden_layers")), _first_shared(config)
-    shared = [str(i) for i in range(first_shared, n_layer)]
-    if not shared:
-        return {}
-    return {rf"^model\.layers\.({'|'.join(shared)})\.self_attn\.(k_proj|v_proj|k_norm|v_norm)\.":
-            "k/v weights of KV-shared layers (unused)"}
+    return shared_kv_weights(list(range(_first_shared(config), int(config.get("num_hidden_layers")))))
 
 
 GEMMA3N = register(ArchSpec(
@@ -225,15 +233,12 @@ GEMMA3N = register(ArchSpec(
     dropped=_shared_kv_weights,
     check=_check,
     defaults=GEMMA3N_TEXT_DEFAULTS,
+    sizes=_sizes,
 ))
-
-# The towers of Gemma 3n E2B/E4B: vision (MobileNet) and audio (USM), with their embedders.
-GEMMA3N_TOWERS = {r"^model\.(vision_tower|embed_vision)\.": "vision tower",
-                  r"^model\.(audio_tower|embed_audio)\.": "audio tower"}
 
 GEMMA3N_MULTIMODAL = register(dataclasses.replace(
     GEMMA3N,
     hf_classes=("Gemma3nForConditionalGeneration",),
     renames=MULTIMODAL_TEXT_RENAMES + GEMMA3N.renames,
-    dropped=lambda config: {**GEMMA3N_TOWERS, **_shared_kv_weights(config)},
+    dropped=lambda config: {**GEMMA_TOWERS, **_shared_kv_weights(config)},
 ))

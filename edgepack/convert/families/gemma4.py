@@ -33,7 +33,7 @@ import numpy as np
 
 from ...errors import UnsupportedArchitecture
 from ..common import F32, MULTIMODAL_TEXT_RENAMES, RMS_NORM_EPS, U32
-from ..spec import ArchSpec, Expected, HFConfig, HParam, Metadata, register
+from ..spec import ArchSpec, Expected, HFConfig, HParam, LayerSize, Metadata, SizeFacts, register
 
 K = gguf.Keys
 ARRAY = gguf.GGUFValueType.ARRAY
@@ -252,12 +252,29 @@ def rope_freqs(config: HFConfig) -> list[tuple[str, np.ndarray]]:
     return [(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", divisors)]
 
 
-def _shared_kv_weights(config: HFConfig) -> dict[str, str]:
-    shared = [str(i) for i, x in enumerate(layers(config)) if x.shared_kv]
+def _sizes(config: HFConfig) -> SizeFacts:
+    """For ``edgepack fit``: each layer's own KV heads and head size, local layers' caches limited to the window,
+    KV-shared layers without a cache; the per-layer embedding table is read one row per token."""
+    window, each = int(config.get("sliding_window")), layers(config)
+    sizes = tuple(LayerSize(config.n_head, x.n_head_kv, x.head_dim, x.head_dim,
+                            sliding_window=window if x.kind == SLIDING else 0, kv_shared=x.shared_kv) for x in each)
+    return SizeFacts(layers=sizes, n_embd=int(config.get("hidden_size")), n_vocab=int(config.get("vocab_size")),
+                     n_ff=max(x.n_ff for x in each),
+                     n_ctx_train=int(config.get("max_position_embeddings")),
+                     lookup_tensors=("token_embd.weight", "per_layer_token_embd.weight"))
+
+
+def shared_kv_weights(shared: list[int]) -> dict[str, str]:
+    """The k/v weights a checkpoint may keep for its KV-shared layers (Gemma 3n and 4), which llama.cpp never
+    reads: an ArchSpec.dropped part."""
     if not shared:
         return {}
-    return {rf"^model\.layers\.({'|'.join(shared)})\.self_attn\.(k_proj|v_proj|k_norm|v_norm)\.":
+    return {rf"^model\.layers\.({'|'.join(map(str, shared))})\.self_attn\.(k_proj|v_proj|k_norm|v_norm)\.":
             "k/v weights of KV-shared layers (unused)"}
+
+
+def _shared_kv_weights(config: HFConfig) -> dict[str, str]:
+    return shared_kv_weights([i for i, x in enumerate(layers(config)) if x.shared_kv])
 
 
 GEMMA4 = register(ArchSpec(
@@ -277,15 +294,16 @@ GEMMA4 = register(ArchSpec(
     check=_check,
     tokenizer_model="gemma4",
     defaults=GEMMA4_TEXT_DEFAULTS,
+    sizes=_sizes,
 ))
 
-# The towers of Gemma 4 E2B/E4B/31B: vision (and its embedder), audio (and its embedder).
-GEMMA4_TOWERS = {r"^model\.(vision_tower|embed_vision)\.": "vision tower",
-                 r"^model\.(audio_tower|embed_audio)\.": "audio tower"}
+# The towers of the multimodal Gemma 3n and Gemma 4 checkpoints: vision and audio, each with its embedder.
+GEMMA_TOWERS = {r"^model\.(vision_tower|embed_vision)\.": "vision tower",
+                r"^model\.(audio_tower|embed_audio)\.": "audio tower"}
 
 GEMMA4_MULTIMODAL = register(dataclasses.replace(
     GEMMA4,
     hf_classes=("Gemma4ForConditionalGeneration",),
     renames=MULTIMODAL_TEXT_RENAMES + GEMMA4.renames,
-    dropped=lambda config: {**GEMMA4_TOWERS, **_shared_kv_weights(config)},
+    dropped=lambda config: {**GEMMA_TOWERS, **_shared_kv_weights(config)},
 ))
