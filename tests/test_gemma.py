@@ -3,6 +3,12 @@
 * Gemma 3 4B/12B/27B (Gemma3ForConditionalGeneration): the text model converts from every layout its
   checkpoints come in (transformers 4.x names with the Hub's sparse text_config, 5.x names), the vision tower
   and projector are left out and reported, and the logit soft-cap the multimodal class never applies stays out.
+* Gemma 4: the KV-shared / per-layer-embedding / global-local structure reaches the GGUF key by key, both save
+  forms (with and without k/v weights on shared layers) and the causal-LM form convert alike, llama.cpp's gemma4
+  tokenizer gives HF's ids, settings llama.cpp cannot reproduce are refused.
+* Gemma 3n: the shared layers read layers 18/19 (changing those moves the logits, changing a shared layer's own
+  unused weights does not), both save forms and the multimodal names convert alike, and the geometry llama.cpp
+  hard-codes is checked.
 """
 
 from __future__ import annotations
