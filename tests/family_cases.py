@@ -425,6 +425,11 @@ CASES = [
     FamilyCase("granite-4.0-h-tiny", "granite_4.0_h_tiny", "qwen2-trained", {"layers": 6},
                {"layer_types": real_config("granite_4.0_h_tiny")["layer_types"][:6], "mamba_n_heads": 8,
                 "intermediate_size": 64, "shared_intermediate_size": 128, "initializer_range": 0.1}),
+    # Granite 4.0-Micro's form: GraniteMoeHybrid without Mamba layers or experts, rope: llama.cpp's granite.
+    FamilyCase("granite-4.0-micro", "granite_4.0_h_tiny", "qwen2-trained", {"layers": 2},
+               {"layer_types": ["attention", "attention"], "num_local_experts": 0, "num_experts_per_tok": 0,
+                "position_embedding_type": "rope", "shared_intermediate_size": 384, "mamba_n_heads": 8,
+                "initializer_range": 0.1}),
     # The dense form (as Granite 4.0-H-1B: no experts, the shared MLP is the layer's MLP), here with rope.
     FamilyCase("granite-4.0-dense-rope", "granite_4.0_h_tiny", "qwen2-trained", {"layers": 2},
                {"layer_types": ["mamba", "attention"], "num_local_experts": 0, "num_experts_per_tok": 0,

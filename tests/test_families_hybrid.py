@@ -191,7 +191,7 @@ UNSUPPORTED = [
     ("granite_3.3_2b", {"mlp_bias": True}, "attention_bias/mlp_bias"),
     ("granite_3.3_2b", {"logits_scaling": 0}, "logits_scaling 0"),
     ("granite_4.0_h_tiny", {"layer_types": ["mamba", "mamba2"]}, "layer type 'mamba2'"),
-    ("granite_4.0_h_tiny", {"layer_types": ["attention", "attention"]}, "without Mamba layers"),
+    ("granite_4.0_h_tiny", {"layer_types": ["attention", "attention"]}, "experts but no Mamba layers"),
     ("granite_4.0_h_tiny", {"layer_types": ["mamba", "attention"], "mamba_n_heads": 8, "mamba_expand": 4},
      "mamba_expand 4"),
     ("granite_4.0_h_tiny", {"layer_types": ["mamba", "attention"], "mamba_n_heads": 8, "mamba_conv_bias": False},
@@ -289,3 +289,22 @@ def test_granite_hybrid_broken_details_diverge(built, broken, monkeypatch):
     max_abs, _ = compare(references["f32"], llama_cpp_logits(folder / "broken.gguf", ids))
     print(f"granite hybrid, {broken}: max|Δ|={max_abs:.2e}")
     assert max_abs > BROKEN
+
+
+MICRO_CASE = next(c for c in CASES if c.name == "granite-4.0-micro")
+
+
+@pytest.mark.parametrize("built", [MICRO_CASE], indirect=True, ids=["granite-micro"])
+def test_granite_hybrid_without_mamba_is_written_as_granite(built):
+    """Granite 4.0-Micro's form (GraniteMoeHybrid class, attention layers only, no experts) becomes llama.cpp's
+    granite architecture, as llama.cpp's own converter does; fit describes it the same way."""
+    from edgepack.fit import describe_config, describe_gguf
+
+    case, folder, ids, references = built
+    config = json.loads((folder / "model/config.json").read_text())
+    result = convert(folder / "model", folder / "micro.gguf", outtype="f32", force=True)
+    assert result.gguf_architecture == "granite"
+    assert _arch_kv(folder / "micro.gguf")["granite.rope.scaling.finetuned"] is True
+    planned, real = describe_config(config, "F32"), describe_gguf(folder / "micro.gguf")
+    assert planned.architecture == real.architecture == "granite"
+    assert {t.name: t.shape for t in planned.tensors} == {t.name: t.shape for t in real.tensors}

@@ -286,6 +286,9 @@ class ArchSpec:
     defaults: dict = field(default_factory=dict)
     # Per-layer facts for sizing (``edgepack fit``) that the tensors do not tell; see the module docstring.
     sizes: Callable[[HFConfig], SizeFacts] = uniform_sizes
+    # The spec that stands in for this one for some configs of the class (a GraniteMoeHybrid checkpoint without
+    # Mamba layers runs as llama.cpp's granite architecture); None: this spec.
+    variant: Callable[[HFConfig], "ArchSpec | None"] = lambda config: None
 
     @property
     def arch_name(self) -> str:
@@ -356,7 +359,8 @@ def family_of(data: dict) -> tuple[ArchSpec, HFConfig]:
     applied). Raises UnsupportedArchitecture for a class no family converts; does not run ``spec.check``."""
     config = HFConfig(data)
     spec = spec_for(config.architecture)
-    return spec, config.with_defaults(spec.defaults)
+    config = config.with_defaults(spec.defaults)
+    return spec.variant(config) or spec, config
 
 
 def spec_for(hf_class: str) -> ArchSpec:

@@ -88,9 +88,10 @@ def _check(config: HFConfig) -> None:
         raise UnsupportedArchitecture(f"Granite hybrid with head_dim {config.head_dim} is not supported",
                                       "llama.cpp's granitehybrid graph uses hidden_size / num_attention_heads")
     if "mamba" not in kinds:
-        raise UnsupportedArchitecture("GraniteMoeHybrid without Mamba layers (as Granite 4.0-Micro) is not "
-                                      "supported yet", "llama.cpp runs such a checkpoint as its granite/granitemoe "
-                                      "architecture, which edgepack does not write for this class")
+        if n_experts(config):
+            raise UnsupportedArchitecture("GraniteMoeHybrid with experts but no Mamba layers is not supported",
+                                          "llama.cpp runs it as granitemoe, which edgepack does not write yet")
+        return
     m = mamba_sizes(config)
     head_dim = config.get("mamba_d_head", default="auto")
     settings = {
@@ -128,6 +129,8 @@ def _metadata(config: HFConfig):
         yield K.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH, shared, U32
     else:
         yield K.LLM.FEED_FORWARD_LENGTH, shared, U32
+    if "mamba" not in kinds:  # written as llama.cpp's granite architecture: no SSM keys
+        return
     m = mamba_sizes(config)
     yield K.SSM.CONV_KERNEL, m["d_conv"], U32
     yield K.SSM.INNER_SIZE, m["d_inner"], U32
@@ -248,6 +251,12 @@ def _rope_permute(permute):
     return lambda weights, config: permute(weights, config) if uses_rope(config) else weights
 
 
+def _attention_only(config: HFConfig) -> ArchSpec | None:
+    """Without Mamba layers (Granite 4.0-Micro) llama.cpp runs the checkpoint as its granite architecture (its
+    converter switches too): the same tensors and keys under that name, the shared MLP as the layer's MLP."""
+    return GRANITE_AS_DENSE if "mamba" not in layer_kinds(config) else None
+
+
 GRANITE_HYBRID = register(ArchSpec(
     hf_classes=("GraniteMoeHybridForCausalLM",),
     arch=gguf.MODEL_ARCH.GRANITE_HYBRID,
@@ -263,4 +272,6 @@ GRANITE_HYBRID = register(ArchSpec(
     ignore=(r"rotary_emb\.inv_freq$",),
     check=_check,
     sizes=_sizes,
+    variant=_attention_only,
 ))
+GRANITE_AS_DENSE = dataclasses.replace(GRANITE_HYBRID, arch=gguf.MODEL_ARCH.GRANITE, variant=lambda config: None)
