@@ -253,7 +253,9 @@ def test_list_architectures_names_every_family():
                 "Qwen3_5ForConditionalGeneration": "qwen35", "Qwen3_5MoeForCausalLM": "qwen35moe",
                 "Qwen3_5MoeForConditionalGeneration": "qwen35moe", "GemmaForCausalLM": "gemma",
                 "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3", "Phi3ForCausalLM": "phi3",
-                "StableLmForCausalLM": "stablelm", "GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama"}
+                "StableLmForCausalLM": "stablelm", "GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
+                "Lfm2ForCausalLM": "lfm2", "Lfm2MoeForCausalLM": "lfm2moe", "Olmo2ForCausalLM": "olmo2",
+                "GraniteForCausalLM": "granite", "GraniteMoeHybridForCausalLM": "granitehybrid"}
     for hf_class, arch in expected.items():
         assert supported_architectures()[hf_class] == arch
         assert hf_class in result.output and arch in result.output
