@@ -41,7 +41,8 @@ TARGET = 1.05
 TYPES = ("Q8_0", "Q4_K_M")
 
 
-def build_source(workdir: Path) -> Path:
+def build_source(workdir: Path, layers: int = 24) -> Path:
+    """The benchmark Llama (hidden 1024, FFN 2816, ``layers`` layers) as F16 GGUF, made once per workdir."""
     src = workdir / "bench-F16.gguf"
     if src.exists():
         return src
@@ -50,7 +51,7 @@ def build_source(workdir: Path) -> Path:
     folder = workdir / "bench"
     if not (folder / "model.safetensors").exists():
         print("generating the checkpoint ...", file=sys.stderr)
-        random_llama(folder, hidden=1024, layers=24, intermediate=2816, heads=16, std=0.02, dtype=np.float16)
+        random_llama(folder, hidden=1024, layers=layers, intermediate=2816, heads=16, std=0.02, dtype=np.float16)
     print("converting to F16 ...", file=sys.stderr)
     convert(folder, src, outtype="f16")
     return src

@@ -98,6 +98,10 @@ def gguf_facts(path: str | Path) -> dict:
         "n_embd": _field(reader, f"{arch}.embedding_length"),
         "n_params": int(sum(int(t.n_elements) for t in reader.tensors)),
     }
+    if _field(reader, "quantize.imatrix.file") is not None:  # quantized with an importance matrix
+        facts["imatrix"] = {key: _field(reader, f"quantize.imatrix.{key}")
+                            for key in ("file", "dataset", "entries_count", "chunks_count")}
+        facts["imatrix"]["calibration_sha256"] = _field(reader, "edgepack.quantize.imatrix.calibration_sha256")
     tokenizer = {
         "model": _field(reader, "tokenizer.ggml.model"),
         "pre": _field(reader, "tokenizer.ggml.pre"),

@@ -105,6 +105,8 @@ class BuildConfig:
     ctx: int = 2048
     min_tps: float | None = None
     max_kld: float | None = None
+    imatrix: str | Path | None = None  # "auto" (computed on ``calibration``), an imatrix file, or None (none)
+    calibration: str | Path = "builtin"  # text for imatrix = "auto": a file, or edgepack's built-in set
     eval_text: Path | None = None  # text for perplexity / KLD (default: the built-in sample)
     eval_tokens: int = 2048
     threads: int = 2
@@ -207,6 +209,15 @@ def _list_of(item):
     return parse
 
 
+def _imatrix(v):
+    """``imatrix = "auto" | "path/to/file" | false``."""
+    if v is False or (isinstance(v, str) and v.strip().lower() in ("false", "no", "off", "none", "0")):
+        return None
+    if not isinstance(v, str) or not v.strip():
+        raise _Bad('must be "auto", an imatrix file, or false')
+    return "auto" if v.strip().lower() == "auto" else v.strip()
+
+
 def _quant_name(v):
     if not isinstance(v, str):
         raise _Bad("must be a quantization type name such as Q4_K_M")
@@ -236,6 +247,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("quantize.types", "quant_types", _list_of(_quant_name), "EDGEPACK_QUANTS", "llama.cpp quant types"),
     Option("quantize.bits", "quant_bits", _list_of(_bits), "EDGEPACK_BITS", "bit widths (their recommended type)"),
     Option("quantize.outtype", "outtype", _choice(OUTTYPES), "EDGEPACK_OUTTYPE", "type of the converted base"),
+    Option("quantize.imatrix", "imatrix", _imatrix, "EDGEPACK_IMATRIX",
+           'importance matrix: "auto" (computed on quantize.calibration), an imatrix file, or false'),
+    Option("quantize.calibration", "calibration", _str, "EDGEPACK_CALIBRATION",
+           'calibration text for imatrix = "auto": a text or .jsonl file, or "builtin"'),
     Option("adapters", "adapters", lambda v: v, None, "LoRA adapters ([[adapters]] tables)"),
     Option("profiles.names", "profiles", _list_of(_str), "EDGEPACK_PROFILES", "device profiles (default: all)"),
     Option("profiles.paths", "profile_paths", _list_of(_str), "EDGEPACK_PROFILE_PATHS", "extra profile files/folders"),
@@ -474,6 +489,19 @@ def resolve(config_file: str | os.PathLike | None = None, *, cli: dict[str, Any]
         if key in values:
             folder = raw[key][2]
             values[key] = (folder / values[key]) if not Path(values[key]).is_absolute() else Path(values[key])
+    for key in ("imatrix", "calibration"):  # files relative to the config's folder; "auto"/"builtin" are not
+        if values.get(key) not in (None, "auto", "builtin"):
+            folder = raw[key][2]
+            values[key] = folder / values[key] if not Path(values[key]).is_absolute() else Path(values[key])
+            if not values[key].is_file():
+                raise fail(key, f"file {values[key]} does not exist",
+                           "give a path relative to the config file" + (
+                               ', "auto" or false' if key == "imatrix" else ', or "builtin"'))
+    needs = [q for q in quants if _needs_imatrix(q)]
+    if needs and values.get("imatrix") is None:
+        raise fail("quant_types" if "quant_types" in raw else "imatrix",
+                   f"{', '.join(needs)} need an importance matrix",
+                   'set imatrix = "auto" under [quantize] (computed on the built-in calibration text)')
     if "eval_text" in values and not Path(values["eval_text"]).is_file():
         raise fail("eval_text", f"text file {values['eval_text']} does not exist",
                    "give a UTF-8 text file (relative to the config file), or drop the key for the built-in text")
@@ -606,3 +634,11 @@ def _parse_adapters(value, folder: Path, file_values: _FileValues | None, fail) 
     if dup:
         raise fail("adapters", f"two adapters are named {dup!r}", "give each [[adapters]] its own name")
     return tuple(out)
+
+
+def _needs_imatrix(quant: str) -> bool:
+    try:
+        from .quantize import quant_type
+    except ImportError:  # the quantize stage is not installed: nothing to check against
+        return False
+    return quant_type(quant).needs_imatrix

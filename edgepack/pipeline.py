@@ -259,6 +259,7 @@ class _Build:
         self.hashes = _HashMemo(self.cache.root / "source-hashes.json")
         self.result = BuildResult(output_dir=self.out, only=only)
         self.log: Callable[[str], None] = (lambda m: None) if not progress.enabled else _log
+        self._imatrices: dict[str, dict] = {}  # line base sha256 -> its imatrix step's facts
 
     # one step: cached or run, recorded either way
     def step(self, step: str, label: str, parts: dict, fn: Callable[[Path], dict]) -> tuple[dict, Path]:
@@ -429,9 +430,13 @@ class _Build:
         self.result.variants[name] = facts
         from . import quantize
 
+        imat = self.imatrix(base)
+        if imat:
+            facts.update(imatrix=imat["file"], calibration_sha256=imat["calibration_sha256"])
+
         def work(tmp: Path) -> dict:
             [res] = quantize.quantize(base["path"], [unit.quant], out_dir=tmp, threads=cfg.threads,
-                                      progress=self.progress)
+                                      imatrix=imat["path"] if imat else None, progress=self.progress)
             out = tmp / f"{name}.gguf"
             os.replace(res.output, out)
             for stray in tmp.iterdir():  # the quantizer's own re-run sidecar: the step cache does that job
@@ -440,9 +445,40 @@ class _Build:
             return {"file": out.name, "sha256": sha256_file(out), "size_bytes": out.stat().st_size}
 
         done, folder = self.step("quantize", name, {"base": base["sha256"], "quant": unit.quant,
+                                                    "imatrix": imat["sha256"] if imat else None,
                                                     "llama_cpp": llama_cpp_runtime()}, work)
         path = folder / done["file"]
         facts.update(file=path, sha256=done["sha256"], size_bytes=done["size_bytes"])
+
+    def imatrix(self, base: dict) -> dict | None:
+        """The importance matrix a line's variants are quantized with (``[quantize] imatrix``): None when off, the
+        given file, or ("auto") one computed on the calibration text, cached per line base and text."""
+        cfg = self.config
+        if cfg.imatrix is None:
+            return None
+        if cfg.imatrix != "auto":
+            from .imatrix import read
+
+            path = Path(cfg.imatrix)
+            return {"file": path.name, "path": path, "sha256": sha256_file(path),
+                    "calibration_sha256": read(path).calibration_sha256}
+        if base["sha256"] in self._imatrices:
+            return self._imatrices[base["sha256"]]
+        from .calibration import calibration
+        from .imatrix import compute
+
+        cal = calibration(cfg.calibration)
+        line = base.get("line", BASE_LINE)
+        name = f"{cfg.name}.imatrix.gguf" if line == BASE_LINE else f"{cfg.name}-{line}.imatrix.gguf"
+
+        def work(tmp: Path) -> dict:
+            res = compute(base["path"], cal, tmp / name, threads=cfg.threads, progress=self.progress)
+            return {"file": name, "sha256": sha256_file(res.output), "calibration_sha256": res.calibration_sha256,
+                    "chunks": res.chunks}
+
+        done, folder = self.step("imatrix", name, {"base": base["sha256"], "calibration": cal.sha256}, work)
+        self._imatrices[base["sha256"]] = {**done, "path": folder / done["file"]}
+        return self._imatrices[base["sha256"]]
 
     def evaluate_line(self, variants: list[dict], base: dict) -> None:
         """Quality of each variant vs its line's unquantized GGUF (PPL, KLD, top-1), one step per variant.

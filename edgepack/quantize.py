@@ -350,6 +350,8 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
     if calibration is not None:
         imat = im.ensure(src, calibration, out_dir / f"{source.name}.imatrix.gguf", threads=threads,
                          progress=progress)
+    if imat is not None:
+        _check_coverage(imat, overrides, out_t, embd_t, read_header(src).tensors)
     imat_digest = im.digest(imat) if imat is not None else ""
     plans = []
     for qt in qtypes:
@@ -396,6 +398,24 @@ def _refuse_requantize(source: SourceInfo, qtypes: list[QuantType]) -> None:
     raise QuantizeError(f"{source.path.name} is already quantized ({source.file_type}); requantizing to "
                         f"{qtypes[0].name} compounds the error",
                         "quantize from the F16/BF16/F32 GGUF, or pass --allow-requantize")
+
+
+# ggml types whose quantizer aborts the process without imatrix data (ggml.c, ggml_quantize_requires_imatrix);
+# llama.cpp's own check exempts token_embd and output.weight, which usually have no entry.
+_ABORT_WITHOUT_DATA = {int(QT.IQ2_XXS), int(QT.IQ2_XS), int(QT.IQ1_S)}
+
+
+def _check_coverage(imatrix, overrides: list[tuple[str, int]], out_t: int | None, embd_t: int | None,
+                    tensors) -> None:
+    """Refuse a manual type that would make llama.cpp abort: IQ2_XXS/IQ2_XS/IQ1_S on a tensor the imatrix has
+    no entry for (token_embd.weight, and output.weight unless collected with --process-output)."""
+    for t in tensors:
+        wanted = embd_t if t.name == "token_embd.weight" else out_t if t.name == "output.weight" else None
+        if wanted is None:
+            wanted = next((ggml for p, ggml in overrides if re.search(p, t.name)), None)
+        if wanted in _ABORT_WITHOUT_DATA and t.name not in imatrix.entries:
+            raise UsageError(f"{t.name} cannot be {QT(wanted).name}: the imatrix has no data for it",
+                             "give it another type (e.g. Q2_K or IQ3_S)")
 
 
 def _settings(qt: QuantType, out_t: int | None, embd_t: int | None, pure: bool, requant: bool,

@@ -173,3 +173,17 @@ def test_cli_config_error_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "edgepack", "config", str(path)], capture_output=True, text=True)
     assert res.returncode == 11
     assert res.stderr.count("\n") == 1 and f"{path}:3:" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_imatrix_and_calibration_keys(tmp_path):
+    (tmp_path / "cal.txt").write_text("text")
+    cfg = resolve(write(tmp_path, 'source = "./model"\n[quantize]\ntypes = ["IQ2_XS", "Q4_K_M"]\n'
+                                  'imatrix = "auto"\ncalibration = "cal.txt"\n'), env={})
+    assert cfg.imatrix == "auto" and cfg.calibration == tmp_path / "cal.txt" and cfg.quants == ("IQ2_XS", "Q4_K_M")
+    assert resolve(write(tmp_path, 'source = "./model"\n'), env={}).imatrix is None
+    assert resolve(write(tmp_path, 'source = "./model"\n[quantize]\nimatrix = false\n'), env={}).calibration == \
+        "builtin"
+    with pytest.raises(ConfigError, match=r"edgepack.toml:3:.*IQ2_XS need an importance matrix"):
+        resolve(write(tmp_path, 'source = "./model"\n[quantize]\ntypes = ["IQ2_XS"]\n'), env={})
+    with pytest.raises(ConfigError, match=r":3: quantize.imatrix: file .*nope.gguf does not exist"):
+        resolve(write(tmp_path, 'source = "./model"\n[quantize]\nimatrix = "nope.gguf"\n'), env={})

@@ -324,3 +324,35 @@ def test_builtin_calibration_and_chat_template(f32, tmp_path):
     bad.write_text('{"messages": [{"role": "user"}]}\n')
     with pytest.raises(UsageError, match="bad.jsonl:1 is not a conversation"):
         load_calibration(bad)
+
+
+# ------------------------------------------------------------------------------------------------ target size
+
+
+@pytest.mark.slow
+def test_target_size_mix_fits_and_beats_the_uniform_type(capsys, f16, calibration, root):
+    """--target-size set to the size of uniform Q3_K_S (made with the same imatrix): the chosen mix fits it and
+    its KLD on held-out text is lower."""
+    from edgepack.evaluate import evaluate
+    from edgepack.mix import quantize_mix
+
+    out = root / "mix"
+    small = root / "mix-calibration.txt"  # ~2,500 tokens: the sensitivity trials read its first 4,000 chars
+    small.write_text(calibration.read_text(encoding="utf-8")[:8000], encoding="utf-8")
+    [uniform] = quantize(f16, ["Q3_K_S"], out, threads=1, calibration=small)
+    uniform_kld = evaluate(uniform.output, f16, text=HELD_OUT, ctx=256, threads=1).mean_kld
+    target_mb = uniform.size_bytes / 1e6
+    result = quantize_mix(f16, out, target_size_mb=target_mb, calibration=small, eval_text=HELD_OUT,
+                          candidates=("Q6_K", "Q4_K", "Q3_K", "Q2_K"), sensitivity_chars=4000, threads=1)
+    print(f"uniform Q3_K_S {uniform.size_bytes} B KLD {uniform_kld:.6f}; mix {result.size_bytes} B KLD "
+          f"{result.evaluation.mean_kld:.6f} (predicted {result.plan.predicted_kld:.6f}): "
+          + ", ".join(f"{g.group}={g.type}" for g in result.plan.groups))
+    assert result.fits and result.size_bytes <= uniform.size_bytes == int(target_mb * 1e6)
+    assert result.evaluation.mean_kld < uniform_kld
+    assert {g.group for g in result.plan.groups} == {"token_embd", "attn_q", "attn_k", "attn_v", "attn_output",
+                                                      "ffn_gate", "ffn_up", "ffn_down"}
+    types = {t.name: t.type.name for t in read_header(result.quantized.output).tensors}
+    for g in result.plan.groups:  # the file holds what the plan chose
+        assert types.get(f"blk.0.{g.group}.weight", types.get(f"{g.group}.weight")) == g.type
+    refused(capsys, "quantize", str(f16), "--target-size", "0.1", "-o", str(out), code=2, words="no mix fits")
+    refused(capsys, "quantize", str(f16), "--target-size", "1", "-t", "Q4_K_M", code=2, words="choose the types")

@@ -470,3 +470,30 @@ def test_two_builds_into_one_folder(tmp_path):
         first.wait(timeout=30)
     with folder_lock(out, "test"):  # kill -9 released it: no stale lock
         pass
+
+
+@pytest.mark.slow
+def test_imatrix_auto_is_a_cached_step_and_reaches_the_manifest(tmp_path):
+    """[quantize] imatrix = "auto": computed once per line base on the calibration text, cached, used for every
+    type (IQ3_XXS needs it), recorded in each variant and in the bundle manifest with the text's sha256."""
+    import hashlib
+
+    cal = tmp_path / "cal.txt"
+    cal.write_text((ROOT / "examples" / "demo" / "eval.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    toml = tmp_path / "edgepack.toml"
+    toml.write_text(f'name = "im"\nsource = "{ROOT / "examples" / "demo" / "model"}"\n'
+                    '[quantize]\ntypes = ["IQ3_XXS", "Q4_K_M"]\nimatrix = "auto"\ncalibration = "cal.txt"\n'
+                    '[profiles]\nnames = ["pixel-8"]\n[constraints]\nctx = 256\n[eval]\ntokens = 512\n'
+                    '[bench]\nthreads = 1\n[outputs]\nreport = false\n')
+    out = tmp_path / "out"
+    cfg = resolve(toml, cli={"outputs.dir": str(out)}, env={})
+    result = build(cfg)
+    ran = [(s.step, s.label) for s in result.ran]
+    assert ran.count(("imatrix", "im.imatrix.gguf")) == 1, ran
+    sha = hashlib.sha256(cal.read_bytes()).hexdigest()
+    for v in result.variants.values():
+        assert v["imatrix"] == "im.imatrix.gguf" and v["calibration_sha256"] == sha
+    manifest = json.loads((out / "bundles" / "pixel-8" / "manifest.json").read_text())
+    assert manifest["model"]["imatrix"]["calibration_sha256"] == sha
+    assert manifest["model"]["imatrix"]["file"] == "im.imatrix.gguf"
+    assert build(cfg).ran == []

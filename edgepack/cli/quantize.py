@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import UsageError
 from ..progress import Progress
 from ..quantize import IMATRIX_TENSOR_TYPES, QUANT_TYPES, TENSOR_TYPES, QuantizeResult, quantize, resolve_types
 from . import cli
@@ -58,6 +59,13 @@ def print_results(results: list[QuantizeResult]) -> None:
 @click.option("--calibration", metavar="TEXT",
               help="Compute the importance matrix first, on this UTF-8 text file ('builtin': edgepack's own "
                    "mixed set); kept as <Model>.imatrix.gguf in the output folder and reused.")
+@click.option("--target-size", "target_size_mb", type=float, metavar="MB",
+              help="Instead of -t: choose a type per tensor group so the file fits MB megabytes (10^6 bytes) with "
+                   "the least KL divergence, from each group's measured sensitivity; reports the mix and its KLD.")
+@click.option("--target-bpw", type=float, metavar="X",
+              help="As --target-size, for a budget in bits per weight (tensor data, as llama.cpp reports it).")
+@click.option("--eval-text", type=click.Path(path_type=Path), metavar="FILE",
+              help="With --target-*: text the chosen mix's KLD is measured on (default: edgepack eval's built-in).")
 @click.option("--pure", is_flag=True, help="No k-quant mix: every weight gets the type's base ggml type.")
 @click.option("--allow-requantize", is_flag=True, help="Accept an already-quantized source (quality suffers).")
 @click.option("--force", is_flag=True, help="Overwrite outputs that edgepack did not write.")
@@ -69,7 +77,8 @@ def print_results(results: list[QuantizeResult]) -> None:
               help="List the quantization types and exit.")
 def quantize_command(src: Path | None, types: tuple[str, ...], bits: tuple[int, ...], out_dir: Path | None,
                      threads: int, output_tensor_type: str | None, token_embedding_type: str | None,
-                     tensor_types: tuple[str, ...], imatrix: Path | None, calibration: str | None, pure: bool,
+                     tensor_types: tuple[str, ...], imatrix: Path | None, calibration: str | None,
+                     target_size_mb: float | None, target_bpw: float | None, eval_text: Path | None, pure: bool,
                      allow_requantize: bool, force: bool, hash_source: bool, as_json: bool) -> None:
     """Quantize an F16/BF16/F32 GGUF with llama.cpp's own quantizer.
 
@@ -90,11 +99,19 @@ def quantize_command(src: Path | None, types: tuple[str, ...], bits: tuple[int, 
       edgepack quantize tinyllama-F16.gguf -t Q4_K_M --output-tensor-type Q8_0
       edgepack quantize tinyllama-F16.gguf -t IQ3_XXS -t Q2_K -t Q4_K_M --calibration builtin
       edgepack quantize tinyllama-F16.gguf -t IQ2_XS --imatrix tinyllama.imatrix.gguf
+      edgepack quantize tinyllama-F16.gguf --target-size 450 --calibration builtin
       edgepack quantize tinyllama-F16.gguf -t Q4_K_M --tensor-type 'attn_v=Q8_0' --tensor-type 'blk\\.0\\.=Q6_K'
       edgepack quantize --list-types
     """
     if src is None:
         raise click.UsageError("missing SRC (an F16/BF16/F32 .gguf file)")
+    if target_size_mb is not None or target_bpw is not None:
+        if types or bits or tensor_types or pure:
+            raise UsageError("--target-size/--target-bpw choose the types themselves",
+                             "drop -t, --bits, --tensor-type and --pure")
+        _quantize_mix(src, out_dir, target_size_mb, target_bpw, imatrix, calibration, eval_text, threads, force,
+                      as_json)
+        return
     qtypes = resolve_types(types, bits)
     results = quantize(src, qtypes, out_dir, threads=threads, output_tensor_type=output_tensor_type,
                        token_embedding_type=token_embedding_type, pure=pure, allow_requantize=allow_requantize,
@@ -104,3 +121,24 @@ def quantize_command(src: Path | None, types: tuple[str, ...], bits: tuple[int, 
         emit_json(results)
         return
     print_results(results)
+
+
+def _quantize_mix(src, out_dir, target_size_mb, target_bpw, imatrix, calibration, eval_text, threads, force,
+                  as_json) -> None:
+    from ..mix import quantize_mix
+
+    result = quantize_mix(src, out_dir, target_size_mb=target_size_mb, target_bpw=target_bpw, imatrix=imatrix,
+                          calibration=calibration, eval_text=eval_text, threads=threads, force=force,
+                          progress=Progress(enabled=not as_json))
+    if as_json:
+        emit_json({"plan": {k: v for k, v in vars(result.plan).items() if k != "options"},
+                   "quantized": result.quantized, "evaluation": result.evaluation,
+                   "size_bytes": result.size_bytes, "fits": result.fits})
+        return
+    plan = result.plan
+    emit_table(["tensor group", "tensors", "type", "size", "KLD alone"],
+               [(g.group, g.n_tensors, g.type, human_bytes(g.bytes), f"{g.kld_alone:.6f}") for g in plan.groups])
+    e = result.evaluation
+    click.echo(f"{result.quantized.output.name}: {human_bytes(result.size_bytes)} ({result.size_bytes / 1e6:.3f} MB, "
+               f"{result.quantized.bpw:.2f} bpw) for a target of {plan.target}; mean KLD {e.mean_kld:.6f} ± "
+               f"{e.mean_kld_err:.6f} on {e.text} (predicted {plan.predicted_kld:.6f})")
