@@ -40,6 +40,16 @@ GEMMA3_4B_IT = {
     },
 }
 
+# google/gemma-3-4b-it's preprocessor_config.json (Gemma3ImageProcessor): resize to 896x896 bilinearly
+# (resample 2), x1/255, normalise with mean = std = 0.5, no pan-and-scan; 256 tokens per image.
+GEMMA3_4B_IT_PREPROCESSOR = {
+    "do_convert_rgb": None, "do_normalize": True, "do_pan_and_scan": None, "do_rescale": True, "do_resize": True,
+    "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "Gemma3ImageProcessor", "image_seq_length": 256,
+    "image_std": [0.5, 0.5, 0.5], "pan_and_scan_max_num_crops": None, "pan_and_scan_min_crop_size": None,
+    "pan_and_scan_min_ratio_to_activate": None, "processor_class": "Gemma3Processor", "resample": 2,
+    "rescale_factor": 0.00392156862745098, "size": {"height": 896, "width": 896},
+}
+
 # A SigLIP tower of one tiny layer: the converter drops it, transformers needs one to build the model.
 TINY_SIGLIP = {"hidden_size": 32, "image_size": 28, "intermediate_size": 64, "num_attention_heads": 2,
                "num_hidden_layers": 1, "patch_size": 14}

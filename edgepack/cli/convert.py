@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from ..convert import OUTTYPES, convert, supported_architectures
+from ..convert.mmproj import (MMPROJ_OUTTYPES, check_mmproj, convert_mmproj, default_mmproj_path,
+                              supported_projectors)
 from ..fileio import check_output_path
 from ..hub import parse_source, resolve_source
 from ..progress import Progress
@@ -41,12 +43,17 @@ def _list_architectures(ctx: click.Context, _param, value: bool) -> None:
               help="Then quantize to these types (comma-separated, e.g. Q4_K_M,Q8_0) beside the output, as "
                    "`edgepack quantize` does; the F16/BF16 intermediate is removed unless --keep.")
 @click.option("--keep", is_flag=True, help="With -q: keep the F16/BF16 intermediate GGUF.")
+@click.option("--mmproj", "mmproj", is_flag=False, flag_value="", default=None, metavar="[PATH]",
+              help="Also write the vision tower + projector of a vision-language SRC as llama.cpp's mmproj GGUF "
+                   "(default PATH: mmproj-<name>-<TYPE>.gguf beside the output). Gemma 3 for now.")
+@click.option("--mmproj-outtype", type=click.Choice(MMPROJ_OUTTYPES), default="f16", show_default=True,
+              help="Projector weight type (norms, biases and embeddings stay F32).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--list-architectures", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_architectures, help="List supported architectures and exit.")
 def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only: bool, pre_tokenizer: str | None,
                     force: bool, token: str | None, merge_lora: str | None, quant_types: str | None, keep: bool,
-                    as_json: bool) -> None:
+                    mmproj: str | None, mmproj_outtype: str, as_json: bool) -> None:
     """Convert a Hugging Face model folder (safetensors + tokenizer) to GGUF.
 
     SRC is a local folder with config.json, *.safetensors (sharded or not) and tokenizer files
@@ -62,6 +69,7 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
       edgepack convert ./SmolLM2-135M --outtype q8_0 --json
       edgepack convert --list-architectures
       edgepack convert ./SmolLM2-135M -q Q4_K_M,Q8_0 --keep
+      edgepack convert ./gemma-3-4b-it -o gemma3-4b-F16.gguf --mmproj   # + mmproj-gemma-3-4b-it-F16.gguf
     """
     if src is None:
         raise click.UsageError("missing SRC (a Hugging Face model folder)")
@@ -76,7 +84,15 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
         out = Path(f"{name}-{resolved}.gguf" if not vocab_only else f"{name}-vocab.gguf")
     if hub_source:
         check_output_path(out, force)  # before a download, not after it
+    if mmproj is not None and (vocab_only or merge_lora):
+        raise click.UsageError("--mmproj converts the checkpoint's own vision tower: not with --vocab-only or "
+                               "--merge-lora")
     folder, provenance = resolve_source(src, token=token, progress=Progress(enabled=not as_json))
+    mmproj_out = None
+    if mmproj is not None:  # refuse a projector llama.cpp cannot reproduce before converting the text model
+        mmproj_out = Path(mmproj) if mmproj else default_mmproj_path(folder, out.parent, mmproj_outtype)
+        check_mmproj(folder, mmproj_outtype)
+        check_output_path(mmproj_out, force)
     run = convert
     if merge_lora:  # adapters.convert_merged: merge into a temp folder beside the output, then convert that
         from ..adapters import convert_merged
@@ -88,8 +104,14 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
                              progress=Progress(enabled=not as_json))
         if not keep:
             result.output.unlink()
+    projector = None
+    if mmproj_out is not None:
+        projector = convert_mmproj(folder, mmproj_out, outtype=mmproj_outtype, force=force,
+                                   progress=Progress(enabled=not as_json))
     if as_json:
-        emit_json({"convert": result, "quantize": quantized} if qtypes else result)
+        extra = {"quantize": quantized} if qtypes else {}
+        extra.update({"mmproj": projector} if projector else {})
+        emit_json({"convert": result, **extra} if extra else result)
         return
     click.echo(f"wrote {result.output} ({human_bytes(result.size_bytes)}, {result.outtype.upper()}, "
                f"{result.n_tensors} tensors, {result.n_params:,} params) in {result.seconds:.1f}s")
@@ -97,7 +119,15 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
                f"{result.vocab_size} tokens")
     if result.dropped:
         parts = ", ".join(f"{part} ({n} tensors)" for part, n in sorted(result.dropped.items()))
-        click.echo(f"note: converted the text model only; not converted: {parts}")
+        if projector:
+            click.echo(f"note: the text model leaves out {parts}; the projector file holds the vision part")
+        else:
+            tip = "; --mmproj writes the vision part" if result.architecture in supported_projectors() else ""
+            click.echo(f"note: converted the text model only; not converted: {parts}{tip}")
+    if projector:
+        click.echo(f"wrote {projector.output} ({human_bytes(projector.size_bytes)}, {projector.outtype.upper()}, "
+                   f"projector {projector.projector_type}, {projector.n_tensors} tensors): one image = "
+                   f"{projector.image_tokens} tokens at {projector.image_size}x{projector.image_size}")
     if qtypes:
         print_results(quantized)
         if not keep:
