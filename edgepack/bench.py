@@ -1,8 +1,10 @@
 """Host benchmark: load time, prompt and generation speed, peak memory and quality of GGUF variants.
 
 Each model runs in its own child process (``python -m edgepack.bench CHILD-ARGS``) so that peak RSS
-(VmHWM) belongs to that model alone. Like llama-bench: pp = one batch of ``n_prompt`` tokens (pp512 by
-default), tg = ``n_gen`` single-token decodes (tg128); ``reps`` repetitions report median, min and max.
+(VmHWM) belongs to that model alone. It measures what llama.cpp delivers, with llama-bench's settings
+(benchmarks/bench_vs_llama_bench.py compares the two): pp = one batch of ``n_prompt`` tokens (pp512 by
+default), tg = ``n_gen`` single-token decodes (tg128), through llama_decode directly, with llama.cpp's
+repacked CPU weights; ``reps`` repetitions report median, min and max.
 This host's memory bandwidth is measured too (a large numpy copy); ``edgepack fit`` uses it to turn the
 measured generation speed into a per-token overhead that carries over to devices. With a reference GGUF,
 quality comes from ``edgepack.evaluate`` (llama-perplexity's method): mean KLD, PPL and its change, top-1
@@ -54,6 +56,8 @@ class ModelBench:
     peak_rss_mb: float
     n_prompt: int
     n_gen: int
+    repack: bool = True  # weights in llama.cpp's repacked CPU buffers (off only on a build with AMX kernels)
+    threads: int = 0
     quality: dict | None = None  # {kld, ppl, ppl_delta, top1} vs --ref, from edgepack.evaluate
 
     @property
@@ -111,29 +115,97 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _child(path: str, n_ctx: int, n_prompt: int, n_gen: int, reps: int, threads: int) -> dict:
-    """Runs inside the child process: load, then ``reps`` x (pp, tg); prints nothing itself."""
-    from .evaluate import open_llama  # llama.cpp without the extra-buffer repacking that crashes AMX hosts
+# llama_print_system_info flags -> profile ISA names (edgepack.profiles.ISA_FEATURES)
+_ISA_FLAGS = {"AVX2": "avx2", "AVX512": "avx512", "AVX512_VNNI": "avx512_vnni", "AVX_VNNI": "avx_vnni",
+              "NEON": "neon", "DOTPROD": "dotprod", "MATMUL_INT8": "i8mm", "SVE": "sve", "SME": "sme",
+              "AMX_INT8": "amx"}
 
-    loads = []
+
+def host_isa() -> tuple[str, ...]:
+    """The ISA features the loaded llama.cpp build uses on this host, as a profile's ``isa`` names them (they
+    decide which weight types its CPU backend repacks)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    on = {part.split("=")[0].strip().split()[-1] for part in info.split("|") if part.strip().endswith("= 1")}
+    return tuple(name for flag, name in _ISA_FLAGS.items() if flag in on)
+
+
+def build_has_amx() -> bool:
+    """Whether the loaded llama.cpp was compiled with AMX kernels (a -march=native build on an AMX Xeon): their
+    repacked buffers crash on the first decode with llama-cpp-python 0.3.36, so weights are then not repacked."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    return "amx" in host_isa() or any(f"{k} = 1" in info for k in ("AMX_TILE", "AMX_BF16"))
+
+
+def _child(path: str, n_ctx: int, n_prompt: int, n_gen: int, reps: int, threads: int) -> dict:
+    """Runs inside the child process, measuring the way llama-bench does (tools/llama-bench): llama.cpp's own
+    model and context defaults (repacked CPU weights, flash attention auto), n_batch 2048 / n_ubatch 512,
+    random tokens, one warm-up pp and tg run, the KV cache cleared before each repetition, and pp and tg
+    timed separately around llama_decode alone. Prints nothing itself."""
+    import llama_cpp as lib
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)  # errors only: the parent reads the last stderr line when the child fails
+    lib.llama_backend_init()
+    repack = not build_has_amx()
+    mparams = lib.llama_model_default_params()
+    mparams.use_extra_bufts = repack
     t = time.perf_counter()
-    with open_llama(path, n_ctx=n_ctx, n_batch=max(n_prompt, 1), n_threads=threads, n_threads_batch=threads) as llm:
-        loads.append(time.perf_counter() - t)
-        rng = np.random.default_rng(0)
-        n_vocab = llm.n_vocab()
-        tokens = [int(x) for x in rng.integers(3, n_vocab, size=n_prompt + n_gen)]
-        pp, tg = [], []
-        llm.eval(tokens[:8])  # warm-up (thread pool, page-in of mmapped weights)
-        for _ in range(reps):
-            llm.reset()
-            t = time.perf_counter()
-            llm.eval(tokens[:n_prompt])
-            pp.append(n_prompt / (time.perf_counter() - t))
-            llm.reset()
-            t = time.perf_counter()
-            for tok in tokens[n_prompt:n_prompt + n_gen]:
-                llm.eval([tok])
-            tg.append(n_gen / (time.perf_counter() - t))
+    model = lib.llama_model_load_from_file(path.encode(), mparams)
+    if not model:
+        raise SystemExit(f"llama.cpp could not load {path}")
+    cparams = lib.llama_context_default_params()
+    cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, 2048, 512
+    cparams.n_threads = cparams.n_threads_batch = threads
+    ctx = lib.llama_init_from_model(model, cparams)
+    load_s = time.perf_counter() - t
+    if not ctx:
+        raise SystemExit(f"llama.cpp could not create a context for {path}")
+    vocab = lib.llama_model_get_vocab(model)
+    n_vocab = lib.llama_vocab_n_tokens(vocab)
+    bos = lib.llama_vocab_bos(vocab) if lib.llama_vocab_get_add_bos(vocab) else None
+    rng = np.random.default_rng(0)
+
+    def decode(tokens: list[int]) -> None:
+        arr = (lib.llama_token * len(tokens))(*tokens)
+        if lib.llama_decode(ctx, lib.llama_batch_get_one(arr, len(tokens))) != 0:
+            raise SystemExit("llama_decode failed")
+
+    def prompt(n: int) -> None:
+        toks = [int(x) for x in rng.integers(0, n_vocab, size=n)]
+        if bos is not None:
+            toks[0] = bos
+        for i in range(0, n, 2048):
+            decode(toks[i:i + 2048])
+        lib.llama_synchronize(ctx)
+
+    def gen(n: int) -> None:
+        tok = bos if bos is not None else int(rng.integers(0, n_vocab))
+        for _ in range(n):
+            decode([tok])
+            lib.llama_synchronize(ctx)
+            tok = int(rng.integers(0, n_vocab))
+
+    memory = lib.llama_get_memory(ctx)
+    prompt(n_prompt)  # warm-up, as llama-bench: page in the weights, start the threads
+    lib.llama_memory_clear(memory, False)
+    gen(1)
+    pp, tg = [], []
+    for _ in range(reps):
+        lib.llama_memory_clear(memory, False)
+        t = time.perf_counter()
+        prompt(n_prompt)
+        pp.append(n_prompt / (time.perf_counter() - t))
+    for _ in range(reps):
+        lib.llama_memory_clear(memory, False)
+        t = time.perf_counter()
+        gen(n_gen)
+        tg.append(n_gen / (time.perf_counter() - t))
+    lib.llama_free(ctx)
+    lib.llama_model_free(model)
     hwm = 0.0
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -142,7 +214,7 @@ def _child(path: str, n_ctx: int, n_prompt: int, n_gen: int, reps: int, threads:
         import resource
 
         hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
-    return {"load_s": loads, "pp": pp, "tg": tg, "peak_rss_mb": hwm}
+    return {"load_s": [load_s], "pp": pp, "tg": tg, "peak_rss_mb": hwm, "repack": repack}
 
 
 def bench_one(path: str | Path, *, n_ctx: int = 1024, n_prompt: int = 512, n_gen: int = 128, reps: int = 3,
@@ -162,7 +234,8 @@ def bench_one(path: str | Path, *, n_ctx: int = 1024, n_prompt: int = 512, n_gen
     return ModelBench(path=str(path), name=desc.name, quant=desc.quant, size_bytes=path.stat().st_size,
                       bits_per_weight=round(desc.bits_per_weight, 3), n_params=desc.n_params,
                       load_s=Stat.of(raw["load_s"]), pp=Stat.of(raw["pp"]), tg=Stat.of(raw["tg"]),
-                      peak_rss_mb=round(raw["peak_rss_mb"], 1), n_prompt=n_prompt, n_gen=n_gen)
+                      peak_rss_mb=round(raw["peak_rss_mb"], 1), n_prompt=n_prompt, n_gen=n_gen,
+                      repack=raw["repack"], threads=threads)
 
 
 def quality_fields(r) -> dict:

@@ -183,6 +183,27 @@ def _fit_type(t: QT, row: int) -> QT:
     return t
 
 
+# llama.cpp's CPU extra buffer (CPU_REPACK): the weight types it re-lays out into interleaved blocks for an ISA,
+# and the row multiple each layout needs, in llama.cpp's order (ggml/src/ggml-cpu/repack.cpp,
+# ggml_repack_get_optimal_repack_type; the repacked tensor keeps ggml_nbytes). ARM entries imply NEON.
+CPU_REPACK = {
+    "Q4_0": ((("avx2",), 8), (("i8mm",), 4), (("dotprod",), 4)),
+    "Q4_K": ((("avx2",), 8), (("i8mm",), 8), (("dotprod",), 8)),
+    "Q5_K": ((("i8mm",), 8), (("dotprod",), 8)),
+    "Q6_K": ((("i8mm",), 8), (("dotprod",), 8)),
+    "Q2_K": ((("avx512",), 8),),
+    "IQ4_NL": ((("avx2",), 8), (("dotprod",), 4)),
+    "MXFP4": ((("avx2",), 8), (("dotprod",), 4)),
+    "Q8_0": ((("i8mm",), 4), (("dotprod",), 4)),
+}
+
+
+def cpu_repacks(type_name: str, n_rows: int, isa: tuple[str, ...] | list[str]) -> bool:
+    """Whether llama.cpp's CPU backend moves a 2-D weight of this type with ``n_rows`` rows (ne[1]) into its
+    repacked buffer on a CPU with these ISA features (a profile's ``isa``)."""
+    return any(all(f in isa for f in needs) and n_rows % rows == 0 for needs, rows in CPU_REPACK.get(type_name, ()))
+
+
 # ---------------------------------------------------------------------------------------------------
 # model description
 
@@ -262,6 +283,15 @@ class ModelDesc:
         (a tied embedding is the output matrix, so it counts), active experts only."""
         return int(sum(int(np.prod(t.shape)) * self._active_share(t) for t in self.tensors
                        if len(t.shape) >= 2 and not self._is_lookup(t)))
+
+    @property
+    def quant_key(self) -> str:
+        """The ggml type (lower case, e.g. q4_k) holding most of the matmul bytes: the key of per-type rates."""
+        by_type: dict[str, int] = {}
+        for t in self.tensors:
+            if len(t.shape) >= 2 and t.name != "token_embd.weight":
+                by_type[t.type.lower()] = by_type.get(t.type.lower(), 0) + t.size_bytes
+        return max(by_type, key=by_type.get) if by_type else "f16"
 
     @property
     def quant_family(self) -> str:
@@ -427,7 +457,8 @@ def _read_config(p: Path) -> dict:
 
 @dataclass
 class MemoryParts:
-    weights_bytes: int
+    weights_bytes: int  # the GGUF's tensors, as loaded (repacked or not: same size)
+    tied_output_copy_bytes: int  # a tied embedding's second copy for the output matmul (see tied_output_copy_bytes)
     kv_cache_bytes: int
     compute_bytes: int
     output_bytes: int
@@ -436,8 +467,13 @@ class MemoryParts:
 
     @property
     def total_bytes(self) -> int:
-        return (self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.output_bytes
-                + self.overhead_bytes + self.state_bytes)
+        return (self.weights_bytes + self.tied_output_copy_bytes + self.kv_cache_bytes + self.compute_bytes
+                + self.output_bytes + self.overhead_bytes + self.state_bytes)
+
+    @property
+    def loaded_weights_bytes(self) -> int:
+        """What llama.cpp reports as its model buffers (CPU + CPU_REPACK + GPU), without mmap."""
+        return self.weights_bytes + self.tied_output_copy_bytes
 
     def as_mb(self) -> dict[str, float]:
         """The parts in megabytes (1e6 bytes), keys named by that unit: weights_mb, kv_cache_mb, ..."""
@@ -493,10 +529,40 @@ def compute_buffer_bytes(model: ModelDesc, n_ctx: int, n_ubatch: int = 512, flas
     return int(max(logits, attn, ffn))
 
 
+# Weight types llama.cpp's Hexagon NPU backend keeps on the NPU (ggml-hexagon.cpp, ggml_hexagon_is_repack_type
+# and the plain F16/F32 ones); other types of an offloaded layer stay with the CPU backend.
+HEXAGON_TYPES = ("Q4_0", "Q4_1", "Q8_0", "IQ4_NL", "MXFP4", "Q6_K", "Q4_K", "Q5_K", "F16", "F32")
+
+
+def tied_output_copy_bytes(model: ModelDesc, backend: str = "cpu", isa: tuple[str, ...] | list[str] = ()) -> int:
+    """Bytes of the second copy llama.cpp makes of a tied token embedding.
+
+    With tied embeddings the output matmul uses token_embd.weight, which the loader creates a second time for the
+    output layer (TENSOR_DUPLICATED in src/llama-model.cpp; llama-model-loader.cpp reuses the tensor only when
+    both land in the same buffer type). The embedding lookup (get_rows) always stays in the plain CPU buffer, so
+    a copy is made when the output goes elsewhere: into CPU_REPACK when the CPU repacks its type on this ISA,
+    or onto the GPU/NPU backend that holds the offloaded output layer."""
+    embd = model._embd()
+    if not model.tied_embeddings or embd is None or len(embd.shape) < 2:
+        return 0
+    n_rows = embd.shape[1]
+    if backend == "cpu":
+        copy = cpu_repacks(embd.type, n_rows, isa)
+    elif backend == "hexagon":
+        copy = embd.type in HEXAGON_TYPES or cpu_repacks(embd.type, n_rows, isa)
+    else:
+        copy = True
+    return embd.size_bytes if copy else 0
+
+
 def memory_needed(model: ModelDesc, n_ctx: int, n_batch: int = 512, flash_attn: bool = False,
-                  overhead_bytes: int = 0, kv_type_bytes: float = 2.0) -> MemoryParts:
+                  overhead_bytes: int = 0, kv_type_bytes: float = 2.0, backend: str = "cpu",
+                  isa: tuple[str, ...] | list[str] = ()) -> MemoryParts:
+    """What llama.cpp allocates for ``model`` on ``backend`` of a device with ``isa`` (the tied-embedding copy
+    depends on both)."""
     n_ubatch = min(n_batch, 512)
     return MemoryParts(weights_bytes=model.weight_bytes,
+                       tied_output_copy_bytes=tied_output_copy_bytes(model, backend, isa),
                        kv_cache_bytes=kv_cache_bytes(model, n_ctx, n_ubatch, kv_type_bytes, flash_attn),
                        compute_bytes=compute_buffer_bytes(model, n_ctx, n_ubatch, flash_attn),
                        output_bytes=model.n_vocab * 4, overhead_bytes=overhead_bytes,
@@ -541,31 +607,57 @@ def flops_per_token(model: ModelDesc, n_ctx: int) -> float:
     return 2.0 * model.matmul_params + attn
 
 
+# The time every generated token costs whatever the model's size: building and scheduling the graph, syncing the
+# threads after each op or launching each kernel, sampling. It is what keeps a 3 MB model from projecting
+# 90,000 tok/s. seconds = base + per_layer x layers, per backend kind; ``edgepack fit --bench`` replaces it by the
+# overhead measured on the host (HostCalibration), which contains it.
+TOKEN_FLOOR = {
+    "cpu": {"base_s": 0.25e-3, "per_layer_s": 0.06e-3, "kind": "measurement",
+            "source": "edgepack bench (llama-bench's method) on this 2-core x86 host, tiny Llamas of 2 and 8 layers "
+                      "(hidden 64, 2 threads): benchmarks/RESULTS.md, 'Per-token floor'"},
+    "gpu": {"base_s": 0.5e-3, "per_layer_s": 0.1e-3, "kind": "estimate",
+            "source": "estimate: about ten kernel launches per layer at ~10 us each plus one command-buffer submit "
+                      "and the logits copy; no published tiny-model GPU measurement was found"},
+}
+
+
+def token_floor_s(model: ModelDesc, backend: str) -> float:
+    """Seconds per generated token that do not shrink with the model (TOKEN_FLOOR)."""
+    f = TOKEN_FLOOR["cpu" if backend == "cpu" else "gpu"]
+    return f["base_s"] + f["per_layer_s"] * model.n_layer
+
+
 def project(model: ModelDesc, profile: Profile, backend: str | None = None, n_ctx: int = 512,
-            host: HostCalibration | None = None, threads: int | None = None) -> Projection:
+            host: HostCalibration | None = None, threads: int | None = None, floor: bool = True) -> Projection:
     """Projected generation and prompt speed of ``model`` on ``profile``'s ``backend``.
 
     Generation reads every weight (and the KV cache so far) once per token: t = bytes / (bandwidth x
-    efficiency) + the host-measured per-token overhead. On the CPU backend the cores must also dequantize and
-    multiply every weight: when the profile gives that rate (weights per second per core-GHz, per quant family),
-    t is the longer of the memory time and weights / (rate x core-GHz of the threads). Prompt processing is
-    compute-bound: tokens/s = GFLOP/s (for the backend and the weights' quant family) / FLOPs per token. The
-    average context during a pp512/tg128 run is used for the KV and attention terms. ``threads`` (CPU backend)
-    replaces the profile's thread count: the core-GHz of that many threads, fastest cores first, scale both."""
+    efficiency) + a per-token floor (the host-measured overhead with ``host``, else TOKEN_FLOOR; ``floor=False``
+    leaves it out, for calibration). On the CPU backend the cores must also dequantize and multiply every weight:
+    when the profile gives that rate (weights per second per core-GHz, for the model's main quant type or its
+    family), t is the longer of the memory time and weights / (rate x core-GHz of the threads). Prompt processing
+    is compute-bound: tokens/s = GFLOP/s (for the backend and the weights' quant type, else family) / FLOPs per
+    token. The average context during a pp512/tg128 run is used for the KV and attention terms. ``threads`` (CPU
+    backend) replaces the profile's thread count: the core-GHz of that many threads, fastest cores first, scale
+    both."""
     backend = backend or profile.default_backend
     if backend not in profile.backends:
         raise UsageError(f"profile {profile.name} has no {backend} backend", f"choose one of {', '.join(profile.backends)}")
-    eff = profile.efficiency(backend).value
+    family, key = model.quant_family, model.quant_key
+    eff = profile.efficiency(backend, family, key).value
     kv_avg = kv_cache_bytes(model, min(n_ctx, 512), 1) // 2
     bytes_tok = model.bytes_read_per_token + kv_avg
-    overhead = host.per_token_overhead_s(model) if host else 0.0
+    if host:
+        overhead = host.per_token_overhead_s(model)
+    else:
+        overhead = token_floor_s(model, backend) if floor else 0.0
     seconds = bytes_tok / (profile.bandwidth_gb_s.value * 1e9 * eff)
-    rate = profile.cpu_weights_rate(model.quant_family) if backend == "cpu" else None
+    rate = profile.cpu_weights_rate(family, key) if backend == "cpu" else None
     core_ghz = profile.core_ghz(threads)
     if rate is not None:  # the cores, not the memory, may be what limits a CPU
         seconds = max(seconds, model.matmul_params / (rate.value * 1e9 * core_ghz))
     tg = 1.0 / (seconds + overhead)
-    gflops = profile.gflops(backend, model.quant_family).value
+    gflops = profile.gflops(backend, family, key).value
     if backend == "cpu" and threads:  # the profile's prompt GFLOP/s are for its own thread count
         gflops *= core_ghz / profile.core_ghz()
     fpt = flops_per_token(model, 256)
@@ -608,6 +700,8 @@ class FitRow:
     size_mb: float
     verdict: str  # "pick", or why it lost
     settings: dict
+    best_backend: str = ""  # the profile's backend with the fastest generation among those where it fits
+    by_backend: dict = field(default_factory=dict)  # backend -> {tg_tokens_per_s, pp_tokens_per_s, memory_total_mb, fits}
 
 
 @dataclass
@@ -630,12 +724,27 @@ def _quality_key(v: Variant) -> tuple:
     return (0, v.model.bits_per_weight)
 
 
+def _on_backend(v: Variant, profile: Profile, be: str, n_ctx: int, flash_attn: bool, n_threads: int):
+    """(memory parts, n_batch, projection) of variant ``v`` on one backend of ``profile``: the largest batch that
+    fits (or 512 when none does)."""
+    overhead = int(profile.runtime_overhead_mb.value * MB)
+
+    def mem(b: int) -> MemoryParts:
+        return memory_needed(v.model, n_ctx, b, flash_attn, overhead, backend=be, isa=profile.isa)
+
+    batch = next((b for b in DEFAULT_BATCHES if mem(b).total_bytes <= profile.usable_bytes), DEFAULT_BATCHES[0])
+    return mem(batch), batch, project(v.model, profile, be, n_ctx, v.host, n_threads)
+
+
 def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min_tps: float | None = None,
         max_kld: float | None = None, backend: str | None = None, flash_attn: bool = False,
         threads: int | None = None) -> FitResult:
     """For every (variant, profile): memory, projected speed, fits or not; then one pick per profile.
-    ``threads``: CPU threads the app will use (default: each profile's own ``cpu.threads``; capped at a
-    profile's core count)."""
+
+    Every backend of a profile is projected (``by_backend``) and the fastest one where the variant fits is
+    recommended (``best_backend``). The row itself is for ``backend`` where the profile has it, ``"auto"`` for
+    the recommended one, else the profile's default backend. ``threads``: CPU threads the app will use (default:
+    each profile's own ``cpu.threads``; capped at a profile's core count)."""
     if threads is not None and threads < 1:
         raise UsageError(f"threads must be at least 1, got {threads}", "e.g. --threads 4")
     if not variants:
@@ -644,17 +753,21 @@ def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min
     picks: dict[str, str | None] = {}
     summary: dict[str, str] = {}
     for profile in profiles:
-        be = backend if backend and backend in profile.backends else profile.default_backend
         n_threads = min(threads, profile.n_cores) if threads else int(profile.threads.value)
         usable = profile.usable_bytes
-        overhead = int(profile.runtime_overhead_mb.value * MB)
         cands = []
         for v in variants:
-            batch = next((b for b in DEFAULT_BATCHES
-                          if memory_needed(v.model, n_ctx, b, flash_attn, overhead).total_bytes <= usable),
-                         DEFAULT_BATCHES[0])
-            mem = memory_needed(v.model, n_ctx, batch, flash_attn, overhead)
-            proj = project(v.model, profile, be, n_ctx, v.host, n_threads)
+            per_backend = {b: _on_backend(v, profile, b, n_ctx, flash_attn, n_threads) for b in profile.backends}
+            by_backend = {b: {"tg_tokens_per_s": round(p.tg_tokens_per_s, 2), "pp_tokens_per_s": round(p.pp_tokens_per_s, 2),
+                              "memory_total_mb": round(m.total_bytes / MB, 2), "fits": m.total_bytes <= usable}
+                          for b, (m, _, p) in per_backend.items()}
+            best = max(by_backend, key=lambda b: (by_backend[b]["fits"], by_backend[b]["tg_tokens_per_s"],
+                                                  by_backend[b]["pp_tokens_per_s"]))
+            if backend == "auto":
+                be = best
+            else:
+                be = backend if backend and backend in profile.backends else profile.default_backend
+            mem, batch, proj = per_backend[be]
             fits = mem.total_bytes <= usable
             reasons = []
             if not fits:
@@ -671,7 +784,8 @@ def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min
                          memory_total_mb=round(mem.total_bytes / MB, 2), usable_mb=round(usable / MB, 1), fits=fits,
                          tg_tokens_per_s=round(proj.tg_tokens_per_s, 2), pp_tokens_per_s=round(proj.pp_tokens_per_s, 2),
                          kld=v.quality.kld, bits_per_weight=round(v.model.bits_per_weight, 3),
-                         size_mb=round(v.model.weight_bytes / MB, 2), verdict="; ".join(reasons), settings=settings)
+                         size_mb=round(v.model.weight_bytes / MB, 2), verdict="; ".join(reasons), settings=settings,
+                         best_backend=best, by_backend=by_backend)
             rows.append(row)
             if not reasons:
                 cands.append((v, row))
@@ -685,10 +799,11 @@ def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min
                 if r2 is not r:
                     r2.verdict = ("lower quality than " + r.variant if _quality_key(v2) < best_q
                                   else f"same quality, slower than {r.variant}")
+            hint = "" if r.best_backend == r.backend else f" (fastest here: --backend {r.best_backend})"
             summary[profile.name] = (f"{r.variant}: {r.tg_tokens_per_s:.1f} tok/s generation, "
                                      f"{r.pp_tokens_per_s:.0f} tok/s prompt, {r.memory_total_mb:.0f} of "
                                      f"{r.usable_mb:.0f} MB; threads={r.settings['threads']} "
-                                     f"n_ctx={n_ctx} n_batch={r.settings['n_batch']} backend={be}")
+                                     f"n_ctx={n_ctx} n_batch={r.settings['n_batch']} backend={r.backend}{hint}")
         else:
             picks[profile.name] = None
             summary[profile.name] = "nothing fits: " + "; ".join(
@@ -715,4 +830,5 @@ def nice_mb(n: float) -> str:
 
 __all__ = ["ModelDesc", "MemoryParts", "Projection", "HostCalibration", "Quality", "Variant", "FitRow", "FitResult",
            "describe_gguf", "describe_config", "load_config", "config_name", "memory_needed", "kv_cache_bytes",
-           "compute_buffer_bytes", "recurrent_state_bytes", "project", "fit", "variants_from_bench", "quant_types", "math"]
+           "compute_buffer_bytes", "recurrent_state_bytes", "project", "fit", "variants_from_bench", "quant_types", "math",
+           "cpu_repacks", "tied_output_copy_bytes", "token_floor_s"]

@@ -30,10 +30,18 @@ SCHEMA_VERSION = 1
 
 KINDS = ("spec", "measurement", "estimate")
 DEVICE_KINDS = ("phone", "tablet", "laptop", "desktop", "sbc", "embedded")
-BACKENDS = ("cpu", "metal", "vulkan", "opencl", "cuda")
+# hexagon: llama.cpp's backend for Qualcomm's Hexagon NPU (ggml-hexagon); opencl: its Adreno GPU backend.
+BACKENDS = ("cpu", "metal", "vulkan", "opencl", "cuda", "hexagon")
+GPU_BACKENDS = tuple(b for b in BACKENDS if b != "cpu")
+PER_DEVICE_BACKENDS = ("opencl", "hexagon")  # calibrated per device: no published core counts (Profile.compute_size)  # backends that hold the offloaded layers' weights
 # Prompt processing speed depends on the weight format's kernels: phone CPUs run Q4_0/Q8_0 (repacked,
-# i8mm/dotprod paths) much faster than K-quants. Every quant type maps to one of these families.
+# i8mm/dotprod paths) much faster than K-quants. Every quant type maps to one of these families; a profile
+# must give every family and may add a rate for one ggml type (QUANT_TYPE_KEYS), which then wins over its
+# family's (Q2_K and Q3_K, never repacked on ARM, are far slower than the repacked Q4_K).
 QUANT_FAMILIES = ("q4_0", "q8_0", "k_quant", "f16")
+QUANT_TYPE_KEYS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl",
+                   "iq4_xs", "iq3_s", "iq2_s", "iq2_xs", "iq1_s", "f16", "bf16", "f32")
+QUANT_KEYS = QUANT_FAMILIES + tuple(k for k in QUANT_TYPE_KEYS if k not in QUANT_FAMILIES)
 ISA_FEATURES = ("neon", "dotprod", "i8mm", "sve", "sve2", "sme", "fp16", "avx2", "avx512", "avx512_vnni",
                 "avx_vnni", "amx")
 
@@ -113,11 +121,14 @@ SCHEMA: dict = {
     },
     # Generation efficiency: achieved fraction of the theoretical bandwidth when reading the weights.
     "generation": {b: _sourced("efficiency", _fraction) for b in BACKENDS},
+    # Optional: the efficiency for one quant family or type on a backend, where it differs from the backend's
+    # (Adreno's OpenCL kernels stream Q8_0 at about twice the fraction of bandwidth they reach on Q4_0).
+    "generation_by_type": {b: {k: _sourced("efficiency", _fraction) for k in QUANT_KEYS} for b in BACKENDS},
     # CPU generation is also bounded by how fast the cores dequantize and multiply: billions of weights per
     # second per core-GHz of the threads used, per quant family. Optional (no bound without it).
-    "generation_compute": {"cpu": {f: _sourced("gweights_per_core_ghz") for f in QUANT_FAMILIES}},
-    # Prompt processing: effective dense GFLOP/s per backend and quant family (2 x params FLOPs per token).
-    "prompt": {b: {f: _sourced("gflops") for f in QUANT_FAMILIES} for b in BACKENDS},
+    "generation_compute": {"cpu": {f: _sourced("gweights_per_core_ghz") for f in QUANT_KEYS}},
+    # Prompt processing: effective dense GFLOP/s per backend and quant family or type (2 x params FLOPs per token).
+    "prompt": {b: {f: _sourced("gflops") for f in QUANT_KEYS} for b in BACKENDS},
     "runtime": {
         "overhead": _sourced("mb"),
     },
@@ -140,8 +151,9 @@ def _validate(data: dict, schema: dict, file: str, prefix: str = "") -> None:
         if isinstance(spec, dict):
             if key not in data:
                 # per-backend tables are checked against `backends` in parse_profile
-                optional = key in ("usable_with_entitlement", "generation", "generation_compute", "prompt",
-                                   "gpu") or prefix.startswith(("generation.", "generation_compute.", "prompt."))
+                optional = key in ("usable_with_entitlement", "generation", "generation_compute", "prompt", "gpu",
+                                   "generation_by_type") or prefix.startswith(
+                    ("generation.", "generation_compute.", "prompt.", "generation_by_type."))
                 if not optional:
                     raise ProfileError(f"{where}: missing", f"add a [{prefix}{key}] table")
                 continue
@@ -215,6 +227,8 @@ class Profile:
     runtime_overhead_mb: Sourced
     # quant family -> billions of weights per second per core-GHz the CPU backend can process (empty: no bound)
     cpu_gweights_per_core_ghz: dict[str, Sourced] = field(default_factory=dict)
+    # backend -> quant family or type -> generation efficiency, where it differs from the backend's
+    generation_efficiency_by_type: dict[str, dict[str, Sourced]] = field(default_factory=dict)
     gpu_name: str = ""
     gpu_cores: int = 0  # 0: no [gpu] table
     storage: str = ""
@@ -228,12 +242,14 @@ class Profile:
 
     @property
     def device_class(self) -> str:
-        """Which calibration class the CPU backend falls in (see docs/fit.md): apple-cpu, x86-cpu, arm-cpu."""
+        """Which calibration class the CPU backend falls in (see docs/fit.md): apple-cpu, x86-cpu, arm-i8mm-cpu
+        (ARM cores with the int8 matrix-multiply extension: llama.cpp repacks Q4_0/Q8_0/Q4_K.. into its i8mm
+        kernels, about twice the prompt speed of the dotprod ones) or arm-cpu (dotprod only)."""
         if self.soc.startswith("Apple"):
             return "apple-cpu"
         if any(f in self.isa for f in ("avx2", "avx512", "avx_vnni")):
             return "x86-cpu"
-        return "arm-cpu"
+        return "arm-i8mm-cpu" if "i8mm" in self.isa else "arm-cpu"
 
     def backend_class(self, backend: str) -> str:
         """Calibration class of ``backend`` on this device: the CPU class, or metal / vulkan / opencl / cuda."""
@@ -251,18 +267,32 @@ class Profile:
         return sum(clocks[:n])
 
     def compute_size(self, backend: str) -> float:
-        """Core-GHz for the CPU backend, GPU cores for the others (0 when the profile has no [gpu])."""
-        return self.core_ghz() if backend == "cpu" else float(self.gpu_cores)
+        """Core-GHz for the CPU backend, GPU cores for the others (0 when the profile has no [gpu]); the phone
+        accelerators (opencl on Adreno, hexagon) count as one unit each: vendors publish no core counts for them, so
+        their class factors are per device."""
+        if backend == "cpu":
+            return self.core_ghz()
+        if backend in PER_DEVICE_BACKENDS and not self.gpu_cores:
+            return 1.0
+        return float(self.gpu_cores)
 
-    def efficiency(self, backend: str) -> Sourced:
-        return self.generation_efficiency[backend]
+    def efficiency(self, backend: str, family: str | None = None, key: str | None = None) -> Sourced:
+        """Generation efficiency of ``backend``: for the quant type ``key`` or its ``family`` when the profile's
+        [generation_by_type.<backend>] gives one, else the backend's."""
+        by_type = self.generation_efficiency_by_type.get(backend, {})
+        return by_type.get(key or "") or by_type.get(family or "") or self.generation_efficiency[backend]
 
-    def gflops(self, backend: str, family: str) -> Sourced:
-        return self.prompt_gflops[backend][family]
+    def gflops(self, backend: str, family: str, key: str | None = None) -> Sourced:
+        """Prompt GFLOP/s of ``backend`` for a quant type ``key`` (e.g. q4_k) when the profile gives one, else for
+        its ``family``."""
+        rates = self.prompt_gflops[backend]
+        return rates.get(key or family) or rates[family]
 
-    def cpu_weights_rate(self, family: str) -> Sourced | None:
-        """Billions of weights per second per core-GHz for the CPU backend and ``family`` (None: not given)."""
-        return self.cpu_gweights_per_core_ghz.get(family)
+    def cpu_weights_rate(self, family: str, key: str | None = None) -> Sourced | None:
+        """Billions of weights per second per core-GHz for the CPU backend and quant type ``key`` or, without a
+        rate for it, ``family`` (None: not given)."""
+        rates = self.cpu_gweights_per_core_ghz
+        return rates.get(key or family) or rates.get(family)
 
     def summary(self) -> dict:
         """Plain dict for --json and reports (numbers with their provenance)."""
@@ -289,7 +319,7 @@ def parse_profile(data: dict, file: str) -> Profile:
         if missing:
             raise ProfileError(f"{where}prompt.{backend}.{missing[0]}: missing",
                                f"give gflops for every quant family: {', '.join(QUANT_FAMILIES)}")
-    for backend in list(generation) + list(prompt):
+    for backend in list(generation) + list(prompt) + list(data.get("generation_by_type", {})):
         if backend not in data["backends"]:
             raise ProfileError(f"{where}generation.{backend}: backend not in backends", "add it or remove the table")
     if data.get("generation_compute", {}).get("cpu") and "cpu" not in data["backends"]:
@@ -316,6 +346,8 @@ def parse_profile(data: dict, file: str) -> Profile:
         runtime_overhead_mb=_s(data["runtime"]["overhead"], "mb"),
         cpu_gweights_per_core_ghz={f: _s(v, "gweights_per_core_ghz")
                                    for f, v in data.get("generation_compute", {}).get("cpu", {}).items()},
+        generation_efficiency_by_type={b: {k: _s(v, "efficiency") for k, v in keys.items()}
+                                       for b, keys in data.get("generation_by_type", {}).items()},
         gpu_name=data.get("gpu", {}).get("name", ""), gpu_cores=int(data.get("gpu", {}).get("cores", 0)),
         storage=data.get("storage", ""), notes=data.get("notes", ""), path=file, raw=data)
 

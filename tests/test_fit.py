@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgepack.fit import (HostCalibration, Quality, Variant, compute_buffer_bytes, describe_config, describe_gguf,
-                          fit, kv_cache_bytes, memory_needed, project)
+                          fit, kv_cache_bytes, memory_needed, project, token_floor_s)
 from edgepack.profiles import SHIPPED_DIR, get_profile, load_profile_file
 from edgepack.quantize import quantize
 from tinymodels import TOKENIZERS, build_model, llama_cpp_buffers, real_config, shrink
@@ -121,7 +121,7 @@ def test_projection_scales_with_bandwidth_and_host_overhead(tiny, tmp_path):
     pi = _profile(tmp_path, "pi-bw", 7.0, get_profile("raspberry-pi-5-8gb").efficiency("cpu").value,
                   base="raspberry-pi-5-8gb")
     assert not pixel.cpu_gweights_per_core_ghz and not pi.cpu_gweights_per_core_ghz
-    a, b = project(model, pixel), project(model, pi)
+    a, b = project(model, pixel, floor=False), project(model, pi, floor=False)
     ratio = (pixel.bandwidth_gb_s.value * pixel.efficiency("cpu").value) / (
         pi.bandwidth_gb_s.value * pi.efficiency("cpu").value)
     assert a.tg_tokens_per_s / b.tg_tokens_per_s == pytest.approx(ratio, rel=1e-6)
@@ -130,22 +130,43 @@ def test_projection_scales_with_bandwidth_and_host_overhead(tiny, tmp_path):
     assert c.tg_tokens_per_s < a.tg_tokens_per_s and c.overhead_ms_per_token > 0
 
 
+def test_a_tiny_model_is_held_to_the_per_token_floor():
+    """The demo's 2.9M-parameter model: without a floor the bandwidth roofline projects tens of thousands of
+    tokens/s on a Mac GPU; with the per-token floor it stays below 1 / floor on every backend of every profile."""
+    from edgepack.profiles import load_profiles
+
+    demo = describe_config(real_config("llama2_7b") | {"hidden_size": 128, "intermediate_size": 384,
+                                                       "num_hidden_layers": 4, "num_attention_heads": 4,
+                                                       "num_key_value_heads": 4, "vocab_size": 4096}, "Q8_0", "demo")
+    assert demo.weight_bytes < 5e6
+    m1 = get_profile("macbook-pro-m1-max")
+    assert project(demo, m1, "metal", floor=False).tg_tokens_per_s > 20_000  # what the report used to show
+    for profile in load_profiles().values():
+        for backend in profile.backends:
+            p = project(demo, profile, backend)
+            assert p.tg_tokens_per_s < 1 / token_floor_s(demo, backend) < 5_000, (profile.name, backend)
+
+
 def test_cpu_projection_is_bounded_by_the_cores():
     """With [generation_compute.cpu], CPU generation takes the longer of streaming the bytes and processing the
     weights on the profile's threads; GPU backends are not bounded by it."""
     model = describe_config(real_config("llama3_1_8b"), "Q4_K_M", "llama8b")
     for name in ("raspberry-pi-5-8gb", "pixel-8", "jetson-agx-orin-64gb"):
         profile = get_profile(name)
-        rate = profile.cpu_weights_rate(model.quant_family).value
+        rate = profile.cpu_weights_rate(model.quant_family, model.quant_key).value
         kv_bytes = project(model, profile).bytes_per_token
         memory_s = kv_bytes / (profile.bandwidth_gb_s.value * 1e9 * profile.efficiency("cpu").value)
         cores_s = model.matmul_params / (rate * 1e9 * profile.core_ghz())
-        assert project(model, profile, "cpu").tg_tokens_per_s == pytest.approx(1 / max(memory_s, cores_s), rel=1e-9)
+        floor = token_floor_s(model, "cpu")
+        assert project(model, profile, "cpu").tg_tokens_per_s == pytest.approx(1 / (max(memory_s, cores_s) + floor),
+                                                                                 rel=1e-9)
     agx = get_profile("jetson-agx-orin-64gb")  # 204.8 GB/s, but 12 A78AE cores: the cores set the pace
     cpu, cuda = project(model, agx, "cpu"), project(model, agx, "cuda")
     assert cpu.tg_tokens_per_s < 0.5 * agx.bandwidth_gb_s.value * 1e9 * agx.efficiency("cpu").value / cpu.bytes_per_token
-    assert cuda.tg_tokens_per_s == pytest.approx(
-        agx.bandwidth_gb_s.value * 1e9 * agx.efficiency("cuda").value / cuda.bytes_per_token, rel=1e-9)
+    assert cuda.tg_tokens_per_s == pytest.approx(1 / (
+        cuda.bytes_per_token / (agx.bandwidth_gb_s.value * 1e9
+                                * agx.efficiency("cuda", model.quant_family, model.quant_key).value)
+        + token_floor_s(model, "cuda")), rel=1e-9)
 
 
 def test_fit_cli_config_mode_json(tmp_path):
@@ -217,3 +238,67 @@ def test_fit_config_from_a_hub_repo_fetches_only_config_json(tmp_path):
         again = run("--config", "org/llama-8b", "--quant", "Q8_0", "-p", "pixel-8", "--json")
         assert again.returncode == 0, again.stderr
         assert len(server.requests()) == before
+
+
+BUFFER = re.compile(r"(\S+) model buffer size =\s+([\d.]+) MiB")
+
+
+def _llama_cpp_model_buffers(path: Path) -> dict[str, float]:
+    """llama.cpp's own model buffer sizes (bytes) when it loads ``path`` with llama.cpp's defaults (repacked CPU
+    weights) and without mmap, as phone apps load: CPU, CPU_REPACK, ..."""
+    code = f"import llama_cpp; llama_cpp.Llama({str(path)!r}, n_ctx=256, use_mmap=False, verbose=True).close()"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return {name: float(mib) * 2**20 for name, mib in BUFFER.findall(res.stderr)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tied", [True, False])
+def test_loaded_weights_match_llama_cpp_with_repacking_and_tied_embeddings(tmp_path, tied):
+    """The weights llama.cpp really holds: a tied embedding is loaded twice when the CPU repacks the output's
+    copy of it (here AVX2 repacks Q4_0 and Q4_K, not Q6_K or Q8_0), once otherwise. Within 1% of llama.cpp's
+    CPU + CPU_REPACK buffers for every case, and the copy is what makes the difference."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    from edgepack.bench import host_isa
+    from edgepack.convert import convert
+    from quantmodels import llama_config, random_tensors, write_checkpoint
+
+    isa = host_isa()
+    cfg = llama_config(hidden=256, layers=2, intermediate=512, heads=4, tied=tied)
+    write_checkpoint(tmp_path / "hf", cfg, random_tensors(cfg, np.random.default_rng(0)))
+    convert(tmp_path / "hf", tmp_path / "F16.gguf", outtype="f16")
+    copies = {}
+    for name, ftype, pure in (("Q4_0-pure", 2, True), ("Q4_K_M", 15, False), ("Q8_0", 7, False)):
+        out = tmp_path / f"{name}.gguf"
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.pure, params.nthread = ftype, pure, 2  # pure: the embedding is Q4_0 too
+        assert llama_cpp.llama_model_quantize(str(tmp_path / "F16.gguf").encode(), str(out).encode(),
+                                              ctypes.byref(params)) == 0
+        got = sum(_llama_cpp_model_buffers(out).values())
+        mem = memory_needed(describe_gguf(out), 256, backend="cpu", isa=isa)
+        assert mem.loaded_weights_bytes == pytest.approx(got, rel=0.01), (name, mem, got)
+        copies[name] = mem.tied_output_copy_bytes
+    if not tied:
+        assert set(copies.values()) == {0}
+    elif "avx2" in isa:
+        assert copies["Q4_0-pure"] > 0 and copies["Q4_K_M"] == 0 and copies["Q8_0"] == 0
+
+
+def test_tied_embedding_copy_follows_the_isa_and_backend():
+    """Qwen2.5-1.5B (tied, Q6_K embedding for Q4_K_M): on an ARM phone with dotprod/i8mm the CPU repacks Q6_K, so
+    the output gets its own copy (the embedding's 6-32% the fit used to miss); on AVX2 it does not; a GPU backend
+    holding the output always gets one."""
+    from edgepack.fit import tied_output_copy_bytes
+
+    typed = json.loads((Path(__file__).parents[1] / "benchmarks" / "data" / "typed_configs.json").read_text())
+    qwen = describe_config(typed["qwen2_5_1_5b"], "Q4_K_M", "qwen")
+    embd = next(t for t in qwen.tensors if t.name == "token_embd.weight")
+    assert qwen.tied_embeddings and embd.type == "Q6_K"
+    assert tied_output_copy_bytes(qwen, "cpu", ("neon", "dotprod", "i8mm")) == embd.size_bytes
+    assert tied_output_copy_bytes(qwen, "cpu", ("avx2",)) == 0
+    assert tied_output_copy_bytes(qwen, "opencl", ("neon", "dotprod")) == embd.size_bytes
+    assert 0.06 < embd.size_bytes / qwen.weight_bytes < 0.35

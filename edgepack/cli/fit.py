@@ -29,7 +29,9 @@ from ._output import emit_table, save_and_emit
 @click.option("--ctx", "n_ctx", type=int, default=2048, show_default=True, help="Context length to plan for.")
 @click.option("--min-tps", type=float, help="Minimum projected generation tokens/s.")
 @click.option("--max-kld", type=float, help="Maximum KLD vs the reference (needs --bench with quality).")
-@click.option("--backend", help="Prefer this backend where the profile has it (default: the profile's).")
+@click.option("--backend", help="cpu, metal, vulkan, opencl (Adreno), cuda, hexagon (Qualcomm NPU), or auto: the "
+              "fastest one where the variant fits. Used where the profile has it, else the profile's default; every "
+              "row also lists each backend's projection (by_backend) and the recommended one (best_backend).")
 @click.option("--flash-attn", is_flag=True, help="Plan for flash attention (smaller compute buffer).")
 @click.option("-t", "--threads", type=int,
               help="CPU threads the app will use (default: each profile's cpu.threads); speeds scale with the "
