@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from edgepack.fit import ModelDesc, describe_config, memory_needed, project, token_floor_s  # noqa: E402
-from edgepack.profiles import QUANT_FAMILIES, SHIPPED_DIR, Profile, Sourced, load_profiles  # noqa: E402
+from edgepack.profiles import QUANT_FAMILIES, SHIPPED_DIR, Profile, Sourced, load_profiles, set_sourced  # noqa: E402
 from tinymodels import CONFIGS  # noqa: E402  (the fixtures in tests/fixtures)
 
 DATA = HERE / "data" / "measurements.csv"
@@ -366,7 +366,7 @@ def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
                         continue
                     src = (f"calibrated: benchmarks/projection.py, {k_how}; efficiency = measured tg / bandwidth "
                            f"roofline, median over devices of {n_dev} in benchmarks/data/measurements.csv")
-                    text = _set(text, f"generation_by_type.{backend}", key, "efficiency", round(min(k_eff, 1.0), 3),
+                    text = set_sourced(text, f"generation_by_type.{backend}", key, "efficiency", round(min(k_eff, 1.0), 3),
                                 src, f"class factor for {cls} on {key} weights")
             if backend == "cpu":
                 for fam in QUANT_FAMILIES + tuple(direct_keys):
@@ -376,12 +376,12 @@ def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
                     src = (f"calibrated: benchmarks/projection.py, {how_rate}: measured tg x weights per token / "
                            f"core-GHz of the threads used, median over devices of {n_dev} in "
                            "benchmarks/data/measurements.csv")
-                    text = _set(text, "generation_compute.cpu", fam, "gweights_per_core_ghz", round(rate, 3), src,
+                    text = set_sourced(text, "generation_compute.cpu", fam, "gweights_per_core_ghz", round(rate, 3), src,
                                 f"class factor for {cls}: how fast its cores dequantize and multiply weights")
             if how != "no data":
                 src = (f"calibrated: benchmarks/projection.py, {how}; efficiency = measured tg / bandwidth "
                        f"roofline, median over devices of {n_dev} in benchmarks/data/measurements.csv")
-                text = _set(text, "generation", backend, "efficiency", round(eff, 3), src,
+                text = set_sourced(text, "generation", backend, "efficiency", round(eff, 3), src,
                             f"class factor for {cls}, not a measurement of this device unless it is in the data")
             if size <= 0:
                 continue
@@ -392,7 +392,7 @@ def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
                 unit = "core-GHz" if backend == "cpu" else "GPU core"
                 src = (f"calibrated: benchmarks/projection.py, {how}: {per_unit:.1f} GFLOP/s per {unit} x "
                        f"{size:g} {unit}s (the profile's clusters/threads or [gpu] cores)")
-                text = _set(text, f"prompt.{backend}", fam, "gflops", round(per_unit * size), src,
+                text = set_sourced(text, f"prompt.{backend}", fam, "gflops", round(per_unit * size), src,
                             f"class factor for {cls} x this device's compute size")
         path.write_text(text)
         print(f"wrote {path.relative_to(REPO)}")
@@ -405,32 +405,6 @@ def _family_of(key: str) -> str:
     from edgepack.fit import QT, quant_family
 
     return quant_family(QT[key.upper()])
-
-
-def _set(text: str, table: str, key: str, field: str, value, source: str, note: str) -> str:
-    """Set ``key = { ... }`` inside ``[table]`` to the calibrated value and its provenance: the line is replaced,
-    or added at the end of the table, or the table is added before the first [prompt.*] table."""
-    src = source.replace('"', "'")
-    entry = f'{key} = {{ {field} = {value}, source = "{src}", kind = "estimate", note = "{note}" }}\n'
-    lines = text.splitlines(keepends=True)
-    current, table_end = None, None
-    for i, line in enumerate(lines):
-        m = re.match(r"^\[([^\]]+)\]\s*$", line)
-        if m:
-            current = m.group(1)
-            continue
-        if current == table:
-            if re.match(rf"^{re.escape(key)}\s*=\s*\{{", line):
-                lines[i] = entry
-                return "".join(lines)
-            if line.strip():
-                table_end = i + 1
-    if table_end is not None:
-        lines.insert(table_end, entry)
-        return "".join(lines)
-    first_prompt = next((i for i, line in enumerate(lines) if line.startswith("[prompt")), len(lines))
-    lines[first_prompt:first_prompt] = [f"[{table}]\n", entry, "\n"]
-    return "".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

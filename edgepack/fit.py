@@ -541,7 +541,7 @@ def tied_output_copy_bytes(model: ModelDesc, backend: str = "cpu", isa: tuple[st
     output layer (TENSOR_DUPLICATED in src/llama-model.cpp; llama-model-loader.cpp reuses the tensor only when
     both land in the same buffer type). The embedding lookup (get_rows) always stays in the plain CPU buffer, so
     a copy is made when the output goes elsewhere: into CPU_REPACK when the CPU repacks its type on this ISA,
-    or onto the GPU/NPU backend that holds the offloaded output layer."""
+    or onto the GPU/NPU backend that holds the offloaded output layer (not Metal, whose buffers map the file)."""
     embd = model._embd()
     if not model.tied_embeddings or embd is None or len(embd.shape) < 2:
         return 0
@@ -551,7 +551,8 @@ def tied_output_copy_bytes(model: ModelDesc, backend: str = "cpu", isa: tuple[st
     elif backend == "hexagon":
         copy = embd.type in HEXAGON_TYPES or cpu_repacks(embd.type, n_rows, isa)
     else:
-        copy = True
+        # Metal wraps the mmapped file in its buffers (buffer_from_host_ptr): the output's "copy" is the same pages
+        copy = backend != "metal"
     return embd.size_bytes if copy else 0
 
 
@@ -612,9 +613,11 @@ def flops_per_token(model: ModelDesc, n_ctx: int) -> float:
 # 90,000 tok/s. seconds = base + per_layer x layers, per backend kind; ``edgepack fit --bench`` replaces it by the
 # overhead measured on the host (HostCalibration), which contains it.
 TOKEN_FLOOR = {
-    "cpu": {"base_s": 0.25e-3, "per_layer_s": 0.06e-3, "kind": "measurement",
-            "source": "edgepack bench (llama-bench's method) on this 2-core x86 host, tiny Llamas of 2 and 8 layers "
-                      "(hidden 64, 2 threads): benchmarks/RESULTS.md, 'Per-token floor'"},
+    "cpu": {"base_s": 0.25e-3, "per_layer_s": 0.06e-3, "kind": "estimate",
+            "source": "estimate: about 25 graph ops per layer, each ending in a thread barrier of a few microseconds "
+                      "on phone and laptop cores, plus graph build and sampling; benchmarks/token_floor.py measures it "
+                      "with tiny models (it could not be measured on the shared 2-core CI host: another job's load "
+                      "made a 2-layer model run at 5 tok/s)"},
     "gpu": {"base_s": 0.5e-3, "per_layer_s": 0.1e-3, "kind": "estimate",
             "source": "estimate: about ten kernel launches per layer at ~10 us each plus one command-buffer submit "
                       "and the logits copy; no published tiny-model GPU measurement was found"},

@@ -12,6 +12,7 @@ Users add their own profiles with ``--profiles DIR_OR_FILE``; a malformed one is
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,3 +398,33 @@ def get_profile(name: str, extra: list[str | Path] | tuple = ()) -> Profile:
         raise ProfileError(f"unknown profile {name!r}",
                            f"did you mean {', '.join(close)}?" if close else "see `edgepack profiles list`")
     return profiles[name]
+
+
+def set_sourced(text: str, table: str, key: str, field: str, value, source: str, note: str,
+                kind: str = "estimate") -> str:
+    """Set ``key = { field = value, source, kind, note }`` inside ``[table]`` of a profile's TOML text, keeping
+    everything else as written: the line is replaced, or added at the end of the table, or the table is added
+    before the first [prompt.*] table (the end of the file without one)."""
+    src, note = source.replace('"', "'"), note.replace('"', "'")
+    entry = f'{key} = {{ {field} = {value}, source = "{src}", kind = "{kind}", note = "{note}" }}\n'
+    lines = text.splitlines(keepends=True)
+    current, table_end = None, None
+    for i, line in enumerate(lines):
+        m = re.match(r"^\[([^\]]+)\]\s*$", line)
+        if m:
+            current = m.group(1)
+            continue
+        if current == table:
+            if re.match(rf"^{re.escape(key)}\s*=\s*\{{", line):
+                lines[i] = entry
+                return "".join(lines)
+            if line.strip():
+                table_end = i + 1
+    if table_end is not None:
+        lines.insert(table_end, entry)
+        return "".join(lines)
+    first_prompt = next((i for i, line in enumerate(lines) if line.startswith("[prompt")), len(lines))
+    if first_prompt == len(lines) and lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    lines[first_prompt:first_prompt] = [f"[{table}]\n", entry, "\n"]
+    return "".join(lines)

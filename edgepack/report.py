@@ -55,7 +55,7 @@ def _plots(data: dict) -> dict[str, str]:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     profiles = list(dict.fromkeys(r["profile"] for r in rows))
     size = {r["variant"]: r["size_mb"] for r in rows}
-    out = {}
+    out: dict[str, str] = {}
 
     # 1. quality vs size
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -73,49 +73,95 @@ def _plots(data: dict) -> dict[str, str]:
     for v, x, y in zip(labelled, xs, ys):
         ax.annotate(v, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("weights (MB)")
+    ax.set_xscale("log")  # a 3 MB demo and an 8 GB model in one readable plot
     ax.set_title("Quality vs size")
     out["quality_vs_size"] = _svg(fig)
     plt.close(fig)
 
-    # 2. projected generation tok/s per device per variant (pick highlighted)
-    fig, ax = plt.subplots(figsize=(max(6, len(profiles) * 0.7), 3.8))
-    width = 0.8 / max(len(variants), 1)
-    for i, v in enumerate(variants):
-        vals = [next((r["tg_tokens_per_s"] for r in rows if r["profile"] == p and r["variant"] == v), 0) for p in profiles]
-        bars = ax.bar([j + i * width for j in range(len(profiles))], vals, width, label=v)
-        for j, p in enumerate(profiles):
-            if picks.get(p) == v:
-                bars[j].set_edgecolor("black")
-                bars[j].set_linewidth(2)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(profiles))], profiles, rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("projected generation tok/s")
-    ax.set_yscale("log")
-    ax.set_title("Projected generation speed (pick outlined)")
-    ax.legend(fontsize=7)
-    out["tokens_per_s"] = _svg(fig)
-    plt.close(fig)
-
-    # 3. memory bars vs each device's budget
-    fig, ax = plt.subplots(figsize=(max(6, len(profiles) * 0.7), 3.8))
-    for i, v in enumerate(variants):
-        vals = [next((r["memory_total_mb"] for r in rows if r["profile"] == p and r["variant"] == v), 0) for p in profiles]
-        colors = ["#2ca02c" if next(r["fits"] for r in rows if r["profile"] == p and r["variant"] == v) else "#d62728"
-                  for p in profiles]
-        bars = ax.bar([j + i * width for j in range(len(profiles))], vals, width, color=colors,
-                      alpha=0.5 + 0.5 * (i + 1) / len(variants))
-        for j, p in enumerate(profiles):
-            if picks.get(p) == v:
-                bars[j].set_edgecolor("black")
-                bars[j].set_linewidth(2)
-    budgets = [next(r["usable_mb"] for r in rows if r["profile"] == p) for p in profiles]
-    for j, b in enumerate(budgets):
-        ax.hlines(b, j - width / 2, j + 0.8 - width / 2, colors="black", linestyles="dashed")
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(profiles))], profiles, rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("memory needed (MB); dashed = usable")
-    ax.set_title("Memory vs budget (green fits, red does not; pick outlined)")
-    out["memory"] = _svg(fig)
-    plt.close(fig)
+    # 2. per device: quality vs projected generation speed, memory budget visible, pick marked
+    out["quality_vs_speed"] = _per_device_grid(plt, rows, profiles, picks, _quality_speed_panel,
+                                               "Quality vs projected speed per device (star = pick; red x = over the "
+                                               "memory budget)")
+    # 3. per device: memory parts of every variant against the device's budget
+    out["memory"] = _per_device_grid(plt, rows, profiles, picks, _memory_panel,
+                                     "Memory per device: weights, KV cache, compute, runtime (dashed = usable)")
     return out
+
+
+def _quality(r: dict, use_kld: bool) -> float:
+    return r["kld"] if use_kld else r["bits_per_weight"]
+
+
+def _per_device_grid(plt, rows: list[dict], profiles: list[str], picks: dict, panel, title: str) -> str:
+    """Small multiples, one panel per device (4 per row), each with its own scale: a 3 MB model on one phone is
+    as readable as an 8B model on a laptop."""
+    cols = min(4, len(profiles))
+    n_rows = (len(profiles) + cols - 1) // cols
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.4 * cols, 2.7 * n_rows), squeeze=False)
+    use_kld = all(r["kld"] is not None for r in rows)
+    for ax, p in zip(axes.flat, profiles):
+        panel(ax, [r for r in rows if r["profile"] == p], picks.get(p), use_kld)
+        ax.set_title(p, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(profiles):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    svg = _svg(fig)
+    plt.close(fig)
+    return svg
+
+
+def _quality_speed_panel(ax, rows: list[dict], pick: str | None, use_kld: bool) -> None:
+    for r in rows:
+        x, y = r["tg_tokens_per_s"], _quality(r, use_kld)
+        if r["variant"] == pick:
+            ax.scatter([x], [y], marker="*", s=140, color="#2ca02c", edgecolor="black", zorder=3)
+        elif r["fits"]:
+            ax.scatter([x], [y], s=22, color="#1f77b4", zorder=2)
+        else:
+            ax.scatter([x], [y], marker="x", s=30, color="#d62728", zorder=2)
+        over = "" if r["fits"] else f" (+{r['memory_total_mb'] - r['usable_mb']:.0f} MB)"
+        ax.annotate(r["variant"].rsplit("-", 1)[-1] + over, (x, y), fontsize=5.5, xytext=(3, 2),
+                    textcoords="offset points")
+    ax.set_xlabel("projected tok/s", fontsize=6)
+    ax.set_ylabel("KLD (lower is better)" if use_kld else "bits per weight", fontsize=6)
+    ax.margins(0.25)
+
+
+def _memory_panel(ax, rows: list[dict], pick: str | None, use_kld: bool) -> None:
+    parts = (("weights_mb", "weights", "#1f77b4"), ("tied_output_copy_mb", "tied copy", "#9ecae1"),
+             ("kv_cache_mb", "KV cache", "#ff7f0e"), ("compute_mb", "compute", "#2ca02c"),
+             ("output_mb", "logits", "#bcbd22"), ("overhead_mb", "runtime", "#bbbbbb"))
+    names = [r["variant"].rsplit("-", 1)[-1] for r in rows]
+    for i, r in enumerate(rows):
+        left = 0.0
+        for key, label, colour in parts:
+            v = r["memory"].get(key, 0.0)
+            ax.barh(i, v, left=left, color=colour, label=label if i == 0 else None, height=0.6)
+            left += v
+        star = " *pick*" if r["variant"] == pick else ""
+        w = r["memory"].get("weights_mb", 0.0)
+        ax.text(left, i, f" {left:.0f} MB (weights {w:.0f} MB){star}" if w >= 10 else
+                f" {left:.0f} MB (weights {w:.1f} MB){star}", va="center", fontsize=5.5,
+                color="black" if r["fits"] else "#d62728")
+    budget = rows[0]["usable_mb"] if rows else 0
+    ax.axvline(budget, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(rows)), names, fontsize=6)
+    ax.set_xlim(0, max([budget] + [r["memory_total_mb"] for r in rows]) * 1.6)
+    ax.set_xlabel(f"MB (usable {budget:.0f})", fontsize=6)
+    if rows:
+        ax.legend(fontsize=4.5, loc="lower right", frameon=False)
+
+
+def _backend_cell(r: dict) -> str:
+    """The row's backend, and the fastest one that fits when that is another (fit's best_backend)."""
+    best = r.get("best_backend") or r.get("backend", "")
+    be = r.get("backend", "")
+    if best and best != be:
+        tg = r.get("by_backend", {}).get(best, {}).get("tg_tokens_per_s")
+        return f"{be} (fastest: {best}" + (f", {tg:.1f} tok/s)" if tg else ")")
+    return be
 
 
 def _md(data: dict) -> str:
@@ -127,10 +173,11 @@ def _md(data: dict) -> str:
     for p, v in fit["picks"].items():
         lines.append(f"| {p} | {v or '**nothing fits**'} | {fit['summary'][p]} |")
     lines += ["", "## Every variant on every device", "",
-              "| device | variant | memory MB | usable MB | fits | tg tok/s | pp tok/s | KLD | verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| device | variant | backend | memory MB | usable MB | fits | tg tok/s | pp tok/s | KLD | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in fit["rows"]:
-        lines.append(f"| {r['profile']} | {r['variant']} | {r['memory_total_mb']:.0f} | {r['usable_mb']:.0f} | "
+        lines.append(f"| {r['profile']} | {r['variant']} | {_backend_cell(r)} | {r['memory_total_mb']:.0f} | "
+                     f"{r['usable_mb']:.0f} | "
                      f"{'yes' if r['fits'] else 'no'} | {r['tg_tokens_per_s']:.1f} | {r['pp_tokens_per_s']:.0f} | "
                      f"{'-' if r['kld'] is None else format(r['kld'], '.4f')} | {r['verdict']} |")
     if "bench" in data:
@@ -143,7 +190,8 @@ def _md(data: dict) -> str:
             lines.append(f"| {m['name']} | {m['size_bytes'] / 1e6:.1f} | {m['bits_per_weight']:.2f} | "
                          f"{m['load_s']['median']:.2f} | {m['pp']['median']:.1f} ({m['pp']['min']:.1f}-{m['pp']['max']:.1f}) | "
                          f"{m['tg']['median']:.1f} ({m['tg']['min']:.1f}-{m['tg']['max']:.1f}) | {m['peak_rss_mb']:.0f} |")
-    lines += ["", "Plots: see report.html (quality vs size, projected tok/s per device, memory vs budget).", ""]
+    lines += ["", "Plots: see report.html (quality vs size; per device, quality vs projected speed with the pick and the "
+              "memory budget, and memory by part against the budget).", ""]
     return "\n".join(lines)
 
 
@@ -154,7 +202,8 @@ def _html(data: dict, plots: dict[str, str], md_text: str) -> str:
         f"<td>{html.escape(fit['summary'][p])}</td></tr>" for p, v in fit["picks"].items())
     rows = "".join(
         f"<tr class='{'pick' if r['verdict'] == 'pick' else ''}'><td>{html.escape(r['profile'])}</td>"
-        f"<td>{html.escape(r['variant'])}</td><td>{r['memory_total_mb']:.0f}</td><td>{r['usable_mb']:.0f}</td>"
+        f"<td>{html.escape(r['variant'])}</td><td>{html.escape(_backend_cell(r))}</td>"
+        f"<td>{r['memory_total_mb']:.0f}</td><td>{r['usable_mb']:.0f}</td>"
         f"<td>{'yes' if r['fits'] else 'no'}</td><td>{r['tg_tokens_per_s']:.1f}</td><td>{r['pp_tokens_per_s']:.0f}</td>"
         f"<td>{html.escape(r['verdict'])}</td></tr>" for r in fit["rows"])
     figs = "".join(f"<figure>{svg}</figure>" for svg in plots.values())
@@ -167,7 +216,7 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; }}
 tr.pick td {{ background: #d9f2d9; font-weight: bold; }}
 tr.none td {{ background: #f8d7d7; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
-figure svg {{ max-width: 640px; height: auto; }}
+figure svg {{ max-width: 1400px; height: auto; }}
 </style></head><body>
 <h1>edgepack report</h1>
 <p>Context planned for {fit['n_ctx']} tokens.</p>
@@ -176,7 +225,7 @@ figure svg {{ max-width: 640px; height: auto; }}
 <h2>Plots</h2>
 {figs}
 <h2>Every variant on every device</h2>
-<table><tr><th>device</th><th>variant</th><th>memory MB</th><th>usable MB</th><th>fits</th><th>tg tok/s</th>
+<table><tr><th>device</th><th>variant</th><th>backend</th><th>memory MB</th><th>usable MB</th><th>fits</th><th>tg tok/s</th>
 <th>pp tok/s</th><th>verdict</th></tr>{rows}</table>
 </body></html>
 """

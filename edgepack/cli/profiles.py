@@ -1,4 +1,4 @@
-"""``edgepack profiles list|show|validate``."""
+"""``edgepack profiles list|show|validate|calibrate``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def profiles_group() -> None:
       edgepack profiles list
       edgepack profiles show pixel-8
       edgepack profiles validate my-phone.toml
+      edgepack profiles calibrate galaxy-s23 --from llama-bench.json --name my-s23
     """
 
 
@@ -85,3 +86,38 @@ def validate_command(files: tuple[Path, ...]) -> None:
         for path in paths:
             p = load_profile_file(path)
             click.echo(f"ok {path} ({p.display_name})")
+
+
+@profiles_group.command("calibrate")
+@click.argument("name")
+@click.option("--from", "results", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="llama-bench output (-o json, -o jsonl or its markdown table) or `edgepack bench --json`, measured "
+                   "on the device.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Folder or .toml path for the calibrated profile (default: ./NAME-calibrated.toml).")
+@click.option("--name", "new_name", help="Name of the calibrated profile (default: NAME-calibrated).")
+@click.option("--model", "models", multiple=True,
+              help="Markdown results only: the GGUF of each model in the table, in the table's order.")
+@click.option("--models", "models_dir", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder holding the benchmarked GGUFs, when the paths in the results are the device's.")
+@_EXTRA
+def calibrate_command(name: str, results: Path, out: Path | None, new_name: str | None, models: tuple[str, ...],
+                      models_dir: tuple[Path, ...], extra: tuple[Path, ...]) -> None:
+    """Fit a profile to your own device's measurements: write a calibrated copy of it.
+
+    NAME is the profile the device is closest to (or a .toml). Its prompt GFLOP/s, CPU weights rate and
+    GPU/NPU efficiencies are set, per backend and quant type, so that `edgepack fit` gives back what was
+    measured; the measured numbers are kept as each value's source (kind = measurement). The GGUFs must be
+    readable here (their recorded path, next to the results, or in --models).
+
+    \b
+    Examples:
+      llama-bench -m model-Q4_0.gguf -m model-Q4_K_M.gguf -t 6 -o json > phone.json   # on the phone
+      edgepack profiles calibrate galaxy-s23 --from phone.json --models ./ggufs --name my-s23
+      edgepack fit model-*.gguf --profiles my-s23.toml -p my-s23
+      edgepack profiles calibrate pixel-8 --from bench.md --model a-Q4_0.gguf --model a-Q8_0.gguf
+    """
+    from ..calibrate import calibrate_file
+
+    path = calibrate_file(get_profile(name, extra), results, out, name=new_name, models=models, models_dir=models_dir)
+    click.echo(f"wrote {path}")
