@@ -542,7 +542,7 @@ def tied_output_copy_bytes(model: ModelDesc, backend: str = "cpu", isa: tuple[st
     both land in the same buffer type). The embedding lookup (get_rows) always stays in the plain CPU buffer, so
     a copy is made when the output goes elsewhere: into CPU_REPACK when the CPU repacks its type on this ISA,
     or onto the GPU/NPU backend that holds the offloaded output layer (not Metal, whose buffers map the file)."""
-    embd = model._embd()
+    embd = next((t for t in model.tensors if t.name == "token_embd.weight"), None)
     if not model.tied_embeddings or embd is None or len(embd.shape) < 2:
         return 0
     n_rows = embd.shape[1]
