@@ -213,6 +213,37 @@ def test_fit_threads_scale_cpu_speed_and_are_recorded(tmp_path):
     assert bad.returncode == 2 and "threads" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_fit_backends_opencl_hexagon_auto_and_the_recommendation(tmp_path):
+    """--backend opencl|hexagon on a Snapdragon profile that has them, auto = the fastest that fits, and every row
+    lists each backend's projection with the recommended one; a profile without the backend keeps its default."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(real_config("llama3_2_1b")))
+
+    def rows(*extra):
+        res = subprocess.run([sys.executable, "-m", "edgepack", "fit", "--config", str(cfg), "--quant", "Q4_0",
+                              "--quant", "Q8_0", "-p", "galaxy-s23", "-p", "pixel-8", "--json", *extra],
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return {(r["profile"], r["variant"].rsplit("-", 1)[-1]): r for r in json.loads(res.stdout)["rows"]}
+
+    for backend in ("opencl", "hexagon"):
+        got = rows("--backend", backend)
+        s23 = got[("galaxy-s23", "Q4_0")]
+        assert s23["backend"] == backend == s23["settings"]["backend"]
+        assert set(s23["by_backend"]) == {"cpu", "opencl", "hexagon"}
+        assert s23["tg_tokens_per_s"] == s23["by_backend"][backend]["tg_tokens_per_s"]
+        assert got[("pixel-8", "Q4_0")]["backend"] == "cpu"  # no such backend there: its default
+    auto = rows("--backend", "auto")
+    for (profile, quant), r in auto.items():
+        best = r["best_backend"]
+        assert r["backend"] == best
+        fitting = [b for b, v in r["by_backend"].items() if v["fits"]]
+        assert r["by_backend"][best]["tg_tokens_per_s"] == max(r["by_backend"][b]["tg_tokens_per_s"] for b in fitting)
+    # the S23's NPU reads a Q4_0 prompt several times faster than its CPU (PocketPal's S23: 301 vs 118 tok/s)
+    s23 = auto[("galaxy-s23", "Q4_0")]["by_backend"]
+    assert s23["hexagon"]["pp_tokens_per_s"] > 2 * s23["cpu"]["pp_tokens_per_s"]
+
+
 def test_fit_config_from_a_hub_repo_fetches_only_config_json(tmp_path):
     """`fit --config org/name` against the loopback Hub (tests/hubserver.py): config.json only, no weights."""
     from hubserver import HubServer
