@@ -2,8 +2,8 @@
 (tomli), and the example CI workflow compiling llama.cpp the way the Makefile does.
 
 The install tests build a wheel from a copy of the sources (what `pip install .` does) and install it into a
-fresh venv with --no-deps --no-index: they run offline and quickly, and exercise the installed package, not the
-working tree.
+fresh venv with --no-deps --no-index, so they exercise the installed package, not the working tree. The 3.11 one
+takes the dependencies from this environment (offline); the 3.10 one has pip resolve them for 3.10 (PyPI).
 """
 
 from __future__ import annotations
@@ -112,14 +112,25 @@ def test_tomli_is_a_dependency_before_python_311():
 
 # --- a non-editable install -----------------------------------------------------------------------------
 
-def source_copy(tmp: Path) -> Path:
-    """What an sdist carries, copied: pip then builds from it without touching the working tree."""
+def edgepack_wheel(tmp: Path) -> Path:
+    """`pip wheel .` of a copy of what an sdist carries (the working tree is not touched), offline."""
     src = tmp / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "edgepack", src / "edgepack", ignore=shutil.ignore_patterns("__pycache__"))
-    return src
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-q", src,
+         "-w", tmp / "wheels"], cwd=tmp)
+    [wheel] = (tmp / "wheels").glob("edgepack-*.whl")
+    return wheel
+
+
+def new_venv(python: str | Path, venv: Path, wheel: Path) -> Path:
+    """A venv of ``python`` with the edgepack wheel in it and nothing else; returns its interpreter."""
+    run([python, "-m", "venv", "--without-pip", venv], cwd=venv.parent)
+    run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
+         "--no-index", wheel], cwd=venv.parent)
+    return venv / "bin" / "python"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -160,15 +171,8 @@ def check_installed_commands(venv: Path, tmp: Path) -> None:
 def test_non_editable_install_has_everything(tmp_path):
     """`pip install .` (a wheel, not editable) then `edgepack profiles list`, `fit --config ... -p pixel-8` and a
     `build` of the demo: the profiles and the built-in eval text must come with the package."""
-    src = source_copy(tmp_path)
-    wheels = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-q", src,
-         "-w", wheels], cwd=tmp_path)
-    [wheel] = wheels.glob("edgepack-*.whl")
     venv = tmp_path / "v"
-    run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
-    run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
-         "--no-index", wheel], cwd=tmp_path)
+    new_venv(sys.executable, venv, edgepack_wheel(tmp_path))
     # The dependencies come from this interpreter's site-packages (a path line, so its editable edgepack finder
     # is not loaded): the venv's own edgepack is the one imported.
     (venv_site_packages(venv) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -196,14 +200,8 @@ def test_python_310_install_runs_the_commands(tmp_path):
     python = python_310()
     if python is None:
         pytest.skip("no Python 3.10 interpreter (set EDGEPACK_TEST_PYTHON310 to one)")
-    src = source_copy(tmp_path)
-    wheels = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation", "-q", src,
-         "-w", wheels], cwd=tmp_path)
-    [wheel] = wheels.glob("edgepack-*.whl")
     venv = tmp_path / "v310"
-    run([python, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
-    vpy = venv / "bin" / "python"
+    vpy = new_venv(python, venv, edgepack_wheel(tmp_path))
     assert run([vpy, "-c", "import sys; print(sys.version_info[:2])"], cwd=tmp_path).stdout.strip() == "(3, 10)"
     # llama-cpp-python is a ctypes binding (its wheel is py3-none): this environment's copy serves 3.10 too, and
     # spares a 5-minute compile. Everything else is resolved for 3.10 by pip, tomli included.
@@ -215,9 +213,8 @@ def test_python_310_install_runs_the_commands(tmp_path):
     (venv_site_packages(venv) / "llama_runtime.pth").write_text(f"{runtime}\n")
     deps = [r for r in pyproject()["project"]["dependencies"] if Requirement(r).name != "llama-cpp-python"]
     llama_deps = [r for r in requires("llama-cpp-python") if "extra ==" not in r]  # what the binding imports
-    pip = [sys.executable, "-m", "pip", "--python", vpy, "install", "-q", "--disable-pip-version-check"]
-    run([*pip, *deps, *llama_deps], cwd=tmp_path)
-    run([*pip, "--no-deps", "--no-index", wheel], cwd=tmp_path)
+    run([sys.executable, "-m", "pip", "--python", vpy, "install", "-q", "--disable-pip-version-check", *deps,
+         *llama_deps], cwd=tmp_path)
     assert run([vpy, "-c", "import tomli, edgepack.config as c; print(c.tomllib.__name__)"],
                cwd=tmp_path).stdout.strip() == "tomli"
     check_installed_commands(venv, tmp_path)
