@@ -24,11 +24,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
-
 from . import __version__
 from .errors import BadGGUF, OutputError, UsageError, VerifyError
 from .fileio import atomic_output, regular_files, sha256_file
+from .ggufheader import GGUFHeader, SkippedArray, read_header
 from .validate import safe_name
 
 SCHEMA = "edgepack.bundle"
@@ -74,44 +73,45 @@ class VerifyResult:
 
 # --- facts ------------------------------------------------------------------------------------------
 
-def _field(reader: gguf.GGUFReader, key: str):
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
-        return len(f.data)
-    value = f.contents()
+def _field(header: GGUFHeader, key: str):
+    """A key's value; an array's length (a vocabulary is described by its size, not its tokens)."""
+    value = header.get(key)
+    if isinstance(value, SkippedArray):
+        return value.length
+    if isinstance(value, list):
+        return len(value)
     return value
 
 
 def gguf_facts(path: str | Path) -> dict:
-    """Model, tokenizer and chat template facts from a GGUF's metadata (no tensors are read)."""
-    reader = gguf.GGUFReader(str(path))
-    arch = _field(reader, "general.architecture")
+    """Model, tokenizer and chat template facts from a GGUF's metadata (no tensors are read). Uses
+    ``ggufheader``: gguf-py's reader builds every vocabulary entry and takes seconds, once per bundle."""
+    header = read_header(path)
+    arch = _field(header, "general.architecture")
     facts = {
         "architecture": arch,
-        "name": _field(reader, "general.name"),
-        "license": _field(reader, "general.license"),
-        "file_type": _field(reader, "general.file_type"),
-        "context_length": _field(reader, f"{arch}.context_length"),
-        "n_layer": _field(reader, f"{arch}.block_count"),
-        "n_embd": _field(reader, f"{arch}.embedding_length"),
-        "n_params": int(sum(int(t.n_elements) for t in reader.tensors)),
+        "name": _field(header, "general.name"),
+        "license": _field(header, "general.license"),
+        "file_type": _field(header, "general.file_type"),
+        "context_length": _field(header, f"{arch}.context_length"),
+        "n_layer": _field(header, f"{arch}.block_count"),
+        "n_embd": _field(header, f"{arch}.embedding_length"),
+        "n_params": header.n_params,
     }
-    if _field(reader, "quantize.imatrix.file") is not None:  # quantized with an importance matrix
-        facts["imatrix"] = {key: _field(reader, f"quantize.imatrix.{key}")
+    if _field(header, "quantize.imatrix.file") is not None:  # quantized with an importance matrix
+        facts["imatrix"] = {key: _field(header, f"quantize.imatrix.{key}")
                             for key in ("file", "dataset", "entries_count", "chunks_count")}
-        facts["imatrix"]["calibration_sha256"] = _field(reader, "edgepack.quantize.imatrix.calibration_sha256")
+        facts["imatrix"]["calibration_sha256"] = _field(header, "edgepack.quantize.imatrix.calibration_sha256")
     tokenizer = {
-        "model": _field(reader, "tokenizer.ggml.model"),
-        "pre": _field(reader, "tokenizer.ggml.pre"),
-        "vocab_size": _field(reader, "tokenizer.ggml.tokens"),
-        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
-        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
-        "add_bos_token": _field(reader, "tokenizer.ggml.add_bos_token"),
-        "add_eos_token": _field(reader, "tokenizer.ggml.add_eos_token"),
+        "model": _field(header, "tokenizer.ggml.model"),
+        "pre": _field(header, "tokenizer.ggml.pre"),
+        "vocab_size": _field(header, "tokenizer.ggml.tokens"),
+        "bos_token_id": _field(header, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(header, "tokenizer.ggml.eos_token_id"),
+        "add_bos_token": _field(header, "tokenizer.ggml.add_bos_token"),
+        "add_eos_token": _field(header, "tokenizer.ggml.add_eos_token"),
     }
-    return {"model": facts, "tokenizer": tokenizer, "chat_template": _field(reader, "tokenizer.chat_template")}
+    return {"model": facts, "tokenizer": tokenizer, "chat_template": _field(header, "tokenizer.chat_template")}
 
 
 def manifest_digest(manifest: dict) -> str:
@@ -480,7 +480,7 @@ def _check_facts(manifest: dict, model: Path, bundle: Path) -> None:
     """The manifest's model, tokenizer, chat template and licence facts are the GGUF's own."""
     try:
         facts = gguf_facts(model)
-    except Exception as exc:  # gguf-py raises several types on damaged files
+    except BadGGUF as exc:  # truncated or garbled: read_header says where, in one line
         raise VerifyError(f"{bundle}: cannot read the GGUF metadata of {model.name} ({exc})",
                           "the GGUF is damaged: rebuild the bundle") from None
     claimed_model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}

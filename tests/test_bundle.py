@@ -172,6 +172,34 @@ def test_gguf_facts(parts):
     assert facts["tokenizer"]["pre"] == "gpt-2"
 
 
+def test_gguf_facts_agree_with_gguf_py(parts):
+    # gguf_facts reads the header with ggufheader (which skips the vocabulary); gguf-py's own reader, which
+    # builds every entry, must give the same facts, so manifests do not change with the reader.
+    import gguf
+
+    from edgepack.ggufheader import MAX_KEPT_ARRAY
+
+    facts = gguf_facts(parts["model"])
+    reader = gguf.GGUFReader(str(parts["model"]))
+
+    def value(key):
+        f = reader.fields.get(key)
+        return None if f is None else f.contents()
+
+    vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    assert facts["tokenizer"]["vocab_size"] == vocab > MAX_KEPT_ARRAY  # a skipped array is counted, not built
+    assert facts["model"]["n_params"] == sum(int(t.n_elements) for t in reader.tensors)
+    arch = value("general.architecture")
+    model_keys = {"architecture": "general.architecture", "name": "general.name", "license": "general.license",
+                  "file_type": "general.file_type", "context_length": f"{arch}.context_length",
+                  "n_layer": f"{arch}.block_count", "n_embd": f"{arch}.embedding_length"}
+    assert {k: facts["model"][k] for k in model_keys} == {k: value(key) for k, key in model_keys.items()}
+    for k in ("model", "pre", "bos_token_id", "eos_token_id", "add_bos_token", "add_eos_token"):
+        assert facts["tokenizer"][k] == value(f"tokenizer.ggml.{k}")
+    assert facts["chat_template"] == value("tokenizer.chat_template")
+    assert json.dumps(facts, sort_keys=True)  # plain Python values: no numpy scalar reaches the manifest
+
+
 def test_verify_cli(bundle, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "edgepack", "verify", str(bundle.folder), "--no-load"],
                         capture_output=True, text=True)
