@@ -25,6 +25,7 @@ from tinymodels import FIXTURES
 
 SP_TOKENIZER = FIXTURES / "tokenizers" / "llama2-sentencepiece-llama2c" / "tokenizer.model"
 WAR_AND_PEACE = FIXTURES / "texts" / "war-and-peace.txt"
+DEMO = FIXTURES.parent.parent / "examples" / "demo" / "model"  # the trained demo (examples/demo/TRAINING.md)
 VOCAB = 32000
 
 
@@ -166,3 +167,33 @@ def _top_singular(m: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with _single_threaded_torch() as torch:
         return torch.linalg.lstsq(torch.from_numpy(a), torch.from_numpy(b), driver="gelsd").solution.numpy()
+
+
+def outlier_demo(out: Path, sigma: float = 0.7, seed: int = 0) -> Path:
+    """The demo model with outlier channels, computing the same function.
+
+    Trained LLMs have a few hidden channels whose RMSNorm gains (and so activations) are many times the others
+    ("massive activations"); the demo, trained 260 steps, has not grown them. This gives it such channels
+    without changing what it computes: each norm gain g_j is multiplied by s_j (log-normal, ``sigma``) and the
+    input column j of the projections it feeds is divided by s_j. The quantizer then meets small weights on
+    large inputs, the case an importance matrix exists for.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(DEMO, out)
+    config = json.loads((DEMO / "config.json").read_text())
+    tensors = {k: v.float() for k, v in load_file(DEMO / "model.safetensors").items()}
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for norm, projs in (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                            ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))):
+            s = torch.exp(sigma * torch.randn(config["hidden_size"], generator=gen))
+            tensors[p + norm + ".weight"] *= s
+            for proj in projs:
+                tensors[p + proj + ".weight"] /= s
+    save_file(tensors, str(out / "model.safetensors"))
+    config["dtype"] = "float32"
+    (out / "config.json").write_text(json.dumps(config))
+    return out

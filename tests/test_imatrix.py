@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from pathlib import Path
 
@@ -28,11 +27,10 @@ from edgepack.convert import convert
 from edgepack.evaluate import evaluate_many, open_llama
 from edgepack.ggufheader import read_header
 from edgepack.quantize import quantize
-from quantmodels import corpus, random_llama
+from quantmodels import DEMO, corpus, outlier_demo, random_llama
 from test_quantize import refused
 from tinymodels import REPO
 
-DEMO = REPO / "examples" / "demo" / "model"
 HELD_OUT = REPO / "examples" / "demo" / "eval.txt"  # the demo's held-out paragraphs: not in the calibration text
 CTX = 64
 
@@ -203,36 +201,6 @@ def test_quantize_with_calibration_loads_and_generates(capsys, f16, calibration,
     assert json.loads(capsys.readouterr().out)[0]["skipped"] and imatrix_file.stat().st_mtime_ns == mtime
 
 
-def outlier_demo(out: Path, sigma: float = 0.7, seed: int = 0) -> Path:
-    """The demo model with outlier channels, computing the same function.
-
-    Trained LLMs have a few hidden channels whose RMSNorm gains (and so activations) are many times the others
-    ("massive activations"); the demo, trained 260 steps, has not grown them. This gives it such channels
-    without changing what it computes: each norm gain g_j is multiplied by s_j (log-normal, ``sigma``) and the
-    input column j of the projections it feeds is divided by s_j. The quantizer then meets small weights on
-    large inputs, the case an importance matrix exists for.
-    """
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(DEMO, out)
-    config = json.loads((DEMO / "config.json").read_text())
-    tensors = {k: v.float() for k, v in load_file(DEMO / "model.safetensors").items()}
-    gen = torch.Generator().manual_seed(seed)
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        for norm, projs in (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-                            ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))):
-            s = torch.exp(sigma * torch.randn(config["hidden_size"], generator=gen))
-            tensors[p + norm + ".weight"] *= s
-            for proj in projs:
-                tensors[p + proj + ".weight"] /= s
-    save_file(tensors, str(out / "model.safetensors"))
-    config["dtype"] = "float32"
-    (out / "config.json").write_text(json.dumps(config))
-    return out
-
-
 def kld_with_and_without(f16: Path, calibration: Path, out: Path, types: list[str]) -> dict[str, tuple]:
     with_im = quantize(f16, types, out / "with", threads=1, calibration=calibration)
     without = quantize(f16, types, out / "without", threads=1)
@@ -356,3 +324,35 @@ def test_target_size_mix_fits_and_beats_the_uniform_type(capsys, f16, calibratio
         assert types.get(f"blk.0.{g.group}.weight", types.get(f"{g.group}.weight")) == g.type
     refused(capsys, "quantize", str(f16), "--target-size", "0.1", "-o", str(out), code=2, words="no mix fits")
     refused(capsys, "quantize", str(f16), "--target-size", "1", "-t", "Q4_K_M", code=2, words="choose the types")
+
+
+def test_experts_are_collected_per_expert(tokenizer_folders, calibration, tmp_path):
+    """MUL_MAT_ID (Qwen3-MoE: 16 experts, 4 per token): each expert's rows count the tokens routed to it, and
+    since every expert's gate/up input is the router's input, the sum over experts of in_sum2 equals top-k times
+    the router's (ffn_gate_inp) in_sum2 -- two different graph nodes, accumulated by two code paths."""
+    from family_cases import CASES, case_config
+    from tinymodels import build_model
+
+    case = next(c for c in CASES if c.name == "qwen3-moe-30b-a3b")
+    tok = tokenizer_folders(case.tokenizer)
+    config = case_config(case, tok)
+    folder = tmp_path / "moe"
+    build_model(config, folder)
+    for f in tok.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    f32 = convert(folder, tmp_path / "moe-F32.gguf", outtype="f32").output
+    made = im.read(im.compute(f32, calibration, tmp_path / "moe.imatrix.gguf", ctx=64, chunks=2, threads=1).output)
+    n_experts, top_k, tokens = config["num_experts"], config["num_experts_per_tok"], 2 * 64
+    for layer in range(config["num_hidden_layers"]):
+        router = made.entries[f"blk.{layer}.ffn_gate_inp.weight"]
+        assert router.counts.tolist() == [tokens]
+        for kind in ("gate", "up", "down"):
+            e = made.entries[f"blk.{layer}.ffn_{kind}_exps.weight"]
+            assert e.n_mat == n_experts and e.counts.sum() == tokens * top_k
+            assert (e.counts > 0).sum() > 1  # the router spreads tokens over several experts
+        gate = made.entries[f"blk.{layer}.ffn_gate_exps.weight"]
+        np.testing.assert_allclose(gate.sums.sum(0), top_k * router.sums[0], rtol=1e-4)
+        np.testing.assert_allclose(made.entries[f"blk.{layer}.ffn_up_exps.weight"].sums, gate.sums, rtol=1e-6)
+    im.check_model(made, f32)
+    [q] = quantize(f32, ["IQ2_XS"], tmp_path / "q", imatrix=tmp_path / "moe.imatrix.gguf", threads=1)
+    assert q.tensor_types.get("IQ2_XS", 0) > 0
