@@ -356,3 +356,15 @@ def test_experts_are_collected_per_expert(tokenizer_folders, calibration, tmp_pa
     im.check_model(made, f32)
     [q] = quantize(f32, ["IQ2_XS"], tmp_path / "q", imatrix=tmp_path / "moe.imatrix.gguf", threads=1)
     assert q.tensor_types.get("IQ2_XS", 0) > 0
+
+
+def test_partial_imatrix_of_the_same_model_is_accepted_a_mostly_empty_one_refused(demo_imatrix, f32, tmp_path):
+    full = im.read(demo_imatrix)
+    some = dict(list(full.entries.items())[:20])  # 20 of 28: a few weights without data is not another model
+    im.check_model(im.Imatrix(entries=some, datasets=["x"], chunk_count=1, chunk_size=CTX), f32)
+    few = dict(list(full.entries.items())[:10])
+    with pytest.raises(im.ImatrixError, match="18 of its weight matrices have no entry"):
+        im.check_model(im.Imatrix(entries=few, datasets=["x"], chunk_count=1, chunk_size=CTX), f32)
+    resized = {**full.entries, "blk.0.attn_q.weight": im.Entry(np.ones((1, 128)), np.ones(1, np.int64))}
+    with pytest.raises(im.ImatrixError, match="blk.0.attn_q.weight has 128 values, demo-F32.gguf needs 256"):
+        im.check_model(im.Imatrix(entries=resized, datasets=["x"], chunk_count=1, chunk_size=CTX), f32)
