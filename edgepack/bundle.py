@@ -69,6 +69,7 @@ class VerifyResult:
     loaded: bool
     adapters_loaded: list[str] = field(default_factory=list)
     manifest_sha256: str = ""  # pins the whole bundle (the manifest lists every file's hash): `verify --expect`
+    mmproj: str | None = None  # the multimodal projector's file, when the bundle has one
 
 
 # --- facts ------------------------------------------------------------------------------------------
@@ -114,6 +115,20 @@ def gguf_facts(path: str | Path) -> dict:
     return {"model": facts, "tokenizer": tokenizer, "chat_template": _field(header, "tokenizer.chat_template")}
 
 
+def mmproj_facts(path: Path) -> dict:
+    """What a bundle's manifest says about a multimodal projector GGUF: its projector type (clip.cpp's graph),
+    image size and the text embedding width it projects to. Raises ``BadGGUF`` for a file that is not one."""
+    header = read_header(path)  # BadGGUF for what is not a GGUF
+    if _field(header, "general.architecture") != "clip":
+        raise BadGGUF(f"{path} is not a multimodal projector (general.architecture is "
+                      f"{_field(header, 'general.architecture')!r}, not 'clip')",
+                      "give the mmproj GGUF edgepack convert --mmproj wrote")
+    # keys from llama.cpp's tools/mtmd/clip-impl.h
+    return {"projector_type": _field(header, "clip.projector_type"),
+            "image_size": _field(header, "clip.vision.image_size"),
+            "projection_dim": _field(header, "clip.vision.projection_dim")}
+
+
 def manifest_digest(manifest: dict) -> str:
     """sha256 over the manifest's canonical form (``INTEGRITY_COVERS``): what ``integrity.sha256`` records."""
     body = {k: v for k, v in manifest.items() if k != INTEGRITY}
@@ -155,7 +170,8 @@ def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: 
                  adapters: list[BundleAdapter] = (), extra_files: dict[str, str | Path] | None = None,
                  fit: dict | None = None, quality: dict | None = None, runtime: dict | None = None,
                  report: str | None = None, model_name: str | None = None, archive: str = "none",
-                 model_sha256: str | None = None) -> BundleResult:
+                 model_sha256: str | None = None, mmproj: str | Path | None = None,
+                 mmproj_sha256: str | None = None) -> BundleResult:
     """Write the bundle folder ``folder`` (replacing an older one) and optionally its archive beside it.
 
     ``model``: the picked GGUF. ``profile``: at least ``name``. ``source``: provenance (repo_id, revision,
@@ -163,12 +179,15 @@ def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: 
     file}, e.g. the report. ``fit`` / ``quality`` / ``runtime``: figures copied into the manifest as given.
     ``model_sha256`` (and each adapter's ``sha256``): the hash recorded when the GGUF was made; the copy that
     ships is hashed anyway, and a mismatch (a damaged cache file) raises ``BadGGUF`` before anything is published.
+    ``mmproj``: the model's multimodal projector GGUF (``edgepack convert --mmproj``), shipped as
+    ``mmproj-<name>.gguf`` with role ``mmproj`` (``mmproj_sha256`` as ``model_sha256``).
     """
     folder = Path(folder)
     model = Path(model)
     if archive not in ("none", *ARCHIVE_SUFFIXES):
         raise UsageError(f"unknown archive kind {archive!r}", "choose none, tar.zst or zip")
     facts = gguf_facts(model)
+    projector = mmproj_facts(Path(mmproj)) if mmproj else None
     name = model_name or facts["model"]["name"] or model.stem
     try:  # each becomes a file name in the bundle; a GGUF's general.name is a stranger's text
         for what, value in [("model name", name), ("quant", quant), *(("adapter name", a.name) for a in adapters)]:
@@ -195,6 +214,13 @@ def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: 
             if a.source_sha256:
                 entry["source_sha256"] = a.source_sha256
             adapter_entries.append(entry)
+        mmproj_entry = None
+        if projector is not None:
+            rel = f"mmproj-{name}.gguf"
+            _copy(Path(mmproj), tmp / rel)
+            hashes[rel] = _check_copy(Path(mmproj), tmp / rel, mmproj_sha256)
+            roles[rel] = "mmproj"
+            mmproj_entry = {"file": rel, **projector, "base": {"file": model_file, "sha256": model_sha}}
         for rel, src in sorted((extra_files or {}).items()):
             _copy(Path(src), tmp / rel)
             roles[rel] = "report" if rel.startswith("report") else "extra"
@@ -221,6 +247,8 @@ def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: 
             "report": report,
             "tools": tool_versions(),
         }
+        if mmproj_entry is not None:  # absent otherwise: text-only bundles stay byte-identical
+            manifest["mmproj"] = mmproj_entry
         manifest = seal(manifest)
         text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         (tmp / MANIFEST).write_text(text, encoding="utf-8")
@@ -393,6 +421,7 @@ def verify_bundle(bundle: str | Path, *, load: bool = True, n_threads: int = 2,
                               "bundles hold only the files their manifest lists: remove it or rebuild")
         model_rel, adapters = _model_and_adapters(manifest, listed, bundle)
         _check_facts(manifest, on_disk[model_rel], bundle)
+        mmproj_rel = _checked_mmproj(manifest, listed, on_disk, model_rel, bundle)
         loaded: list[str] = []
         if load:
             plain = _load_check(on_disk[model_rel], None, 1.0, n_threads, bundle)
@@ -403,9 +432,11 @@ def verify_bundle(bundle: str | Path, *, load: bool = True, n_threads: int = 2,
                     raise VerifyError(f"{bundle}: adapter {a['name']} does not change the model's output",
                                       "the adapter GGUF does not apply to this model: rebuild the bundle")
                 loaded.append(a["name"])
+            if mmproj_rel:
+                _mmproj_load_check(on_disk[model_rel], on_disk[mmproj_rel], n_threads, bundle)
         return VerifyResult(bundle=bundle, n_files=len(listed), model=model_rel, loaded=load,
                             size_bytes=sum(int(e["size_bytes"]) for e in listed.values()), adapters_loaded=loaded,
-                            manifest_sha256=manifest_sha)
+                            manifest_sha256=manifest_sha, mmproj=mmproj_rel)
 
 
 _UNTRUSTED = "do not trust this bundle: rebuild it or get it again from its source"
@@ -474,6 +505,52 @@ def _model_and_adapters(manifest: dict, listed: dict[str, dict], bundle: Path) -
             raise VerifyError(f"{bundle}: adapter {a.get('name')!r} was made for another model than {model_rel}",
                               _UNTRUSTED)
     return model_rel, adapters
+
+
+def _checked_mmproj(manifest: dict, listed: dict[str, dict], on_disk: dict[str, Path], model_rel: str,
+                    bundle: Path) -> str | None:
+    """The projector's file when the manifest names one: a listed file of role mmproj, made for this model,
+    whose GGUF says what the manifest claims and projects to the model's embedding width."""
+    entry = manifest.get("mmproj")
+    if entry is None:
+        return None
+    rel = entry.get("file") if isinstance(entry, dict) else None
+    if rel not in listed or listed[rel].get("role") != "mmproj":
+        raise VerifyError(f"{bundle}: the manifest's mmproj file {rel!r} is not a listed mmproj file", _UNTRUSTED)
+    base = entry.get("base")
+    if not isinstance(base, dict) or base.get("sha256") != listed[model_rel].get("sha256"):
+        raise VerifyError(f"{bundle}: the projector {rel} was made for another model than {model_rel}", _UNTRUSTED)
+    try:
+        actual = mmproj_facts(on_disk[rel])
+    except BadGGUF as exc:
+        raise VerifyError(f"{bundle}: {exc.message}", "the projector is damaged: rebuild the bundle") from None
+    for key, value in actual.items():
+        if entry.get(key) != value:
+            raise VerifyError(f"{bundle}: the manifest's mmproj.{key} ({_short(entry.get(key))}) is not the "
+                              f"projector's ({_short(value)})", _UNTRUSTED)
+    n_embd = gguf_facts(on_disk[model_rel])["model"].get("n_embd")
+    if actual["projection_dim"] != n_embd:
+        raise VerifyError(f"{bundle}: the projector {rel} projects to {actual['projection_dim']} wide embeddings, "
+                          f"the model's are {n_embd}", "the projector belongs to another model: rebuild the bundle")
+    return rel
+
+
+def _mmproj_load_check(model: Path, mmproj: Path, n_threads: int, bundle: Path) -> None:
+    """libmtmd loads the projector beside the model and encodes a small non-square image to finite embeddings."""
+    import numpy as np
+
+    from .mtmd import image_embeddings
+
+    y, x = np.mgrid[0:24, 0:32]
+    image = np.stack([x * 8, y * 10, (x + y) * 4], axis=-1).astype(np.uint8)
+    try:
+        with _quiet_stderr():
+            embeddings = image_embeddings(model, mmproj, image, n_threads=n_threads)
+    except BadGGUF as exc:
+        raise VerifyError(f"{bundle}: {exc.message}", exc.hint) from None
+    if not embeddings.size or not np.isfinite(embeddings).all():
+        raise VerifyError(f"{bundle}: the projector {mmproj.name} gives no or non-finite image embeddings",
+                          "the projector's weights are damaged: rebuild the bundle")
 
 
 def _check_facts(manifest: dict, model: Path, bundle: Path) -> None:

@@ -28,9 +28,10 @@ from edgepack.cli import cli
 from edgepack.convert import convert
 from edgepack.convert.mmproj import convert_mmproj
 from edgepack.errors import BadCheckpoint, UnsupportedArchitecture
+from edgepack.mtmd import image_embeddings as mtmd_image_embeddings
 from family_cases import _merged, _round_up, tokenizer_size
 from gemma_configs import GEMMA3_4B_IT, GEMMA3_4B_IT_PREPROCESSOR
-from tinymodels import build_model, max_abs_and_cosine, mtmd_image_embeddings
+from tinymodels import build_model, max_abs_and_cosine
 
 pytestmark = pytest.mark.slow  # a tiny VLM built with transformers (~30 s on 2 busy cores), then seconds per test
 
@@ -218,3 +219,43 @@ def test_gemma3_mmproj_refusals(gemma3_vlm, tmp_path):
                and "multi_modal" not in n}, text_only / "model.safetensors")
     with pytest.raises(BadCheckpoint, match="no vision tower tensors"):
         convert_mmproj(text_only, tmp_path / "out.gguf")
+
+
+def test_bundle_ships_and_verifies_the_projector(gemma3_vlm, tmp_path):
+    """Role mmproj in the manifest, hashed; verify checks its facts against the text model and that mtmd loads it
+    and encodes an image; a changed byte, a claim that is not the GGUF's, or a projector for another width fails."""
+    from edgepack.bundle import read_manifest, seal, verify_bundle, write_bundle
+    from edgepack.errors import BadGGUF, VerifyError
+
+    folder, text, _, _ = gemma3_vlm
+    mmproj = convert_mmproj(folder, tmp_path / "mmproj.gguf").output
+    source = {"kind": "local", "name": "gemma3-tiny", "folder": "model", "license": None, "sha256": "0" * 64}
+    bundle = tmp_path / "bundle"
+    write_bundle(bundle, model=text, quant="F32", profile={"name": "pixel-8"}, source=source, mmproj=mmproj,
+                 model_name="gemma3-tiny")
+    manifest = read_manifest(bundle)
+    roles = {f["path"]: f["role"] for f in manifest["files"]}
+    assert roles["mmproj-gemma3-tiny.gguf"] == "mmproj"
+    assert manifest["mmproj"]["projector_type"] == "gemma3" and manifest["mmproj"]["projection_dim"] == 64
+    result = verify_bundle(bundle)
+    assert result.mmproj == "mmproj-gemma3-tiny.gguf" and result.loaded
+    shown = CliRunner().invoke(cli, ["verify", str(bundle)])
+    assert shown.exit_code == 0 and "projector mmproj-gemma3-tiny.gguf encodes an image" in shown.output
+
+    flipped = tmp_path / "flipped"
+    write_bundle(flipped, model=text, quant="F32", profile={"name": "pixel-8"}, source=source, mmproj=mmproj,
+                 model_name="gemma3-tiny")
+    data = bytearray((flipped / "mmproj-gemma3-tiny.gguf").read_bytes())
+    data[-10] ^= 1
+    (flipped / "mmproj-gemma3-tiny.gguf").write_bytes(bytes(data))
+    with pytest.raises(VerifyError, match="mmproj-gemma3-tiny.gguf sha256"):
+        verify_bundle(flipped)
+
+    claimed = json.loads((bundle / "manifest.json").read_text())
+    claimed["mmproj"]["image_size"] = 896
+    (bundle / "manifest.json").write_text(json.dumps(seal({k: v for k, v in claimed.items() if k != "integrity"})))
+    with pytest.raises(VerifyError, match="mmproj.image_size"):
+        verify_bundle(bundle, load=False)
+    with pytest.raises(BadGGUF, match="not a multimodal projector"):
+        write_bundle(tmp_path / "wrong", model=text, quant="F32", profile={"name": "pixel-8"}, source=source,
+                     mmproj=text)

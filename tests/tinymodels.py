@@ -269,48 +269,6 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def mtmd_image_embeddings(text_gguf: Path, mmproj: Path, rgb: np.ndarray) -> np.ndarray:
-    """llama.cpp's embeddings of one image (H x W x 3 uint8), through libmtmd as an app runs it: the projector
-    loaded beside the text model, the image given as RGB bytes, tokenized after the media marker, its chunk
-    encoded. Raises if llama.cpp cannot load the projector (the test that each written one loads)."""
-    import ctypes
-
-    import llama_cpp
-    from llama_cpp import mtmd_cpp as mtmd
-
-    model = llama_cpp.llama_model_load_from_file(str(text_gguf).encode(), llama_cpp.llama_model_default_params())
-    assert model, f"llama.cpp cannot load {text_gguf}"
-    params = mtmd.mtmd_context_params_default()
-    params.use_gpu, params.n_threads, params.print_timings, params.warmup = False, 2, False, False
-    ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params)
-    try:
-        if not ctx:
-            raise RuntimeError(f"llama.cpp's mtmd cannot load {mmproj}")
-        height, width, _ = rgb.shape
-        pixels = (ctypes.c_uint8 * rgb.size).from_buffer_copy(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
-        bitmap = mtmd.mtmd_bitmap_init(width, height, pixels)
-        chunks = mtmd.mtmd_input_chunks_init()
-        marker = mtmd.mtmd_default_marker()
-        text = mtmd.mtmd_input_text(text=marker, text_len=len(marker), add_special=False, parse_special=True)
-        try:
-            status = mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(text), (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1)
-            assert status == 0, f"mtmd_tokenize returned {status}"
-            images = [mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))]
-            images = [c for c in images if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE]
-            assert len(images) == 1
-            assert mtmd.mtmd_encode_chunk(ctx, images[0]) == 0
-            n_tokens, n_embd = mtmd.mtmd_input_chunk_get_n_tokens(images[0]), llama_cpp.llama_model_n_embd(model)
-            out = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(ctx), shape=(n_tokens * n_embd,))
-            return out.reshape(n_tokens, n_embd).copy()
-        finally:
-            mtmd.mtmd_input_chunks_free(chunks)
-            mtmd.mtmd_bitmap_free(bitmap)
-    finally:
-        if ctx:
-            mtmd.mtmd_free(ctx)
-        llama_cpp.llama_model_free(model)
-
-
 def max_abs_and_cosine(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     """max |Δ| and cosine similarity of two embedding arrays of the same shape, in float64."""
     assert reference.shape == got.shape, (reference.shape, got.shape)

@@ -44,5 +44,7 @@ def verify_command(bundles: tuple[Path, ...], no_load: bool, threads: int, expec
     for r in results:
         loaded = "loads in llama.cpp" if r.loaded else "load not checked"
         extra = f", adapters {', '.join(r.adapters_loaded)} load" if r.adapters_loaded else ""
+        if r.mmproj:
+            extra += f", projector {r.mmproj} " + ("encodes an image" if r.loaded else "listed")
         click.echo(f"ok {r.bundle}: {r.n_files} files, {human_bytes(r.size_bytes)}, hashes match; "
                    f"{r.model} {loaded}{extra}; manifest sha256 {r.manifest_sha256}")
