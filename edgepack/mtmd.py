@@ -4,12 +4,54 @@ loads and encodes) and by the tests that hold converted projectors to transforme
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .errors import BadGGUF
+
+
+@contextlib.contextmanager
+def projector(model, mmproj: str | Path, n_threads: int = 2) -> Iterator:
+    """An mtmd context: the projector ``mmproj`` loaded beside the loaded text model ``model`` (a llama_model
+    pointer). Raises ``BadGGUF`` when llama.cpp cannot load it."""
+    from llama_cpp import mtmd_cpp as mtmd
+
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu, params.n_threads, params.print_timings, params.warmup = False, n_threads, False, False
+    ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params)
+    if not ctx:
+        raise BadGGUF(f"llama.cpp's mtmd cannot load the projector {Path(mmproj).name}",
+                      "the projector is damaged or made for another text model")
+    try:
+        yield ctx
+    finally:
+        mtmd.mtmd_free(ctx)
+
+
+@contextlib.contextmanager
+def tokenized(ctx, prompt: bytes, rgb: np.ndarray, add_special: bool = False) -> Iterator[list]:
+    """The chunks of ``prompt`` (holding mtmd's media marker once) with the H x W x 3 uint8 image ``rgb`` in
+    the marker's place, as mtmd tokenizes them: text chunks and one image chunk."""
+    from llama_cpp import mtmd_cpp as mtmd
+
+    height, width, _ = rgb.shape
+    pixels = (ctypes.c_uint8 * rgb.size).from_buffer_copy(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
+    bitmap = mtmd.mtmd_bitmap_init(width, height, pixels)
+    chunks = mtmd.mtmd_input_chunks_init()
+    text = mtmd.mtmd_input_text(text=prompt, text_len=len(prompt), add_special=add_special, parse_special=True)
+    try:
+        status = mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(text), (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1)
+        if status != 0:
+            raise BadGGUF(f"llama.cpp's mtmd cannot tokenize an image prompt (status {status})",
+                          "the projector is damaged")
+        yield chunks
+    finally:
+        mtmd.mtmd_input_chunks_free(chunks)
+        mtmd.mtmd_bitmap_free(bitmap)
 
 
 def image_embeddings(text_gguf: str | Path, mmproj: str | Path, rgb: np.ndarray, n_threads: int = 2) -> np.ndarray:
@@ -22,33 +64,15 @@ def image_embeddings(text_gguf: str | Path, mmproj: str | Path, rgb: np.ndarray,
     model = llama_cpp.llama_model_load_from_file(str(text_gguf).encode(), llama_cpp.llama_model_default_params())
     if not model:
         raise BadGGUF(f"llama.cpp cannot load {Path(text_gguf).name}", "the GGUF is damaged or not a text model")
-    params = mtmd.mtmd_context_params_default()
-    params.use_gpu, params.n_threads, params.print_timings, params.warmup = False, n_threads, False, False
-    ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params)
     try:
-        if not ctx:
-            raise BadGGUF(f"llama.cpp's mtmd cannot load the projector {Path(mmproj).name} with "
-                          f"{Path(text_gguf).name}", "the projector is damaged or made for another text model")
-        height, width, _ = rgb.shape
-        pixels = (ctypes.c_uint8 * rgb.size).from_buffer_copy(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
-        bitmap = mtmd.mtmd_bitmap_init(width, height, pixels)
-        chunks = mtmd.mtmd_input_chunks_init()
-        marker = mtmd.mtmd_default_marker()
-        text = mtmd.mtmd_input_text(text=marker, text_len=len(marker), add_special=False, parse_special=True)
-        try:
-            status = mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(text), (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1)
+        with projector(model, mmproj, n_threads) as ctx, tokenized(ctx, mtmd.mtmd_default_marker(), rgb) as chunks:
             every = [mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))]
             images = [c for c in every if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE]
-            if status != 0 or len(images) != 1 or mtmd.mtmd_encode_chunk(ctx, images[0]) != 0:
+            if len(images) != 1 or mtmd.mtmd_encode_chunk(ctx, images[0]) != 0:
                 raise BadGGUF(f"llama.cpp's mtmd cannot encode an image with {Path(mmproj).name}",
                               "the projector is damaged")
             n_tokens, n_embd = mtmd.mtmd_input_chunk_get_n_tokens(images[0]), llama_cpp.llama_model_n_embd(model)
             out = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(ctx), shape=(n_tokens * n_embd,))
             return out.reshape(n_tokens, n_embd).copy()
-        finally:
-            mtmd.mtmd_input_chunks_free(chunks)
-            mtmd.mtmd_bitmap_free(bitmap)
     finally:
-        if ctx:
-            mtmd.mtmd_free(ctx)
         llama_cpp.llama_model_free(model)
