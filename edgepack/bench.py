@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import limits
 from .errors import BadGGUF, UsageError
 from .fit import describe_gguf
 from .progress import QUIET, Progress
@@ -221,7 +222,7 @@ def bench_one(path: str | Path, *, n_ctx: int = 1024, n_prompt: int = 512, n_gen
               threads: int | None = None) -> ModelBench:
     path = Path(path)
     desc = describe_gguf(path)
-    threads = threads or min(os.cpu_count() or 1, 8)
+    threads = limits.threads(threads) or min(os.cpu_count() or 1, 8)
     if n_prompt + n_gen > n_ctx:
         n_ctx = n_prompt + n_gen
     args = [sys.executable, "-m", "edgepack.bench", str(path), str(n_ctx), str(n_prompt), str(n_gen), str(reps),
@@ -259,7 +260,7 @@ def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int 
         raise UsageError("--reps, --n-prompt and --n-gen must be positive", "e.g. --reps 3")
     import llama_cpp
 
-    threads = threads or min(os.cpu_count() or 1, 8)
+    threads = limits.threads(threads) or min(os.cpu_count() or 1, 8)
     progress.start("measuring host bandwidth", 1)
     host = HostInfo(cpu=_cpu_name(), cores=os.cpu_count() or 1, threads_used=threads,
                     bandwidth_gb_s=measure_bandwidth_gb_s(), python=platform.python_version(),

@@ -24,8 +24,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from .errors import BadGGUF, OutputError, UsageError, VerifyError
+from . import __version__, limits
+from .errors import BadGGUF, EdgepackError, OutputError, UsageError, VerifyError
 from .fileio import atomic_output, regular_files, sha256_file
 from .ggufheader import GGUFHeader, SkippedArray, read_header
 from .validate import safe_name
@@ -142,6 +142,16 @@ def seal(manifest: dict) -> dict:
     return {**manifest, INTEGRITY: {"sha256": manifest_digest(manifest), "covers": INTEGRITY_COVERS}}
 
 
+def _template_audit(template) -> dict | None:
+    """The chat template's audit (``edgepack.chattemplate``) for the manifest. The GGUF was made by convert, which
+    refused unsafe templates unless told otherwise, so here findings are recorded, not refused."""
+    if not isinstance(template, str):
+        return None
+    from .chattemplate import audit
+
+    return audit(template, allow_unsafe=True).to_json()
+
+
 def tool_versions() -> dict:
     """edgepack, gguf-py and llama.cpp (llama-cpp-python's version and its build's system info)."""
     versions = {"edgepack": __version__}
@@ -240,6 +250,7 @@ def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: 
             "files": files,
             "adapters": adapter_entries,
             "chat_template": facts["chat_template"],
+            "chat_template_audit": _template_audit(facts["chat_template"]),
             "tokenizer": facts["tokenizer"],
             "runtime": runtime or {},
             "fit": fit or {},
@@ -579,25 +590,45 @@ def _short(value) -> str:
 
 
 def _load_check(model: Path, adapter: Path | None, scale: float, n_threads: int, bundle: Path):
-    """Load the model (and adapter) in llama.cpp and evaluate a few tokens; the logits must be finite."""
-    import llama_cpp
+    """Load the model (and adapter) in llama.cpp and evaluate a few tokens; the logits must be finite.
+
+    The load runs in a child process (``edgepack.isolate``): a bundle may come from anyone, and some damage makes
+    llama.cpp abort the whole process; here that becomes one ``VerifyError`` line."""
     import numpy as np
 
+    from . import isolate
+
     what = f"{model.name}" + (f" with adapter {adapter.name}" if adapter else "")
-    kwargs = {"lora_path": str(adapter), "lora_scale": scale} if adapter else {}
+    logits = isolate.call("edgepack.bundle:load_logits", str(model), str(adapter) if adapter else None, scale,
+                          limits.threads(n_threads, "--threads") or 1, what=f"{bundle}: {what}",
+                          error_type=VerifyError, hint="the GGUF is damaged or needs a newer llama.cpp")
+    logits = np.asarray(logits, dtype=np.float32)
+    if not np.isfinite(logits).all():
+        raise VerifyError(f"{bundle}: {what} gives non-finite logits in llama.cpp", "the weights are damaged")
+    return logits
+
+
+def load_logits(model: str, adapter: str | None, scale: float, n_threads: int) -> list[float]:
+    """Child-process side of ``_load_check``: the last position's logits for a short prompt."""
+    import llama_cpp
+
+    from .loadcheck import check_loadable
+
     try:
+        check_loadable(model)
+        kwargs = {"lora_path": adapter, "lora_scale": scale} if adapter else {}
         with _quiet_stderr():
-            llm = llama_cpp.Llama(model_path=str(model), n_ctx=64, n_batch=64, n_threads=n_threads,
+            llm = llama_cpp.Llama(model_path=model, n_ctx=64, n_batch=64, n_threads=n_threads,
                                   verbose=False, logits_all=True, **kwargs)
             tokens = llm.tokenize(b"Hello there", add_bos=True)
             llm.eval(tokens)
-            logits = np.array(llm.scores[len(tokens) - 1], dtype=np.float32)
+            logits = [float(x) for x in llm.scores[len(tokens) - 1]]
             llm.close()
+    except EdgepackError as exc:
+        raise VerifyError(f"llama.cpp cannot load {Path(model).name}: {exc.message}", exc.hint) from None
     except Exception as exc:
-        raise VerifyError(f"{bundle}: llama.cpp cannot load {what} ({exc})", "the GGUF is damaged or "
-                          "needs a newer llama.cpp") from None
-    if not np.isfinite(logits).all():
-        raise VerifyError(f"{bundle}: {what} gives non-finite logits in llama.cpp", "the weights are damaged")
+        raise VerifyError(f"llama.cpp cannot load {Path(model).name} ({exc})",
+                          "the GGUF is damaged or needs a newer llama.cpp") from None
     return logits
 
 

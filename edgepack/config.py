@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import limits
 from .errors import ConfigError, EdgepackError
 from .validate import git_revision, safe_name
 
@@ -168,6 +169,13 @@ def _int_pos(v):
     return v
 
 
+def _threads(v):
+    v = _int_pos(v)
+    if v > limits.MAX_THREADS:
+        raise _Bad(f"must be at most {limits.MAX_THREADS} (llama.cpp's thread limit)")
+    return v
+
+
 def _float_pos(v):
     if isinstance(v, str):
         try:
@@ -259,7 +267,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("constraints.max_kld", "max_kld", _float_pos, "EDGEPACK_MAX_KLD", "maximum KLD vs the unquantized model"),
     Option("eval.text", "eval_text", _str, "EDGEPACK_EVAL_TEXT", "text file for perplexity and KLD"),
     Option("eval.tokens", "eval_tokens", _int_pos, "EDGEPACK_EVAL_TOKENS", "tokens of it to evaluate"),
-    Option("bench.threads", "threads", _int_pos, "EDGEPACK_THREADS", "CPU threads for quantize/bench/eval"),
+    Option("bench.threads", "threads", _threads, "EDGEPACK_THREADS", "CPU threads for quantize/bench/eval"),
     Option("outputs.dir", "output_dir", _str, "EDGEPACK_OUTPUT", "output folder"),
     Option("outputs.archive", "archive", _choice(ARCHIVES), "EDGEPACK_ARCHIVE", "also pack each bundle"),
     Option("outputs.report", "report", _bool, "EDGEPACK_REPORT", "write the HTML report"),

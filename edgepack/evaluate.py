@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadGGUF, EdgepackError, UsageError
+from .errors import BadGGUF, EdgepackError, OutputError, UsageError
 from .ggufheader import read_header
+from . import limits
+from .loadcheck import check_loadable, probe
 from .progress import QUIET, Progress
 
 DEFAULT_CTX = 512
@@ -105,7 +108,7 @@ def evaluate_many(models: list[str | Path], ref: str | Path, *, text: str | Path
     for m in models:
         _check_same_vocab(ref, ref_header, m, _check_model(m))
     body, label = read_text(text)
-    threads = threads or (os.cpu_count() or 1)
+    threads = limits.threads(threads) or (os.cpu_count() or 1)
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgepack-eval-") as tmp:
@@ -114,8 +117,7 @@ def evaluate_many(models: list[str | Path], ref: str | Path, *, text: str | Path
             n_chunks, first = len(tokens), ctx // 2
             n_scored = ctx - 1 - first
             n_vocab = llm.n_vocab()
-            store = np.lib.format.open_memmap(Path(tmp) / "ref.npy", mode="w+", dtype=np.float32,
-                                              shape=(n_chunks * n_scored, n_vocab))
+            store = _reference_store(Path(tmp) / "ref.npy", n_chunks * n_scored, n_vocab)
             ref_nll = np.empty(n_chunks * n_scored, np.float64)
             ref_top = np.empty(n_chunks * n_scored, np.int64)
             progress.start(f"reference {ref.name}", n_chunks)
@@ -152,21 +154,51 @@ def evaluate_many(models: list[str | Path], ref: str | Path, *, text: str | Path
     return results
 
 
+def _reference_store(path: Path, rows: int, n_vocab: int) -> np.ndarray:
+    """The reference's log-probabilities, memory-mapped in a temp file with its space reserved up front: writing
+    into a sparse mapping on a full disk kills the process with SIGBUS instead of raising an error."""
+    need = rows * n_vocab * 4
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise OutputError(f"evaluation needs {need / 1e6:,.0f} MB of temp space for the reference logits, "
+                          f"{path.parent} has {free / 1e6:,.0f} MB free",
+                          "free space, point TMPDIR at a larger disk, or use a shorter --text / smaller --ctx")
+    store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, n_vocab))
+    try:
+        _reserve(path)
+    except OSError as exc:
+        raise OutputError(f"cannot reserve {need / 1e6:,.0f} MB of temp space in {path.parent} ({exc.strerror})",
+                          "free space, or point TMPDIR at a larger disk") from None
+    return store
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the file's blocks now (posix_fallocate; where the OS lacks it, the free-space check stands)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
 def _check_model(path: Path):
+    """The model's header, after the checks that keep llama.cpp from crashing on it: ``loadcheck.probe`` refuses
+    what would abort llama.cpp and loads the vocabulary in a child process (the file may be a stranger's)."""
     header = read_header(path)
     if header.get("general.type") == "adapter":
         raise BadGGUF(f"{path} is a LoRA adapter, not a model", "evaluate the base model (with the adapter merged)")
     if not any(len(t.shape) >= 2 for t in header.tensors):
         raise BadGGUF(f"{path} has no weights (a vocab-only GGUF?)", "give a model GGUF")
-    return header
+    return probe(path)
 
 
 def _check_same_vocab(ref: Path, ref_header, model: Path, header) -> None:
-    def vocab(h):
-        tokens = h.get("tokenizer.ggml.tokens")
-        return h.get("tokenizer.ggml.model"), getattr(tokens, "length", tokens)
+    def vocab(h):  # headers from loadcheck.probe: the token list is kept
+        return h.get("tokenizer.ggml.model"), len(h.get("tokenizer.ggml.tokens"))
 
-    if vocab(ref_header) != vocab(header):
+    same_tokens = ref_header.get("tokenizer.ggml.tokens") == header.get("tokenizer.ggml.tokens")
+    if vocab(ref_header) != vocab(header) or not same_tokens:
         raise UsageError(f"{model.name} and {ref.name} do not share a vocabulary ({vocab(header)} vs "
                          f"{vocab(ref_header)})", "compare a model with the GGUF it was quantized from")
 
@@ -189,6 +221,7 @@ def open_llama(path: str | Path, **kwargs):
         params.use_extra_bufts = False
         return params
 
+    check_loadable(path)
     lib.llama_model_default_params = no_repack
     try:
         llm = llama_cpp.Llama(str(path), verbose=False, **kwargs)

@@ -132,7 +132,7 @@ def _value_type(buf: _Buf, raw: int) -> VT:
                       "re-create or re-download it") from None
 
 
-def _value(buf: _Buf, vtype: VT):
+def _value(buf: _Buf, vtype: VT, keep: bool = False):
     if vtype in _SCALARS:
         return buf.unpack(_SCALARS[vtype])
     if vtype == VT.STRING:
@@ -141,7 +141,7 @@ def _value(buf: _Buf, vtype: VT):
     length = buf.unpack("Q")
     if item == VT.ARRAY:
         raise BadGGUF(f"{buf.path} holds a nested array, which GGUF does not define", "re-create it")
-    if length > MAX_KEPT_ARRAY:
+    if length > MAX_KEPT_ARRAY and not keep:
         if item == VT.STRING:
             buf.skip_strings(length)
         else:
@@ -150,7 +150,7 @@ def _value(buf: _Buf, vtype: VT):
     return [_value(buf, item) for _ in range(length)]
 
 
-def _parse(buf: _Buf, path: Path, size: int) -> GGUFHeader:
+def _parse(buf: _Buf, path: Path, size: int, keep: frozenset[str]) -> GGUFHeader:
     buf.pos = 4
     version = buf.unpack("I")
     if version not in (2, 3):
@@ -163,7 +163,7 @@ def _parse(buf: _Buf, path: Path, size: int) -> GGUFHeader:
     header = GGUFHeader(path=path, version=version, file_size=size)
     for _ in range(n_kv):
         key = buf.string()
-        header.kv[key] = _value(buf, _value_type(buf, buf.unpack("I")))
+        header.kv[key] = _value(buf, _value_type(buf, buf.unpack("I")), key in keep)
     for _ in range(n_tensors):
         name = buf.string()
         n_dims = buf.unpack("I")
@@ -185,8 +185,11 @@ def _parse(buf: _Buf, path: Path, size: int) -> GGUFHeader:
     return header
 
 
-def read_header(path: str | Path) -> GGUFHeader:
-    """Parse ``path``'s header; raise ``BadGGUF`` (one line) for anything that is not a complete GGUF."""
+def read_header(path: str | Path, keep: frozenset[str] = frozenset()) -> GGUFHeader:
+    """Parse ``path``'s header; raise ``BadGGUF`` (one line) for anything that is not a complete GGUF.
+
+    Arrays longer than MAX_KEPT_ARRAY are skipped unless their key is in ``keep`` (e.g. the vocabulary, for the
+    load checks in ``loadcheck``)."""
     path = Path(path)
     if not path.exists():
         raise BadGGUF(f"{path} does not exist", "check the path")
@@ -198,7 +201,7 @@ def read_header(path: str | Path) -> GGUFHeader:
             raise BadGGUF(f"{path} is not a GGUF file (it does not start with the GGUF magic)",
                           "convert Hugging Face checkpoints first: edgepack convert MODEL_DIR")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            header = _parse(_Buf(mm, size, path), path, size)
+            header = _parse(_Buf(mm, size, path), path, size, keep)
     for t in header.tensors:
         block = gguf.GGML_QUANT_SIZES[t.type][0]
         if t.shape[0] % block:

@@ -35,10 +35,11 @@ from pathlib import Path
 
 import gguf
 
-from . import __version__
+from . import __version__, limits
 from .errors import BadGGUF, OutputError, QuantizeError, UsageError
 from .fileio import atomic_path, atomic_write_text, blake3_file, check_replaceable, prepare_output_dir
 from .ggufheader import GGUFHeader, read_header
+from .loadcheck import check_loadable
 from .progress import QUIET, Progress
 
 QT = gguf.GGMLQuantizationType
@@ -265,7 +266,7 @@ class SourceInfo:
 
 def inspect_source(path: str | Path) -> SourceInfo:
     path = Path(path)
-    reader = read_header(path)
+    reader = check_loadable(path)  # llama_model_quantize aborts the process on some damage (loadcheck's list)
     arch = reader.get("general.architecture")
     if not arch:
         raise BadGGUF(f"{path} has no general.architecture key", "it is not a llama.cpp model GGUF")
@@ -333,8 +334,7 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
         refuse_without_imatrix(qtypes)
     out_t = tensor_type(output_tensor_type, "--output-tensor-type", with_imatrix)
     embd_t = tensor_type(token_embedding_type, "--token-embedding-type", with_imatrix)
-    if threads < 0:
-        raise UsageError(f"--threads must be >= 0, not {threads}", "0 uses every core")
+    threads = limits.threads(threads)
     source = inspect_source(src)
     if source.quantized and not allow_requantize:
         _refuse_requantize(source, qtypes)

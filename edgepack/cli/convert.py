@@ -48,12 +48,16 @@ def _list_architectures(ctx: click.Context, _param, value: bool) -> None:
                    "(default PATH: mmproj-<name>-<TYPE>.gguf beside the output). Gemma 3 for now.")
 @click.option("--mmproj-outtype", type=click.Choice(MMPROJ_OUTTYPES), default="f16", show_default=True,
               help="Projector weight type (norms, biases and embeddings stay F32).")
+@click.option("--allow-unsafe-chat-template", is_flag=True,
+              help="Ship a chat template that uses constructs able to reach outside Jinja's sandbox (underscore "
+                   "attributes, imports, ...): refused by default; the bundle manifest records it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--list-architectures", is_flag=True, expose_value=False, is_eager=True,
               callback=_list_architectures, help="List supported architectures and exit.")
 def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only: bool, pre_tokenizer: str | None,
                     force: bool, token: str | None, merge_lora: str | None, quant_types: str | None, keep: bool,
-                    mmproj: str | None, mmproj_outtype: str, as_json: bool) -> None:
+                    mmproj: str | None, mmproj_outtype: str, allow_unsafe_chat_template: bool,
+                    as_json: bool) -> None:
     """Convert a Hugging Face model folder (safetensors + tokenizer) to GGUF.
 
     SRC is a local folder with config.json, *.safetensors (sharded or not) and tokenizer files
@@ -98,7 +102,8 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
         from ..adapters import convert_merged
         run = functools.partial(convert_merged, merge_lora)
     result = run(folder, out, outtype=outtype, vocab_only=vocab_only, force=force, pre_tokenizer=pre_tokenizer,
-                 provenance=provenance, progress=Progress(enabled=not as_json))
+                 provenance=provenance, allow_unsafe_chat_template=allow_unsafe_chat_template,
+                 progress=Progress(enabled=not as_json))
     if qtypes:
         quantized = quantize(result.output, qtypes, result.output.parent, force=force, hash_source=True,
                              progress=Progress(enabled=not as_json))
@@ -128,6 +133,11 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
         click.echo(f"wrote {projector.output} ({human_bytes(projector.size_bytes)}, {projector.outtype.upper()}, "
                    f"projector {projector.projector_type}, {projector.n_tensors} tensors): one image = "
                    f"{projector.image_tokens} tokens at {projector.image_size}x{projector.image_size}")
+    if result.chat_template:
+        audit = result.chat_template
+        note = f" (accepted with --allow-unsafe-chat-template: {'; '.join(audit['findings'])})" \
+            if audit["findings"] else ", renders a plain conversation in the sandbox"
+        click.echo(f"chat template: {audit['size_bytes']:,} bytes, {audit['verdict']}{note}")
     if qtypes:
         print_results(quantized)
         if not keep:

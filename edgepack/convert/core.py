@@ -20,6 +20,7 @@ import gguf
 import numpy as np
 
 from .. import __version__
+from ..chattemplate import audit_all
 from ..errors import BadCheckpoint, UnsupportedArchitecture, UsageError
 from ..fileio import atomic_path, check_output_path, patch_placeholders, sha256_file
 from ..ggufheader import read_header
@@ -64,6 +65,7 @@ class ConvertResult:
     # Checkpoint parts llama.cpp's text model does not use (a multimodal model's vision tower...): part ->
     # number of tensors left out. Also recorded in the GGUF as edgepack.source.dropped.
     dropped: dict[str, int] = field(default_factory=dict)
+    chat_template: dict | None = None  # chattemplate.TemplateAudit.to_json(): the audit of what was copied
 
 
 @dataclass(frozen=True)
@@ -79,12 +81,14 @@ class PlannedTensor:
 
 def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_only: bool = False,
             force: bool = False, pre_tokenizer: str | None = None, provenance: Provenance | None = None,
-            progress: Progress = QUIET) -> ConvertResult:
+            allow_unsafe_chat_template: bool = False, progress: Progress = QUIET) -> ConvertResult:
     """Convert the Hugging Face model folder ``src`` to the GGUF file ``out``.
 
     ``outtype``: auto (the source's 16-bit type), f32, f16, bf16 or q8_0. ``vocab_only`` writes the
     hyperparameters and tokenizer without weights. ``pre_tokenizer`` overrides the detected llama.cpp
-    pre-tokenizer name. Raises ``EdgepackError`` subclasses; on any failure no output is left behind.
+    pre-tokenizer name. The chat template is audited (``edgepack.chattemplate``): one that uses constructs able
+    to reach outside the template is refused unless ``allow_unsafe_chat_template``. Raises ``EdgepackError``
+    subclasses; on any failure no output is left behind.
     """
     started = time.monotonic()
     src, out = Path(src), Path(out)
@@ -100,6 +104,8 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     checkpoint = None if vocab_only else Checkpoint(src)
     n_vocab = config.get("vocab_size", default=None)
     vocab = load_vocab(src, int(n_vocab) if n_vocab else None, pre_tokenizer, spec.tokenizer_model)
+    template_audit = audit_all(vocab.special.chat_template if vocab.special else None,
+                               allow_unsafe=allow_unsafe_chat_template)
     plan, dropped = ([], {}) if checkpoint is None else _plan_tensors(spec, config, checkpoint, outtype)
     resolved = _resolve_outtype(outtype, checkpoint)
     arch_metadata = list(spec.metadata(config))
@@ -135,7 +141,8 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     return ConvertResult(output=out, architecture=config.architecture, gguf_architecture=spec.arch_name,
                          outtype=resolved, n_tensors=len(plan), n_params=n_params, size_bytes=out.stat().st_size,
                          seconds=round(time.monotonic() - started, 3), tokenizer=vocab.source,
-                         vocab_size=len(vocab.tokens), source_sha256=hashes, dropped=dropped)
+                         vocab_size=len(vocab.tokens), source_sha256=hashes, dropped=dropped,
+                         chat_template=template_audit.to_json() if template_audit else None)
 
 
 def _write(writer: gguf.GGUFWriter, tmp: Path, plan: list[PlannedTensor], checkpoint: Checkpoint | None,
