@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import __version__, limits
 from .errors import BadGGUF, EdgepackError, OutputError, UsageError, VerifyError
-from .fileio import atomic_output, regular_files, sha256_file
+from .fileio import atomic_output, parse_json, regular_files, sha256_file
 from .ggufheader import GGUFHeader, SkippedArray, read_header
 from .validate import safe_name
 
@@ -455,10 +455,7 @@ _UNTRUSTED = "do not trust this bundle: rebuild it or get it again from its sour
 
 def _read_verified_manifest(raw: bytes, bundle: Path) -> dict:
     """The parsed manifest, of this schema version, whose integrity digest matches its content."""
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VerifyError(f"{bundle}: {MANIFEST} is not valid JSON ({exc})", "the bundle is damaged") from None
+    manifest = parse_json(raw, f"{bundle}: {MANIFEST}", VerifyError, "the bundle is damaged")
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise VerifyError(f"{bundle}: {MANIFEST} is not an edgepack bundle manifest", "the bundle is damaged")
     if manifest.get("schema_version") != SCHEMA_VERSION:

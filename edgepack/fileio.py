@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import EdgepackError, OutputError
 
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 _UMASK = os.umask(0o022)
@@ -264,3 +265,21 @@ def patch_placeholders(path: str | os.PathLike, replacements: dict[str, str], se
                 raise RuntimeError(f"placeholder {placeholder!r} is not in {Path(path).name} exactly once")
             f.seek(offset)
             f.write(value.encode())
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes | str, what: str, error: type[EdgepackError], hint: str):
+    """Parse JSON that a stranger wrote: bad UTF-8, bad syntax, NaN/Infinity (Python's json accepts them, JSON does
+    not) and nesting deep enough to exhaust Python's recursion all become ``error(what ..., hint)``, one line."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text, parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise error(f"{what} is not UTF-8 text", hint) from None
+    except RecursionError:
+        raise error(f"{what} is nested too deeply to be a real file", hint) from None
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise error(f"{what} is not valid JSON ({str(exc).splitlines()[0][:200]})", hint) from None

@@ -16,7 +16,6 @@ Three parts, each a plain function over dataclasses:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,9 @@ import numpy as np
 from .convert.core import keeps_f32
 from .convert.spec import SOURCE_CONFIG_KEY, LayerSize, SizeFacts, family_of, gguf_tensors, supported_architectures
 from .errors import BadGGUF, EdgepackError, UsageError
-from .ggufheader import GGUFHeader, SkippedArray, read_header
+from .fileio import parse_json
+from .ggufheader import GGUFHeader, SkippedArray
+from .loadcheck import check_loadable
 from .profiles import Profile
 
 QT = gguf.GGMLQuantizationType
@@ -310,32 +311,38 @@ SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "cohere2": 4}  # llama.cpp: hparams.set
 def describe_gguf(path: str | Path) -> ModelDesc:
     """Read a GGUF's hyperparameters and tensor sizes (no weights are loaded)."""
     path = Path(path)
-    header = read_header(path)  # BadGGUF for anything but a complete GGUF
+    # BadGGUF for anything but a complete GGUF llama.cpp can load: the layer count is bounded, numbers are finite
+    header = check_loadable(path)
     arch = header.get("general.architecture")
-    if not arch:
-        raise BadGGUF(f"{path}: general.architecture is missing", "was it written by llama.cpp or edgepack?")
 
     def key(k, default=None):
         value = header.get(f"{arch}.{k}", default)
         return default if isinstance(value, SkippedArray) else value
 
-    n_layer = int(key("block_count"))
+    def number(value, k: str) -> int:
+        if value is None:
+            raise BadGGUF(f"{path}: {arch}.{k} is missing", "was it written by llama.cpp or edgepack?")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise BadGGUF(f"{path}: {arch}.{k} is {value!r}, not a count", "the file is damaged: re-create it")
+        return int(value)
+
+    n_layer = number(key("block_count"), "block_count")
 
     def per_layer(k: str, default) -> list[int]:  # llama.cpp writes some hyperparameters as per-layer arrays
         value = key(k, default)
-        return [int(x) for x in value] if isinstance(value, list) else [int(value)] * n_layer
+        return [number(x, k) for x in value] if isinstance(value, list) else [number(value, k)] * n_layer
 
-    n_embd = int(key("embedding_length"))
+    n_embd = number(key("embedding_length"), "embedding_length")
     heads = per_layer("attention.head_count", 0)
     kv_heads = per_layer("attention.head_count_kv", key("attention.head_count"))
     n_head, n_head_kv = max(heads), max(kv_heads)
-    head_k = int(key("attention.key_length", n_embd // max(n_head, 1)))
-    head_v = int(key("attention.value_length", head_k))
-    n_swa = int(key("attention.sliding_window", 0) or 0)
+    head_k = number(key("attention.key_length", n_embd // max(n_head, 1)), "attention.key_length")
+    head_v = number(key("attention.value_length", head_k), "attention.value_length")
+    n_swa = number(key("attention.sliding_window", 0) or 0, "attention.sliding_window")
     tensors = [TensorDesc(t.name, t.shape, t.type.name, t.n_bytes) for t in header.tensors]
     names = {t.name for t in tensors}
     embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
-    n_vocab = int(key("vocab_size", 0) or (embd.shape[1] if embd else 0))
+    n_vocab = number(key("vocab_size", 0) or (embd.shape[1] if embd else 0), "vocab_size")
     ftype = header.get("general.file_type")
     n_ff = max(per_layer("feed_forward_length", 0))
     swa_layers = _swa_layers(arch, n_layer, n_swa, key("attention.sliding_window_pattern"))
@@ -347,11 +354,12 @@ def describe_gguf(path: str | Path) -> ModelDesc:
         layers = [LayerSize(h, kv, head_k, head_v, sliding_window=n_swa if slides else 0)
                   for h, kv, slides in zip(heads, kv_heads, swa_layers)]
         lookup = ("token_embd.weight", "per_layer_token_embd.weight")
-        n_expert, n_expert_used = int(key("expert_count", 0) or 0), int(key("expert_used_count", 0) or 0)
+        n_expert = number(key("expert_count", 0) or 0, "expert_count")
+        n_expert_used = number(key("expert_used_count", 0) or 0, "expert_used_count")
     return ModelDesc(name=path.stem, quant=FTYPE_NAMES.get(ftype, "unknown") if ftype is not None else "unknown",
                      architecture=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
                      head_dim_k=head_k, head_dim_v=head_v, n_ff=n_ff, n_vocab=n_vocab,
-                     n_ctx_train=int(key("context_length", 0)), n_swa=n_swa, swa_layers=swa_layers,
+                     n_ctx_train=number(key("context_length", 0), "context_length"), n_swa=n_swa, swa_layers=swa_layers,
                      tied_embeddings="output.weight" not in names, tensors=tensors,
                      file_size_bytes=path.stat().st_size, source=str(path), layers=layers, n_expert=n_expert,
                      n_expert_used=n_expert_used, lookup_tensors=lookup)
@@ -364,10 +372,13 @@ def _source_sizes(header: GGUFHeader) -> SizeFacts | None:
     if not text or hf_class not in supported_architectures():
         return None
     try:
-        spec, config = family_of(json.loads(text))
+        config = parse_json(text, SOURCE_CONFIG_KEY, BadGGUF, "")
+        if not isinstance(config, dict):
+            return None
+        spec, config = family_of(config)
         return spec.sizes(config)
-    except (ValueError, EdgepackError):  # a config this version cannot read: fall back to the GGUF's keys
-        return None
+    except (EdgepackError, ValueError, TypeError, KeyError):  # a config this version cannot read (or a
+        return None  # stranger's): fall back to the GGUF's own keys
 
 
 def _swa_layers(arch: str, n_layer: int, n_swa: int, pattern=None) -> list[bool]:
@@ -442,10 +453,7 @@ def config_name(source: str | Path) -> str:
 
 
 def _read_config(p: Path) -> dict:
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{p}: not valid JSON ({exc})", "give a Hugging Face config.json") from exc
+    data = parse_json(p.read_bytes(), str(p), UsageError, "give a Hugging Face config.json")
     if not isinstance(data, dict):
         raise UsageError(f"{p}: not a JSON object", "give a Hugging Face config.json")
     return data

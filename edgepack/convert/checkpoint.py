@@ -11,7 +11,6 @@ pickle, no remote code.
 from __future__ import annotations
 
 import math
-import json
 import os
 import struct
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadCheckpoint
+from ..fileio import parse_json
 
 # safetensors dtype -> (numpy dtype used to hold the raw bytes, bytes per element).
 # BF16 has no numpy type: it is carried as uint16 and widened exactly (see floats.bf16_to_f32).
@@ -53,13 +53,15 @@ def load_json(path: Path, what: str) -> dict:
     """Load a JSON object, turning every failure into a BadCheckpoint naming the file."""
     if not path.is_file():
         raise BadCheckpoint(f"{what} not found: {path}", "is this a Hugging Face model folder?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadCheckpoint(f"{path.name} is not valid JSON ({exc})", f"re-download {path.name}") from exc
+    data = parse_json(path.read_bytes(), path.name, BadCheckpoint, f"re-download {path.name}")
     if not isinstance(data, dict):
         raise BadCheckpoint(f"{path.name} is not a JSON object", f"re-download {path.name}")
     return data
+
+
+def _ints(value) -> bool:
+    """A list of non-negative integers (JSON numbers without a fraction; not booleans)."""
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
@@ -77,10 +79,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             header_bytes = f.read(header_len)
     except OSError as exc:
         raise BadCheckpoint(f"cannot read {path}: {exc.strerror}", "check the file's permissions") from exc
-    try:
-        header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadCheckpoint(f"{path.name} has a garbled safetensors header", f"re-download {path.name}") from exc
+    header = parse_json(header_bytes, f"{path.name}'s safetensors header", BadCheckpoint, f"re-download {path.name}")
     if not isinstance(header, dict):
         raise BadCheckpoint(f"{path.name} has a garbled safetensors header", f"re-download {path.name}")
 
@@ -89,12 +88,14 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype = entry["dtype"]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadCheckpoint(f"{path.name}: malformed header entry for {name}", f"re-download {path.name}") from exc
+        dtype, shape, offsets = (entry.get(k) for k in ("dtype", "shape", "data_offsets")) \
+            if isinstance(entry, dict) else (None, None, None)
+        if not (isinstance(dtype, str) and _ints(shape) and _ints(offsets) and len(offsets) == 2
+                and offsets[0] <= offsets[1] and len(shape) <= 8):
+            raise BadCheckpoint(f"{path.name}: malformed header entry for {name!r} (dtype, shape and data_offsets "
+                                "must be a string, a list of non-negative integers and [begin, end])",
+                                f"re-download {path.name}")
+        shape, (begin, end) = tuple(shape), offsets
         if data_start + end > size:
             raise BadCheckpoint(f"{path.name} is truncated: {name} ends at byte {data_start + end}, file has {size}",
                                 f"re-download {path.name}")

@@ -33,11 +33,55 @@ import gguf
 import numpy as np
 
 from ..errors import BadCheckpoint, UnsupportedArchitecture
+from ..limits import MAX_LAYERS, MAX_VOCAB
 
 REQUIRED = object()
 # The GGUF key convert stores config.json under, so that ``edgepack fit`` can size a converted (and quantized)
 # file with its family's per-layer description.
 SOURCE_CONFIG_KEY = "edgepack.source.config"
+
+
+# The schema of the config.json keys every family reads: (kind, upper bound). A wrong type, a NaN, zero heads or a
+# size no real model has is refused here, at the boundary, with the key's name, instead of failing deep inside a
+# family or the sizing code (or asking for terabytes). Bounds are far above real models; layers and vocabulary use
+# llama.cpp's own limits. null means "not set" for every key.
+_CONFIG_SCHEMA: dict[str, tuple[str, float]] = {
+    **{k: ("int", 1 << 20) for k in ("hidden_size", "n_embd", "num_attention_heads", "n_head",
+                                     "num_key_value_heads", "head_dim", "num_experts", "num_local_experts",
+                                     "num_experts_per_tok", "moe_intermediate_size")},
+    **{k: ("int", MAX_LAYERS) for k in ("num_hidden_layers", "n_layer")},
+    **{k: ("ints", 1 << 24) for k in ("intermediate_size", "n_inner")},  # Gemma 3n: one per layer
+    **{k: ("int", 1 << 32) for k in ("max_position_embeddings", "n_positions", "n_ctx", "sliding_window")},
+    "vocab_size": ("int", MAX_VOCAB),
+    **{k: ("float", 1.0) for k in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")},
+    "partial_rotary_factor": ("float", 1.0),
+    "rope_theta": ("float", 1e12),
+    **{k: ("object", 0) for k in ("rope_scaling", "rope_parameters")},
+}
+
+
+def _shown(value) -> str:
+    return repr(value)[:60]
+
+
+def _check_types(text: dict) -> None:
+    for key, (kind, bound) in _CONFIG_SCHEMA.items():
+        value = text.get(key)
+        if value is None:
+            continue
+        if kind == "object":
+            ok, expected = isinstance(value, dict), "an object"
+        elif kind in ("int", "ints"):
+            values = value if kind == "ints" and isinstance(value, list) and len(value) <= MAX_LAYERS else [value]
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= bound for v in values)
+            expected = f"an integer from 1 to {int(bound):,}" + (" or a list of them" if kind == "ints" else "")
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                and 0 < value <= bound
+            expected = f"a number above 0 and at most {bound:g}"
+        if not ok:
+            raise BadCheckpoint(f"config.json: {key} is {_shown(value)} (expected {expected})",
+                                "fix or re-download config.json")
 
 
 class HFConfig:
@@ -51,8 +95,13 @@ class HFConfig:
 
     def __init__(self, data: dict, defaults: dict | None = None):
         self.data = data
-        self.text = data.get("text_config") or data
+        text = data.get("text_config")
+        if text is not None and not isinstance(text, dict):
+            raise BadCheckpoint(f"config.json: text_config is {_shown(text)} (expected an object)",
+                                "fix or re-download config.json")
+        self.text = text or data
         self.defaults = defaults or {}
+        _check_types(self.text)
 
     def with_defaults(self, defaults: dict) -> HFConfig:
         return HFConfig(self.data, defaults) if defaults else self

@@ -20,13 +20,14 @@ and config.json.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
 
 from ..errors import TokenizerError
+from ..fileio import parse_json
+from ..limits import MAX_VOCAB
 from .pretokenizers import QWEN2_REGEX, detect_pre_tokenizer
 
 TT = gguf.TokenType
@@ -102,13 +103,54 @@ def load_vocab(folder: Path, n_vocab: int | None, pre_override: str | None = Non
 
 
 def _read_tokenizer_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"tokenizer.json is not valid JSON ({exc})", "re-download tokenizer.json") from exc
+    data = parse_json(path.read_bytes(), "tokenizer.json", TokenizerError, "re-download tokenizer.json")
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise TokenizerError("tokenizer.json has no 'model' section", "re-download tokenizer.json")
+    _check_tokenizer_json(data)
     return data
+
+
+def _bad_structure(where: str, expected: str) -> TokenizerError:
+    return TokenizerError(f"tokenizer.json: {where} is not {expected}", "the file is damaged: re-download it")
+
+
+def _check_pipeline_step(step, where: str, children: str) -> None:
+    """A normalizer / pre_tokenizer / decoder / post_processor: null, or an object with a string 'type' whose
+    Sequence children are the same."""
+    if step is None:
+        return
+    if not isinstance(step, dict) or not isinstance(step.get("type", ""), str):
+        raise _bad_structure(where, "an object with a 'type'")
+    if step.get("type") == "Sequence":
+        items = step.get(children)
+        if not isinstance(items, list):
+            raise _bad_structure(f"{where}.{children}", "a list")
+        for i, item in enumerate(items):
+            _check_pipeline_step(item, f"{where}.{children}[{i}]", children)
+    pattern = step.get("pattern")
+    if pattern is not None and not (isinstance(pattern, dict) and all(isinstance(v, str) for v in pattern.values())):
+        raise _bad_structure(f"{where}.pattern", "an object holding a String or Regex")
+
+
+def _check_tokenizer_json(data: dict) -> None:
+    """The structure the code below reads, checked once at the boundary (types, not contents)."""
+    model = data["model"]
+    if not isinstance(model.get("type", "BPE"), str):
+        raise _bad_structure("model.type", "a string")
+    vocab = model.get("vocab")
+    if model.get("type") == "Unigram":
+        if not isinstance(vocab, list):
+            raise _bad_structure("model.vocab", "a list of [piece, score]")
+    elif not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                for v in vocab.values()):
+        raise _bad_structure("model.vocab", "an object of token -> integer id")
+    if not isinstance(model.get("merges") or [], list):
+        raise _bad_structure("model.merges", "a list")
+    if not isinstance(data.get("added_tokens") or [], list):
+        raise _bad_structure("added_tokens", "a list")
+    for key, children in (("normalizer", "normalizers"), ("pre_tokenizer", "pretokenizers"),
+                          ("decoder", "decoders"), ("post_processor", "processors")):
+        _check_pipeline_step(data.get(key), key, children)
 
 
 def _is_sentencepiece(path: Path) -> bool:
@@ -133,21 +175,42 @@ def _load_spm_proto(path: Path):
 def _added_tokens(tokenizer_json: dict | None, folder: Path) -> dict[int, tuple[str, bool]]:
     """id -> (content, special) for tokens added on top of the base model, from every file that lists them."""
     added: dict[int, tuple[str, bool]] = {}
-    config_file = folder / "tokenizer_config.json"
-    if config_file.is_file():
-        try:
-            decoder = json.loads(config_file.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}
-        except json.JSONDecodeError as exc:
-            raise TokenizerError(f"tokenizer_config.json is not valid JSON ({exc})", "re-download it") from exc
-        for token_id, entry in decoder.items():
-            added[int(token_id)] = (entry["content"], bool(entry.get("special", False)))
-    for entry in (tokenizer_json or {}).get("added_tokens", []):
-        added[int(entry["id"])] = (entry["content"], bool(entry.get("special", False)))
-    legacy = folder / "added_tokens.json"
-    if legacy.is_file():
-        for content, token_id in json.loads(legacy.read_text(encoding="utf-8")).items():
-            added.setdefault(int(token_id), (content, False))
+
+    def entry_of(where: str, token_id, content, special=False) -> tuple[int, tuple[str, bool]]:
+        if isinstance(token_id, str) and token_id.isdigit():
+            token_id = int(token_id)
+        if not (isinstance(token_id, int) and not isinstance(token_id, bool) and 0 <= token_id < MAX_VOCAB
+                and isinstance(content, str) and isinstance(special, bool)):
+            raise TokenizerError(f"{where} lists an added token with id {token_id!r} and content {content!r}: "
+                                 f"expected an id 0..{MAX_VOCAB - 1}, a string and a true/false 'special'",
+                                 f"re-download {where}")
+        return token_id, (content, special)
+
+    config = _json_object(folder / "tokenizer_config.json")
+    decoder = config.get("added_tokens_decoder") or {}
+    for token_id, entry in (decoder.items() if isinstance(decoder, dict) else [(None, None)]):
+        entry = entry if isinstance(entry, dict) else {}
+        key, value = entry_of("tokenizer_config.json", token_id, entry.get("content"), entry.get("special", False))
+        added[key] = value
+    listed = (tokenizer_json or {}).get("added_tokens") or []
+    for entry in (listed if isinstance(listed, list) else [None]):
+        entry = entry if isinstance(entry, dict) else {}
+        key, value = entry_of("tokenizer.json", entry.get("id"), entry.get("content"), entry.get("special", False))
+        added[key] = value
+    for content, token_id in _json_object(folder / "added_tokens.json").items():
+        key, value = entry_of("added_tokens.json", token_id, content)
+        added.setdefault(key, value)
     return added
+
+
+def _json_object(path: Path) -> dict:
+    """A tokenizer side file as a JSON object ({} when absent)."""
+    if not path.is_file():
+        return {}
+    data = parse_json(path.read_bytes(), path.name, TokenizerError, f"re-download {path.name}")
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path.name} is not a JSON object", f"re-download {path.name}")
+    return data
 
 
 def _append_added(vocab: Vocab, added: dict[int, tuple[str, bool]], score: float | None) -> None:
@@ -195,16 +258,22 @@ def _merge_pairs(model: dict) -> list[tuple[str, str]]:
     """The BPE merges as pairs, checked against the vocabulary: a merge whose parts or result are not
     tokens means a damaged file (e.g. characters lost in a re-save), which would tokenize silently wrong."""
     vocab = model["vocab"]
+    merges = model.get("merges") or []
+    if not isinstance(merges, list):
+        raise TokenizerError("tokenizer.json's model.merges is not a list", "re-download tokenizer.json")
     pairs = []
-    for rank, merge in enumerate(model.get("merges") or []):
+    for rank, merge in enumerate(merges):
         if isinstance(merge, str):
             parts = merge.split(" ")
             if len(parts) != 2:
                 raise TokenizerError(f"tokenizer.json merge #{rank} {merge!r} is not a pair of tokens",
                                      "the file is damaged: re-download tokenizer.json")
             left, right = parts
-        else:
+        elif isinstance(merge, list) and len(merge) == 2 and all(isinstance(p, str) for p in merge):
             left, right = merge
+        else:
+            raise TokenizerError(f"tokenizer.json merge #{rank} {merge!r} is not a pair of tokens",
+                                 "the file is damaged: re-download tokenizer.json")
         if left not in vocab or right not in vocab or left + right not in vocab:
             raise TokenizerError(f"tokenizer.json merge #{rank} {left!r} + {right!r} uses tokens that are not in "
                                  "its vocabulary", "the file is damaged: re-download tokenizer.json")
@@ -329,8 +398,12 @@ def _byte_level_bpe_vocab(tokenizer_json: dict, folder: Path, pre_override: str 
 
 def _tokens_by_id(vocab_map: dict[str, int]) -> list[str]:
     tokens: list[str | None] = [None] * len(vocab_map)
+    if not isinstance(vocab_map, dict):
+        raise TokenizerError("tokenizer.json's model.vocab is not an object of token -> id",
+                             "re-download tokenizer.json")
     for text, token_id in vocab_map.items():
-        if not 0 <= token_id < len(tokens) or tokens[token_id] is not None:
+        if not isinstance(token_id, int) or isinstance(token_id, bool) or not 0 <= token_id < len(tokens) \
+                or tokens[token_id] is not None:
             raise TokenizerError(f"tokenizer.json vocabulary ids are not 0..{len(tokens) - 1} (id {token_id})",
                                  "re-download tokenizer.json")
         tokens[token_id] = text
