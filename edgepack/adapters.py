@@ -710,6 +710,8 @@ def merge_adapter(peft_dir: str | os.PathLike, base_hf_dir: str | os.PathLike, o
     is built beside ``out_dir`` and renamed into place only when complete.
     """
     started = time.monotonic()
+    if not math.isfinite(scale):
+        raise UsageError(f"--scale must be a finite number, not {scale}", "1.0 merges the adapter as trained")
     out = Path(out_dir)
     text = os.fspath(base_hf_dir)
     if Path(text).is_file():

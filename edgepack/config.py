@@ -37,6 +37,7 @@ Example (``examples/demo/edgepack.toml`` is a complete one)::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -627,8 +628,9 @@ def _parse_adapters(value, folder: Path, file_values: _FileValues | None, fail) 
             raise bad("scales", "give scale or scales, not both")
         scales = entry.get("scales", [entry["scale"]] if "scale" in entry else [1.0])
         if not isinstance(scales, list) or not scales or any(
-                isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in scales):
-            raise bad("scales" if "scales" in entry else "scale", "must be positive numbers (e.g. 1.0)")
+                isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < math.inf for s in scales):
+            # TOML has nan and inf literals; llama.cpp would take them and compute NaN logits
+            raise bad("scales" if "scales" in entry else "scale", "must be positive finite numbers (e.g. 1.0)")
         name = entry.get("name") or path.name
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise bad("name", "must be letters, digits, '_', '.', '-'")

@@ -153,12 +153,24 @@ def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
         check_replaceable(out)  # again: the work may have taken hours, and a rename would replace a device
         os.replace(tmp, out)
     except BaseException as exc:
+        full = isinstance(exc, OSError) and disk_full(exc, out.parent)  # before the temp file frees its space
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if full:
             raise OutputError(f"disk full while writing {out}", "free space or write elsewhere with -o") from exc
         raise
     _fsync_dir(out.parent)
+
+
+def disk_full(exc: OSError, folder: Path) -> bool:
+    """Whether a failed write means the disk is full: ENOSPC/EDQUOT, or a short write that reports no errno
+    (numpy's tofile says only "N requested and M written") on a filesystem with (almost) nothing left."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if exc.errno is None:
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(folder).free < 1 << 20
+    return False
 
 
 @contextlib.contextmanager

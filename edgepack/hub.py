@@ -20,6 +20,7 @@ model-info request and no file transfer. An interrupted file download is resumed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fnmatch
 import glob
@@ -67,11 +68,14 @@ class HubSettings:
     token: str | None
     offline: bool
     timeout_s: float
+    # A download that receives less than MIN_STALL_BYTES in this many seconds is abandoned: a server that drips
+    # a byte now and then never trips the per-read timeout above (EDGEPACK_HUB_STALL_S).
+    stall_s: float = 60.0
 
     @classmethod
     def from_env(cls, *, endpoint: str | None = None, cache_dir: str | os.PathLike | None = None,
                  token: str | None = None, offline: bool | None = None,
-                 timeout_s: float | None = None) -> HubSettings:
+                 timeout_s: float | None = None, stall_s: float | None = None) -> HubSettings:
         env = os.environ
         if cache_dir is None:
             if env.get("HF_HUB_CACHE"):
@@ -83,9 +87,12 @@ class HubSettings:
             offline = (env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE") or "").lower() in _TRUE
         if timeout_s is None:
             timeout_s = float(env.get("HF_HUB_ETAG_TIMEOUT") or 10)
+        if stall_s is None:
+            stall_s = float(env.get("EDGEPACK_HUB_STALL_S") or 60)
         return cls(endpoint=(endpoint or env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
                    cache_dir=Path(os.path.expandvars(str(cache_dir))).expanduser(),
-                   token=token or env.get("HF_TOKEN") or None, offline=offline, timeout_s=timeout_s)
+                   token=token or env.get("HF_TOKEN") or None, offline=offline, timeout_s=timeout_s,
+                   stall_s=stall_s)
 
 
 @dataclass(frozen=True)
@@ -242,7 +249,7 @@ def pull(repo_id: str, revision: str | None = None, out_dir: str | os.PathLike |
     _check_request(repo_id, revision)
     settings = settings or HubSettings.from_env(token=token)
     if token:
-        settings = HubSettings(settings.endpoint, settings.cache_dir, token, settings.offline, settings.timeout_s)
+        settings = dataclasses.replace(settings, token=token)
     requested = revision or DEFAULT_REVISION
     include = tuple(include)
     out = Path(out_dir) if out_dir is not None else None
@@ -338,7 +345,10 @@ class _Context:
                 return HubError(f"{endpoint} answered HTTP {status} for {repo}", self._offline_hint("retry later"))
             return HubError(f"Hub request for {repo} failed with HTTP {status}", self._offline_hint("retry"))
         if isinstance(exc, (httpx2.TimeoutException,)):
-            return HubError(f"timed out talking to {endpoint}", self._offline_hint("check your connection"))
+            stalled = "stalled" in str(exc)
+            return HubError(f"{'the download stalled' if stalled else 'timed out'} talking to {endpoint}",
+                            self._offline_hint("the server is stuck or very slow: try again later (the window is "
+                                               "EDGEPACK_HUB_STALL_S)" if stalled else "check your connection"))
         if isinstance(exc, (httpx2.TransportError, LocalEntryNotFoundError, OfflineModeIsEnabled)):
             detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             return HubError(f"cannot reach {endpoint}: {detail}", self._offline_hint("check your connection"))
@@ -361,6 +371,7 @@ def _from_hub(ctx: _Context, include: tuple[str, ...], progress: Progress) -> Pu
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     settings = ctx.settings
+    _guard_stalls(settings)
     api = HfApi(endpoint=settings.endpoint, token=settings.token or None)
     info = api.model_info(ctx.repo_id, revision=ctx.revision, files_metadata=True, timeout=settings.timeout_s)
     commit = info.sha
@@ -557,6 +568,54 @@ def _tqdm_class(progress: Progress):
             super().__init__(*args, **kwargs)
 
     return _Silent
+
+
+MIN_STALL_BYTES = 64 * 1024
+
+
+def _guard_stalls(settings: HubSettings) -> None:
+    """Make huggingface_hub's HTTP client give up on a body that trickles: less than MIN_STALL_BYTES in
+    ``settings.stall_s`` seconds raises a read timeout, which the client retries like any other and then reports
+    (``_Context.translate``: "stalled"). A per-read timeout alone never fires when a byte arrives now and then,
+    and the client reads in 10 MB chunks, so no progress callback sees the trickle either: the check sits on the
+    raw stream, in a transport wrapper installed through huggingface_hub's own client factory hook."""
+    import httpx2
+    from huggingface_hub.utils import _http, set_client_factory
+
+    class _Watched(httpx2.SyncByteStream):
+        def __init__(self, inner, request):
+            self.inner, self.request = inner, request
+
+        def __iter__(self):
+            window_start, window_bytes = time.monotonic(), 0
+            for piece in self.inner:
+                window_bytes += len(piece)
+                now = time.monotonic()
+                if now - window_start >= settings.stall_s:
+                    if window_bytes < MIN_STALL_BYTES:
+                        raise _Stalled(f"stalled: {window_bytes} bytes in {now - window_start:.0f} s",
+                                       request=self.request)
+                    window_start, window_bytes = now, 0
+                yield piece
+
+        def close(self):
+            self.inner.close()
+
+    class _Transport(httpx2.HTTPTransport):
+        def handle_request(self, request):
+            response = super().handle_request(request)
+            response.stream = _Watched(response.stream, request)
+            return response
+
+    class _Stalled(httpx2.ReadTimeout):
+        pass
+
+    def factory():
+        client = _http.default_client_factory()  # hf's own settings (hooks, redirects) ...
+        client._transport = _Transport()  # ... with the watched transport (httpx keeps it in this attribute)
+        return client
+
+    set_client_factory(factory)
 
 
 def _check_space(folder: Path, need: int, what: str, hint: str) -> None:

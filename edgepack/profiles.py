@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ProfileError
+from .limits import MAX_THREADS
 from .validate import safe_name
 
 if sys.version_info >= (3, 11):
@@ -52,6 +53,14 @@ ISA_FEATURES = ("neon", "dotprod", "i8mm", "sve", "sve2", "sme", "fp16", "avx2",
 
 def _positive(v):
     return None if v > 0 else "must be > 0"
+
+
+def _count_up_to(limit: int):
+    """A positive count with a ceiling: fit expands per-core lists, so a profile claiming 10^12 cores must be
+    refused by ``validate``, not run out of memory later."""
+    def check(v):
+        return None if 0 < v <= limit else f"must be between 1 and {limit:,}"
+    return check
 
 
 def _fraction(v):
@@ -90,7 +99,7 @@ def _sourced(value_key: str, check=_positive, extra: dict | None = None) -> dict
     return spec
 
 
-CLUSTER = {"name": (str, True, None), "cores": (int, True, _positive), "max_ghz": ((int, float), True, _positive),
+CLUSTER = {"name": (str, True, None), "cores": (int, True, _count_up_to(MAX_THREADS)), "max_ghz": ((int, float), True, _positive),
            "source": (str, True, None), "kind": (str, True, _one_of(KINDS)), "note": (str, False, None)}
 
 SCHEMA: dict = {
@@ -111,7 +120,7 @@ SCHEMA: dict = {
     },
     # Optional: the GPU the metal/vulkan/opencl/cuda backends run on. ``cores`` (Apple GPU cores, NVIDIA SMs,
     # AMD CUs) is the compute size the projection scales prompt speed by within a device class.
-    "gpu": {"name": (str, True, None), "cores": (int, True, _positive), "source": (str, True, None),
+    "gpu": {"name": (str, True, None), "cores": (int, True, _count_up_to(1 << 20)), "source": (str, True, None),
             "kind": (str, True, _one_of(KINDS)), "note": (str, False, None)},
     "memory": {
         "total": _sourced("gb"),

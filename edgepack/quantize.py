@@ -37,7 +37,7 @@ import gguf
 
 from . import __version__, limits
 from .errors import BadGGUF, OutputError, QuantizeError, UsageError
-from .fileio import atomic_path, atomic_write_text, blake3_file, check_replaceable, prepare_output_dir
+from .fileio import atomic_path, disk_full, atomic_write_text, blake3_file, check_replaceable, prepare_output_dir
 from .ggufheader import GGUFHeader, read_header
 from .loadcheck import check_loadable
 from .progress import QUIET, Progress
@@ -615,6 +615,8 @@ def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: i
         with log.installed():
             status = _run_interruptibly(
                 lambda: llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)))
+        if status != 0 and disk_full(OSError(log.failure()), out.parent):  # llama.cpp says only "iostream error"
+            raise OutputError(f"disk full while writing {out}", "free space or write elsewhere with -o")
         if status != 0:
             error = QuantizeError(f"llama.cpp could not quantize {src.name} to {qt.name}: {log.failure()}",
                                   "the reason is llama.cpp's own; check the source GGUF and the options")

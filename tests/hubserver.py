@@ -98,6 +98,7 @@ class HubServer:
         self.drop_once: dict[str, int | None] = {}
         self.corrupt: set[str] = set()
         self.stall_s: float = 0.0
+        self.drip_s: float = 0.0  # > 0: file bodies trickle out a byte at a time, this far apart (for 20 s at most)
         self.api_status: int | None = None
         self._lock = threading.Lock()
         self._servers: list[ThreadingHTTPServer] = []
@@ -342,6 +343,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
         self.end_headers()
         if head:
+            return
+        if self.hub.drip_s and len(body) > 1:
+            deadline = time.monotonic() + 20  # bounded: the server gives up on its own
+            for i in range(len(body)):
+                if time.monotonic() > deadline:
+                    break
+                try:
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up: good
+                    break
+                time.sleep(self.hub.drip_s)
+            self.close_connection = True
             return
         if drop:
             # Send part of the promised bytes, then cut the connection: the client sees an incomplete body.

@@ -25,7 +25,7 @@ from edgepack.errors import EdgepackError
 from edgepack.fit import describe_config, describe_gguf
 from edgepack.loadcheck import check_loadable
 from edgepack.quantize import inspect_source
-from test_hostile_gguf import rewrite
+from test_hostile_inputs import rewrite
 from tinymodels import synthetic_llama, tiny_llama_config
 
 REPO = Path(__file__).resolve().parents[1]

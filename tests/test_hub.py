@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -293,6 +294,16 @@ def test_unreachable_and_timeout_hint_offline(repo, hub, tmp_path):
     with pytest.raises(HubError, match="timed out") as err:
         pull(REPO, settings=HubSettings.from_env(timeout_s=0.3))
     assert "HF_HUB_OFFLINE=1" in err.value.hint
+    no_partial_output(tmp_path / "out")
+
+
+def test_a_dripping_server_is_abandoned(repo, hub, tmp_path):
+    """A server that sends a byte now and then never trips the per-read timeout; the stall window stops it."""
+    hub.drip_s = 0.05
+    started = time.monotonic()
+    with pytest.raises(HubError, match="stalled") as err:
+        pull(REPO, None, tmp_path / "out", settings=HubSettings.from_env(stall_s=1.0))
+    assert time.monotonic() - started < 15 and "EDGEPACK_HUB_STALL_S" in err.value.hint
     no_partial_output(tmp_path / "out")
 
 

@@ -19,7 +19,7 @@ import pytest
 from edgepack import isolate, limits
 from edgepack.config import resolve
 from edgepack.convert import convert
-from edgepack.errors import BadGGUF, ConfigError, UsageError
+from edgepack.errors import BadGGUF, ConfigError, OutputError, UsageError
 from edgepack.ggufheader import read_header
 from edgepack.loadcheck import check_loadable, probe
 
@@ -173,3 +173,42 @@ def test_eval_with_a_small_temp_folder_says_so_and_leaves_nothing(demo_gguf, tmp
         assert list(tiny.iterdir()) == []
     finally:
         subprocess.run(["umount", str(tiny)], check=False)
+
+
+@pytest.mark.skipif(not shutil.which("mount") or os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+@pytest.mark.parametrize("command", ["convert", "quantize"])
+def test_a_full_disk_is_named_as_such(command, demo_gguf, tmp_path):
+    full = tmp_path / "full"
+    if not _mount_tiny_tmpfs(full):
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        if command == "convert":  # an 11 MB F32 file into 1 MB: numpy's short write has no errno
+            res = _cli("convert", str(REPO / "examples/demo/model"), "-o", str(full / "m.gguf"), "--outtype", "f32")
+        else:  # llama.cpp reports only "iostream error"
+            res = _cli("quantize", str(demo_gguf), "-t", "Q8_0", "-o", str(full))
+        assert res.returncode == OutputError.exit_code, res.stderr
+        assert "disk full" in res.stderr and "Traceback" not in res.stderr
+        assert list(full.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+
+
+@pytest.mark.parametrize("scale", ["nan", "inf", "-inf"])
+def test_non_finite_adapter_scales_are_refused(scale, tmp_path):
+    config = tmp_path / "edgepack.toml"
+    config.write_text(f'source = "{REPO / "examples/demo/model"}"\n[[adapters]]\n'
+                      f'path = "{REPO / "examples/demo/adapter"}"\nscale = {scale}\n')
+    with pytest.raises(ConfigError, match="finite"):
+        resolve(config)
+
+
+def test_a_profile_claiming_absurd_core_counts_is_refused_by_validate(tmp_path):
+    from edgepack.errors import ProfileError
+    from edgepack.profiles import SHIPPED_DIR, load_profile_file
+
+    text = (SHIPPED_DIR / "pixel-8.toml").read_text()
+    first = text.index("cores = ") + len("cores = ")
+    bad = tmp_path / "pixel-8.toml"
+    bad.write_text(text[:first] + "1000000000000" + text[text.index(",", first):])
+    with pytest.raises(ProfileError, match="between 1 and 512"):
+        load_profile_file(bad)
