@@ -290,8 +290,8 @@ def parse_json(raw: bytes | str, what: str, error: type[EdgepackError], hint: st
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         return json.loads(text, parse_constant=_no_constant)
     except UnicodeDecodeError:
-        raise error(f"{what} is not UTF-8 text", hint) from None
+        raise error(f"{what}: not UTF-8 text", hint) from None
     except RecursionError:
-        raise error(f"{what} is nested too deeply to be a real file", hint) from None
+        raise error(f"{what}: nested too deeply to be a real file", hint) from None
     except ValueError as exc:  # JSONDecodeError is a ValueError
-        raise error(f"{what} is not valid JSON ({str(exc).splitlines()[0][:200]})", hint) from None
+        raise error(f"{what}: not valid JSON ({str(exc).splitlines()[0][:200]})", hint) from None

@@ -79,7 +79,8 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             header_bytes = f.read(header_len)
     except OSError as exc:
         raise BadCheckpoint(f"cannot read {path}: {exc.strerror}", "check the file's permissions") from exc
-    header = parse_json(header_bytes, f"{path.name}'s safetensors header", BadCheckpoint, f"re-download {path.name}")
+    header = parse_json(header_bytes, f"{path.name} has a garbled safetensors header", BadCheckpoint,
+                        f"re-download {path.name}")
     if not isinstance(header, dict):
         raise BadCheckpoint(f"{path.name} has a garbled safetensors header", f"re-download {path.name}")
 
