@@ -59,7 +59,7 @@ def _count_up_to(limit: int):
     """A positive count with a ceiling: fit expands per-core lists, so a profile claiming 10^12 cores must be
     refused by ``validate``, not run out of memory later."""
     def check(v):
-        return None if 0 < v <= limit else f"must be between 1 and {limit:,}"
+        return _positive(v) or (None if v <= limit else f"must be at most {limit:,}")
     return check
 
 
