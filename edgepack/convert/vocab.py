@@ -366,13 +366,8 @@ def _gpt2_layout_json(folder: Path) -> dict | None:
     vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
     if not (vocab_file.is_file() and merges_file.is_file()):
         return None
-    config_file = folder / "tokenizer_config.json"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-        vocab_map = json.loads(vocab_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"vocab.json or tokenizer_config.json is not valid JSON ({exc})",
-                             "re-download the tokenizer files") from exc
+    config = _json_object(folder / "tokenizer_config.json")
+    vocab_map = _json_object(vocab_file)
     tokenizer_class = config.get("tokenizer_class")
     steps = GPT2_LAYOUT_PRE_TOKENIZERS.get(tokenizer_class)
     if steps is None or config.get("add_prefix_space"):
@@ -382,8 +377,10 @@ def _gpt2_layout_json(folder: Path) -> dict | None:
                              + ")")
     lines = merges_file.read_text(encoding="utf-8").splitlines()
     merges = [line for line in lines if line.strip() and not line.startswith("#version")]
-    return {"model": {"type": "BPE", "vocab": vocab_map, "merges": merges}, "pre_tokenizer": steps,
+    data = {"model": {"type": "BPE", "vocab": vocab_map, "merges": merges}, "pre_tokenizer": steps,
             "added_tokens": []}
+    _check_tokenizer_json(data)
+    return data
 
 
 def _byte_level_bpe_vocab(tokenizer_json: dict, folder: Path, pre_override: str | None) -> Vocab:
