@@ -47,7 +47,8 @@ def _list_architectures(ctx: click.Context, _param, value: bool) -> None:
               help="Also write the vision tower + projector of a vision-language SRC as llama.cpp's mmproj GGUF "
                    "(default PATH: mmproj-<name>-<TYPE>.gguf beside the output). Gemma 3 for now.")
 @click.option("--mmproj-outtype", type=click.Choice(MMPROJ_OUTTYPES), default="f16", show_default=True,
-              help="Projector weight type (norms, biases and embeddings stay F32).")
+              help="Projector weight type (norms, biases and embeddings stay F32; with q8_0 what llama.cpp "
+                   "cannot quantize stays F16).")
 @click.option("--allow-unsafe-chat-template", is_flag=True,
               help="Ship a chat template that uses constructs able to reach outside Jinja's sandbox (underscore "
                    "attributes, imports, ...): refused by default; the bundle manifest records it.")

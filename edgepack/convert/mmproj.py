@@ -32,8 +32,9 @@ from .spec import HFConfig
 K = gguf.Keys
 STR, U32, F32, BOOL = (gguf.GGUFValueType.STRING, gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32,
                        gguf.GGUFValueType.BOOL)
-MMPROJ_OUTTYPES = ("f16", "f32")
-FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
+MMPROJ_OUTTYPES = ("f16", "f32", "q8_0")
+FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class ProjectorSpec:
     # GGUF name pattern -> fn(raw array, HFConfig) like ArchSpec.transforms
     transforms: dict[str, Callable[[np.ndarray, HFConfig], np.ndarray]] = field(default_factory=dict)
     always_f32: str = r"$^"  # GGUF names kept in F32 whatever the outtype
+    never_quantized: str = r"$^"  # GGUF names kept in F16 when the outtype is q8_0
     # (config, vision config, preprocessor config, text hidden size) -> [(key, value, type)]; raises
     # UnsupportedArchitecture for what llama.cpp cannot reproduce
     metadata: Callable[[dict, HFConfig, dict, int], list] = lambda config, vision, preproc, text_hidden: []
@@ -222,6 +224,9 @@ GEMMA3 = register(ProjectorSpec(
     transforms={r"mm\.soft_emb_norm\.weight": plus_one},
     # llama.cpp's converter keeps SigLIP's patch and position embeddings in F32 for Gemma 3
     always_f32=r"v\.(patch_embd|position_embd)\.weight",
+    # llama.cpp's converter keeps the projection matrix F16 in quantized projectors (llama.cpp issue 13025:
+    # clip.cpp transposes it, which a block-quantized tensor cannot be)
+    never_quantized=r"mm\.input_projection\.weight",
     metadata=_gemma3_metadata,
     image_tokens=lambda config, vision, preproc: gemma3_pooling(config, vision, preproc)[1],
 ))
@@ -252,12 +257,25 @@ def _plan(spec: ProjectorSpec, checkpoint: Checkpoint, outtype: str) -> list[tup
             raise UnsupportedArchitecture(f"cannot write the projector: unknown vision tensor {hf_name}",
                                           "this checkpoint's vision tower differs from the family's")
         shape = tuple(info.shape)
-        f32 = len(shape) < 2 or outtype == "f32" or re.fullmatch(spec.always_f32, gguf_name)
-        plan.append((hf_name, gguf_name, shape, QT.F32 if f32 else QT.F16))
+        plan.append((hf_name, gguf_name, shape, _tensor_type(spec, gguf_name, shape, outtype)))
     if not plan:
         raise BadCheckpoint("the checkpoint holds no vision tower tensors",
                             "is this the full vision-language checkpoint, not its text-only export?")
     return plan
+
+
+def _tensor_type(spec: ProjectorSpec, gguf_name: str, shape: tuple, outtype: str) -> QT:
+    if len(shape) < 2 or outtype == "f32" or re.fullmatch(spec.always_f32, gguf_name):
+        return QT.F32
+    block = gguf.GGML_QUANT_SIZES[QT.Q8_0][0]
+    if outtype == "q8_0" and shape[-1] % block == 0 and not re.fullmatch(spec.never_quantized, gguf_name):
+        return QT.Q8_0
+    return QT.F16
+
+
+def _nbytes(shape: tuple, qtype: QT) -> int:
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape)) // block * type_size
 
 
 def _check_shapes(plan: list, vision: HFConfig, text_hidden: int) -> None:
@@ -321,7 +339,7 @@ def default_mmproj_path(src: str | Path, out_dir: Path, outtype: str = "f16") ->
 def convert_mmproj(src: str | Path, out: str | Path, *, outtype: str = "f16", force: bool = False,
                    progress: Progress = QUIET) -> MmprojResult:
     """Write the vision tower + projector of the vision-language checkpoint ``src`` as llama.cpp's mmproj GGUF
-    ``out`` (F16 matmul weights by default, or F32). Refuses, before writing anything, a checkpoint whose
+    ``out`` (F16 matmul weights by default, F32, or Q8_0 where llama.cpp's converter quantizes). Refuses, before writing anything, a checkpoint whose
     vision settings llama.cpp cannot reproduce. Nothing is left behind on failure."""
     started = time.monotonic()
     src, out = Path(src), Path(out)
@@ -340,8 +358,7 @@ def convert_mmproj(src: str | Path, out: str | Path, *, outtype: str = "f16", fo
         else:
             writer.add_key_value(key, value, value_type)
     for _, gguf_name, shape, qtype in p.plan:
-        nbytes = int(np.prod(shape)) * (4 if qtype == QT.F32 else 2)
-        writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+        writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), _nbytes(shape, qtype), raw_dtype=qtype)
 
     transforms = [(re.compile(pattern), fn) for pattern, fn in p.spec.transforms.items()]
     total = sum(int(np.prod(shape)) for _, _, shape, _ in p.plan)
