@@ -23,6 +23,7 @@ from pathlib import Path
 from gemma_configs import (GEMMA3_4B_IT, GEMMA3N_E2B_TEXT, GEMMA4_31B_TEXT, GEMMA4_E2B_IT, TINY_GEMMA4_VISION,
                            TINY_SIGLIP)
 from tinymodels import TEXTS, TOKENIZERS, real_config, shrink
+from tokenizer_cases import phi4_mini_json
 
 QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
                "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
@@ -144,6 +145,7 @@ TOKENIZER_SPECS = {t.name: t for t in [
     TokenizerSpec("gpt2", _copy({"gpt2-swift-transformers/gpt2_tokenizer.json": "tokenizer.json",
                                  "gpt2-swift-transformers/gpt2_tokenizer_config.json": "tokenizer_config.json"}),
                   None),
+    TokenizerSpec("phi4-mini", phi4_mini_json, None),
     TokenizerSpec("tinyllama", _copy({f"tinyllama-chat-resaved-Dheena731/{n}": n for n in (
         "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")}), "<s>"),
 ]}
@@ -304,6 +306,26 @@ def text_model(name: str, architecture: str) -> dict:
     """The text model of a published multimodal config (its ``text_config``) as a text-only *ForCausalLM config."""
     real = real_config(name)
     return dict(real["text_config"], architectures=[architecture])
+# transformers' Ministral3Config defaults = the released models' rope settings (see configs/ministral3_8b).
+MINISTRAL3_YARN = {"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 16.0,
+                   "original_max_position_embeddings": 16384, "beta_fast": 32.0, "beta_slow": 1.0,
+                   "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}
+# mistralai/Ministral-3-3B-Instruct-2512's shape as Mistral3ForConditionalGeneration: the 3B text model (26
+# layers, 3072 wide, 32 x 128 query heads over 8 KV heads, tied embeddings) and a Pixtral tower.
+MINISTRAL3_3B = {
+    "architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3", "image_token_index": 10,
+    "multimodal_projector_bias": False, "projector_hidden_act": "gelu", "spatial_merge_size": 2,
+    "vision_feature_layer": -1, "tie_word_embeddings": True,
+    "text_config": {"model_type": "ministral3", "hidden_size": 3072, "intermediate_size": 9216,
+                    "num_hidden_layers": 26, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                    "max_position_embeddings": 262144, "rms_norm_eps": 1e-05, "tie_word_embeddings": True,
+                    "vocab_size": 131072, "rope_parameters": MINISTRAL3_YARN},
+    "vision_config": {"model_type": "pixtral", "hidden_size": 1024, "intermediate_size": 4096, "patch_size": 14,
+                      "image_size": 1540, "num_hidden_layers": 24, "num_attention_heads": 16, "head_dim": 64},
+}
+# A Pixtral tower of one tiny layer: the converter drops it, transformers needs one to build the model.
+TINY_PIXTRAL = {"model_type": "pixtral", "hidden_size": 32, "intermediate_size": 64, "patch_size": 14,
+                "image_size": 28, "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 16}
 
 
 CASES = [
@@ -412,6 +434,24 @@ CASES = [
     FamilyCase("smollm-135m", "smollm_135m", "smollm-trained", {"hidden": 384, "heads": 6}),
     FamilyCase("smollm2-135m", "smollm2_135m", "smollm-trained", {"hidden": 384, "heads": 6}),
     FamilyCase("tinyllama-1.1b", "tinyllama_1b_chat_v1.0", "tinyllama", {"heads": 8}),
+    # 8 layers keep two NoPE layers (3 and 7: every 4th, as llama.cpp hard-codes and the real flags say).
+    # The real special ids (pad 128004, eos 128012) lie outside the small trained vocabulary: unset here.
+    FamilyCase("smollm3-3b", "smollm3_3b", "smollm-trained", {"layers": 8},
+               {"pad_token_id": None, "eos_token_id": None}),
+    # The YaRN original context (16384 in the real model) shrunk to 16 positions, so that within the 48-token
+    # sequence both YaRN's frequencies and the Llama-4 query temperature (floor(pos / 16)) take effect.
+    FamilyCase("ministral3-8b", "ministral3_8b", "smollm-trained", {"max_positions": 256},
+               {"rope_parameters": {**MINISTRAL3_YARN, "original_max_position_embeddings": 16}}),
+    FamilyCase("ministral3-3b-multimodal", MINISTRAL3_3B, "smollm-trained", {},
+               {"text_config": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 128,
+                                "max_position_embeddings": 256,
+                                "rope_parameters": {**MINISTRAL3_YARN, "original_max_position_embeddings": 16}},
+                "vision_config": TINY_PIXTRAL}),
+    # Phi-4-mini: partial rotary (96 of 128 dims, the 48 real LongRoPE factors), tied embeddings, GQA 3:1; its
+    # real o200k vocabulary (200064) makes this the slowest case.
+    FamilyCase("phi4-mini", "phi4_mini_instruct", "phi4-mini", {"hidden": 384, "heads": 3, "max_positions": 1024},
+               {"original_max_position_embeddings": 32}),
     # LFM2 v1 config (full_attn_idxs): 6 layers keep attention at 2 and 5, convolutions around them; block_ff_dim
     # 700 -> 2/3 = 466 -> rounded up to 512 by the size rule (block_multiple_of 256 as the real model).
     FamilyCase("lfm2-1.2b", "lfm2_1.2b", "qwen2-trained", {"layers": 6, "heads": 8}, {"block_ff_dim": 700}),

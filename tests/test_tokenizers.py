@@ -82,15 +82,20 @@ def test_special_tokens_and_bos(vocab_gguf):
     case, folder, out, llm = vocab_gguf
     reader = gguf.GGUFReader(out)
     fields = {f.name: f for f in reader.fields.values()}
-    if case.name.startswith("qwen3-"):  # Qwen's tokenizer files name no BOS (config.json's bos_token_id does) and add none
+    # Qwen's and SmolLM3's tokenizer files name no BOS (config.json's bos_token_id may) and add none.
+    no_bos = {"qwen3-json": "qwen2", "qwen3-vocab-merges": "qwen2", "smollm3-json": "llama-bpe"}
+    if case.name in no_bos:
         assert llm.tokenize(b"Hello", add_bos=True) == llm.tokenize(b"Hello", add_bos=False)
-        assert fields["tokenizer.ggml.pre"].contents() == "qwen2"
+        assert fields["tokenizer.ggml.pre"].contents() == no_bos[case.name]
         return
+    if case.name == "phi4-mini-json":  # o200k: the pre-tokenizer derived from its regex (no --pre-tokenizer)
+        assert fields["tokenizer.ggml.pre"].contents() == "granite-embed-multi-97m"
     bos = int(fields["tokenizer.ggml.bos_token_id"].parts[-1][0])
     assert llm.token_bos() == bos
-    # add_bos as the original tokenizer does it (all these models prepend BOS, except Phi-3's config says no).
+    # add_bos as the original tokenizer does it (all these models prepend BOS, except where Phi-3's and
+    # Phi-4-mini's configs say no).
     with_bos = llm.tokenize(b"Hello", add_bos=True)
-    expected_add_bos = case.name != "phi3-json"
+    expected_add_bos = case.name not in ("phi3-json", "phi4-mini-json")
     assert (with_bos[0] == bos) == expected_add_bos
     if case.name == "llama3-json":
         assert fields["tokenizer.ggml.pre"].contents() == "llama-bpe"

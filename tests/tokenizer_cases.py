@@ -130,6 +130,63 @@ def _llama3_json(folder: Path) -> None:
                          "{{ m['content'] }}<|eot_id|>{% endfor %}"}))
 
 
+# Phi-4-mini's own tokens (its added_tokens.json), after o200k_base's <|endoftext|> 199999 / <|endofprompt|> 200018.
+PHI4_MINI_SPECIALS = {"<|assistant|>": 200019, "<|end|>": 200020, "<|user|>": 200021, "<|system|>": 200022,
+                      "<|tool|>": 200023, "<|/tool|>": 200024, "<|tool_call|>": 200025, "<|/tool_call|>": 200026,
+                      "<|tool_response|>": 200027, "<|tag|>": 200028}
+
+
+def o200k_definition() -> dict:
+    """tiktoken's own o200k_base definition (split pattern, ranks, special tokens), with the ranks read from the
+    fixture (checked against the hash tiktoken publishes) instead of downloaded."""
+    from unittest import mock
+
+    import tiktoken_ext.openai_public as openai_public
+    from tiktoken.load import load_tiktoken_bpe
+
+    local = str(TOKENIZERS / "o200k-tiktoken-rs/o200k_base.tiktoken")
+    with mock.patch.object(openai_public, "load_tiktoken_bpe",
+                           lambda _url, expected_hash: load_tiktoken_bpe(local, expected_hash=expected_hash)):
+        return openai_public.o200k_base()
+
+
+def phi4_mini_json(folder: Path) -> None:
+    """Phi-4-mini's tokenizer.json as transformers builds it from tiktoken's o200k_base (TikTokenConverter: the
+    o200k split regex, ByteLevel, ignore_merges) plus o200k's and Phi-4-mini's special tokens at their ids.
+    The ids between them that neither names (199998, 200000-200017) hold placeholders: no test text has them."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    o200k = o200k_definition()
+    tok = TikTokenConverter(vocab_file=str(TOKENIZERS / "o200k-tiktoken-rs/o200k_base.tiktoken"),
+                            pattern=o200k["pat_str"]).converted()
+    data = json.loads(tok.to_str())
+    named = {i: t for t, i in {**o200k["special_tokens"], **PHI4_MINI_SPECIALS}.items()}
+    first = len(o200k["mergeable_ranks"])  # HF tokenizers numbers added tokens on from the vocabulary's end
+    data["added_tokens"] = [{"id": i, "content": named.get(i, f"<|placeholder_{i}|>"), "single_word": False,
+                             "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+                            for i in range(first, max(named) + 1)]
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "add_bos_token": False, "tokenizer_class": "GPT2Tokenizer",
+        "chat_template": "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"}))
+
+
+def _smollm3_json(folder: Path) -> None:
+    """SmolLM3's tokenizer: Llama-3's tiktoken BPE with SmolLM3's 256 added tokens (its tokenizer_config.json,
+    some of them not special: <think>, <tool_call>...) and no BOS."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    config = json.loads((TOKENIZERS / "smollm3-ortx-configonly/tokenizer_config.json").read_text())
+    tok = TikTokenConverter(vocab_file=str(TOKENIZERS / "llama3-tiktoken/tokenizer.model")).converted()
+    data = json.loads(tok.to_str())
+    data["added_tokens"] = [{"id": int(i), **{k: t[k] for k in ("content", "single_word", "lstrip", "rstrip",
+                                                                 "normalized", "special")}}
+                            for i, t in sorted(config["added_tokens_decoder"].items(), key=lambda kv: int(kv[0]))]
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False))
+    _copy(TOKENIZERS / "smollm3-ortx-configonly/tokenizer_config.json", folder / "tokenizer_config.json")
+
+
 def _qwen3_json(folder: Path) -> None:
     """Qwen2/2.5/3's byte-level BPE: tokenizer.json built by transformers from the real vocab.json + merges.txt
     (as Qwen's own tokenizer.json was: NFC, the Qwen2 split regex, ByteLevel without regex)."""
@@ -155,6 +212,8 @@ BUILDERS = {
     "llama3-json": _llama3_json,
     "qwen3-json": _qwen3_json,
     "qwen3-vocab-merges": _qwen3_vocab_merges,
+    "phi4-mini-json": phi4_mini_json,
+    "smollm3-json": _smollm3_json,
 }
 
 CASES = [
@@ -168,4 +227,6 @@ CASES = [
     TokenizerCase("llama3-json", 128256, "tokenizers"),
     TokenizerCase("qwen3-json", 151936, "tokenizers"),
     TokenizerCase("qwen3-vocab-merges", 151936, "transformers"),
+    TokenizerCase("phi4-mini-json", 200064, "tokenizers"),
+    TokenizerCase("smollm3-json", 128256, "tokenizers"),
 ]

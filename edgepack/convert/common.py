@@ -51,7 +51,8 @@ MULTIMODAL_TEXT_RENAMES: tuple[tuple[str, str], ...] = (
 PLAIN_ROPE_TYPES = {None, "default"}
 
 
-def rope_metadata(config: HFConfig, supported: frozenset = frozenset({"linear", "llama3"})) -> list[Metadata]:
+def rope_metadata(config: HFConfig, supported: frozenset = frozenset({"linear", "llama3"}),
+                  yarn_log_multiplier: bool = False) -> list[Metadata]:
     """rope.freq_base, rope.dimension_count and scaling keys; unknown scaling is an error, never ignored."""
     params = config.rope_parameters
     out: list[Metadata] = [
@@ -69,7 +70,7 @@ def rope_metadata(config: HFConfig, supported: frozenset = frozenset({"linear", 
     if rope_type == "linear":
         out += [(K.Rope.SCALING_TYPE, "linear", STR), (K.Rope.SCALING_FACTOR, float(params["factor"]), F32)]
     if rope_type == "yarn":
-        out += yarn_metadata(config)
+        out += yarn_metadata(config, yarn_log_multiplier)
     # llama3 scaling is carried as the rope_freqs tensor (see llama3_rope_factors), as llama.cpp expects.
     return out
 
@@ -81,7 +82,7 @@ def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
-def yarn_metadata(config: HFConfig) -> list[Metadata]:
+def yarn_metadata(config: HFConfig, log_multiplier_key: bool = False) -> list[Metadata]:
     """YaRN as llama.cpp reproduces it: scaling type, factor, original context and the attention factor.
 
     transformers (``_compute_yarn_parameters``) blends interpolated and extrapolated frequencies over a ramp
@@ -89,7 +90,8 @@ def yarn_metadata(config: HFConfig) -> list[Metadata]:
     ``attention_factor`` (default 0.1·ln(factor)+1, or the mscale/mscale_all_dim ratio). ggml's rope does the
     same ramp with floor/ceil and multiplies by 0.1·ln(factor)+1 times the GGUF's ``rope.scaling.attn_factor``
     (src/llama-context.cpp), so that key carries HF's factor divided by the default. llama.cpp reads no beta
-    keys and always truncates: other betas or ``truncate: false`` are refused.
+    keys and always truncates: other betas or ``truncate: false`` are refused. ``log_multiplier_key``: carry
+    ``mscale_all_dim`` as rope.scaling.yarn_log_multiplier, for the architectures whose loader reads it.
     """
     params = config.rope_parameters
     factor = params.get("factor")
@@ -113,8 +115,15 @@ def yarn_metadata(config: HFConfig) -> list[Metadata]:
                      else _yarn_mscale(factor))
     out: list[Metadata] = [(K.Rope.SCALING_TYPE, "yarn", STR), (K.Rope.SCALING_FACTOR, factor, F32),
                            (K.Rope.SCALING_ORIG_CTX_LEN, int(original), U32)]
-    if float(attention) != _yarn_mscale(factor):
-        out.append((K.Rope.SCALING_ATTN_FACTOR, float(attention) / _yarn_mscale(factor), F32))
+    base = _yarn_mscale(factor)
+    log_multiplier = float(params.get("mscale_all_dim") or 0.0) if log_multiplier_key else 0.0
+    if log_multiplier:
+        # Graphs that read rope.scaling.yarn_log_multiplier (mistral3, deepseek2) start from
+        # mscale(factor, 1) / mscale(factor, log multiplier) instead (src/llama-context.cpp).
+        out.append((K.Rope.SCALING_YARN_LOG_MUL, log_multiplier, F32))
+        base = _yarn_mscale(factor) / _yarn_mscale(factor, log_multiplier)
+    if float(attention) != base:
+        out.append((K.Rope.SCALING_ATTN_FACTOR, float(attention) / base, F32))
     return out
 
 

@@ -19,6 +19,11 @@ QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N
 # Qwen3.5's: letters may carry combining marks (\p{M}) inside a word.
 QWEN35_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}"
                 "| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+# OpenAI's o200k_base (GPT-4o; Phi-4-mini): case-aware letter runs with contractions, digits in threes.
+O200K_REGEX = ("[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+               "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
+               "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*"
+               "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
 
 # signature (tuple of step descriptions) -> llama.cpp pre-tokenizer name (tokenizer.ggml.pre).
 KNOWN: dict[tuple[str, ...], str] = {
@@ -30,6 +35,12 @@ KNOWN: dict[tuple[str, ...], str] = {
     (f"split:{QWEN2_REGEX}", "bytelevel"): "qwen2",
     # Qwen3.5 / Qwen3.6.
     (f"split:{QWEN35_REGEX}", "bytelevel"): "qwen35",
+    # o200k_base (Phi-4-mini; transformers' TikTokenConverter also sets ignore_merges). llama.cpp has two
+    # translations of this regex (src/llama-vocab.cpp): "gpt-4o" leaves combining marks (\p{M}) out of its
+    # letter classes and merges BPE pieces that are whole vocabulary entries, so Devanagari and Thai split
+    # differently (8 of the 106 test texts); "granite-embed-multi-97m" keeps the marks and uses ignore_merges,
+    # as HF does: ids equal on all of them. Runtimes older than that name can be given --pre-tokenizer gpt-4o.
+    (f"split:{O200K_REGEX}", "bytelevel"): "granite-embed-multi-97m",
     # SmolLM/SmolLM2, StarCoder: individual digits, then the GPT-2 regex.
     ("digits-individual", "bytelevel-regex"): "smollm",
 }
@@ -37,7 +48,8 @@ KNOWN: dict[tuple[str, ...], str] = {
 # Names a user may pass to --pre-tokenizer: everything edgepack knows to be a llama.cpp BPE pre-tokenizer.
 LLAMA_CPP_PRE_TOKENIZERS = sorted(set(KNOWN.values()) | {"default", "starcoder", "stablelm2", "phi-2", "olmo",
                                                          "falcon", "mpt", "refact", "command-r", "deepseek-llm",
-                                                         "deepseek-coder", "gpt-4o", "llama4", "tekken"})
+                                                         "deepseek-coder", "gpt-4o", "llama4", "tekken",
+                                                         "granite-embed-multi-97m"})
 
 
 def _steps(pre_tokenizer: dict | None) -> list[dict]:

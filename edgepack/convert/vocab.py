@@ -436,6 +436,10 @@ def _special_vocab(folder: Path, vocab: Vocab) -> gguf.SpecialVocab:
         # LlamaTokenizer's default when no file says otherwise: add <s>, not </s>.
         special.add_special_token.setdefault("bos", True)
         special.add_special_token.setdefault("eos", False)
+    if vocab.model == "gpt2":
+        # A tokenizer.json adds BOS only through its post-processor (read above); when nothing says so, llama.cpp
+        # would prepend its default BOS id (11 for this model type) to every prompt. SmolLM3 names no BOS at all.
+        special.add_special_token.setdefault("bos", False)
     if vocab.model == "gemma4":  # llama.cpp adds <bos> for gemma4 whatever the file says (llama-vocab.cpp)
         special.add_special_token["bos"] = True
     return special
