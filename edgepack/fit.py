@@ -841,5 +841,5 @@ def nice_mb(n: float) -> str:
 
 __all__ = ["ModelDesc", "MemoryParts", "Projection", "HostCalibration", "Quality", "Variant", "FitRow", "FitResult",
            "describe_gguf", "describe_config", "load_config", "config_name", "memory_needed", "kv_cache_bytes",
-           "compute_buffer_bytes", "recurrent_state_bytes", "project", "fit", "variants_from_bench", "quant_types", "math",
-           "cpu_repacks", "tied_output_copy_bytes", "token_floor_s"]
+           "compute_buffer_bytes", "recurrent_state_bytes", "project", "fit", "variants_from_bench", "quant_types",
+           "math", "cpu_repacks", "tied_output_copy_bytes", "token_floor_s"]

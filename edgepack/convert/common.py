@@ -175,6 +175,11 @@ def permute_k(weights: np.ndarray, config: HFConfig) -> np.ndarray:
     return permute_rows(weights, config.n_head_kv)
 
 
+# The transforms of every Llama-shaped family whose llama.cpp graph uses NORM rope (llama, granite, smollm3,
+# mistral3): q_proj/k_proj rows from HF's rotate-half order to adjacent pairs.
+NORM_ROPE_QK = {r"self_attn\.q_proj\.weight$": permute_q, r"self_attn\.k_proj\.weight$": permute_k}
+
+
 def check_silu(config: HFConfig, family: str) -> None:
     act = config.get("hidden_act", default="silu")
     if act != "silu":

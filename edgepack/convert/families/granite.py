@@ -14,8 +14,7 @@ from __future__ import annotations
 import gguf
 
 from ...errors import UnsupportedArchitecture
-from ..common import (DECODER_HPARAMS, F32, RMS_NORM_EPS, check_silu, decoder_tensors, permute_k, permute_q,
-                      rope_metadata)
+from ..common import DECODER_HPARAMS, F32, NORM_ROPE_QK, RMS_NORM_EPS, check_silu, decoder_tensors, rope_metadata
 from ..spec import ArchSpec, HFConfig, register
 
 K = gguf.Keys
@@ -59,7 +58,7 @@ GRANITE = register(ArchSpec(
     hparams=DECODER_HPARAMS + (RMS_NORM_EPS,),
     tensors=decoder_tensors,
     metadata=_metadata,
-    transforms={r"self_attn\.q_proj\.weight$": permute_q, r"self_attn\.k_proj\.weight$": permute_k},
+    transforms=NORM_ROPE_QK,
     ignore=(r"rotary_emb\.inv_freq$",),
     check=_check,
 ))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import gguf
 
 from ...errors import UnsupportedArchitecture
-from ..common import (DECODER_HPARAMS, RMS_NORM_EPS, check_silu, decoder_tensors, head_size_metadata,
-                     llama3_rope_factors, permute_k, permute_q, rope_metadata)
+from ..common import (DECODER_HPARAMS, NORM_ROPE_QK, RMS_NORM_EPS, check_silu, decoder_tensors, head_size_metadata,
+                      llama3_rope_factors, rope_metadata)
 from ..spec import ArchSpec, HFConfig, register
 
 
@@ -34,7 +34,7 @@ LLAMA = register(ArchSpec(
     hparams=DECODER_HPARAMS + (RMS_NORM_EPS,),
     tensors=decoder_tensors,
     metadata=_metadata,
-    transforms={r"self_attn\.q_proj\.weight$": permute_q, r"self_attn\.k_proj\.weight$": permute_k},
+    transforms=NORM_ROPE_QK,
     extra_tensors=llama3_rope_factors,
     ignore=(r"rotary_emb\.inv_freq$",),
     check=_check,

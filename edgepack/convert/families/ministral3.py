@@ -24,8 +24,8 @@ import dataclasses
 import gguf
 
 from ...errors import UnsupportedArchitecture
-from ..common import (DECODER_HPARAMS, F32, MULTIMODAL_TEXT_RENAMES, RMS_NORM_EPS, check_silu, decoder_tensors,
-                      head_size_metadata, permute_k, permute_q, rope_metadata)
+from ..common import (DECODER_HPARAMS, F32, MULTIMODAL_TEXT_RENAMES, NORM_ROPE_QK, RMS_NORM_EPS, check_silu,
+                      decoder_tensors, head_size_metadata, rope_metadata)
 from ..spec import ArchSpec, HFConfig, register
 
 K = gguf.Keys
@@ -69,7 +69,7 @@ MINISTRAL3 = register(ArchSpec(
     hparams=DECODER_HPARAMS + (RMS_NORM_EPS,),
     tensors=decoder_tensors,
     metadata=_metadata,
-    transforms={r"self_attn\.q_proj\.weight$": permute_q, r"self_attn\.k_proj\.weight$": permute_k},
+    transforms=NORM_ROPE_QK,
     ignore=(r"rotary_emb\.inv_freq$",),
     check=_check,
 ))

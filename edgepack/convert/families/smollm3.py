@@ -14,8 +14,8 @@ from __future__ import annotations
 import gguf
 
 from ...errors import UnsupportedArchitecture
-from ..common import (DECODER_HPARAMS, RMS_NORM_EPS, check_silu, decoder_tensors, head_size_metadata, permute_k,
-                      permute_q, rope_metadata)
+from ..common import (DECODER_HPARAMS, NORM_ROPE_QK, RMS_NORM_EPS, check_silu, decoder_tensors, head_size_metadata,
+                      rope_metadata)
 from ..spec import ArchSpec, HFConfig, register
 
 LLAMA_CPP_NOPE_INTERVAL = 4  # src/models/smollm3.cpp: hparams.n_no_rope_layer_step
@@ -62,7 +62,7 @@ SMOLLM3 = register(ArchSpec(
     hparams=DECODER_HPARAMS + (RMS_NORM_EPS,),
     tensors=decoder_tensors,
     metadata=_metadata,
-    transforms={r"self_attn\.q_proj\.weight$": permute_q, r"self_attn\.k_proj\.weight$": permute_k},
+    transforms=NORM_ROPE_QK,
     ignore=(r"rotary_emb\.inv_freq$",),
     check=_check,
 ))
