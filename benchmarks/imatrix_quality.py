@@ -24,8 +24,17 @@ sys.path.insert(0, str(REPO / "tests"))
 from quantmodels import DEMO, outlier_demo  # noqa: E402
 
 HELD_OUT = REPO / "examples" / "demo" / "eval.txt"
+MIX_CANDIDATES = ("Q6_K", "Q4_K", "Q3_K", "IQ3_XXS", "Q2_K")  # a shorter ladder keeps the run to minutes
 TYPES = ("Q4_K_M", "Q3_K_S", "Q2_K")
 IMATRIX_ONLY = ("IQ3_XXS", "IQ2_XS")
+
+
+def print_rows(rows, header: bool) -> None:
+    if header:
+        print("| model | type | size MB (with) | mean KLD without imatrix | mean KLD with imatrix | with / without |")
+        print("|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |", flush=True)
 
 
 def main() -> None:
@@ -65,16 +74,14 @@ def main() -> None:
                          f"{mw.mean_kld:.6f} ± {mw.mean_kld_err:.6f}",
                          f"{mw.mean_kld / mwo.mean_kld:.3f}" if mwo else "-"))
         uniform = next(r for r in with_im if r.type == "Q3_K_S")
+        print_rows(rows[-len(TYPES + IMATRIX_ONLY):], header=not mixes)
         mix = quantize_mix(f16, work / name / "mix", target_size_mb=uniform.size_bytes / 1e6,
-                           calibration="builtin", eval_text=HELD_OUT, threads=args.threads)
+                           calibration="builtin", eval_text=HELD_OUT, candidates=MIX_CANDIDATES,
+                           sensitivity_chars=8000, threads=args.threads)
         mixes.append((label, f"{uniform.size_bytes / 1e6:.3f}", f"{by_file[uniform.output].mean_kld:.6f}",
                        f"{mix.size_bytes / 1e6:.3f}", f"{mix.evaluation.mean_kld:.6f}", f"{mix.plan.predicted_kld:.6f}",
                        " ".join(f"{g.group}={g.type}" for g in mix.plan.groups)))
 
-    print("| model | type | size MB (with) | mean KLD without imatrix | mean KLD with imatrix | with / without |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
     print()
     print("| model | target MB (uniform Q3_K_S, imatrix) | uniform KLD | mix MB | mix KLD (measured) | mix KLD "
           "(predicted) | mix |")
