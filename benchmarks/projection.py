@@ -40,7 +40,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import re
 import statistics
 import sys
 from pathlib import Path

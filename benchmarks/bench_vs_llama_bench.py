@@ -1,0 +1,159 @@
+"""edgepack bench's pp512 / tg128 beside llama.cpp's own llama-bench, same model, same threads, one run.
+
+llama-bench is built here from the llama-cpp-python source distribution edgepack runs on (0.3.36: the same
+llama.cpp commit as the bindings), with the Makefile's portable CMake flags (no AMX; read from the Makefile so
+the two builds cannot drift), into a build folder outside the repository; only the llama-bench target is
+compiled (several minutes on 2 cores; --build-dir reuses a previous build). Nothing of llama.cpp is committed.
+
+The model is a ~0.37B-parameter Llama with random weights (numpy + safetensors; hidden 1024, 24 layers, FFN
+2816, Llama-2 vocabulary), converted by edgepack and quantized to Q4_0, Q8_0 and Q4_K_M by edgepack.quantize.
+For each type, ``--repeats`` times, llama-bench (``-p 512 -n 128 -r REPS -t THREADS -o json``, everything else
+its defaults: n_batch 2048, n_ubatch 512, repacked weights, flash attention auto) and ``edgepack.bench.bench_one``
+(the same settings by construction) run back to back, alternating which goes first; the judged number is the
+median over repeats of edgepack / llama-bench within a pair, because a shared 2-core machine's speed drifts by
+more than 5% between minutes, and a pair shares the load of its moment. Target: within 5% (0.95-1.05).
+
+    python benchmarks/bench_vs_llama_bench.py [--llama-src DIR] [--build-dir DIR] [--workdir DIR]
+                                              [--threads 2] [--reps 5] [--repeats 3]
+
+Without --llama-src, ``pip download --no-binary :all: --no-deps llama-cpp-python==0.3.36`` fetches the sdist into
+a temp folder and its vendor/llama.cpp is used. Paste the printed table into benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from quantmodels import random_llama  # noqa: E402
+
+LLAMA_CPP_PYTHON = "0.3.36"
+TYPES = ("Q4_0", "Q8_0", "Q4_K_M")
+TOLERANCE = 0.05
+
+
+def makefile_cmake_args() -> list[str]:
+    """The Makefile's LLAMA_CMAKE_ARGS (the portable, AMX-free build of llama-cpp-python), continuation lines joined."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    m = re.search(r"^LLAMA_CMAKE_ARGS\s*:=\s*(.+)$", text, flags=re.M)
+    if not m:
+        raise SystemExit("Makefile: LLAMA_CMAKE_ARGS not found")
+    return m.group(1).split()
+
+
+def fetch_sdist(into: Path) -> Path:
+    """llama-cpp-python's sdist from PyPI, unpacked; returns its vendor/llama.cpp."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+                    f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(into)], check=True)
+    [archive] = into.glob("llama_cpp_python-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into / f"llama_cpp_python-{LLAMA_CPP_PYTHON}" / "vendor" / "llama.cpp"
+
+
+def build_llama_bench(src: Path, build: Path) -> Path:
+    """cmake configure + build of the llama-bench target only, static, with the Makefile's flags."""
+    exe = build / "bin" / "llama-bench"
+    flags = makefile_cmake_args() + ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
+                                     "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
+    if not (build / "CMakeCache.txt").exists():
+        print(f"configuring llama-bench in {build} ...", file=sys.stderr)
+        subprocess.run(["cmake", "-S", str(src), "-B", str(build), *flags], check=True, stdout=subprocess.DEVNULL)
+    print("building llama-bench (minutes on 2 cores) ...", file=sys.stderr)
+    subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "-j", str(os.cpu_count() or 1)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return exe
+
+
+def build_models(workdir: Path) -> dict[str, Path]:
+    from edgepack.convert import convert
+    from edgepack.quantize import quantize
+
+    src = workdir / "bench-F16.gguf"
+    if not src.exists():
+        folder = workdir / "bench"
+        if not (folder / "model.safetensors").exists():
+            print("generating the checkpoint ...", file=sys.stderr)
+            random_llama(folder, hidden=1024, layers=24, intermediate=2816, heads=16, std=0.02, dtype=np.float16)
+        convert(folder, src, outtype="f16")
+    return {r.type: r.output for r in quantize(src, list(TYPES), workdir / "q", threads=os.cpu_count() or 1)}
+
+
+def run_llama_bench(exe: Path, model: Path, threads: int, reps: int) -> tuple[float, float]:
+    res = subprocess.run([str(exe), "-m", str(model), "-p", "512", "-n", "128", "-r", str(reps), "-t", str(threads),
+                          "-o", "json"], capture_output=True, text=True, check=True)
+    tests = json.loads(res.stdout)
+    pp = next(t["avg_ts"] for t in tests if t["n_prompt"] == 512 and t["n_gen"] == 0)
+    tg = next(t["avg_ts"] for t in tests if t["n_gen"] == 128 and t["n_prompt"] == 0)
+    return pp, tg
+
+
+def run_edgepack(model: Path, threads: int, reps: int) -> tuple[float, float]:
+    from edgepack.bench import bench_one
+
+    m = bench_one(model, n_prompt=512, n_gen=128, reps=reps, threads=threads)
+    return statistics.mean(m.pp.runs), statistics.mean(m.tg.runs)  # llama-bench reports the mean (avg_ts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--llama-src", type=Path, help="llama.cpp source (the sdist's vendor/llama.cpp); default: pip download")
+    ap.add_argument("--build-dir", type=Path, help="cmake build folder outside the repo (reused; default: a temp folder)")
+    ap.add_argument("--workdir", type=Path, help="keep the generated models here (reused on the next run)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5, help="llama-bench -r and edgepack bench --reps")
+    ap.add_argument("--repeats", type=int, default=3, help="back-to-back pairs per quant type")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="edgepack-vs-llama-bench-") as tmp:
+        tmp = Path(tmp)
+        src = args.llama_src or fetch_sdist(tmp / "sdist")
+        for inside, what in ((args.build_dir, "--build-dir"), (args.workdir, "--workdir")):
+            if inside is not None and inside.resolve().is_relative_to(REPO):
+                raise SystemExit(f"{what} {inside} is inside the repository: give a folder outside it")
+        exe = build_llama_bench(src, args.build_dir or tmp / "build")
+        workdir = args.workdir or tmp / "models"
+        workdir.mkdir(parents=True, exist_ok=True)
+        models = build_models(workdir)
+        print(f"{args.threads} threads, {args.reps} reps per run, {args.repeats} pairs per type, "
+              f"{os.cpu_count()} cores", file=sys.stderr)
+        rows, ok = [], True
+        for name in TYPES:
+            runs = {"llama-bench": [], "edgepack": []}
+            for rep in range(args.repeats):
+                order = ("llama-bench", "edgepack") if rep % 2 == 0 else ("edgepack", "llama-bench")
+                for who in order:
+                    got = (run_llama_bench(exe, models[name], args.threads, args.reps) if who == "llama-bench"
+                           else run_edgepack(models[name], args.threads, args.reps))
+                    runs[who].append(got)
+                    print(f"  {name} {who:11s} pp512 {got[0]:7.1f}  tg128 {got[1]:6.1f} tok/s", file=sys.stderr)
+            ratio = [statistics.median(e[i] / b[i] for b, e in zip(runs["llama-bench"], runs["edgepack"]))
+                     for i in (0, 1)]
+            med = {who: [statistics.median(x[i] for x in v) for i in (0, 1)] for who, v in runs.items()}
+            good = all(abs(r - 1) <= TOLERANCE for r in ratio)
+            ok &= good
+            rows.append((name, med, ratio, good))
+    print(f"\n| type | llama-bench pp512 | edgepack pp512 | pp ratio (median of {args.repeats} pairs) | "
+          f"llama-bench tg128 | edgepack tg128 | tg ratio | within {TOLERANCE:.0%} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, med, ratio, good in rows:
+        print(f"| {name} | {med['llama-bench'][0]:.1f} | {med['edgepack'][0]:.1f} | {ratio[0]:.3f} | "
+              f"{med['llama-bench'][1]:.1f} | {med['edgepack'][1]:.1f} | {ratio[1]:.3f} | {'yes' if good else 'NO'} |")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
