@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
+from . import __version__, cilog
 from .config import AdapterSpec, BuildConfig
 from .errors import BadCheckpoint, BadGGUF, EdgepackError, UsageError
 from .fileio import atomic_write_text, folder_lock, prepare_output_dir, sha256_file, sweep_temp_files
@@ -258,7 +258,7 @@ class _Build:
         self.cache = StepCache(self.out / CACHE_DIR)
         self.hashes = _HashMemo(self.cache.root / "source-hashes.json")
         self.result = BuildResult(output_dir=self.out, only=only)
-        self.log: Callable[[str], None] = (lambda m: None) if not progress.enabled else _log
+        self.log: Callable[[str], None] = (lambda m: None) if not progress.enabled else cilog.line
         self._imatrices: dict[str, dict] = {}  # line base sha256 -> its imatrix step's facts
 
     # one step: cached or run, recorded either way
@@ -272,12 +272,13 @@ class _Build:
             self.log(f"[{step}] {label}: the cached {cached['file']} changed since it was made; redoing the step")
             shutil.rmtree(folder)
             cached = None
-        if cached is None:
-            self.log(f"[{step}] {label} ...")
-        result, ran = self.cache.run(step, key, fn)
-        if ran and "file" in result and "sha256" in result:  # its hash is known: no re-hash on the next build
-            self.hashes.record(folder / str(result["file"]), result["sha256"])
-            self.hashes.save()
+        with cilog.group(f"[{step}] {label}", enabled=cached is None and self.progress.enabled):
+            if cached is None:
+                self.log(f"[{step}] {label} ...")
+            result, ran = self.cache.run(step, key, fn)
+            if ran and "file" in result and "sha256" in result:  # its hash is known: no re-hash on the next build
+                self.hashes.record(folder / str(result["file"]), result["sha256"])
+                self.hashes.save()
         seconds = round(time.monotonic() - started, 2)
         self.result.steps.append(StepRecord(step, label, key, "ran" if ran else "cached", seconds))
         if ran:
@@ -287,6 +288,7 @@ class _Build:
     def skip(self, step: str, label: str, reason: str) -> None:
         self.result.steps.append(StepRecord(step, label, "", "skipped", 0.0, reason))
         self.log(f"[{step}] {label} SKIPPED: {reason}")
+        cilog.warning(f"[{step}] {label} SKIPPED: {reason}")
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> BuildResult:
@@ -328,6 +330,11 @@ class _Build:
                 self.bundles(fit_data, src)
                 self.report(fit_data)
             self.check(fit_data)
+            for failure in self.result.failures:
+                cilog.warning(f"constraint failed: {failure}")
+            cilog.job_summary(cilog.picks_markdown(
+                self.config.name, fit_data["lines"] if fit_data else {}, BASE_LINE, self.result.failures,
+                [f"[{s.step}] {s.label}: {s.reason}" for s in self.result.skipped]))
         self.result.seconds = round(time.monotonic() - started, 2)
         return self.result
 
@@ -503,8 +510,9 @@ class _Build:
         measured: dict[str, dict] = {}
         started = time.monotonic()
         if missing:
-            self.log(f"[eval] {', '.join(v['name'] for v in missing)} vs {Path(base['path']).name} ...")
-            with contextlib.ExitStack() as stack:
+            title = f"[eval] {', '.join(v['name'] for v in missing)} vs {Path(base['path']).name}"
+            with cilog.group(title, enabled=self.progress.enabled), contextlib.ExitStack() as stack:
+                self.log(f"{title} ...")
                 text = None
                 if text_path is not None:
                     tmp = Path(stack.enter_context(_tempdir()))
@@ -786,11 +794,6 @@ def build(config: BuildConfig, *, only: str | None = None, progress: Progress = 
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-
-def _log(message: str) -> None:
-    import sys
-    print(message, file=sys.stderr, flush=True)
-
 
 # --- what a cached step depends on besides its inputs: edgepack's code and llama.cpp's build -------------
 #

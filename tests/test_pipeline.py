@@ -222,6 +222,74 @@ def test_example_workflow_names_real_commands():
 
 
 @pytest.mark.slow
+def test_github_actions_output(demo, tmp_path):
+    """Under GitHub Actions a build folds each step that runs into a group (its timing after the fold), makes a
+    failed constraint a warning annotation and appends the pick per device to the job summary; elsewhere it
+    prints exactly what it printed before, and the bundles are the same bytes either way."""
+    import re
+
+    kld = {v["name"]: v["quality"]["mean_kld"] for k, v in demo["result"]["variants"].items()
+           if not k.startswith("_")}
+    max_kld = 0.001  # the demo's Q2_K measures about 0.003: one constraint fails, the profiles still pick
+    over = sorted(name for name, x in kld.items() if x > max_kld)
+    assert over and len(over) < len(kld)
+    runs = {}
+    for ci in (False, True):
+        out, summary = tmp_path / f"ci-{ci}" / "out", tmp_path / f"summary-{ci}.md"
+        shutil.copytree(demo["out"], out)  # only the fit's consumers run again: the bundle report and report
+        env = {**env_offline(), "GITHUB_STEP_SUMMARY": str(summary), **({"GITHUB_ACTIONS": "true"} if ci else {})}
+        res = subprocess.run([sys.executable, "-m", "edgepack", "build", str(DEMO), "-o", str(out), "-p", "pixel-8",
+                              "-p", "raspberry-pi-5-8gb", "--max-kld", str(max_kld)],
+                             capture_output=True, text=True, env=env, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[ci] = res.stderr.splitlines(), summary, out
+    plain, ci_lines = runs[False][0], runs[True][0]
+    assert not [x for x in plain if x.startswith("::")] and not runs[False][1].exists()
+    assert files_under(runs[False][2] / "bundles") == files_under(runs[True][2] / "bundles")
+    untimed = [re.sub(r"\d+\.\d+s", "Ns", x) for x in ci_lines if not x.startswith("::")]
+    assert untimed == [re.sub(r"\d+\.\d+s", "Ns", x) for x in plain]  # CI only adds lines
+
+    groups = [i for i, x in enumerate(ci_lines) if x.startswith("::group::")]
+    ends = [i for i, x in enumerate(ci_lines) if x == "::endgroup::"]
+    assert groups and len(groups) == len(ends) and all(g < e for g, e in zip(groups, ends))
+    assert all(e < g for e, g in zip(ends, groups[1:]))  # GitHub does not nest groups
+    titles = {ci_lines[g].removeprefix("::group::"): ci_lines[e + 1] for g, e in zip(groups, ends)}
+    assert "[bundle-report] base" in titles and "[report] report" in titles
+    for title, after in titles.items():
+        assert re.fullmatch(re.escape(title) + r" done in \d+\.\ds", after), (title, after)
+
+    warnings = sorted(x for x in ci_lines if x.startswith("::warning"))
+    assert warnings == [f"::warning title=edgepack build::constraint failed: {name}: KLD {kld[name]:.4f} exceeds "
+                        f"max_kld {max_kld:g}" for name in over]
+
+    text = runs[True][1].read_text()
+    assert text.startswith("### edgepack build: wnp-demo\n")
+    rows = {r[0]: r[1:] for r in ([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+                                  if line.startswith("| ") and not line.startswith("| device"))}
+    assert set(rows) == {"pixel-8", "raspberry-pi-5-8gb"}
+    for profile, (variant, size, tps, reason) in rows.items():
+        m = json.loads((runs[True][2] / "bundles" / profile / "manifest.json").read_text())
+        assert variant == Path(m["model"]["file"]).stem
+        assert (size, tps) == (f"{m['fit']['size_mb']:.1f}", f"{m['fit']['tg_tokens_per_s']:.1f}")
+        assert f"of {m['fit']['usable_mb']:.0f} MB" in reason
+    for name in over:
+        assert f"- :warning: constraint failed: {name}: KLD" in text
+
+
+def test_a_skipped_step_is_a_warning_annotation_in_github_actions(tmp_path, monkeypatch, capsys):
+    from edgepack.pipeline import _Build
+    from edgepack.progress import QUIET
+
+    b = _Build(config(tmp_path / "out"), QUIET, None)
+    b.skip("fit", "all variants", "no quantized variant was built")
+    assert capsys.readouterr().err == ""  # quiet, and not in CI
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    b.skip("fit", "all variants", "100% of 0\nvariants")  # %, CR and LF are escaped for the runner
+    assert capsys.readouterr().err == ("::warning title=edgepack build::[fit] all variants SKIPPED: "
+                                       "100%25 of 0%0Avariants\n")
+
+
+@pytest.mark.slow
 def test_merge_lines_and_stale_bundles(tmp_path):
     """mode = "both": a GGUF adapter for the base plus one merged line per scale; a profile that loses its pick
     loses its bundle."""
