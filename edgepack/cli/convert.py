@@ -76,6 +76,8 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
       edgepack convert ./SmolLM2-135M -q Q4_K_M,Q8_0 --keep
       edgepack convert ./gemma-3-4b-it -o gemma3-4b-F16.gguf --mmproj   # + mmproj-gemma-3-4b-it-F16.gguf
     """
+    if src is None and mmproj and Path(mmproj).is_dir():
+        raise click.UsageError(f"--mmproj took {mmproj} as its output PATH: put --mmproj after SRC")
     if src is None:
         raise click.UsageError("missing SRC (a Hugging Face model folder)")
     qtypes = resolve_types([quant_types]) if quant_types else []  # refuse bad types before any work
