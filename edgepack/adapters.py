@@ -32,6 +32,7 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,6 +211,46 @@ def _pattern_value(patterns: dict, module: str, default):
     return default
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_strs(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# adapter_config.json keys this module reads, with the types PEFT writes (null is always allowed): checked at the
+# boundary so that a stranger's file is one AdapterError naming the key, not a crash further in.
+_CONFIG_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "r": ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16),
+    "lora_alpha": ("a finite number", _is_number),
+    "lora_dropout": ("a finite number", _is_number),
+    "peft_type": ("a string", lambda v: isinstance(v, str)),
+    "bias": ("a string", lambda v: isinstance(v, str)),
+    "base_model_name_or_path": ("a string", lambda v: isinstance(v, str)),
+    "revision": ("a string", lambda v: isinstance(v, str)),
+    "target_modules": ("a list of strings or a string", lambda v: isinstance(v, str) or _is_strs(v)),
+    "modules_to_save": ("a list of strings", _is_strs),
+    "rank_pattern": ("an object of integers", lambda v: isinstance(v, dict) and all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v.values())),
+    "alpha_pattern": ("an object of numbers", lambda v: isinstance(v, dict) and all(map(_is_number, v.values()))),
+    "layers_to_transform": ("an integer or a list of them", lambda v: (isinstance(v, int) and not isinstance(
+        v, bool)) or (isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v))),
+    "init_lora_weights": ("true/false or a string", lambda v: isinstance(v, (bool, str))),
+    **{k: ("true or false", lambda v: isinstance(v, bool)) for k in ("fan_in_fan_out", "use_dora", "use_rslora")},
+    "auto_mapping": ("an object of strings", lambda v: isinstance(v, dict) and all(
+        isinstance(x, (str, type(None))) for x in v.values())),
+}
+
+
+def _check_config_types(config: dict) -> None:
+    for key, (expected, ok) in _CONFIG_TYPES.items():
+        value = config.get(key)
+        if value is not None and not ok(value):
+            raise AdapterError(f"{ADAPTER_CONFIG}: {key} is {repr(value)[:60]} (expected {expected})",
+                               "fix or re-save the adapter with PEFT's save_pretrained()")
+
+
 def _load_adapter(peft_dir: Path) -> _Adapter:
     if not peft_dir.is_dir():
         raise AdapterError(f"{peft_dir} is not a folder", "give the folder PEFT's save_pretrained() wrote")
@@ -217,6 +258,7 @@ def _load_adapter(peft_dir: Path) -> _Adapter:
     if not config_path.is_file():
         raise AdapterError(f"no {ADAPTER_CONFIG} in {peft_dir}", "is this a PEFT adapter folder (save_pretrained)?")
     config = load_json(config_path, ADAPTER_CONFIG)
+    _check_config_types(config)
     weights = peft_dir / ADAPTER_WEIGHTS
     if not weights.is_file():
         pickled = (peft_dir / "adapter_model.bin").is_file()

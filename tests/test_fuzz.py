@@ -238,3 +238,43 @@ def test_fuzz_bundle_manifests(base_gguf, tmp_path):
         (folder / "manifest.json").write_text(text, encoding="utf-8", errors="surrogatepass")
         run_case(f"manifest case {i}", lambda folder=folder: verify_bundle(folder, load=False))
     assert math.isfinite(_peak_rss_mb())
+
+
+def test_fuzz_model_cards_and_shard_index(base_model, tmp_path):
+    """README.md front matter (YAML a stranger wrote) and model.safetensors.index.json values."""
+    rng = random.Random(6)
+    cards = ["license: [unclosed", "license: !!python/object/apply:os.system ['id']", "license: {a: 1}",
+             "tags: [[1]]", "license: " + "x" * 100_000, "base_model: 7", "datasets: {x: y}", "language: [1, 2]",
+             "license: apache-2.0\ntags: [a, b]", "&a [*a]", "license: &x [*x]", "? [a]\n: b", ""]
+    for i in range(30):
+        card = rng.choice(cards)
+        raw = ("---\n" + card + "\n---\nbody\n").encode() if i % 7 else b"---\nlicense: \xff\xfe\n---\n"
+
+        def change(folder, raw=raw):
+            (folder / "README.md").write_bytes(raw)
+        run_case(f"model card case {i} ({card[:40]!r})", lambda change=change: _convert_case(base_model, tmp_path,
+                                                                                           change))
+    names = sorted(json.loads((base_model / "config.json").read_text()) and
+                   list(__import__("safetensors").safe_open(base_model / "model.safetensors", "np").keys()))
+    for i in range(20):
+        value = rng.choice([5, None, "/etc/passwd", "../model.safetensors", "", [], "model.safetensors"])
+        index = {"metadata": rng.choice([{}, "x", None]), "weight_map": {n: value for n in names}}
+
+        def change(folder, index=index):
+            (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+        run_case(f"index case {i} ({value!r})", lambda change=change: _convert_case(base_model, tmp_path, change))
+
+
+def test_fuzz_adapter_configs(tmp_path):
+    from edgepack.adapters import check_compatibility
+
+    rng = random.Random(7)
+    demo = REPO / "examples/demo"
+    base = json.loads((demo / "adapter/adapter_config.json").read_text())
+    for i in range(30):
+        folder = tmp_path / "adapter"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(demo / "adapter", folder)
+        doc = _mutate_json(rng, json.loads(json.dumps(base)))
+        (folder / "adapter_config.json").write_text(json.dumps(doc) if i % 9 else "{\"r\": NaN}")
+        run_case(f"adapter config case {i}", lambda folder=folder: check_compatibility(folder, demo / "model"))

@@ -176,7 +176,7 @@ def test_eval_with_a_small_temp_folder_says_so_and_leaves_nothing(demo_gguf, tmp
 
 
 @pytest.mark.skipif(not shutil.which("mount") or os.geteuid() != 0, reason="needs root to mount a small tmpfs")
-@pytest.mark.parametrize("command", ["convert", "quantize"])
+@pytest.mark.parametrize("command", ["convert", "quantize", "adapter merge"])
 def test_a_full_disk_is_named_as_such(command, demo_gguf, tmp_path):
     full = tmp_path / "full"
     if not _mount_tiny_tmpfs(full):
@@ -184,8 +184,11 @@ def test_a_full_disk_is_named_as_such(command, demo_gguf, tmp_path):
     try:
         if command == "convert":  # an 11 MB F32 file into 1 MB: numpy's short write has no errno
             res = _cli("convert", str(REPO / "examples/demo/model"), "-o", str(full / "m.gguf"), "--outtype", "f32")
-        else:  # llama.cpp reports only "iostream error"
+        elif command == "quantize":  # llama.cpp reports only "iostream error"
             res = _cli("quantize", str(demo_gguf), "-t", "Q8_0", "-o", str(full))
+        else:  # a plain ENOSPC from a write no stage wraps: the CLI's last line of defence
+            res = _cli("adapter", "merge", str(REPO / "examples/demo/adapter"), "--base",
+                       str(REPO / "examples/demo/model"), "-o", str(full / "merged"))
         assert res.returncode == OutputError.exit_code, res.stderr
         assert "disk full" in res.stderr and "Traceback" not in res.stderr
         assert list(full.iterdir()) == []

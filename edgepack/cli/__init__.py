@@ -6,6 +6,7 @@ place that turns an ``EdgepackError`` into one ``error: ... (hint: ...)`` line o
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
@@ -13,7 +14,7 @@ import threading
 import click
 
 from .. import __version__
-from ..errors import EdgepackError, Terminated
+from ..errors import EdgepackError, OutputError, Terminated
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -77,6 +78,12 @@ def _run(args: list[str]) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:  # the disk filled up in a write no stage wrapped (merge, report, a sidecar): one line
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or state.get("debug") or "--debug" in args:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        click.echo(f"error: disk full{where} (hint: free space or write elsewhere with -o)", err=True)
+        sys.exit(OutputError.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

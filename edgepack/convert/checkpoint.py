@@ -126,6 +126,10 @@ class Checkpoint:
             weight_map = load_json(index, "safetensors index").get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise BadCheckpoint(f"{index.name} has no weight_map", "re-download the index file")
+            for file in weight_map.values():  # a shard is a file of this folder: never a path out of it
+                if not isinstance(file, str) or Path(file).name != file or file in ("", ".", ".."):
+                    raise BadCheckpoint(f"{index.name} names the shard {file!r}, which is not a file name in "
+                                        "this folder", "re-download the index file")
             names = sorted(set(weight_map.values()))
             missing = [n for n in names if not (folder / n).is_file()]
             if missing:

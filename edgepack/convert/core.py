@@ -8,7 +8,9 @@ tensor infos -> stream the tensors (read, transform, cast, write, forget) into a
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 import threading
 import time
@@ -374,10 +376,48 @@ def _add_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, config: HFConfig, arch
         writer.add_key_value(key.format(arch=arch), value, value_type)
 
 
+def _model_card(src: Path, name: str, n_params: int) -> gguf.Metadata:
+    """gguf-py's reading of the model card (README.md front matter) and generation_config.json, checked: a card
+    is a stranger's YAML, and its values become GGUF strings, numbers and lists as they are. Each field must have
+    the type gguf-py declares for it, strings and lists bounded."""
+    import yaml
+
+    try:
+        metadata = gguf.Metadata.load(None, src, name, n_params)
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, TypeError, AttributeError, KeyError,
+            RecursionError) as exc:
+        raise BadCheckpoint(f"the model card (README.md front matter) or generation_config.json cannot be read "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})",
+                            "fix the YAML front matter of README.md, or remove README.md") from None
+    for f in dataclasses.fields(metadata):
+        value = getattr(metadata, f.name)
+        if value is None:
+            continue
+        kind = str(f.type)
+        limit = 65536 if f.name == "description" else 1024
+        if "list" in kind:
+            ok = isinstance(value, list) and len(value) <= 1000 and all(
+                (isinstance(v, str) and len(v) <= limit) if "list[str]" in kind else
+                (isinstance(v, dict) and all(isinstance(x, (str, int, float, type(None))) and
+                                             (not isinstance(x, str) or len(x) <= limit) for x in v.values()))
+                for v in value)
+        elif "str" in kind:
+            ok = isinstance(value, str) and len(value) <= limit
+        elif "int" in kind:
+            ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**31
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok:
+            raise BadCheckpoint(f"the model card or generation_config.json gives {f.name} as {repr(value)[:60]} "
+                                f"(expected {kind.removeprefix('Optional[').removesuffix(']')}, bounded)",
+                                "fix the YAML front matter of README.md (or generation_config.json)")
+    return metadata
+
+
 def _add_general(writer: gguf.GGUFWriter, src: Path, config: HFConfig, outtype: str, n_params: int,
                  provenance: Provenance | None, hashes: dict[str, str], vocab_only: bool) -> None:
     name = provenance.repo_id.split("/")[-1] if provenance and provenance.repo_id else src.resolve().name
-    metadata = gguf.Metadata.load(None, src, name, n_params)
+    metadata = _model_card(src, name, n_params)
     if provenance and provenance.license:
         metadata.license = provenance.license
     if provenance and provenance.url:
