@@ -11,6 +11,7 @@ import gguf
 import numpy as np
 
 from ..errors import UnsupportedArchitecture
+from .floats import bf16_to_f32
 from .spec import Expected, HFConfig, HParam, Metadata, Part
 
 K = gguf.Keys
@@ -281,3 +282,10 @@ def checked_layer_types(types: list[str], n_layers: int, known, family: str) -> 
         raise UnsupportedArchitecture(f"{family} layer type {unknown[0]!r} is not supported",
                                       f"llama.cpp's graph for it knows {', '.join(sorted(known))} layers only")
     return list(types)
+
+
+def plus_one(weights: np.ndarray, config: HFConfig) -> np.ndarray:
+    """Gemma's RMS norm weight w (HF multiplies by 1 + w) -> 1 + w, computed in float32: the Gemma families and
+    the Gemma 3 projector (convert/mmproj.py) store it so."""
+    widened = bf16_to_f32(weights) if weights.dtype == np.uint16 else weights.astype(np.float32)
+    return widened + np.float32(1.0)

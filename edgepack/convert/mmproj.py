@@ -25,8 +25,8 @@ from ..errors import BadCheckpoint, UnsupportedArchitecture, UsageError
 from ..fileio import atomic_path, check_output_path
 from ..progress import QUIET, Progress
 from .checkpoint import Checkpoint, load_json
+from .common import plus_one
 from .core import QT, _cast, _held_dtype
-from .families.gemma import plus_one
 from .spec import HFConfig
 
 K = gguf.Keys

@@ -31,12 +31,10 @@ import dataclasses
 import math
 
 import gguf
-import numpy as np
 
 from ...errors import UnsupportedArchitecture
 from ..common import (DECODER_HPARAMS, F32, MULTIMODAL_TEXT_RENAMES, PLAIN_ROPE_TYPES, RMS_NORM_EPS, STR, U32,
-                      decoder_tensors, head_size_metadata, rope_metadata)
-from ..floats import bf16_to_f32
+                      decoder_tensors, head_size_metadata, plus_one, rope_metadata)
 from ..spec import ArchSpec, HFConfig, Metadata, SizeFacts, register, uniform_sizes
 
 K = gguf.Keys
@@ -44,12 +42,6 @@ BOOL_ARRAY = gguf.GGUFValueType.ARRAY
 
 # llama.cpp uses the 27B query scale (1/sqrt(hidden/heads)) for these layer counts (gemma2.cpp, gemma3.cpp).
 LAYERS_27B = {"Gemma2ForCausalLM": 46, "Gemma3ForCausalLM": 62, "Gemma3ForConditionalGeneration": 62}
-
-
-def plus_one(weights: np.ndarray, config: HFConfig) -> np.ndarray:
-    """Gemma RMS norm weight w (HF multiplies by 1 + w) -> 1 + w, computed in float32."""
-    widened = bf16_to_f32(weights) if weights.dtype == np.uint16 else weights.astype(np.float32)
-    return widened + np.float32(1.0)
 
 
 def _check_activation(config: HFConfig, allowed: tuple[str, ...]) -> None:
