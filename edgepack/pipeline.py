@@ -732,9 +732,9 @@ class _Build:
             if v["line"] != BASE_LINE or not b:
                 continue
             q = v.get("quality") or {}
-            bench_models.append({**b, "path": str(v["file"]), "name": v["name"], "quality": {
-                "kld": q.get("mean_kld"), "ppl": q.get("ppl"), "ppl_delta": q.get("delta_ppl"),
-                "top1": q.get("top1_agreement")}})
+            bench_models.append({**b, "path": str(v["file"]), "name": v["name"], "imatrix": v.get("imatrix"),
+                                 "quality": {"kld": q.get("mean_kld"), "ppl": q.get("ppl"),
+                                             "ppl_delta": q.get("delta_ppl"), "top1": q.get("top1_agreement")}})
         host = self.host() if bench_models else None
         if host is not None:
             data["bench"] = {"host": host, "models": bench_models, "reference": None, "quality_note": ""}

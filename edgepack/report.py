@@ -184,12 +184,14 @@ def _md(data: dict) -> str:
         b = data["bench"]
         lines += ["", "## Host measurements", "", f"Host: {b['host']['cpu']}, {b['host']['threads_used']} threads, "
                   f"copy bandwidth {b['host']['bandwidth_gb_s']} GB/s", "",
-                  "| model | size MB | bpw | load s | pp tok/s (min-max) | tg tok/s (min-max) | peak RSS MB |",
-                  "|---|---|---|---|---|---|---|"]
-        for m in b["models"]:
+                  "| model | size MB | bpw | load s | pp tok/s (min-max) | tg tok/s (min-max) | peak RSS MB "
+                  "| imatrix |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for m in b["models"]:  # imatrix: the file the variant was quantized with, "-" for none
             lines.append(f"| {m['name']} | {m['size_bytes'] / 1e6:.1f} | {m['bits_per_weight']:.2f} | "
                          f"{m['load_s']['median']:.2f} | {m['pp']['median']:.1f} ({m['pp']['min']:.1f}-{m['pp']['max']:.1f}) | "
-                         f"{m['tg']['median']:.1f} ({m['tg']['min']:.1f}-{m['tg']['max']:.1f}) | {m['peak_rss_mb']:.0f} |")
+                         f"{m['tg']['median']:.1f} ({m['tg']['min']:.1f}-{m['tg']['max']:.1f}) | "
+                         f"{m['peak_rss_mb']:.0f} | {m.get('imatrix') or '-'} |")
     lines += ["", "Plots: see report.html (quality vs size; per device, quality vs projected speed with the pick and the "
               "memory budget, and memory by part against the budget).", ""]
     return "\n".join(lines)

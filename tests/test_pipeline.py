@@ -552,7 +552,7 @@ def test_imatrix_auto_is_a_cached_step_and_reaches_the_manifest(tmp_path):
     toml.write_text(f'name = "im"\nsource = "{ROOT / "examples" / "demo" / "model"}"\n'
                     '[quantize]\ntypes = ["IQ3_XXS", "Q4_K_M"]\nimatrix = "auto"\ncalibration = "cal.txt"\n'
                     '[profiles]\nnames = ["pixel-8"]\n[constraints]\nctx = 256\n[eval]\ntokens = 512\n'
-                    '[bench]\nthreads = 1\n[outputs]\nreport = false\n')
+                    '[bench]\nthreads = 1\n')
     out = tmp_path / "out"
     cfg = resolve(toml, cli={"outputs.dir": str(out)}, env={})
     result = build(cfg)
@@ -564,4 +564,6 @@ def test_imatrix_auto_is_a_cached_step_and_reaches_the_manifest(tmp_path):
     manifest = json.loads((out / "bundles" / "pixel-8" / "manifest.json").read_text())
     assert manifest["model"]["imatrix"]["calibration_sha256"] == sha
     assert manifest["model"]["imatrix"]["file"] == "im.imatrix.gguf"
+    report = (out / "report" / "report.md").read_text()
+    assert "| im-IQ3_XXS |" in report and report.count("| im.imatrix.gguf |") == 2  # both variants, with imatrix
     assert build(cfg).ran == []
