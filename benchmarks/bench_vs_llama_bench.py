@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5, help="llama-bench -r and edgepack bench --reps")
     ap.add_argument("--repeats", type=int, default=3, help="back-to-back pairs per quant type")
+    ap.add_argument("--types", default=",".join(TYPES), help="quant types to compare (default: %(default)s)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgepack-vs-llama-bench-") as tmp:
         tmp = Path(tmp)
@@ -131,7 +132,7 @@ def main() -> int:
         print(f"{args.threads} threads, {args.reps} reps per run, {args.repeats} pairs per type, "
               f"{os.cpu_count()} cores", file=sys.stderr)
         rows, ok = [], True
-        for name in TYPES:
+        for name in args.types.split(","):
             runs = {"llama-bench": [], "edgepack": []}
             for rep in range(args.repeats):
                 order = ("llama-bench", "edgepack") if rep % 2 == 0 else ("edgepack", "llama-bench")
