@@ -33,7 +33,7 @@ import gguf
 import numpy as np
 
 from ..errors import BadCheckpoint, UnsupportedArchitecture
-from ..limits import MAX_LAYERS, MAX_VOCAB
+from ..limits import MAX_EXPERTS, MAX_LAYERS, MAX_VOCAB
 
 REQUIRED = object()
 # The GGUF key convert stores config.json under, so that ``edgepack fit`` can size a converted (and quantized)
@@ -47,8 +47,10 @@ SOURCE_CONFIG_KEY = "edgepack.source.config"
 # llama.cpp's own limits. null means "not set" for every key.
 _CONFIG_SCHEMA: dict[str, tuple[str, float]] = {
     **{k: ("int", 1 << 20) for k in ("hidden_size", "n_embd", "num_attention_heads", "n_head",
-                                     "num_key_value_heads", "head_dim", "num_experts", "num_local_experts",
-                                     "num_experts_per_tok", "moe_intermediate_size")},
+                                     "num_key_value_heads", "head_dim")},
+    # 0 experts is a dense model (Granite 4.0-Micro writes num_local_experts = 0)
+    **{k: ("count", MAX_EXPERTS) for k in ("num_experts", "num_local_experts", "num_experts_per_tok")},
+    "moe_intermediate_size": ("count", 1 << 24),
     **{k: ("int", MAX_LAYERS) for k in ("num_hidden_layers", "n_layer")},
     **{k: ("ints", 1 << 24) for k in ("intermediate_size", "n_inner")},  # Gemma 3n: one per layer
     **{k: ("int", 1 << 32) for k in ("max_position_embeddings", "n_positions", "n_ctx", "sliding_window")},
@@ -71,10 +73,11 @@ def _check_types(text: dict) -> None:
             continue
         if kind == "object":
             ok, expected = isinstance(value, dict), "an object"
-        elif kind in ("int", "ints"):
+        elif kind in ("int", "ints", "count"):
             values = value if kind == "ints" and isinstance(value, list) and len(value) <= MAX_LAYERS else [value]
-            ok = all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= bound for v in values)
-            expected = f"an integer from 1 to {int(bound):,}" + (" or a list of them" if kind == "ints" else "")
+            low = 0 if kind == "count" else 1
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= bound for v in values)
+            expected = f"an integer from {low} to {int(bound):,}" + (" or a list of them" if kind == "ints" else "")
         else:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
                 and 0 < value <= bound
