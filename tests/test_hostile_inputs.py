@@ -7,6 +7,7 @@ itself still aborts on them, in a child process).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -215,3 +216,17 @@ def test_a_profile_claiming_absurd_core_counts_is_refused_by_validate(tmp_path):
     bad.write_text(text[:first] + "1000000000000" + text[text.index(",", first):])
     with pytest.raises(ProfileError, match="at most 512"):
         load_profile_file(bad)
+
+
+def test_a_huge_safetensors_header_is_refused_before_it_is_parsed(tmp_path):
+    """A 99 MB header is legal safetensors but costs gigabytes as Python objects: refused by its length alone."""
+    import struct
+
+    from edgepack.convert.checkpoint import read_safetensors_header
+    from edgepack.errors import BadCheckpoint
+
+    header = json.dumps({"__metadata__": {"pad": "x" * (99 * 2**20)}}).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(BadCheckpoint, match="bad header length"):
+        read_safetensors_header(path)

@@ -30,7 +30,9 @@ SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, int]] = {
     "F64": (np.dtype("<f8"), 8),
 }
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
+# The safetensors format allows 100 MiB, but Python's JSON parser turns that into gigabytes of objects. Real
+# headers hold ~100 bytes per tensor: 16 MiB is >100,000 tensors in one file, far more than any checkpoint shard.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
