@@ -286,6 +286,6 @@ def checked_layer_types(types: list[str], n_layers: int, known, family: str) -> 
 
 def plus_one(weights: np.ndarray, config: HFConfig) -> np.ndarray:
     """Gemma's RMS norm weight w (HF multiplies by 1 + w) -> 1 + w, computed in float32: the Gemma families and
-    the Gemma 3 projector (convert/mmproj.py) store it so."""
+    the Gemma 3 projector (convert/mmproj/gemma3.py) store it so."""
     widened = bf16_to_f32(weights) if weights.dtype == np.uint16 else weights.astype(np.float32)
     return widened + np.float32(1.0)
