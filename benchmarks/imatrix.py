@@ -40,18 +40,19 @@ def timed_pass(src: Path, chunks: list[np.ndarray], ctx: int, threads: int, coll
     import llama_cpp
 
     from edgepack import imatrix as im
+    from edgepack.imatrix import run
 
     collector = im.Collector() if collect else None
-    with im._context(src, ctx, threads, collector) as (llm_ctx, _vocab, n_ctx):
+    with run._context(src, ctx, threads, collector) as (llm_ctx, _vocab, n_ctx):
         batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
         try:
-            im._decode(llm_ctx, batch, chunks[0])  # warm-up (first-use allocations), not timed
+            run._decode(llm_ctx, batch, chunks[0])  # warm-up (first-use allocations), not timed
             if collector is not None:
                 collector.sums.clear()
                 collector.counts.clear()
             started, cpu_started = time.perf_counter(), time.process_time()
             for chunk in chunks:
-                im._decode(llm_ctx, batch, chunk)
+                run._decode(llm_ctx, batch, chunk)
             seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         finally:
             llama_cpp.llama_batch_free(batch)
@@ -76,11 +77,12 @@ def main() -> None:
 
     from edgepack import imatrix as im
     from edgepack.calibration import text_blocks
+    from edgepack.imatrix import run
 
-    with im._context(src, args.ctx, args.threads, None) as (_ctx, vocab, n_ctx):
+    with run._context(src, args.ctx, args.threads, None) as (_ctx, vocab, n_ctx):
         bos = llama_cpp.llama_vocab_bos(vocab)
         blocks = ((b, False) for b in text_blocks(corpus(args.tokens * 6)))
-        chunks = list(im.token_chunks(im._tokenizer(vocab), blocks, n_ctx, bos))[: args.tokens // n_ctx]
+        chunks = list(im.token_chunks(run._tokenizer(vocab), blocks, n_ctx, bos))[: args.tokens // n_ctx]
     n_tokens = len(chunks) * args.ctx
     print(f"model {src.name} ({src.stat().st_size / 2**20:.0f} MiB F16), {len(chunks)} chunks of {args.ctx} tokens "
           f"= {n_tokens} tokens, {args.threads} thread(s), {args.repeats} pairs", file=sys.stderr)

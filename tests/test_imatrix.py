@@ -21,7 +21,7 @@ import pytest
 from edgepack import imatrix as im
 from edgepack.calibration import calibration as load_calibration
 from edgepack.calibration import render_chats, text_blocks
-from edgepack.errors import UsageError
+from edgepack.errors import ImatrixError, UsageError
 from edgepack.cli import main
 from edgepack.convert import convert
 from edgepack.evaluate import evaluate_many, open_llama
@@ -163,7 +163,7 @@ def test_memory_stays_bounded_on_long_text():
 def test_wrong_model_refused_in_one_line(capsys, demo_imatrix, tmp_path):
     other = convert(random_llama(tmp_path / "other", layers=1), tmp_path / "other-F16.gguf", outtype="f16").output
     refused(capsys, "quantize", str(other), "-t", "Q4_K_M", "--imatrix", str(demo_imatrix), "-o", str(tmp_path),
-            code=im.ImatrixError.exit_code, words="another model")
+            code=ImatrixError.exit_code, words="another model")
     assert not list(tmp_path.glob("*Q4_K_M*"))
     refused(capsys, "quantize", str(other), "-t", "Q4_K_M", "--imatrix", str(tmp_path / "nope.gguf"), code=2,
             words="does not exist")
@@ -363,8 +363,8 @@ def test_partial_imatrix_of_the_same_model_is_accepted_a_mostly_empty_one_refuse
     some = dict(list(full.entries.items())[:20])  # 20 of 28: a few weights without data is not another model
     im.check_model(im.Imatrix(entries=some, datasets=["x"], chunk_count=1, chunk_size=CTX), f32)
     few = dict(list(full.entries.items())[:10])
-    with pytest.raises(im.ImatrixError, match="18 of its weight matrices have no entry"):
+    with pytest.raises(ImatrixError, match="18 of its weight matrices have no entry"):
         im.check_model(im.Imatrix(entries=few, datasets=["x"], chunk_count=1, chunk_size=CTX), f32)
     resized = {**full.entries, "blk.0.attn_q.weight": im.Entry(np.ones((1, 128)), np.ones(1, np.int64))}
-    with pytest.raises(im.ImatrixError, match="blk.0.attn_q.weight has 128 values, demo-F32.gguf needs 256"):
+    with pytest.raises(ImatrixError, match="blk.0.attn_q.weight has 128 values, demo-F32.gguf needs 256"):
         im.check_model(im.Imatrix(entries=resized, datasets=["x"], chunk_count=1, chunk_size=CTX), f32)
