@@ -50,7 +50,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from edgepack.fit import ModelDesc, describe_config, memory_needed, project, token_floor_s  # noqa: E402
-from edgepack.profiles import QUANT_FAMILIES, SHIPPED_DIR, Profile, Sourced, load_profiles, set_sourced  # noqa: E402
+from edgepack.calibrate import set_sourced  # noqa: E402
+from edgepack.profiles import QUANT_FAMILIES, SHIPPED_DIR, Profile, Sourced, load_profiles  # noqa: E402
 from tinymodels import CONFIGS  # noqa: E402  (the fixtures in tests/fixtures)
 
 DATA = HERE / "data" / "measurements.csv"
@@ -365,7 +366,7 @@ def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
                         continue
                     src = (f"calibrated: benchmarks/projection.py, {k_how}; efficiency = measured tg / bandwidth "
                            f"roofline, median over devices of {n_dev} in benchmarks/data/measurements.csv")
-                    text = set_sourced(text, f"generation_by_type.{backend}", key, "efficiency", round(min(k_eff, 1.0), 3),
+                    text = set_sourced(text, f"generation_by_type.{backend}", key, {"efficiency": round(min(k_eff, 1.0), 3)},
                                 src, f"class factor for {cls} on {key} weights")
             if backend == "cpu":
                 for fam in QUANT_FAMILIES + tuple(direct_keys):
@@ -375,12 +376,12 @@ def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
                     src = (f"calibrated: benchmarks/projection.py, {how_rate}: measured tg x weights per token / "
                            f"core-GHz of the threads used, median over devices of {n_dev} in "
                            "benchmarks/data/measurements.csv")
-                    text = set_sourced(text, "generation_compute.cpu", fam, "gweights_per_core_ghz", round(rate, 3), src,
+                    text = set_sourced(text, "generation_compute.cpu", fam, {"gweights_per_core_ghz": round(rate, 3)}, src,
                                 f"class factor for {cls}: how fast its cores dequantize and multiply weights")
             if how != "no data":
                 src = (f"calibrated: benchmarks/projection.py, {how}; efficiency = measured tg / bandwidth "
                        f"roofline, median over devices of {n_dev} in benchmarks/data/measurements.csv")
-                text = set_sourced(text, "generation", backend, "efficiency", round(eff, 3), src,
+                text = set_sourced(text, "generation", backend, {"efficiency": round(eff, 3)}, src,
                             f"class factor for {cls}, not a measurement of this device unless it is in the data")
             if size <= 0:
                 continue
@@ -391,7 +392,7 @@ def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
                 unit = "core-GHz" if backend == "cpu" else "GPU core"
                 src = (f"calibrated: benchmarks/projection.py, {how}: {per_unit:.1f} GFLOP/s per {unit} x "
                        f"{size:g} {unit}s (the profile's clusters/threads or [gpu] cores)")
-                text = set_sourced(text, f"prompt.{backend}", fam, "gflops", round(per_unit * size), src,
+                text = set_sourced(text, f"prompt.{backend}", fam, {"gflops": round(per_unit * size)}, src,
                             f"class factor for {cls} x this device's compute size")
         path.write_text(text)
         print(f"wrote {path.relative_to(REPO)}")

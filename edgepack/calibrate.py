@@ -7,10 +7,13 @@ own numbers, so that ``edgepack.fit.project`` gives back what was measured:
 
 * prompt: GFLOP/s = measured pp x FLOPs per token, per backend and quant type (``[prompt.<backend>]``);
 * generation on the CPU: the measured time per token without the per-token floor is the cores' time, so the
-  weights rate per core-GHz of the threads used is set (``[generation_compute.cpu]``), and the memory
-  efficiency is raised where the measurement streamed faster than the profile assumed;
+  weights rate per core-GHz of the threads used is set (``[generation_compute.cpu]``); where the profile's memory
+  bound would be slower than that, the type's efficiency is set to what the token streamed
+  (``[generation_by_type.cpu]``), above 1 for a model that stayed in the CPU's caches;
 * generation on GPU/NPU backends: the efficiency (measured / bandwidth roofline), per quant type
   (``[generation_by_type.<backend>]``) and for the backend (the median);
+* the per-token floor (``[token_floor.<backend>]``) where fit's estimate would leave less than a fifth of the
+  fastest measured token to the weights;
 * the thread count the CPU measurements used becomes the profile's ``cpu.threads``.
 
 Quant types that were measured get their own rate, and each measured type's family gets the median of its
@@ -29,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
-from .fit import ModelDesc, describe_gguf, flops_per_token, kv_cache_bytes, token_floor_s
-from .profiles import BACKENDS, QUANT_FAMILIES, Profile, load_profile_file, parse_profile, set_sourced, tomllib
+from .fit import QT, ModelDesc, describe_gguf, flops_per_token, kv_cache_bytes, quant_family, token_floor_ms, token_floor_s
+from .profiles import BACKENDS, QUANT_FAMILIES, Profile, load_profile_file, parse_profile, tomllib
 
 # llama-bench's backend names (its "backends" field / markdown column) -> edgepack's
 BACKEND_NAMES = {"cpu": "cpu", "blas": "cpu", "metal": "metal", "blas,metal": "metal", "metal,blas": "metal",
@@ -169,9 +172,22 @@ def _find_model(name: str, search: list[Path]) -> ModelDesc:
     raise UsageError(f"model file {p.name} not found here", "copy it next to the results, or pass --models DIR")
 
 
+# The per-token floor is an estimate for a backend kind; a tiny model on a fast device can run a token in less time
+# than it allows. Then the device's own floor is lowered to this share of its fastest measured token, leaving the
+# rest to the weights (one measurement cannot split the two; the share only matters for other model sizes).
+FLOOR_SHARE_MAX = 0.8
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits: a written rate reproduces its measurement to 0.05%."""
+    return float(f"{x:.{digits}g}")
+
+
 def calibrate(profile: Profile, measurements: list[Measurement], *, name: str | None = None,
               models_dir: list[str | Path] | tuple = (), results_name: str = "results") -> str:
-    """The TOML text of a copy of ``profile`` whose rates reproduce ``measurements``."""
+    """The TOML text of a copy of ``profile`` with overrides, per backend and quant type, that reproduce
+    ``measurements`` whatever they are: measured rates are never capped by the profile's roofline (a model held in
+    the CPU's caches generates faster than the DRAM allows: its efficiency is then above 1, as measured)."""
     if not measurements:
         raise UsageError("no measurements to calibrate from", "give llama-bench or edgepack bench results")
     search = [Path(d) for d in models_dir]
@@ -186,12 +202,19 @@ def calibrate(profile: Profile, measurements: list[Measurement], *, name: str | 
                          "start from a profile of this device")
     core_ghz = profile.core_ghz(threads)
     bandwidth = profile.bandwidth_gb_s.value * 1e9
+    models = {m.model: _find_model(m.model, search) for m in measurements}
+    floor_scale: dict[str, float] = {}  # backend -> factor on the profile's floor (below 1: lowered)
+    for m in measurements:
+        if m.tg_tokens_per_s:
+            est = token_floor_s(models[m.model], m.backend, profile)
+            if est > FLOOR_SHARE_MAX / m.tg_tokens_per_s:
+                share = FLOOR_SHARE_MAX / m.tg_tokens_per_s / est
+                floor_scale[m.backend] = min(floor_scale.get(m.backend, 1.0), share)
     gflops: dict[tuple[str, str], list[tuple[float, str]]] = {}
     rates: dict[str, list[tuple[float, str]]] = {}
     effs: dict[tuple[str, str], list[tuple[float, str]]] = {}
-    cpu_eff = [profile.efficiency("cpu").value] if "cpu" in profile.backends else []
     for m in measurements:
-        model = _find_model(m.model, search)
+        model = models[m.model]
         key, be = model.quant_key, m.backend
         what = f"{Path(m.model).name} on {be}"
         if m.pp_tokens_per_s:
@@ -200,15 +223,18 @@ def calibrate(profile: Profile, measurements: list[Measurement], *, name: str | 
             g = m.pp_tokens_per_s * flops_per_token(model, 256) / 1e9 * scale
             gflops.setdefault((be, key), []).append((g, f"{what}: pp{m.pp_tokens} {m.pp_tokens_per_s:.2f} tok/s"))
         if m.tg_tokens_per_s:
-            net_s = max(1.0 / m.tg_tokens_per_s - token_floor_s(model, be), 0.05 / m.tg_tokens_per_s)
+            net_s = 1.0 / m.tg_tokens_per_s - token_floor_s(model, be, profile) * floor_scale.get(be, 1.0)
             bytes_tok = model.bytes_read_per_token + kv_cache_bytes(model, 512, 1) // 2
+            streamed = bytes_tok / net_s / bandwidth  # the fraction of the spec bandwidth this token needed
             label = f"{what}: tg{m.tg_tokens} {m.tg_tokens_per_s:.2f} tok/s"
             if be == "cpu":
                 used_ghz = profile.core_ghz(m.threads or threads)
                 rates.setdefault(key, []).append((model.matmul_params / net_s / 1e9 / used_ghz, label))
-                cpu_eff.append(bytes_tok / net_s / bandwidth)
+                # the cores' rate sets the time; the memory bound must not be slower than what was measured
+                if streamed > profile.efficiency("cpu", model.quant_family, key).value:
+                    effs.setdefault((be, key), []).append((streamed, label))
             else:
-                effs.setdefault((be, key), []).append((min(bytes_tok / net_s / bandwidth, 1.0), label))
+                effs.setdefault((be, key), []).append((streamed, label))
     text = Path(profile.path).read_text(encoding="utf-8")
     new_name = name or f"{profile.name}-calibrated"
     if not re.fullmatch(r"[a-z0-9-]+", new_name):
@@ -218,51 +244,50 @@ def calibrate(profile: Profile, measurements: list[Measurement], *, name: str | 
                   count=1, flags=re.M)
     src = f"edgepack profiles calibrate from {results_name}"
 
-    def put(table: str, k: str, field: str, values: list[tuple[float, str]], digits: int, note: str) -> None:
+    def put(table: str, k: str, field: str, values: list[tuple[float, str]], note: str) -> None:
         nonlocal text
         value = statistics.median(v for v, _ in values)
         quoted = "; ".join(label for _, label in values)
-        text = set_sourced(text, table, k, field, round(value, digits), f"{src}: {quoted}", note, kind="measurement")
+        text = set_sourced(text, table, k, {field: _sig(value)}, f"{src}: {quoted}", note, kind="measurement")
 
+    for be, scale in sorted(floor_scale.items()):
+        base_ms, per_layer_ms = token_floor_ms(be, profile)
+        text = set_sourced(text, "token_floor", be, {"base_ms": _sig(base_ms * scale), "per_layer_ms":
+                           _sig(per_layer_ms * scale)}, f"{src}: the fastest tg measured on {be}",
+                           f"fit's floor estimate x {scale:.3f}: at most {FLOOR_SHARE_MAX:.0%} of the fastest "
+                           "measured time per token", kind="measurement")
     for (be, key), vals in sorted(gflops.items()):
-        put(f"prompt.{be}", key, "gflops", vals, 1, "measured pp x FLOPs per token")
+        put(f"prompt.{be}", key, "gflops", vals, "measured pp x FLOPs per token")
     for key, vals in sorted(rates.items()):
-        put("generation_compute.cpu", key, "gweights_per_core_ghz", vals, 4,
+        put("generation_compute.cpu", key, "gweights_per_core_ghz", vals,
             f"measured tg without the per-token floor x weights per token / core-GHz of {threads} threads")
     for (be, key), vals in sorted(effs.items()):
-        put(f"generation_by_type.{be}", key, "efficiency", vals, 4, "measured tg without the per-token floor / "
-            "bandwidth roofline")
+        put(f"generation_by_type.{be}", key, "efficiency", vals, "measured tg without the per-token floor / "
+            "bandwidth roofline" + (" (above 1: the weights stayed in the CPU's caches)" if be == "cpu" else ""))
     # families: the median of their measured types, so an unmeasured type of a measured family follows
-    from .fit import QT, quant_family
 
     def family(k: str) -> str:
         return k if k in QUANT_FAMILIES else quant_family(QT[k.upper()])
 
-    for table, items, field, digits in ((lambda be: f"prompt.{be}", gflops, "gflops", 1),
-                                        (lambda be: f"generation_by_type.{be}", effs, "efficiency", 4)):
+    for table, items, field in ((lambda be: f"prompt.{be}", gflops, "gflops"),
+                                (lambda be: f"generation_by_type.{be}", effs, "efficiency")):
         by_family: dict[tuple[str, str], list] = {}
         for (be, key), vals in items.items():
             if key != family(key):
                 by_family.setdefault((be, family(key)), []).extend(vals)
         for (be, fam), vals in sorted(by_family.items()):
             if (be, fam) not in items:
-                put(table(be), fam, field, vals, digits, f"median of the measured {fam} types")
+                put(table(be), fam, field, vals, f"median of the measured {fam} types")
     fam_rates: dict[str, list] = {}
     for key, vals in rates.items():
         if key != family(key):
             fam_rates.setdefault(family(key), []).extend(vals)
     for fam, vals in sorted(fam_rates.items()):
         if fam not in rates:
-            put("generation_compute.cpu", fam, "gweights_per_core_ghz", vals, 4,
-                f"median of the measured {fam} types")
-    for be in sorted({be for be, _ in effs}):
+            put("generation_compute.cpu", fam, "gweights_per_core_ghz", vals, f"median of the measured {fam} types")
+    for be in sorted({be for be, _ in effs if be != "cpu"}):
         vals = [v for (b, _), vs in effs.items() if b == be for v in vs]
-        put("generation", be, "efficiency", vals, 4, "median over the measured quant types")
-    if len(cpu_eff) > 1 and max(cpu_eff) > profile.efficiency("cpu").value:
-        # a measurement streamed faster than the profile's memory ceiling allows: raise it to what was seen
-        text = set_sourced(text, "generation", "cpu", "efficiency", round(min(max(cpu_eff), 1.0), 4),
-                           f"{src}: the fastest CPU generation measured / bandwidth roofline",
-                           "raised to what this device was measured to reach", kind="measurement")
+        put("generation", be, "efficiency", vals, "median over the measured quant types")
     if cpu_threads:
         text = re.sub(r"^threads = \{.*\}$", f'threads = {{ value = {threads}, source = "{src}: the thread count of the '
                       f'CPU measurements", kind = "measurement" }}', text, count=1, flags=re.M)
@@ -290,6 +315,37 @@ def calibrate_file(profile: Profile, results: str | Path, out: str | Path | None
     atomic_write_text(path, text)
     load_profile_file(path)  # name matches file, schema holds
     return path
+
+
+def set_sourced(text: str, table: str, key: str, values: dict[str, float], source: str, note: str,
+                kind: str = "estimate") -> str:
+    """Set ``key = { <values>, source, kind, note }`` inside ``[table]`` of a profile's TOML text, keeping
+    everything else as written: the line is replaced, or added at the end of the table, or the table is added
+    before the first [prompt.*] table (the end of the file without one)."""
+    src, note = source.replace('"', "'"), note.replace('"', "'")
+    numbers = ", ".join(f"{k} = {v}" for k, v in values.items())
+    entry = f'{key} = {{ {numbers}, source = "{src}", kind = "{kind}", note = "{note}" }}\n'
+    lines = text.splitlines(keepends=True)
+    current, table_end = None, None
+    for i, line in enumerate(lines):
+        m = re.match(r"^\[([^\]]+)\]\s*$", line)
+        if m:
+            current = m.group(1)
+            continue
+        if current == table:
+            if re.match(rf"^{re.escape(key)}\s*=\s*\{{", line):
+                lines[i] = entry
+                return "".join(lines)
+            if line.strip():
+                table_end = i + 1
+    if table_end is not None:
+        lines.insert(table_end, entry)
+        return "".join(lines)
+    first_prompt = next((i for i, line in enumerate(lines) if line.startswith("[prompt")), len(lines))
+    if first_prompt == len(lines) and lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    lines[first_prompt:first_prompt] = [f"[{table}]\n", entry, "\n"]
+    return "".join(lines)
 
 
 __all__ = ["Measurement", "read_results", "calibrate", "calibrate_file", "BACKENDS"]

@@ -632,10 +632,19 @@ TOKEN_FLOOR = {
 }
 
 
-def token_floor_s(model: ModelDesc, backend: str) -> float:
-    """Seconds per generated token that do not shrink with the model (TOKEN_FLOOR)."""
+def token_floor_ms(backend: str, profile: Profile | None = None) -> tuple[float, float]:
+    """(base ms, ms per layer) of the per-token floor on ``backend``: the profile's own ``[token_floor]`` where it
+    has one (measured on the device), else TOKEN_FLOOR's estimate for the backend kind."""
+    if profile is not None and backend in profile.token_floor_ms:
+        return profile.token_floor_ms[backend]
     f = TOKEN_FLOOR["cpu" if backend == "cpu" else "gpu"]
-    return f["base_s"] + f["per_layer_s"] * model.n_layer
+    return f["base_s"] * 1e3, f["per_layer_s"] * 1e3
+
+
+def token_floor_s(model: ModelDesc, backend: str, profile: Profile | None = None) -> float:
+    """Seconds per generated token that do not shrink with the model (token_floor_ms)."""
+    base_ms, per_layer_ms = token_floor_ms(backend, profile)
+    return (base_ms + per_layer_ms * model.n_layer) / 1e3
 
 
 def project(model: ModelDesc, profile: Profile, backend: str | None = None, n_ctx: int = 512,
@@ -661,7 +670,7 @@ def project(model: ModelDesc, profile: Profile, backend: str | None = None, n_ct
     if host:
         overhead = host.per_token_overhead_s(model)
     else:
-        overhead = token_floor_s(model, backend) if floor else 0.0
+        overhead = token_floor_s(model, backend, profile) if floor else 0.0
     seconds = bytes_tok / (profile.bandwidth_gb_s.value * 1e9 * eff)
     rate = profile.cpu_weights_rate(family, key) if backend == "cpu" else None
     core_ghz = profile.core_ghz(threads)
@@ -842,4 +851,4 @@ def nice_mb(n: float) -> str:
 __all__ = ["ModelDesc", "MemoryParts", "Projection", "HostCalibration", "Quality", "Variant", "FitRow", "FitResult",
            "describe_gguf", "describe_config", "load_config", "config_name", "memory_needed", "kv_cache_bytes",
            "compute_buffer_bytes", "recurrent_state_bytes", "project", "fit", "variants_from_bench", "quant_types",
-           "math", "cpu_repacks", "tied_output_copy_bytes", "token_floor_s"]
+           "cpu_repacks", "tied_output_copy_bytes", "token_floor_s", "token_floor_ms"]

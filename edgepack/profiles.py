@@ -12,7 +12,6 @@ Users add their own profiles with ``--profiles DIR_OR_FILE``; a malformed one is
 from __future__ import annotations
 
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +64,16 @@ def _count_up_to(limit: int):
 
 def _fraction(v):
     return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+def _efficiency(v):
+    # above 1 only as a measurement (checked in _validate): a model held in the CPU's caches streams faster than
+    # the DRAM spec; 64 bounds a typo
+    return None if 0 < v <= 64 else "must be in (0, 1] (a measurement: at most 64)"
+
+
+def _non_negative(v):
+    return None if v >= 0 else "must be >= 0"
 
 
 def _profile_name(v: str) -> str | None:
@@ -130,10 +139,14 @@ SCHEMA: dict = {
         "bandwidth": _sourced("gb_s"),
     },
     # Generation efficiency: achieved fraction of the theoretical bandwidth when reading the weights.
-    "generation": {b: _sourced("efficiency", _fraction) for b in BACKENDS},
+    "generation": {b: _sourced("efficiency", _efficiency) for b in BACKENDS},
     # Optional: the efficiency for one quant family or type on a backend, where it differs from the backend's
     # (Adreno's OpenCL kernels stream Q8_0 at about twice the fraction of bandwidth they reach on Q4_0).
-    "generation_by_type": {b: {k: _sourced("efficiency", _fraction) for k in QUANT_KEYS} for b in BACKENDS},
+    "generation_by_type": {b: {k: _sourced("efficiency", _efficiency) for k in QUANT_KEYS} for b in BACKENDS},
+    # Optional: the time every generated token costs whatever the model (graph build, thread barriers or kernel
+    # launches, sampling): base + per layer, where this device's measurements say otherwise than fit's estimate.
+    "token_floor": {b: _sourced("base_ms", _non_negative, {"per_layer_ms": ((int, float), True, _non_negative)})
+                    for b in BACKENDS},
     # CPU generation is also bounded by how fast the cores dequantize and multiply: billions of weights per
     # second per core-GHz of the threads used, per quant family. Optional (no bound without it).
     "generation_compute": {"cpu": {f: _sourced("gweights_per_core_ghz") for f in QUANT_KEYS}},
@@ -162,8 +175,8 @@ def _validate(data: dict, schema: dict, file: str, prefix: str = "") -> None:
             if key not in data:
                 # per-backend tables are checked against `backends` in parse_profile
                 optional = key in ("usable_with_entitlement", "generation", "generation_compute", "prompt", "gpu",
-                                   "generation_by_type") or prefix.startswith(
-                    ("generation.", "generation_compute.", "prompt.", "generation_by_type."))
+                                   "generation_by_type", "token_floor") or prefix.startswith(
+                    ("generation.", "generation_compute.", "prompt.", "generation_by_type.", "token_floor."))
                 if not optional:
                     raise ProfileError(f"{where}: missing", f"add a [{prefix}{key}] table")
                 continue
@@ -195,6 +208,9 @@ def _validate(data: dict, schema: dict, file: str, prefix: str = "") -> None:
             raise ProfileError(f"{where}: too short to identify a source", "give a URL or a document title")
         if check is not None and (err := check(value)):
             raise ProfileError(f"{where}: {err}", "see edgepack/data/profiles/SCHEMA.md")
+    if data.get("efficiency", 0) > 1 and data.get("kind") != "measurement":
+        raise ProfileError(f"{file}:{prefix}efficiency: must be in (0, 1] unless kind = \"measurement\"",
+                           "only a measured model held in the CPU's caches streams faster than the memory's spec")
     if data.get("kind") == "estimate" and "source" in schema and not data.get("note"):
         raise ProfileError(f"{file}:{prefix}kind: an estimate needs a note with the reasoning",
                            "add note = \"...\"")
@@ -239,6 +255,8 @@ class Profile:
     cpu_gweights_per_core_ghz: dict[str, Sourced] = field(default_factory=dict)
     # backend -> quant family or type -> generation efficiency, where it differs from the backend's
     generation_efficiency_by_type: dict[str, dict[str, Sourced]] = field(default_factory=dict)
+    # backend -> (base ms, ms per layer) of the per-token floor, where the device overrides fit's estimate
+    token_floor_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
     gpu_name: str = ""
     gpu_cores: int = 0  # 0: no [gpu] table
     storage: str = ""
@@ -329,7 +347,8 @@ def parse_profile(data: dict, file: str) -> Profile:
         if missing:
             raise ProfileError(f"{where}prompt.{backend}.{missing[0]}: missing",
                                f"give gflops for every quant family: {', '.join(QUANT_FAMILIES)}")
-    for backend in list(generation) + list(prompt) + list(data.get("generation_by_type", {})):
+    for backend in (list(generation) + list(prompt) + list(data.get("generation_by_type", {}))
+                    + list(data.get("token_floor", {}))):
         if backend not in data["backends"]:
             raise ProfileError(f"{where}generation.{backend}: backend not in backends", "add it or remove the table")
     if data.get("generation_compute", {}).get("cpu") and "cpu" not in data["backends"]:
@@ -358,6 +377,8 @@ def parse_profile(data: dict, file: str) -> Profile:
                                    for f, v in data.get("generation_compute", {}).get("cpu", {}).items()},
         generation_efficiency_by_type={b: {k: _s(v, "efficiency") for k, v in keys.items()}
                                        for b, keys in data.get("generation_by_type", {}).items()},
+        token_floor_ms={b: (float(v["base_ms"]), float(v["per_layer_ms"]))
+                        for b, v in data.get("token_floor", {}).items()},
         gpu_name=data.get("gpu", {}).get("name", ""), gpu_cores=int(data.get("gpu", {}).get("cores", 0)),
         storage=data.get("storage", ""), notes=data.get("notes", ""), path=file, raw=data)
 
@@ -407,33 +428,3 @@ def get_profile(name: str, extra: list[str | Path] | tuple = ()) -> Profile:
         raise ProfileError(f"unknown profile {name!r}",
                            f"did you mean {', '.join(close)}?" if close else "see `edgepack profiles list`")
     return profiles[name]
-
-
-def set_sourced(text: str, table: str, key: str, field: str, value, source: str, note: str,
-                kind: str = "estimate") -> str:
-    """Set ``key = { field = value, source, kind, note }`` inside ``[table]`` of a profile's TOML text, keeping
-    everything else as written: the line is replaced, or added at the end of the table, or the table is added
-    before the first [prompt.*] table (the end of the file without one)."""
-    src, note = source.replace('"', "'"), note.replace('"', "'")
-    entry = f'{key} = {{ {field} = {value}, source = "{src}", kind = "{kind}", note = "{note}" }}\n'
-    lines = text.splitlines(keepends=True)
-    current, table_end = None, None
-    for i, line in enumerate(lines):
-        m = re.match(r"^\[([^\]]+)\]\s*$", line)
-        if m:
-            current = m.group(1)
-            continue
-        if current == table:
-            if re.match(rf"^{re.escape(key)}\s*=\s*\{{", line):
-                lines[i] = entry
-                return "".join(lines)
-            if line.strip():
-                table_end = i + 1
-    if table_end is not None:
-        lines.insert(table_end, entry)
-        return "".join(lines)
-    first_prompt = next((i for i, line in enumerate(lines) if line.startswith("[prompt")), len(lines))
-    if first_prompt == len(lines) and lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    lines[first_prompt:first_prompt] = [f"[{table}]\n", entry, "\n"]
-    return "".join(lines)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgepack.bench import bench_one, host_isa, measure_bandwidth_gb_s
-from edgepack.calibrate import read_results
+from edgepack.calibrate import calibrate_file, read_results
 from edgepack.errors import UsageError
 from edgepack.fit import describe_gguf, project
 from edgepack.profiles import SHIPPED_DIR, load_profile_file
@@ -61,10 +61,6 @@ def measured(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known defect: the test's models are cache-resident (this host has a 480 MiB L3), so on an "
-                          "idle host they generate faster than the DRAM roofline a calibrated profile can express "
-                          "(efficiency <= 1): measured 2261 tok/s, projected 1056 (issue 17 stays open)",
-                   strict=False)
 def test_calibrated_profile_projects_this_host_within_10_percent(measured, tmp_path):
     res = subprocess.run([sys.executable, "-m", "edgepack", "profiles", "calibrate", str(measured["profile"]),
                           "--from", str(measured["results"]), "-o", str(tmp_path), "--name", "my-host"],
@@ -85,6 +81,24 @@ def test_calibrated_profile_projects_this_host_within_10_percent(measured, tmp_p
         assert f"{Path(path).name} on cpu: pp128" in calibrated.gflops("cpu", model.quant_family, model.quant_key).source
         # and calibration changed something: the uncalibrated class factors are not this host
         assert (abs(before_p.pp_tokens_per_s / pp - 1) > 0.02) or (abs(before_p.tg_tokens_per_s / tg - 1) > 0.02)
+
+
+@pytest.mark.parametrize("speedup", [0.05, 30.0])
+def test_calibration_reproduces_any_speed(measured, tmp_path, speedup):
+    """Whatever a device measured, the calibrated profile gives it back: a host 30x faster than this one (its
+    tiny models generate past the DRAM roofline and the per-token floor estimate) or 20x slower."""
+    records = [r | {"avg_ts": r["avg_ts"] * speedup} for r in measured["records"]]
+    results = tmp_path / "scaled.json"
+    results.write_text(json.dumps(records))
+    calibrated = load_profile_file(calibrate_file(load_profile_file(measured["profile"]), results, tmp_path,
+                                                  name="scaled"))
+    by = {(r["model_filename"], r["n_gen"] > 0): r["avg_ts"] for r in records}
+    for quant, path in measured["models"].items():
+        projected = project(describe_gguf(path), calibrated, "cpu")
+        assert projected.pp_tokens_per_s == pytest.approx(by[(str(path), False)], rel=0.01), quant
+        assert projected.tg_tokens_per_s == pytest.approx(by[(str(path), True)], rel=0.01), quant
+    if speedup > 1:  # faster than the floor estimate allows: the device's own floor, kept as a measurement
+        assert calibrated.token_floor_ms["cpu"][0] < 0.25 and calibrated.raw["token_floor"]["cpu"]["kind"] == "measurement"
 
 
 def test_llama_bench_formats_agree(measured, tmp_path):
