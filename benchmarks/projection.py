@@ -51,7 +51,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from edgepack.fit import ModelDesc, describe_config, memory_needed, project, token_floor_s  # noqa: E402
 from edgepack.calibrate import set_sourced  # noqa: E402
-from edgepack.profiles import QUANT_FAMILIES, SHIPPED_DIR, Profile, Sourced, load_profiles  # noqa: E402
+from edgepack.profiles import SHIPPED_DIR, Profile, Sourced, load_profiles  # noqa: E402
+from edgepack.quants import QUANT_FAMILIES, family_of_key as _family_of  # noqa: E402
 from tinymodels import CONFIGS  # noqa: E402  (the fixtures in tests/fixtures)
 
 DATA = HERE / "data" / "measurements.csv"
@@ -396,15 +397,6 @@ def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
                             f"class factor for {cls} x this device's compute size")
         path.write_text(text)
         print(f"wrote {path.relative_to(REPO)}")
-
-
-def _family_of(key: str) -> str:
-    """The quant family of a family name or a ggml type key (q4_k -> k_quant)."""
-    if key in QUANT_FAMILIES:
-        return key
-    from edgepack.fit import QT, quant_family
-
-    return quant_family(QT[key.upper()])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,7 +96,7 @@ def main() -> None:
 
     import llama_cpp
 
-    from edgepack.quantize import quant_type
+    from edgepack.quants import quant_type
 
     silent = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
     tmp = None

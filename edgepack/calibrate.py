@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
-from .fit import QT, ModelDesc, describe_gguf, flops_per_token, kv_cache_bytes, quant_family, token_floor_ms, token_floor_s
-from .profiles import BACKENDS, QUANT_FAMILIES, Profile, load_profile_file, parse_profile, tomllib
+from .fit import ModelDesc, describe_gguf, flops_per_token, kv_cache_bytes, token_floor_ms, token_floor_s
+from .profiles import BACKENDS, Profile, load_profile_file, parse_profile, tomllib
+from .quants import family_of_key
 
 # llama-bench's backend names (its "backends" field / markdown column) -> edgepack's
 BACKEND_NAMES = {"cpu": "cpu", "blas": "cpu", "metal": "metal", "blas,metal": "metal", "metal,blas": "metal",
@@ -265,9 +266,7 @@ def calibrate(profile: Profile, measurements: list[Measurement], *, name: str | 
         put(f"generation_by_type.{be}", key, "efficiency", vals, "measured tg without the per-token floor / "
             "bandwidth roofline" + (" (above 1: the weights stayed in the CPU's caches)" if be == "cpu" else ""))
     # families: the median of their measured types, so an unmeasured type of a measured family follows
-
-    def family(k: str) -> str:
-        return k if k in QUANT_FAMILIES else quant_family(QT[k.upper()])
+    family = family_of_key
 
     for table, items, field in ((lambda be: f"prompt.{be}", gflops, "gflops"),
                                 (lambda be: f"generation_by_type.{be}", effs, "efficiency")):

@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 from . import limits
 from .errors import ConfigError, EdgepackError
+from .quants import quant_type, resolve_types
 from .validate import git_revision, safe_name
 
 if sys.version_info >= (3, 11):
@@ -580,23 +581,9 @@ def _local(text: str, folder: Path) -> Path:
 
 def _check_quants(names, bits, fail) -> tuple[str, ...]:
     try:
-        from .quantize import resolve_types
-    except ImportError:  # the quantize stage is not installed: check against fit's table of llama.cpp ftypes
-        resolve_types = None
-    if resolve_types is not None:
-        try:
-            return tuple(t.name for t in resolve_types(list(names), list(bits)))
-        except EdgepackError as exc:
-            raise fail("quant_types" if names else "quant_bits", exc.message, exc.hint) from None
-    from .fit import QUANT_BASE
-    bad = [n for n in names if n not in QUANT_BASE]
-    if bad:
-        raise fail("quant_types", f"unknown quantization type {bad[0]!r}", f"known: {', '.join(QUANT_BASE)}")
-    by_bits = {8: "Q8_0", 6: "Q6_K", 5: "Q5_K_M", 4: "Q4_K_M", 3: "Q3_K_M", 2: "Q2_K"}
-    for b in bits:
-        if b not in by_bits:
-            raise fail("quant_bits", f"no recommended type for {b} bits", f"choose from {sorted(by_bits)}")
-    return tuple(dict.fromkeys(list(names) + [by_bits[b] for b in bits]))
+        return tuple(t.name for t in resolve_types(list(names), list(bits)))
+    except EdgepackError as exc:
+        raise fail("quant_types" if names else "quant_bits", exc.message, exc.hint) from None
 
 
 def _parse_adapters(value, folder: Path, file_values: _FileValues | None, fail) -> tuple[AdapterSpec, ...]:
@@ -647,8 +634,4 @@ def _parse_adapters(value, folder: Path, file_values: _FileValues | None, fail) 
 
 
 def _needs_imatrix(quant: str) -> bool:
-    try:
-        from .quantize import quant_type
-    except ImportError:  # the quantize stage is not installed: nothing to check against
-        return False
     return quant_type(quant).needs_imatrix

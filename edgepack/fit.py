@@ -23,166 +23,18 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .convert.core import keeps_f32
 from .convert.spec import SOURCE_CONFIG_KEY, LayerSize, SizeFacts, family_of, gguf_tensors, supported_architectures
 from .errors import BadGGUF, EdgepackError, UsageError
 from .fileio import parse_json
 from .ggufheader import GGUFHeader, SkippedArray
 from .loadcheck import check_loadable
 from .profiles import Profile
+from .quants import QUANT_BASE, ftype_name, quant_family, quant_types, tensor_bytes
 
 QT = gguf.GGMLQuantizationType
 MB = 1e6
 KV_PAD = 256  # llama.cpp pads the KV cache size to a multiple of 256 cells
 DEFAULT_BATCHES = (512, 256, 128, 64, 32)
-
-# ---------------------------------------------------------------------------------------------------
-# quant types
-
-
-QUANT_BASE = {  # llama_ftype -> default tensor type (llama-quant.cpp, llama_ftype_get_default_type)
-    "F32": QT.F32, "F16": QT.F16, "BF16": QT.BF16, "Q8_0": QT.Q8_0, "Q6_K": QT.Q6_K, "Q5_K_M": QT.Q5_K,
-    "Q5_K_S": QT.Q5_K, "Q5_0": QT.Q5_0, "Q5_1": QT.Q5_1, "Q4_K_M": QT.Q4_K, "Q4_K_S": QT.Q4_K, "Q4_0": QT.Q4_0,
-    "Q4_1": QT.Q4_1, "Q3_K_M": QT.Q3_K, "Q3_K_S": QT.Q3_K, "Q3_K_L": QT.Q3_K, "Q2_K": QT.Q2_K,
-    "IQ4_NL": QT.IQ4_NL, "IQ4_XS": QT.IQ4_XS,
-}
-# when a row length is not a multiple of a 256-block type (llama-quant.cpp, tensor type fallback)
-FALLBACK = {QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0, QT.Q3_K: QT.Q4_0, QT.Q2_K: QT.Q4_0,
-            QT.IQ4_XS: QT.IQ4_NL}
-
-
-def quant_family(t: QT) -> str:
-    """Which prompt-processing kernel family a ggml type uses (see profiles.QUANT_FAMILIES)."""
-    if t in (QT.Q4_0, QT.Q4_1, QT.IQ4_NL):
-        return "q4_0"
-    if t in (QT.Q8_0, QT.Q5_0, QT.Q5_1):
-        return "q8_0"
-    if t in (QT.F16, QT.BF16, QT.F32):
-        return "f16"
-    return "k_quant"
-
-
-def tensor_bytes(t: QT, shape: tuple[int, ...]) -> int:
-    block, size = gguf.GGML_QUANT_SIZES[t]
-    n = int(np.prod(shape))
-    return n // block * size
-
-
-def _more_bits(i: int, n: int) -> bool:  # llama-quant.cpp use_more_bits
-    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
-
-
-def _category(name: str) -> str:
-    """llama-quant.cpp's tensor category, from the GGUF name (first match wins, as there)."""
-    if name == "output.weight":
-        return "output"
-    if name in ("token_embd.weight", "per_layer_token_embd.weight"):
-        return "token_embd"
-    for category, needle in (("attn_v", "attn_qkv.weight"), ("attn_v", "attn_kv_b.weight"),
-                             ("attn_v", "attn_v.weight"), ("attn_k", "attn_k.weight"), ("attn_q", "attn_q.weight"),
-                             ("attn_output", "attn_output.weight"), ("ffn_up", "ffn_up"), ("ffn_gate", "ffn_gate"),
-                             ("ffn_down", "ffn_down")):
-        if needle in name:  # fused qkv and MLA's kv_b count as attn_v there ("category_is_attn_v")
-            return category
-    return "other"
-
-
-# Weights llama.cpp's quantizer leaves in their source type (llama-quant.cpp, tensor_allows_quantization);
-# norms, routers and conv kernels among them are F32 in the source already (convert.core.keeps_f32).
-KEEP_TYPE = ("_norm.weight", "ffn_gate_inp.weight", "altup", "laurel", "per_layer_model_proj", "ssm_conv1d",
-             "shortconv.conv.weight")
-KEEP_NAMES = ("position_embd.weight", "token_types.weight")
-
-
-def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
-    return (len(shape) >= 2 and name.endswith("weight") and name not in KEEP_NAMES
-            and not any(part in name for part in KEEP_TYPE))
-
-
-def _block(name: str) -> int:
-    return int(name.split(".")[1]) if name.startswith("blk.") else -1
-
-
-def quant_types(ftype: str, tensors: list[tuple[str, tuple[int, ...]]], n_layer: int, n_gqa: int,
-                n_expert: int = 0) -> dict[str, QT]:
-    """The type llama.cpp's quantizer gives each tensor of an F16 GGUF for ``ftype`` (llama-quant.cpp).
-
-    ``tensors``: (GGUF name, GGUF shape). The quantizer visits them by block, then name, and counts attn_v-like
-    and ffn_down tensors as it goes: the "more bits" layers are positions in that count. ``n_gqa`` is layer 0's
-    query/KV head ratio; ``n_expert`` the experts per MoE layer (8 bumps attention, as for Mixtral).
-    Not modelled: the 70B-only attn_v bump and Falcon's rules (edgepack converts neither).
-    """
-    base = QUANT_BASE[ftype]
-    source = base if base in (QT.F32, QT.BF16) else QT.F16  # what convert writes for a matrix
-    tied = not any(name == "output.weight" for name, _ in tensors)
-    n_wv = sum(_category(name) == "attn_v" for name, _ in tensors)
-    i_wv = i_down = 0
-    out: dict[str, QT] = {}
-    for name, shape in sorted(tensors, key=lambda t: (_block(t[0]), t[0])):
-        if keeps_f32(name, shape):
-            out[name] = QT.F32
-            continue
-        if base in (QT.F32, QT.F16, QT.BF16) or not _quantizable(name, shape):
-            out[name] = source
-            continue
-        category, t = _category(name), base
-        if category == "output" or (category == "token_embd" and tied):
-            t = QT.Q8_0 if base == QT.Q8_0 or shape[0] % gguf.GGML_QUANT_SIZES[base][0] else QT.Q6_K
-        elif category == "attn_v":
-            t = _attn_v_type(ftype, base, i_wv, n_wv, n_gqa)
-            t = QT.Q8_0 if n_expert == 8 else t
-            i_wv += 1
-        elif category == "attn_k" and n_expert == 8:
-            t = QT.Q8_0
-        elif category == "ffn_down":
-            t = _ffn_down_type(ftype, base, _block(name) if n_expert > 1 else i_down, n_layer)
-            i_down += 1
-        elif category == "attn_output":
-            if n_expert == 8:
-                t = QT.Q5_K if ftype in ("Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS") else base
-            else:
-                t = {"Q2_K": QT.Q3_K, "Q3_K_M": QT.Q4_K, "Q3_K_L": QT.Q5_K}.get(ftype, base)
-        out[name] = _fit_type(t, shape[0])
-    return out
-
-
-def _attn_v_type(ftype: str, base: QT, i: int, n: int, n_gqa: int) -> QT:
-    if ftype == "Q2_K":
-        return QT.Q4_K if n_gqa >= 4 else QT.Q3_K
-    if ftype == "Q3_K_M":
-        return QT.Q5_K if i < 2 else QT.Q4_K
-    if ftype == "Q3_K_L":
-        return QT.Q5_K
-    if ftype in ("IQ4_NL", "IQ4_XS") and n_gqa >= 4:
-        return QT.Q5_K
-    if ftype in ("Q4_K_M", "Q5_K_M") and _more_bits(i, n):
-        return QT.Q6_K
-    if ftype == "Q4_K_S" and i < 4:
-        return QT.Q5_K
-    return base
-
-
-def _ffn_down_type(ftype: str, base: QT, i: int, n: int) -> QT:
-    if ftype == "Q2_K":
-        return QT.Q3_K
-    if ftype == "Q3_K_M":
-        return QT.Q5_K if i < n // 16 else QT.Q4_K
-    if ftype == "Q3_K_L":
-        return QT.Q5_K
-    if ftype in ("Q4_K_M", "Q5_K_M") and _more_bits(i, n):
-        return QT.Q6_K
-    if ftype in ("IQ4_NL", "IQ4_XS", "Q4_K_S") and i < n // 8:
-        return QT.Q5_K
-    return base
-
-
-def _fit_type(t: QT, row: int) -> QT:
-    block = gguf.GGML_QUANT_SIZES[t][0]
-    while row % block:
-        t = FALLBACK.get(t, QT.F16)
-        block = gguf.GGML_QUANT_SIZES[t][0]
-    return t
-
 
 # llama.cpp's CPU extra buffer (CPU_REPACK): the weight types it re-lays out into interleaved blocks for an ISA,
 # and the row multiple each layout needs, in llama.cpp's order (ggml/src/ggml-cpu/repack.cpp,
@@ -304,7 +156,6 @@ class ModelDesc:
         return max(by_family, key=by_family.get) if by_family else "f16"
 
 
-FTYPE_NAMES = {v.value: k.replace("MOSTLY_", "") for k, v in gguf.LlamaFileType.__members__.items()}
 SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "cohere2": 4}  # llama.cpp: hparams.set_swa_pattern(n) per architecture
 
 
@@ -356,7 +207,7 @@ def describe_gguf(path: str | Path) -> ModelDesc:
         lookup = ("token_embd.weight", "per_layer_token_embd.weight")
         n_expert = number(key("expert_count", 0) or 0, "expert_count")
         n_expert_used = number(key("expert_used_count", 0) or 0, "expert_used_count")
-    return ModelDesc(name=path.stem, quant=FTYPE_NAMES.get(ftype, "unknown") if ftype is not None else "unknown",
+    return ModelDesc(name=path.stem, quant=ftype_name(ftype),
                      architecture=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
                      head_dim_k=head_k, head_dim_v=head_v, n_ff=n_ff, n_vocab=n_vocab,
                      n_ctx_train=number(key("context_length", 0), "context_length"), n_swa=n_swa, swa_layers=swa_layers,

@@ -27,15 +27,14 @@ from pathlib import Path
 from .errors import UsageError
 from .ggufheader import read_header
 from .progress import QUIET, Progress
+from .quants import pure_ftype
 
 BASE_TYPE = "Q8_0"
 SENSITIVITY_CHARS = 16_000
 # Candidates from most to fewest bits; the IQ ones only with an importance matrix (llama.cpp refuses or
-# degrades them without one). Each ggml type's ftype is the llama_ftype whose base type it is (quantize.py).
+# degrades them without one). Each ggml type's ftype is the llama_ftype whose base type it is (quants.pure_ftype).
 CANDIDATES = ("Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
 IMATRIX_CANDIDATES = ("IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_XS")
-FTYPE_OF = {"Q8_0": "Q8_0", "Q6_K": "Q6_K", "Q5_K": "Q5_K_S", "Q4_K": "Q4_K_S", "IQ4_XS": "IQ4_XS", "Q3_K": "Q3_K_S",
-            "IQ3_S": "IQ3_S", "IQ3_XXS": "IQ3_XXS", "Q2_K": "Q2_K", "IQ2_XS": "IQ2_XS"}
 _GROUP = re.compile(r"^(?:blk\.\d+\.)?(.+)\.weight$")
 
 
@@ -73,7 +72,7 @@ class MixPlan:
     def ftype_name(self) -> str:
         """The llama_ftype recorded in the file: the type holding the most bytes."""
         heaviest = max(self.groups, key=lambda g: g.bytes)
-        return FTYPE_OF[heaviest.type]
+        return pure_ftype(heaviest.type)
 
 
 def groups_of(tensors) -> dict[str, list[str]]:
@@ -101,7 +100,8 @@ def plan(src: Path, target_bytes: int, target: str, *, file_budget: bool, work_d
     the types to try (default: ``CANDIDATES``, plus ``IMATRIX_CANDIDATES`` with an imatrix). The sensitivity
     text is cut to its first ``sensitivity_chars`` (default about 4,000 tokens: each trial is one evaluation)."""
     from .evaluate import evaluate_many
-    from .quantize import QuantType, quant_type, quantize
+    from .quantize import quantize
+    from .quants import QuantType, quant_type
 
     header = read_header(src)
     groups = groups_of(header.tensors)
@@ -232,7 +232,8 @@ def quantize_mix(src: str | Path, out_dir: str | Path | None = None, *, target_s
     from . import imatrix as im
     from .calibration import calibration as load_calibration
     from .evaluate import evaluate
-    from .quantize import QuantType, inspect_source, quant_type, quantize
+    from .quantize import inspect_source, quantize
+    from .quants import QuantType, quant_type
 
     src = Path(src)
     if (target_size_mb is None) == (target_bpw is None):

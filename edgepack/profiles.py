@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import ProfileError
 from .limits import MAX_THREADS
+from .quants import QUANT_FAMILIES
 from .validate import safe_name
 
 if sys.version_info >= (3, 11):
@@ -35,11 +36,9 @@ DEVICE_KINDS = ("phone", "tablet", "laptop", "desktop", "sbc", "embedded")
 BACKENDS = ("cpu", "metal", "vulkan", "opencl", "cuda", "hexagon")
 GPU_BACKENDS = tuple(b for b in BACKENDS if b != "cpu")
 PER_DEVICE_BACKENDS = ("opencl", "hexagon")  # calibrated per device: no published core counts (Profile.compute_size)  # backends that hold the offloaded layers' weights
-# Prompt processing speed depends on the weight format's kernels: phone CPUs run Q4_0/Q8_0 (repacked,
-# i8mm/dotprod paths) much faster than K-quants. Every quant type maps to one of these families; a profile
-# must give every family and may add a rate for one ggml type (QUANT_TYPE_KEYS), which then wins over its
-# family's (Q2_K and Q3_K, never repacked on ARM, are far slower than the repacked Q4_K).
-QUANT_FAMILIES = ("q4_0", "q8_0", "k_quant", "f16")
+# Prompt processing speed depends on the weight format's kernels (quants.QUANT_FAMILIES): a profile must give
+# every family and may add a rate for one ggml type (QUANT_TYPE_KEYS), which then wins over its family's
+# (Q2_K and Q3_K, never repacked on ARM, are far slower than the repacked Q4_K).
 QUANT_TYPE_KEYS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl",
                    "iq4_xs", "iq3_s", "iq2_s", "iq2_xs", "iq1_s", "f16", "bf16", "f32")
 QUANT_KEYS = QUANT_FAMILIES + tuple(k for k in QUANT_TYPE_KEYS if k not in QUANT_FAMILIES)

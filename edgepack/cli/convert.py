@@ -13,7 +13,8 @@ from ..convert.mmproj import (MMPROJ_OUTTYPES, check_mmproj, convert_mmproj, def
 from ..fileio import check_output_path
 from ..hub import parse_source, resolve_source
 from ..progress import Progress
-from ..quantize import quantize, refuse_without_imatrix, resolve_types
+from ..quantize import quantize
+from ..quants import refuse_without_imatrix, resolve_types
 from . import cli
 from .quantize import print_results
 from ._output import emit_json, emit_table, human_bytes

@@ -8,7 +8,8 @@ import click
 
 from ..errors import UsageError
 from ..progress import Progress
-from ..quantize import IMATRIX_TENSOR_TYPES, QUANT_TYPES, TENSOR_TYPES, QuantizeResult, quantize, resolve_types
+from ..quantize import QuantizeResult, quantize
+from ..quants import IMATRIX_TENSOR_TYPES, QUANT_TYPES, TENSOR_TYPES, resolve_types
 from . import cli
 from ._output import emit_json, emit_table, human_bytes
 

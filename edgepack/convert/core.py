@@ -27,6 +27,7 @@ from ..errors import BadCheckpoint, UnsupportedArchitecture, UsageError
 from ..fileio import atomic_path, check_output_path, patch_placeholders, sha256_file
 from ..ggufheader import read_header
 from ..progress import QUIET, Progress
+from ..quants import keeps_f32
 from . import floats
 from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
 from .spec import SOURCE_CONFIG_KEY, ArchSpec, Expected, HFConfig, Part, family_of, gguf_name_of
@@ -296,19 +297,6 @@ def _plan_stacked(name: str, e: Expected, form: tuple[Part, ...], tensors: dict[
     gguf_name = gguf_name_of(name, e, name_map)
     return PlannedTensor(gguf_name, None, tuple(e.shape), _out_type(outtype, tuple(e.shape), gguf_name),
                          parts=tuple(parts))
-
-
-# Tensors llama.cpp keeps in F32 whatever the file type (its converter's list; its quantizer skips them too):
-# the kernels of ggml_ssm_conv (which reads an F32 kernel), MoE routers (expert choice is a comparison of their
-# outputs), normalisation weights of any shape, and tensors without a .weight suffix (ssm_a/ssm_d, biases).
-ALWAYS_F32 = tuple(re.compile(gguf.TENSOR_NAMES[kind].replace("{bid}", r"\d+").replace(".", r"\.") + r"\.weight$")
-                   for kind in (gguf.MODEL_TENSOR.SSM_CONV1D, gguf.MODEL_TENSOR.SHORTCONV_CONV,
-                                gguf.MODEL_TENSOR.FFN_GATE_INP))
-
-
-def keeps_f32(gguf_name: str, shape: tuple[int, ...]) -> bool:
-    return (len(shape) < 2 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight")
-            or any(p.fullmatch(gguf_name) for p in ALWAYS_F32))
 
 
 def _out_type(outtype: str, shape: tuple[int, ...], gguf_name: str) -> QT:
