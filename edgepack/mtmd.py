@@ -56,8 +56,10 @@ def tokenized(ctx, prompt: bytes, rgb: np.ndarray, add_special: bool = False) ->
 
 def image_embeddings(text_gguf: str | Path, mmproj: str | Path, rgb: np.ndarray, n_threads: int = 2) -> np.ndarray:
     """(image tokens, n_embd) float32 embeddings of one H x W x 3 uint8 image, as an app gets them: the projector
-    loaded beside the text model, the image given as RGB bytes after the media marker, its chunk encoded.
-    Raises ``BadGGUF`` when llama.cpp cannot load either file or encode the image."""
+    loaded beside the text model, the image given as RGB bytes after the media marker, its chunks encoded in
+    prompt order (one chunk, or for the tiling families one per tile plus the overview, in the order mtmd places
+    them in the prompt) and stacked. Raises ``BadGGUF`` when llama.cpp cannot load either file or encode the
+    image."""
     import llama_cpp
     from llama_cpp import mtmd_cpp as mtmd
 
@@ -68,11 +70,43 @@ def image_embeddings(text_gguf: str | Path, mmproj: str | Path, rgb: np.ndarray,
         with projector(model, mmproj, n_threads) as ctx, tokenized(ctx, mtmd.mtmd_default_marker(), rgb) as chunks:
             every = [mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))]
             images = [c for c in every if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE]
-            if len(images) != 1 or mtmd.mtmd_encode_chunk(ctx, images[0]) != 0:
-                raise BadGGUF(f"llama.cpp's mtmd cannot encode an image with {Path(mmproj).name}",
+            n_embd = llama_cpp.llama_model_n_embd(model)
+            out = []
+            for chunk in images:
+                if mtmd.mtmd_encode_chunk(ctx, chunk) != 0:
+                    raise BadGGUF(f"llama.cpp's mtmd cannot encode an image with {Path(mmproj).name}",
+                                  "the projector is damaged")
+                n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+                embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(ctx), shape=(n_tokens * n_embd,))
+                out.append(embd.reshape(n_tokens, n_embd).copy())
+            if not out:
+                raise BadGGUF(f"llama.cpp's mtmd made no image chunk with {Path(mmproj).name}",
                               "the projector is damaged")
-            n_tokens, n_embd = mtmd.mtmd_input_chunk_get_n_tokens(images[0]), llama_cpp.llama_model_n_embd(model)
-            out = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(ctx), shape=(n_tokens * n_embd,))
-            return out.reshape(n_tokens, n_embd).copy()
+            return np.concatenate(out)
     finally:
         llama_cpp.llama_model_free(model)
+
+
+def load_projector(mmproj: str) -> bool:
+    """Run in a child (``edgepack.isolate``): libmtmd loads the projector on its own (no text model) and reserves
+    its compute graph (warmup, as an app's first load does), which builds the family's graph from the file's keys
+    and tensors. Raises ``BadGGUF`` when llama.cpp refuses it."""
+    from llama_cpp import mtmd_cpp as mtmd
+
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu, params.n_threads, params.print_timings, params.warmup = False, 1, False, True
+    ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), None, params)
+    if not ctx:
+        raise BadGGUF(f"llama.cpp's mtmd cannot load the projector {Path(mmproj).name}",
+                      "edgepack wrote a projector llama.cpp refuses: a converter bug for this family, please report it")
+    mtmd.mtmd_free(ctx)
+    return True
+
+
+def check_projector_loads(mmproj: str | Path, name: str | None = None) -> None:
+    """``load_projector`` in a child process, so that an abort inside llama.cpp is one error line: a projector
+    llama.cpp cannot load is never handed on (``convert_mmproj`` checks the file before renaming it into place)."""
+    from . import isolate
+
+    isolate.call("edgepack.mtmd:load_projector", str(mmproj), what=f"llama.cpp loading the projector {name or mmproj}",
+                 hint="edgepack wrote a projector llama.cpp refuses: a converter bug for this family, please report it")

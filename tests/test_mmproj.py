@@ -32,6 +32,7 @@ from edgepack.mtmd import image_embeddings as mtmd_image_embeddings
 from family_cases import _merged, _round_up, tokenizer_size
 from gemma_configs import GEMMA3_4B_IT, GEMMA3_4B_IT_PREPROCESSOR
 from tinymodels import build_model, max_abs_and_cosine
+from vision_cases import llama_cpp_image_prompt, nonsquare_image
 
 pytestmark = pytest.mark.slow  # a tiny VLM built with transformers (~30 s on 2 busy cores), then seconds per test
 
@@ -44,13 +45,6 @@ TOKENS = 4
 # The issue's bar for every family: image embeddings agree to cosine >= 0.9999.
 MIN_COSINE = 0.9999
 MAX_ABS = {"f32": 1e-3, "f16": 1e-2, "q8_0": 5e-3}
-
-
-def _test_image(height: int = 48, width: int = 80) -> np.ndarray:
-    """A non-square RGB image with structure in both directions: gradients and a diagonal pattern."""
-    y, x = np.mgrid[0:height, 0:width]
-    return np.stack([x * 255 // (width - 1), y * 255 // (height - 1), ((x + 2 * y) * 13) % 256],
-                    axis=-1).astype(np.uint8)
 
 
 def _letterboxed(rgb: np.ndarray, size: int):
@@ -108,7 +102,7 @@ def test_gemma3_mmproj_embeddings_match_transformers(gemma3_vlm, tmp_path, outty
     folder, text, model, processor = gemma3_vlm
     result = convert_mmproj(folder, tmp_path / f"mmproj-{outtype}.gguf", outtype=outtype)
     assert (result.projector_type, result.image_tokens, result.image_size) == ("gemma3", TOKENS, IMAGE_SIZE)
-    rgb = _test_image()
+    rgb = nonsquare_image()
     assert rgb.shape[0] != rgb.shape[1]
 
     # 1. The non-square image as an app hands it to mtmd: llama.cpp letterboxes it; transformers on that image.
@@ -265,37 +259,6 @@ def test_bundle_ships_and_verifies_the_projector(gemma3_vlm, tmp_path):
                      mmproj=text)
 
 
-def _llama_cpp_image_prompt(text_gguf, mmproj, prompt: bytes, rgb: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """(token ids with -1 for each image position, last-position logits): the prompt with the image evaluated
-    by llama.cpp as an app does (mtmd_helper_eval_chunks: text batches, the image's embeddings decoded
-    non-causally as Gemma 3 needs). F32 KV cache."""
-    import ctypes
-
-    import llama_cpp
-    from llama_cpp import mtmd_cpp as mtmd
-
-    from edgepack.evaluate import open_llama
-    from edgepack.mtmd import projector, tokenized
-
-    with open_llama(text_gguf, n_ctx=64, n_threads=2, n_batch=64, type_k=0, type_v=0) as llm:
-        with projector(llm.model, mmproj) as ctx, tokenized(ctx, prompt, rgb, add_special=True) as chunks:
-            ids: list[int] = []
-            for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-                chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-                n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-                if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                    count = ctypes.c_size_t()
-                    tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
-                    ids += [tokens[j] for j in range(count.value)]
-                else:
-                    ids += [-1] * n
-            n_past = llama_cpp.llama_pos(0)
-            status = mtmd.mtmd_helper_eval_chunks(ctx, llm.ctx, chunks, 0, 0, 64, True, ctypes.byref(n_past))
-            assert status == 0 and n_past.value == len(ids)
-            logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-            return ids, np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)).copy()
-
-
 def test_gemma3_image_prompt_next_token_agrees(gemma3_vlm, tmp_path):
     """A prompt with the image in it: llama.cpp (text GGUF + mmproj through mtmd) and transformers
     (Gemma3ForConditionalGeneration with the same pixels and ids, the image block attending both ways) give the
@@ -304,10 +267,10 @@ def test_gemma3_image_prompt_next_token_agrees(gemma3_vlm, tmp_path):
 
     folder, text, model, processor = gemma3_vlm
     config = json.loads((folder / "config.json").read_text())
-    rgb = _test_image()
+    rgb = nonsquare_image()
     for outtype in ("f32", "f16", "q8_0"):
         mmproj = convert_mmproj(folder, tmp_path / f"mmproj-{outtype}.gguf", outtype=outtype).output
-        ids, got = _llama_cpp_image_prompt(text, mmproj, b"Look: <__media__> what is it", rgb)
+        ids, got = llama_cpp_image_prompt(text, mmproj, b"Look: <__media__> what is it", rgb)
         assert ids.count(-1) == TOKENS
         image_token = config["image_token_index"]
         input_ids = torch.tensor([[image_token if t == -1 else t for t in ids]])

@@ -1,4 +1,5 @@
-"""Llama family: Llama-2, Llama-3.x, TinyLlama, SmolLM/SmolLM2 (all LlamaForCausalLM) and Mistral.
+"""Llama family: Llama-2, Llama-3.x, TinyLlama, SmolLM/SmolLM2 (all LlamaForCausalLM) and Mistral; also the text
+model of SmolVLM/SmolVLM2/Idefics3 (a Llama under ``model.text_model.``; the vision part is convert --mmproj's).
 
 llama.cpp runs all of them as architecture ``llama``. The only layout difference from Hugging Face is the
 rope row order of q_proj/k_proj (permuted here); Llama-3.1 rope scaling travels as a rope_freqs tensor.
@@ -7,6 +8,8 @@ matches transformers only within 4096 tokens (v0.2+ set sliding_window to null).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import gguf
 
@@ -38,4 +41,12 @@ LLAMA = register(ArchSpec(
     extra_tensors=llama3_rope_factors,
     ignore=(r"rotary_emb\.inv_freq$",),
     check=_check,
+))
+
+# SmolVLM / Idefics3 keep the decoder at model.text_model.* (4.x Hub checkpoints and transformers 5.x alike).
+SMOLVLM_TEXT = register(dataclasses.replace(
+    LLAMA,
+    hf_classes=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
+    renames=((r"^model\.text_model\.", "model."),),
+    dropped={r"^model\.vision_model\.": "vision tower", r"^model\.connector\.": "multimodal projector"},
 ))

@@ -14,6 +14,7 @@ import numpy as np
 from ... import __version__
 from ...errors import BadCheckpoint, UnsupportedArchitecture, UsageError
 from ...fileio import atomic_path, check_output_path
+from ...mtmd import check_projector_loads
 from ...progress import QUIET, Progress
 from ..checkpoint import Checkpoint, load_json
 from ..core import QT, _cast, _held_dtype
@@ -155,8 +156,8 @@ def convert_mmproj(src: str | Path, out: str | Path, *, outtype: str = "f16", fo
                    progress: Progress = QUIET) -> MmprojResult:
     """Write the vision tower + projector of the vision-language checkpoint ``src`` as llama.cpp's mmproj GGUF
     ``out`` (F16 matmul weights by default, F32, or Q8_0 where llama.cpp's converter quantizes). Refuses, before
-    writing anything, a checkpoint whose vision settings llama.cpp cannot reproduce. Nothing is left behind on
-    failure."""
+    writing anything, a checkpoint whose vision settings llama.cpp cannot reproduce, and never renames into place
+    a file llama.cpp's libmtmd does not load (checked in a child process). Nothing is left behind on failure."""
     started = time.monotonic()
     src, out = Path(src), Path(out)
     p = _prepare(src, outtype)
@@ -193,6 +194,7 @@ def convert_mmproj(src: str | Path, out: str | Path, *, outtype: str = "f16", fo
             del data
         writer.close()
         progress.finish()
+        check_projector_loads(tmp, out.name)  # never rename into place a file llama.cpp refuses
     image_size = next((v for k, v, _ in p.metadata if k == gguf.Keys.ClipVision.IMAGE_SIZE), 0)
     return MmprojResult(output=out, architecture=p.config["architectures"][0],
                         projector_type=p.spec.projector_type, outtype=outtype, n_tensors=len(p.plan),

@@ -1,0 +1,47 @@
+"""What the projector tests share: a non-square test image, and a prompt with an image evaluated by llama.cpp as
+an app does (text GGUF + mmproj through libmtmd)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def nonsquare_image(height: int = 48, width: int = 80) -> np.ndarray:
+    """A non-square RGB image with structure in both directions: gradients and a diagonal pattern."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // (width - 1), y * 255 // (height - 1), ((x + 2 * y) * 13) % 256],
+                    axis=-1).astype(np.uint8)
+
+
+
+
+def llama_cpp_image_prompt(text_gguf, mmproj, prompt: bytes, rgb: np.ndarray, n_ctx: int = 64
+                           ) -> tuple[list[int], np.ndarray]:
+    """(token ids with -1 for each image position, last-position logits): the prompt with the image evaluated
+    by llama.cpp as an app does (mtmd_helper_eval_chunks: text batches, each image chunk's embeddings decoded
+    as the projector type needs, non-causally for Gemma 3). F32 KV cache."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import mtmd_cpp as mtmd
+
+    from edgepack.evaluate import open_llama
+    from edgepack.mtmd import projector, tokenized
+
+    with open_llama(text_gguf, n_ctx=n_ctx, n_threads=2, n_batch=n_ctx, type_k=0, type_v=0) as llm:
+        with projector(llm.model, mmproj) as ctx, tokenized(ctx, prompt, rgb, add_special=True) as chunks:
+            ids: list[int] = []
+            for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+                chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+                n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+                if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                    count = ctypes.c_size_t()
+                    tokens = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                    ids += [tokens[j] for j in range(count.value)]
+                else:
+                    ids += [-1] * n
+            n_past = llama_cpp.llama_pos(0)
+            status = mtmd.mtmd_helper_eval_chunks(ctx, llm.ctx, chunks, 0, 0, n_ctx, True, ctypes.byref(n_past))
+            assert status == 0 and n_past.value == len(ids)
+            logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            return ids, np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)).copy()
