@@ -44,12 +44,13 @@ from .convert import families  # noqa: F401  (registers every family)
 from .convert.checkpoint import (SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json, read_safetensors_header,
                                   read_tensor)
 from .convert.floats import f32_to_bf16, to_f32
-from .convert.core import ConvertResult, Provenance, convert
+from .convert.core import ConvertResult, convert
 from .convert.spec import ArchSpec, HFConfig, Transform, family_of, spec_for, supported_architectures
 from .errors import AdapterError, BadGGUF, EdgepackError, OutputError, UsageError
 from .fileio import atomic_path, check_output_path, sha256_file
 from .ggufheader import read_header
 from .progress import QUIET, Progress
+from .source import Provenance, resolve as resolve_source
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -379,8 +380,6 @@ def _is_gguf(path: Path) -> bool:
 
 def _resolve(source: str | os.PathLike, what: str, progress: Progress) -> tuple[Path, Provenance | None]:
     """A local path as given, or a Hub repo id fetched with edgepack.hub (pinned, verified)."""
-    from .hub import resolve_source
-
     path, provenance = resolve_source(source, progress=progress)
     if not Path(path).exists():
         raise AdapterError(f"{what} {os.fspath(source)} does not exist", "give a local folder, a .gguf, or org/name")

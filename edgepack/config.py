@@ -46,9 +46,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import limits
-from .errors import ConfigError, EdgepackError
+from .errors import ConfigError, EdgepackError, UsageError
 from .quants import quant_type, resolve_types
-from .validate import git_revision, safe_name
+from .source import Source, check_revision, parse
+from .validate import safe_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,22 +60,6 @@ CONFIG_NAMES = ("edgepack.toml", "pyproject.toml")
 ARCHIVES = ("none", "tar.zst", "zip")
 ADAPTER_MODES = ("convert", "merge", "both")
 OUTTYPES = ("auto", "f32", "f16", "bf16")
-HUB_SOURCE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the checkpoint comes from: a local folder, or a Hub repo at a revision."""
-
-    kind: str  # "local" | "hub"
-    path: Path | None = None
-    repo_id: str | None = None
-    revision: str | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "local":
-            return str(self.path)
-        return f"{self.repo_id}@{self.revision}" if self.revision else str(self.repo_id)
 
 
 @dataclass(frozen=True)
@@ -132,7 +117,7 @@ def _plain(value):
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, Source):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None} | {"spec": str(value)}
+        return value.to_json()
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
@@ -528,19 +513,12 @@ def resolve(config_file: str | os.PathLike | None = None, *, cli: dict[str, Any]
     name = values.pop("name", None)
     if name is None:
         try:
-            name = safe_name(_default_name(source), "the name derived from the source")
+            name = safe_name(source.name, "the name derived from the source")
         except ValueError as exc:
             raise ConfigError(f"{exc}", "set name = \"my-model\" in edgepack.toml (or EDGEPACK_NAME)") from None
     origins.setdefault("name", "default")
     return BuildConfig(config_file=path, name=name, source=source, quants=tuple(quants), adapters=adapters,
                        origins=origins, **values)
-
-
-def _default_name(source: Source) -> str:
-    if source.kind == "local":
-        return source.path.resolve().name if source.path.name in ("", ".", "model") and source.path.parent.name \
-            else source.path.name
-    return source.repo_id.split("/")[-1]
 
 
 def _parse_source(value, folder: Path, fail) -> Source:
@@ -556,22 +534,17 @@ def _parse_source(value, folder: Path, fail) -> Source:
         raise fail("source table needs path or repo")
     if not isinstance(value, str) or not value.strip():
         raise fail("must be a folder path or org/repo@revision")
-    text = value.strip()
-    local = folder / text
-    if text.startswith((".", "/", "~")) or local.exists() or not HUB_SOURCE.match(text):
-        return Source("local", path=_local(text, folder))
-    repo, _, rev = text.partition("@")
-    return Source("hub", repo_id=repo, revision=_revision(rev or None, fail))
+    try:
+        return parse(value.strip(), folder)
+    except UsageError as exc:
+        raise fail(exc.message, exc.hint) from None
 
 
 def _revision(value, fail) -> str | None:
-    """A Hub revision is a branch, tag or commit name, never a path (it names a file in the Hub cache)."""
-    if value is None:
-        return None
     try:
-        return git_revision(value)
-    except ValueError as exc:
-        raise fail(str(exc), "write a branch, tag or commit sha, e.g. org/repo@main") from None
+        return None if value is None else check_revision(value)
+    except UsageError as exc:
+        raise fail(exc.message, exc.hint) from None
 
 
 def _local(text: str, folder: Path) -> Path:

@@ -30,6 +30,7 @@ from .ggufheader import GGUFHeader, SkippedArray
 from .loadcheck import check_loadable
 from .profiles import Profile
 from .quants import QUANT_BASE, ftype_name, quant_family, quant_types, tensor_bytes
+from .source import hub_source
 
 QT = gguf.GGMLQuantizationType
 MB = 1e6
@@ -282,7 +283,7 @@ def load_config(source: str | Path) -> dict:
     from . import hub
 
     text = str(source)
-    repo = hub.parse_source(text)
+    repo = hub_source(text)
     if repo is None:
         raise UsageError(f"{source}: no such config.json, and not a Hub repo id",
                          "give a path to config.json (or a folder holding one), or org/name[@revision]")
@@ -300,7 +301,8 @@ def config_name(source: str | Path) -> str:
         if p.name == "config.json":
             return p.resolve().parent.name or "model"
         return p.name.removesuffix(".json").removesuffix(".config") or "model"
-    return text.removeprefix("hf://").split("@")[0].rstrip("/").split("/")[-1] or "model"
+    repo = hub_source(text)
+    return repo.name if repo else "model"
 
 
 def _read_config(p: Path) -> dict:

@@ -5,8 +5,7 @@ commit sha with the Hub's model-info call, picks the files edgepack reads (confi
 tokenizer, chat template, adapter files, README and LICENSE), downloads them with huggingface_hub's own
 ``snapshot_download`` into the standard cache (``HF_HOME`` / ``HF_HUB_CACHE``), checks every file against
 the sizes and hashes the Hub published (sha256 for LFS files, git blob sha1 for the others), and optionally
-copies them into a plain folder. ``resolve_source`` turns what a user types as a model source -- a local
-folder, ``org/name``, ``org/name@rev`` or ``hf://org/name@rev`` -- into a local folder plus provenance.
+copies them into a plain folder. What a user types as a model source is read by ``edgepack.source``.
 
 Settings come from the environment the way huggingface_hub documents them (``HF_ENDPOINT``, ``HF_TOKEN``,
 ``HF_HOME``, ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``) and are read once per call (``HubSettings.from_env``),
@@ -35,11 +34,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .convert.core import Provenance
 from .errors import HubError, OutputError, UsageError
 from .fileio import HASH_CHUNK_BYTES, atomic_write_text
 from .progress import QUIET, Progress
-from .validate import git_revision
+from .source import Provenance, check_repo, read_license
+from .source import local_provenance, resolve as resolve_source  # noqa: F401  (pipeline.py's names, until it imports source)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -54,7 +53,6 @@ ALLOW_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "mod
 INDEX_FILE = "model.safetensors.index.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 _TRUE = {"1", "on", "yes", "true"}
 
@@ -95,12 +93,6 @@ class HubSettings:
                    stall_s=stall_s)
 
 
-@dataclass(frozen=True)
-class HubSource:
-    repo_id: str
-    revision: str | None = None  # None: the default branch
-
-
 @dataclass
 class SourceFile:
     name: str
@@ -137,103 +129,6 @@ class _RemoteFile:
     blob_id: str | None = None  # git blob sha1 (small files)
 
 
-# -- sources ---------------------------------------------------------------------------------------------------
-
-def parse_source(text: str) -> HubSource | None:
-    """``hf://org/name@rev``, ``org/name@rev`` or ``org/name`` as a Hub source; None if it does not look like one.
-
-    Only the ``hf://`` form may name a repo without an organisation (``hf://gpt2``).
-    """
-    explicit = text.startswith("hf://")
-    body = text[len("hf://"):] if explicit else text
-    repo_id, sep, revision = body.partition("@")
-    repo_id = repo_id.strip("/") if explicit else repo_id
-    if sep and not revision:
-        raise UsageError(f"no revision after '@' in {text!r}", "write org/name@main, a tag or a commit sha")
-    if not _REPO_ID.match(repo_id) or (not explicit and "/" not in repo_id) or ".." in repo_id:
-        if explicit:
-            raise UsageError(f"{text!r} is not a Hub repo id", "write hf://org/name or hf://org/name@revision")
-        return None
-    if revision:
-        _check_revision(revision)
-    return HubSource(repo_id, revision or None)
-
-
-def _check_request(repo_id: str, revision: str | None) -> None:
-    """Refuse a repo id or revision that is not one, before any request is sent or any file written: both
-    become parts of URLs and of paths in the cache (``refs/<revision>``)."""
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or ".." in repo_id:
-        raise UsageError(f"{repo_id!r} is not a Hub repo id", "write org/name, optionally @revision")
-    if revision is not None:
-        _check_revision(revision)
-
-
-def _check_revision(revision: str) -> None:
-    try:
-        git_revision(revision)
-    except ValueError as exc:
-        raise UsageError(str(exc), "write a branch, tag or commit sha, e.g. org/name@main") from None
-
-
-def resolve_source(src: str | os.PathLike, *, token: str | None = None, settings: HubSettings | None = None,
-                   progress: Progress = QUIET) -> tuple[Path, Provenance | None]:
-    """A model source as a local folder plus where it came from.
-
-    An existing local path wins over a repo id of the same spelling; ``hf://`` always means the Hub. A folder
-    made by ``edgepack pull -o`` keeps the provenance recorded in it; any other folder only has the licence
-    from its README (or no provenance at all).
-    """
-    text = os.fspath(src)
-    if not text.startswith("hf://") and (Path(text).exists() or parse_source(text) is None):
-        return Path(text), local_provenance(Path(text))
-    source = parse_source(text)
-    try:
-        result = pull(source.repo_id, source.revision, token=token, settings=settings, progress=progress)
-    except HubError as exc:
-        if text.startswith("hf://") or " not found on " not in exc.message:
-            raise
-        # "models/llama" may be a mistyped local path as much as a repo id: say both were tried.
-        raise HubError(f"{text} is neither a local folder nor a repository on "
-                       f"{exc.message.split(' not found on ')[1]}", exc.hint) from exc
-    return result.folder, result.provenance()
-
-
-def local_provenance(folder: Path) -> Provenance | None:
-    """Provenance of a local folder: from a pull manifest whose files are unchanged in size, else the licence."""
-    manifest = _read_manifest(folder)
-    if manifest is not None:
-        unchanged = all((folder / f["name"]).is_file() and (folder / f["name"]).stat().st_size == f["size_bytes"]
-                        for f in manifest.get("files", []))
-        if unchanged:
-            return Provenance(repo_id=manifest.get("repo_id"), revision=manifest.get("revision"),
-                              commit_sha=manifest.get("commit_sha"), license=manifest.get("license"),
-                              url=manifest.get("url"))
-    license_ = read_license(folder / "README.md")
-    return Provenance(license=license_) if license_ else None
-
-
-def read_license(readme: Path) -> str | None:
-    """The ``license:`` of a model card's YAML front matter (``license_name`` when it says ``other``)."""
-    try:
-        text = readme.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    if not text.lstrip().startswith("---"):
-        return None
-    from huggingface_hub import RepoCard
-
-    try:
-        data = RepoCard(text, ignore_metadata_errors=True).data
-    except Exception:  # a broken card must not stop a conversion; the licence is then unknown
-        return None
-    license_ = data.get("license")
-    if license_ == "other" and data.get("license_name"):
-        license_ = data.get("license_name")
-    if isinstance(license_, list):
-        license_ = ", ".join(str(x) for x in license_)
-    return str(license_) if license_ else None
-
-
 # -- pull ------------------------------------------------------------------------------------------------------
 
 def pull(repo_id: str, revision: str | None = None, out_dir: str | os.PathLike | None = None, *,
@@ -246,7 +141,7 @@ def pull(repo_id: str, revision: str | None = None, out_dir: str | os.PathLike |
     Hub or the network can refuse, ``OutputError`` for disk problems; on failure ``out_dir`` is untouched.
     """
     started = time.monotonic()
-    _check_request(repo_id, revision)
+    check_repo(repo_id, revision)
     settings = settings or HubSettings.from_env(token=token)
     if token:
         settings = dataclasses.replace(settings, token=token)
@@ -282,7 +177,7 @@ def fetch_file(repo_id: str, filename: str, revision: str | None = None, *, toke
                settings: HubSettings | None = None) -> Path:
     """One file of a repo (e.g. ``config.json`` to size a model before downloading it) into the standard cache,
     nothing else; offline (``HF_HUB_OFFLINE``) it answers from the cache. Errors as ``pull``'s."""
-    _check_request(repo_id, revision)
+    check_repo(repo_id, revision)
     settings = settings or HubSettings.from_env(token=token)
     ctx = _Context(repo_id, revision or DEFAULT_REVISION, settings)
     try:
@@ -640,11 +535,11 @@ def _check_out_dir(out: Path, force: bool) -> None:
         raise OutputError(f"output folder {parent} does not exist", f"create it first: mkdir -p {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {parent} is not writable", "choose another -o folder")
-    if out.is_dir() and any(out.iterdir()) and not force and _read_manifest(out) is None:
+    if out.is_dir() and any(out.iterdir()) and not force and read_manifest(out) is None:
         raise OutputError(f"output folder {out} exists and is not empty", "pass --force to replace it")
 
 
-def _read_manifest(folder: Path) -> dict | None:
+def read_manifest(folder: Path) -> dict | None:
     try:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -657,7 +552,7 @@ def _materialize(result: PullResult, out: Path, force: bool, progress: Progress)
     manifest = {"repo_id": result.repo_id, "revision": result.revision, "commit_sha": result.commit_sha,
                 "license": result.license, "url": result.url, "endpoint": result.endpoint,
                 "files": [asdict(f) for f in result.files]}
-    previous = _read_manifest(out) if out.is_dir() else None
+    previous = read_manifest(out) if out.is_dir() else None
     if previous is not None and _same_files(out, previous, manifest):
         return out  # this commit is already there, unchanged
     if previous is not None and not force and previous.get("commit_sha") != result.commit_sha:

@@ -21,7 +21,8 @@ import gguf
 import pytest
 
 from edgepack.errors import HubError, OutputError, UsageError
-from edgepack.hub import MANIFEST, HubSettings, parse_source, pull, resolve_source
+from edgepack.hub import MANIFEST, HubSettings, pull
+from edgepack.source import hub_source as parse_source, resolve as resolve_source
 from hubserver import HubServer
 from tinymodels import TOKENIZERS, build_model, compare, hf_logits, llama_cpp_logits, real_config, shrink
 

@@ -11,10 +11,10 @@ from ..convert import OUTTYPES, convert, supported_architectures
 from ..convert.mmproj import (MMPROJ_OUTTYPES, check_mmproj, convert_mmproj, default_mmproj_path,
                               supported_projectors)
 from ..fileio import check_output_path
-from ..hub import parse_source, resolve_source
 from ..progress import Progress
 from ..quantize import quantize
 from ..quants import refuse_without_imatrix, resolve_types
+from ..source import parse
 from . import cli
 from .quantize import print_results
 from ._output import emit_json, emit_table, human_bytes
@@ -85,17 +85,17 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
     refuse_without_imatrix(qtypes, "convert first, then: edgepack quantize MODEL.gguf -t TYPE --calibration TEXT")
     if qtypes and (vocab_only or outtype == "q8_0"):
         raise click.UsageError("-q needs weights in an F32/F16/BF16 intermediate (not --vocab-only or --outtype q8_0)")
-    hub_source = src.startswith("hf://") or (not Path(src).exists() and parse_source(src) is not None)
+    source = parse(src)
     if out is None:
-        name = src.split("@")[0].rstrip("/").rsplit("/", 1)[-1] if hub_source else Path(src).resolve().name
+        name = source.name
         resolved = outtype.upper() if outtype != "auto" else "auto"
         out = Path(f"{name}-{resolved}.gguf" if not vocab_only else f"{name}-vocab.gguf")
-    if hub_source:
+    if source.kind == "hub":
         check_output_path(out, force)  # before a download, not after it
     if mmproj is not None and (vocab_only or merge_lora):
         raise click.UsageError("--mmproj converts the checkpoint's own vision tower: not with --vocab-only or "
                                "--merge-lora")
-    folder, provenance = resolve_source(src, token=token, progress=Progress(enabled=not as_json))
+    folder, provenance = source.resolve(token=token, progress=Progress(enabled=not as_json))
     mmproj_out = None
     if mmproj is not None:  # refuse a projector llama.cpp cannot reproduce before converting the text model
         mmproj_out = Path(mmproj) if mmproj else default_mmproj_path(folder, out.parent, mmproj_outtype)

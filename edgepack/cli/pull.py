@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..hub import parse_source, pull
+from ..hub import pull
+from ..source import HUB_PREFIX, hub_source
 from ..progress import Progress
 from . import cli
 from ._output import emit_json, human_bytes
@@ -44,7 +45,7 @@ def pull_command(repo: str, out: Path | None, token: str | None, include: tuple[
       HF_HUB_OFFLINE=1 edgepack pull HuggingFaceTB/SmolLM2-135M@main
     """
     # A repo id here is never a local path, so parse it as the explicit hf:// form (bad ids raise UsageError).
-    source = parse_source(repo if repo.startswith("hf://") else "hf://" + repo)
+    source = hub_source(repo if repo.startswith(HUB_PREFIX) else HUB_PREFIX + repo)
     result = pull(source.repo_id, source.revision, out, token=token, include=include, force=force,
                   progress=Progress(enabled=not as_json))
     if as_json:

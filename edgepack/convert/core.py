@@ -28,6 +28,7 @@ from ..fileio import atomic_path, check_output_path, patch_placeholders, sha256_
 from ..ggufheader import read_header
 from ..progress import QUIET, Progress
 from ..quants import keeps_f32
+from ..source import Provenance
 from . import floats
 from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
 from .spec import SOURCE_CONFIG_KEY, ArchSpec, Expected, HFConfig, Part, family_of, gguf_name_of
@@ -37,17 +38,6 @@ QT = gguf.GGMLQuantizationType
 OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
 FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
               "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """Where the source came from, when known (filled by the Hub stage; a local folder has none of it)."""
-
-    repo_id: str | None = None
-    revision: str | None = None
-    commit_sha: str | None = None
-    license: str | None = None
-    url: str | None = None
 
 
 @dataclass
