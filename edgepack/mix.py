@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
@@ -91,23 +91,47 @@ def _pattern(group: str) -> str:
     return rf"^(blk\.\d+\.)?{re.escape(group)}\.weight$"
 
 
-def plan(src: Path, target_bytes: int, target: str, *, file_budget: bool, work_dir: Path,
-         imatrix: Path | None = None, sensitivity_text: Path | None = None, candidates: tuple[str, ...] = (),
-         sensitivity_chars: int = SENSITIVITY_CHARS, ctx: int = 0, threads: int = 0,
-         progress: Progress = QUIET) -> MixPlan:
-    """Measure each group's sensitivity and choose the mix (see the module docstring). ``file_budget``: the
-    budget is the whole file (``--target-size``), else the tensor data (``--target-bpw``). ``candidates``:
-    the types to try (default: ``CANDIDATES``, plus ``IMATRIX_CANDIDATES`` with an imatrix). The sensitivity
-    text is cut to its first ``sensitivity_chars`` (default about 4,000 tokens: each trial is one evaluation)."""
+@dataclass
+class Sensitivity:
+    """What the trials measured (step 1), enough to choose a mix for any budget without measuring again: per
+    group its tensor count and options, the all-Q8_0 model's KLD, and the bytes no choice changes (the file's
+    metadata and the tensors outside the groups), for a file budget and for a tensor-data budget. JSON-able
+    (``to_dict``/``from_dict``), so a build caches it once and solves for every device from it."""
+
+    n_tensors: dict[str, int]
+    options: dict[str, list[Option]]
+    base_kld: float
+    fixed_file_bytes: int
+    fixed_data_bytes: int
+    n_params: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Sensitivity:
+        return cls(**{**data, "options": {g: [Option(**o) for o in opts] for g, opts in data["options"].items()}})
+
+    def smallest_bytes(self, file_budget: bool) -> int:
+        return (self.fixed_file_bytes if file_budget else self.fixed_data_bytes) + sum(
+            min(o.bytes for o in opts) for opts in self.options.values())
+
+
+def measure(src: Path, *, work_dir: Path, imatrix: Path | None = None, sensitivity_text: Path | None = None,
+            candidates: tuple[str, ...] = (), sensitivity_chars: int = SENSITIVITY_CHARS, ctx: int = 0,
+            threads: int = 0, progress: Progress = QUIET) -> Sensitivity:
+    """Step 1: each group alone lowered to each candidate, quantized and measured against ``src``.
+    ``candidates``: the types to try (default: ``CANDIDATES``, plus ``IMATRIX_CANDIDATES`` with an imatrix).
+    The sensitivity text is cut to its first ``sensitivity_chars`` (default about 4,000 tokens: each trial is
+    one evaluation). Temporary files go to a folder in ``work_dir`` that is removed afterwards."""
     from .evaluate import evaluate_many
     from .quantize import quantize
     from .quants import QuantType, quant_type
 
     header = read_header(src)
     groups = groups_of(header.tensors)
-    candidates = candidates or CANDIDATES + (IMATRIX_CANDIDATES if imatrix is not None else ())
+    candidates = candidates or default_candidates(imatrix is not None)
     ctx = ctx or _eval_ctx(header)
-    _refuse_unreachable(header, groups, candidates, target_bytes, target, file_budget, imatrix)
     with tempfile.TemporaryDirectory(prefix=".edgepack-mix-", dir=work_dir) as tmp:
         if sensitivity_text is not None:
             head = Path(tmp) / "sensitivity.txt"
@@ -133,41 +157,63 @@ def plan(src: Path, target_bytes: int, target: str, *, file_budget: bool, work_d
     options = {g: [Option(BASE_TYPE, sizes[0][g], base_kld)] for g in groups}
     for (group, type_name, *_), m, size in zip(trials[1:], measured[1:], sizes[1:]):
         options[group].append(Option(type_name, size[group], m.mean_kld))
-    fixed = (base_file if file_budget else base_data) - sum(sizes[0].values())  # what no choice changes
-    best = _knapsack(options, target_bytes - fixed, base_kld)
+    grouped = sum(sizes[0].values())
+    return Sensitivity(n_tensors={g: len(names) for g, names in groups.items()}, options=options,
+                       base_kld=base_kld, fixed_file_bytes=base_file - grouped, fixed_data_bytes=base_data - grouped,
+                       n_params=header.n_params)
+
+
+def default_candidates(with_imatrix: bool) -> tuple[str, ...]:
+    return CANDIDATES + (IMATRIX_CANDIDATES if with_imatrix else ())
+
+
+def choose(sens: Sensitivity, target_bytes: int, target: str, *, file_budget: bool, imatrix: bool = False,
+           hint: str = "") -> MixPlan:
+    """Step 2: the mix of least predicted KLD within ``target_bytes`` (the whole file with ``file_budget``,
+    else the tensor data). Refused, with what the smallest mix would take, when none fits."""
+    fixed = sens.fixed_file_bytes if file_budget else sens.fixed_data_bytes
+    best = _knapsack(sens.options, target_bytes - fixed, sens.base_kld)
     if best is None:
-        smallest = fixed + sum(min(o.bytes for o in opts) for opts in options.values())
-        unit = "MB" if file_budget else "bpw"
-        shown = smallest / 1e6 if file_budget else smallest * 8 / header.n_params
-        raise UsageError(f"no mix fits {target}: the smallest edgepack can make is {shown:.3f} {unit}",
-                         "raise the target" + ("" if imatrix is not None else ", or give an imatrix "
-                                               "(--calibration) to allow the IQ types"))
+        smallest = sens.smallest_bytes(file_budget)
+        shown = f"{smallest / 1e6:.3f} MB" if file_budget else \
+            f"{smallest / 1e6:.3f} MB of weights ({smallest * 8 / sens.n_params:.2f} bpw)"
+        raise UsageError(f"no mix fits {target}: the smallest edgepack can make is {shown}",
+                         hint or "raise the target" + ("" if imatrix else ", or give an imatrix (--calibration) "
+                                                       "to allow the IQ types"))
     choice, kld = best
-    return MixPlan(target_bytes=target_bytes, target=target, base_kld=base_kld, predicted_kld=kld,
+    return MixPlan(target_bytes=target_bytes, target=target, base_kld=sens.base_kld, predicted_kld=kld,
                    predicted_bytes=fixed + sum(o.bytes for o in choice.values()),
-                   groups=[GroupChoice(g, _pattern(g), len(groups[g]), o.type, o.bytes, o.kld)
+                   groups=[GroupChoice(g, _pattern(g), sens.n_tensors[g], o.type, o.bytes, o.kld)
                            for g, o in choice.items()],
-                   options=options)
+                   options=sens.options)
 
 
-def _refuse_unreachable(header, groups, candidates, target_bytes: int, target: str, file_budget: bool,
-                        imatrix) -> None:
-    """Before any measuring: a lower bound of the smallest mix (every group at its smallest candidate, blocks
-    assumed to fit) above the budget is refused at once."""
+def smallest_estimate(header, candidates: tuple[str, ...], file_budget: bool) -> int:
+    """A lower bound of the smallest mix's bytes, before any measuring: every group at its smallest candidate,
+    blocks assumed to fit (the file's metadata counted with ``file_budget``)."""
     import gguf
 
+    groups = groups_of(header.tensors)
     by_name = {t.name: t for t in header.tensors}
     in_groups = {n for names in groups.values() for n in names}
     rest = (header.file_size - header.data_bytes if file_budget else 0) + sum(
         t.n_bytes for t in header.tensors if t.name not in in_groups)
     per_weight = min(gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[c]][1]
                      / gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[c]][0] for c in candidates)
-    smallest = rest + sum(by_name[n].n_elements for n in in_groups) * per_weight
+    return int(rest + sum(by_name[n].n_elements for n in in_groups) * per_weight)
+
+
+def refuse_unreachable(src: Path, target_bytes: int, target: str, *, file_budget: bool, with_imatrix: bool = False,
+                       candidates: tuple[str, ...] = (), hint: str = "") -> None:
+    """A budget below ``smallest_estimate`` is refused at once, before the trials."""
+    header = read_header(src)
+    smallest = smallest_estimate(header, candidates or default_candidates(with_imatrix), file_budget)
     if smallest > target_bytes:
-        shown = f"{smallest / 1e6:.3f} MB" if file_budget else f"{smallest * 8 / header.n_params:.2f} bpw"
+        shown = f"{smallest / 1e6:.3f} MB" if file_budget else \
+            f"{smallest / 1e6:.3f} MB of weights ({smallest * 8 / header.n_params:.2f} bpw)"
         raise UsageError(f"no mix fits {target}: even the smallest types make about {shown}",
-                         "raise the target" + ("" if imatrix is not None else ", or give an imatrix "
-                                               "(--calibration) to allow the IQ types"))
+                         hint or "raise the target" + ("" if with_imatrix else ", or give an imatrix "
+                                                       "(--calibration) to allow the IQ types"))
 
 
 def _allowed(group: str, type_name: str, groups: dict[str, list[str]], imatrix: Path | None) -> bool:
@@ -232,8 +278,7 @@ def quantize_mix(src: str | Path, out_dir: str | Path | None = None, *, target_s
     from . import imatrix as im
     from .calibration import calibration as load_calibration
     from .evaluate import evaluate
-    from .quantize import inspect_source, quantize
-    from .quants import QuantType, quant_type
+    from .quantize import inspect_source
 
     src = Path(src)
     if (target_size_mb is None) == (target_bpw is None):
@@ -259,30 +304,47 @@ def quantize_mix(src: str | Path, out_dir: str | Path | None = None, *, target_s
     elif imatrix is not None:
         im.check_model(im.read(imatrix), src)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mix_plan = plan(src, target_bytes, label, file_budget=file_budget, work_dir=out_dir, imatrix=imatrix,
-                    sensitivity_text=sensitivity_text, candidates=candidates,
-                    sensitivity_chars=sensitivity_chars, ctx=ctx, threads=threads, progress=progress)
+    refuse_unreachable(src, target_bytes, label, file_budget=file_budget, with_imatrix=imatrix is not None,
+                       candidates=candidates)
+    sens = measure(src, work_dir=out_dir, imatrix=imatrix, sensitivity_text=sensitivity_text, candidates=candidates,
+                   sensitivity_chars=sensitivity_chars, ctx=ctx, threads=threads, progress=progress)
+    mix_plan = choose(sens, target_bytes, label, file_budget=file_budget, imatrix=imatrix is not None)
     name = "MIX-" + (f"{target_size_mb:g}MB" if file_budget else f"{target_bpw:g}bpw")
-    budget = target_bytes
-    fixed = mix_plan.predicted_bytes - sum(g.bytes for g in mix_plan.groups)
-    n_tensors = {g.group: g.n_tensors for g in mix_plan.groups}
+
+    def excess(result) -> int:
+        used = result.size_bytes if file_budget else read_header(result.output).data_bytes
+        return used - target_bytes
+
+    result, mix_plan, fits = realize(src, sens, mix_plan, out_dir, name, excess, file_budget=file_budget,
+                                     imatrix=imatrix, threads=threads, force=force, progress=progress)
+    measured = evaluate(result.output, src, text=eval_text, ctx=ctx or _eval_ctx(header), threads=threads,
+                        progress=progress)
+    return MixResult(plan=mix_plan, quantized=result, evaluation=measured, size_bytes=result.size_bytes, fits=fits)
+
+
+def realize(src: Path, sens: Sensitivity, mix_plan: MixPlan, out_dir: Path, name: str, excess, *,
+            file_budget: bool, imatrix: str | Path | None = None, threads: int = 0, force: bool = False,
+            progress: Progress = QUIET):
+    """Step 3: quantize ``mix_plan`` into ``out_dir`` as ``<Model>-<name>.gguf`` -> (QuantizeResult, the plan
+    made, whether it met its budget). ``excess(result)``: by how many bytes the file misses its budget (<= 0:
+    met). A miss the plan could not see (alignment padding; on a device, the copy llama.cpp makes of a tied
+    embedding) is taken off the budget and the mix chosen again, at most twice."""
+    from .quantize import quantize
+    from .quants import QuantType, quant_type
+
+    target, budget = mix_plan.target_bytes, mix_plan.target_bytes
     for _attempt in range(3):
         base = quant_type(mix_plan.ftype_name)
         qt = QuantType(name, base.ftype, base.base, base.bits)
         [result] = quantize(src, [qt], out_dir, threads=threads, pure=True, imatrix=imatrix,
                             tensor_types=mix_plan.tensor_types(), force=force, progress=progress)
-        used = result.size_bytes if file_budget else read_header(result.output).data_bytes
-        if used <= target_bytes:
+        over = excess(result)
+        if over <= 0:
+            return result, mix_plan, True
+        budget -= over
+        try:
+            mix_plan = choose(sens, budget, mix_plan.target, file_budget=file_budget)
+        except UsageError:
             break
-        # Alignment padding the plan could not see: take the excess off the budget and choose again.
-        budget -= used - target_bytes
-        best = _knapsack(mix_plan.options, budget - fixed, mix_plan.base_kld)
-        if best is None:
-            break
-        choice, mix_plan.predicted_kld = best
-        mix_plan.groups = [GroupChoice(g, _pattern(g), n_tensors[g], o.type, o.bytes, o.kld) for g, o in choice.items()]
-        mix_plan.predicted_bytes = fixed + sum(o.bytes for o in choice.values())
-    measured = evaluate(result.output, src, text=eval_text, ctx=ctx or _eval_ctx(header), threads=threads,
-                        progress=progress)
-    return MixResult(plan=mix_plan, quantized=result, evaluation=measured, size_bytes=result.size_bytes,
-                     fits=used <= target_bytes)
+        mix_plan.target_bytes = target
+    return result, mix_plan, False
