@@ -251,7 +251,7 @@ def test_list_architectures_names_every_family():
     expected = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
                 "Qwen3MoeForCausalLM": "qwen3moe", "Qwen3_5ForCausalLM": "qwen35",
                 "Qwen3_5ForConditionalGeneration": "qwen35", "Qwen3_5MoeForCausalLM": "qwen35moe",
-                "Qwen3_5MoeForConditionalGeneration": "qwen35moe", "GemmaForCausalLM": "gemma",
+                "Qwen3_5MoeForConditionalGeneration": "qwen35moe", "Qwen3VLForConditionalGeneration": "qwen3vl", "GemmaForCausalLM": "gemma",
                 "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3", "Phi3ForCausalLM": "phi3",
                 "StableLmForCausalLM": "stablelm", "GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
                 "Lfm2ForCausalLM": "lfm2", "Lfm2MoeForCausalLM": "lfm2moe", "Olmo2ForCausalLM": "olmo2",
