@@ -21,15 +21,13 @@ again (mmap), which the page cache serves after the first.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
 import re
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +37,7 @@ from . import __version__, limits
 from .errors import BadGGUF, OutputError, QuantizeError, UsageError
 from .fileio import atomic_path, disk_full, atomic_write_text, blake3_file, check_replaceable, prepare_output_dir
 from .ggufheader import GGUFHeader, read_header
+from .llamaquant import Fallback, llama_quantize
 from .loadcheck import check_loadable
 from .progress import QUIET, Progress
 from .quants import QT, UNQUANTIZED, QuantType, quant_type, refuse_without_imatrix, tensor_type
@@ -76,16 +75,6 @@ def tensor_overrides(specs: Iterable[str], tensor_names: Iterable[str], with_ima
 
 # ---------------------------------------------------------------------------------------------------------------
 # Results
-
-
-@dataclass(frozen=True)
-class Fallback:
-    """A tensor llama.cpp gave another type than the mix asked for, because its rows do not fit the blocks."""
-
-    tensor: str
-    ncols: int
-    wanted: str
-    used: str
 
 
 @dataclass
@@ -316,96 +305,6 @@ def _up_to_date(out: Path, identity: dict[str, str], settings: str) -> bool:
     return bool(identity["source_blake3"]) and record.get("source_blake3") == identity["source_blake3"]
 
 
-# llama.cpp's log lines (src/llama-quant.cpp): one "[  i/  n] name ..." per tensor, and a warning per fallback.
-_TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")
-_FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by\s+\d+ \(required for type\s+(\S+)\)"
-                       r".*?-> falling back to\s+(\S+)", re.S)
-_FAILED = re.compile(r"failed to quantize: (.*)")
-
-
-def _run_interruptibly(call):
-    """Run a long C call on a daemon thread and wait for it here, so Ctrl-C reaches this (main) thread at once.
-
-    Called directly, the C quantizer holds the main thread: a Ctrl-C would land inside the Python log callback,
-    where ctypes can only print "Exception ignored" and carry on. llama.cpp's quantizer has no abort hook, so on
-    Ctrl-C the thread is abandoned (it dies with the process) and the caller's temp file is removed as usual.
-    """
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the waiting thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=target, name="llama-quantize", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.1)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-class _LlamaLog:
-    """Routes llama.cpp's log to Python while the quantizer runs: counts tensors for the progress bar, keeps the
-    text for the fallback report and the failure reason. The default logger is restored afterwards."""
-
-    def __init__(self, on_tensor):
-        import llama_cpp
-
-        self._llama_cpp = llama_cpp
-        self._on_tensor = on_tensor
-        self.chunks: list[str] = []
-        self._callback = llama_cpp.llama_log_callback(self._log)  # kept referenced while installed
-
-    def _log(self, _level: int, text: bytes, _user_data) -> None:
-        line = text.decode("utf-8", "replace")
-        self.chunks.append(line)
-        if _TENSOR_LINE.match(line):
-            self._on_tensor()
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_LlamaLog]:
-        llama_cpp = self._llama_cpp
-        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
-        try:
-            yield self
-        finally:
-            default = getattr(getattr(llama_cpp, "_logger", None), "llama_log_callback", None)
-            if default is not None:
-                llama_cpp.llama_log_set(default, ctypes.c_void_p(0))
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chunks)
-
-    def fallbacks(self) -> list[Fallback]:
-        return [Fallback(m[0], int(m[1]), m[2].upper(), m[3].upper()) for m in _FALLBACK.findall(self.text)]
-
-    def failure(self) -> str:
-        found = _FAILED.findall(self.text)
-        return found[-1].strip() if found else "no reason given (see --debug)"
-
-
-def _kv_overrides(llama_cpp, pairs: dict[str, str | int]):
-    """A zero-terminated ``llama_model_kv_override`` array of string and integer values (llama.cpp writes them
-    to the output: llama_model_quantize_impl, "kv_overrides")."""
-    arr = (llama_cpp.llama_model_kv_override * (len(pairs) + 1))()
-    for item, (key, value) in zip(arr, pairs.items()):
-        item.key = key.encode()
-        if isinstance(value, int):
-            item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
-            item.value.val_i64 = value
-            continue
-        item.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
-        encoded = value.encode()
-        if len(encoded) >= 128:
-            raise UsageError(f"metadata value for {key} is too long for llama.cpp ({len(encoded)} bytes)")
-        item.value.val_str = encoded
-    return arr
-
-
 def _imatrix_provenance(imatrix) -> dict[str, str | int]:
     """The keys llama-quantize writes when given an imatrix (tools/quantize/quantize.cpp), plus the calibration
     text's sha256. The file is recorded by name, not path, so that the same inputs give the same bytes."""
@@ -420,58 +319,23 @@ def _imatrix_provenance(imatrix) -> dict[str, str | int]:
     return keys
 
 
-def _c_imatrix(llama_cpp, imatrix):
-    """The NULL-name-terminated ``llama_model_imatrix_data`` array, and the buffers it points into (keep both)."""
-    values = imatrix.importance()
-    arr = (llama_cpp.llama_model_imatrix_data * (len(values) + 1))()
-    keep = []
-    for item, (name, data) in zip(arr, sorted(values.items())):
-        encoded = name.encode()
-        keep += [encoded, data]
-        item.name = encoded
-        item.data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        item.size = data.size
-    return arr, keep
-
-
 def _quantize_one(src: Path, qt: QuantType, out: Path, settings: str, threads: int, out_t: int | None,
                   embd_t: int | None, pure: bool, allow_requantize: bool, identity: dict[str, str], n_tensors: int,
                   progress: Progress, *, imatrix=None, overrides: list[tuple[str, int]] = ()) -> QuantizeResult:
-    import llama_cpp
-
     started = time.monotonic()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = threads or (os.cpu_count() or 1)
-    params.ftype = qt.ftype
-    if out_t is not None:
-        params.output_tensor_type = out_t
-    if embd_t is not None:
-        params.token_embedding_type = embd_t
-    params.pure = pure
-    params.allow_requantize = allow_requantize
     keys: dict[str, str | int] = {TYPE_KEY: qt.name, SETTINGS_KEY: settings, VERSION_KEY: __version__}
     if imatrix is not None:
         keys.update(_imatrix_provenance(imatrix))
-        c_imatrix, _buffers = _c_imatrix(llama_cpp, imatrix)
-        params.imatrix = ctypes.cast(c_imatrix, type(params.imatrix))
-    kv = _kv_overrides(llama_cpp, keys)
-    params.kv_overrides = ctypes.cast(kv, type(params.kv_overrides))
-    if overrides:
-        patterns = [p.encode() for p, _ in overrides]
-        tt = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
-        for item, pattern, (_, ggml_type) in zip(tt, patterns, overrides):
-            item.pattern, item.type = pattern, ggml_type
-        params.tt_overrides = ctypes.cast(tt, type(params.tt_overrides))
-
     progress.start(f"{qt.name} -> {out.name}", n_tensors)
-    log = _LlamaLog(lambda: progress.advance(1))
     with atomic_path(out) as tmp:
-        with log.installed():
-            status = _run_interruptibly(
-                lambda: llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params)))
-        if status != 0 and disk_full(OSError(log.failure()), out.parent):  # llama.cpp says only "iostream error"
+        log = llama_quantize(src, tmp, ftype=qt.ftype, threads=threads or (os.cpu_count() or 1),
+                             output_tensor_type=out_t, token_embedding_type=embd_t, pure=pure,
+                             allow_requantize=allow_requantize, metadata=keys,
+                             importance=imatrix.importance() if imatrix is not None else None,
+                             overrides=overrides, on_tensor=lambda: progress.advance(1))
+        if log.status != 0 and disk_full(OSError(log.failure()), out.parent):  # llama.cpp says only "iostream error"
             raise OutputError(f"disk full while writing {out}", "free space or write elsewhere with -o")
-        if status != 0:
+        if log.status != 0:
             error = QuantizeError(f"llama.cpp could not quantize {src.name} to {qt.name}: {log.failure()}",
                                   "the reason is llama.cpp's own; check the source GGUF and the options")
             error.llama_log = log.text  # the whole log, for callers that want it

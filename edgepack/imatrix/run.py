@@ -243,7 +243,7 @@ def _decode(llm_ctx, batch, chunk: np.ndarray) -> None:
 
 def _run(llm_ctx, vocab, batch, blocks, n_ctx, bos, max_chunks, collector, progress, label) -> int:
     """Decode chunk after chunk (on a worker thread, so Ctrl-C reaches the caller at once); returns the count."""
-    from ..quantize import _run_interruptibly
+    from ..llamaquant import run_interruptibly
 
     state = {"done": 0}
 
@@ -259,7 +259,7 @@ def _run(llm_ctx, vocab, batch, blocks, n_ctx, bos, max_chunks, collector, progr
             if max_chunks and state["done"] >= max_chunks:
                 break
 
-    _run_interruptibly(work)
+    run_interruptibly(work, name="imatrix")
     if state["done"]:
         progress.finish(f"{state['done']} chunks of {n_ctx} tokens")
     return state["done"]
