@@ -40,6 +40,7 @@ import gguf
 import numpy as np
 
 from . import __version__
+from . import gguf_keys as keys
 from .convert import families  # noqa: F401  (registers every family)
 from .convert.checkpoint import (SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json, read_safetensors_header,
                                   read_tensor)
@@ -425,7 +426,7 @@ def _load_gguf_base(path: Path) -> _Base:
         raise AdapterError(f"base {path.name} is a GGUF of type {header.get(K.General.TYPE)!r}, not a model",
                            "give the base model's GGUF")
     arch = header.get(K.General.ARCHITECTURE)
-    hf_class = header.get("edgepack.source.architecture")
+    hf_class = header.get(keys.Source.ARCHITECTURE)
     known_class = hf_class
     if hf_class is None:  # a GGUF made by another tool: any class registered for this llama.cpp arch will do
         hf_class = next((c for c, a in supported_architectures().items() if a == arch), None)
@@ -447,13 +448,12 @@ def _load_gguf_base(path: Path) -> _Base:
             "head_dim": key(K.Attention.KEY_LENGTH), "vocab_size": key(K.LLM.VOCAB_SIZE)}
     config = HFConfig({k: v for k, v in data.items() if v is not None})
     shapes = {t.name: tuple(reversed(t.shape)) for t in header.tensors if len(t.shape) >= 2}
-    files, hashes = header.get("edgepack.source.files"), header.get("edgepack.source.sha256")
+    files, hashes = header.get(keys.Source.FILES), header.get(keys.Source.SHA256)
     weights = {}
     if isinstance(files, list) and isinstance(hashes, list) and len(files) == len(hashes):
         weights = {f: h for f, h in zip(files, hashes) if f.endswith(".safetensors")}
-    provenance = Provenance(repo_id=header.get("edgepack.source.repo_id"),
-                            revision=header.get("edgepack.source.revision"),
-                            commit_sha=header.get("edgepack.source.commit"))
+    provenance = Provenance(**{name: header.get(key) for name, key in keys.Source.PROVENANCE.items()
+                               if name != "license"})
     names = {n for n in (header.get(K.General.NAME), header.get(K.General.BASENAME), provenance.repo_id) if n}
     name = provenance.repo_id or header.get(K.General.NAME) or path.stem
     return _Base(path, "gguf", name, known_class, spec, config, int(key(K.LLM.BLOCK_COUNT, 0)), shapes, names,
@@ -717,25 +717,22 @@ def _add_adapter_metadata(writer: gguf.GGUFWriter, adapter: _Adapter, base: _Bas
     writer.add_base_model_name(0, base.name)
     if base.provenance and base.provenance.repo_id:
         writer.add_base_model_repo_url(0, f"https://huggingface.co/{base.provenance.repo_id}")
-    writer.add_string("edgepack.version", __version__)
+    writer.add_string(keys.VERSION, __version__)
     if base.hf_class:
-        writer.add_string("edgepack.base.architecture", base.hf_class)
-    writer.add_string("edgepack.base.name", base.name)
-    if base_hashes:  # the same values the converter records as edgepack.source.sha256 in every GGUF of this base
-        writer.add_array("edgepack.base.files", sorted(base_hashes))
-        writer.add_array("edgepack.base.sha256", [base_hashes[k] for k in sorted(base_hashes)])
+        writer.add_string(keys.Base.ARCHITECTURE, base.hf_class)
+    writer.add_string(keys.Base.NAME, base.name)
+    if base_hashes:  # the same values the converter records as keys.Source.SHA256 in every GGUF of this base
+        writer.add_array(keys.Base.FILES, sorted(base_hashes))
+        writer.add_array(keys.Base.SHA256, [base_hashes[k] for k in sorted(base_hashes)])
     if base.gguf_sha256:
-        writer.add_string("edgepack.base.gguf_sha256", base.gguf_sha256)
-    if base.provenance:
-        for key, value in (("repo_id", base.provenance.repo_id), ("revision", base.provenance.revision),
-                           ("commit", base.provenance.commit_sha)):
-            if value:
-                writer.add_string(f"edgepack.base.{key}", value)
+        writer.add_string(keys.Base.GGUF_SHA256, base.gguf_sha256)
+    for key, value in keys.provenance_items(keys.Base.PROVENANCE, base.provenance):
+        writer.add_string(key, value)
     if adapter.declared_base:
-        writer.add_string("edgepack.adapter.declared_base", adapter.declared_base)
-    writer.add_string("edgepack.adapter.scaling", adapter.scaling)
-    writer.add_array("edgepack.adapter.files", sorted(adapter_hashes))
-    writer.add_array("edgepack.adapter.sha256", [adapter_hashes[k] for k in sorted(adapter_hashes)])
+        writer.add_string(keys.Adapter.DECLARED_BASE, adapter.declared_base)
+    writer.add_string(keys.Adapter.SCALING, adapter.scaling)
+    writer.add_array(keys.Adapter.FILES, sorted(adapter_hashes))
+    writer.add_array(keys.Adapter.SHA256, [adapter_hashes[k] for k in sorted(adapter_hashes)])
 
 
 # -- merge -----------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, limits
+from . import gguf_keys as keys
 from .errors import BadGGUF, EdgepackError, OutputError, UsageError, VerifyError
 from .fileio import atomic_output, parse_json, regular_files, sha256_file
 from .ggufheader import GGUFHeader, SkippedArray, read_header
@@ -102,7 +103,7 @@ def gguf_facts(path: str | Path) -> dict:
     if _field(header, "quantize.imatrix.file") is not None:  # quantized with an importance matrix
         facts["imatrix"] = {key: _field(header, f"quantize.imatrix.{key}")
                             for key in ("file", "dataset", "entries_count", "chunks_count")}
-        facts["imatrix"]["calibration_sha256"] = _field(header, "edgepack.quantize.imatrix.calibration_sha256")
+        facts["imatrix"]["calibration_sha256"] = _field(header, keys.Quantize.IMATRIX_CALIBRATION)
     tokenizer = {
         "model": _field(header, "tokenizer.ggml.model"),
         "pre": _field(header, "tokenizer.ggml.pre"),

@@ -23,7 +23,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .convert.spec import SOURCE_CONFIG_KEY, LayerSize, SizeFacts, family_of, gguf_tensors, supported_architectures
+from . import gguf_keys as keys
+from .convert.spec import LayerSize, SizeFacts, family_of, gguf_tensors, supported_architectures
 from .errors import BadGGUF, EdgepackError, UsageError
 from .fileio import parse_json
 from .ggufheader import GGUFHeader, SkippedArray
@@ -220,11 +221,11 @@ def describe_gguf(path: str | Path) -> ModelDesc:
 def _source_sizes(header: GGUFHeader) -> SizeFacts | None:
     """The family's SizeFacts from the config.json edgepack convert stores in the GGUF (None for files from
     other converters, or a class this edgepack does not know)."""
-    text, hf_class = header.get(SOURCE_CONFIG_KEY), header.get("edgepack.source.architecture")
+    text, hf_class = header.get(keys.Source.CONFIG), header.get(keys.Source.ARCHITECTURE)
     if not text or hf_class not in supported_architectures():
         return None
     try:
-        config = parse_json(text, SOURCE_CONFIG_KEY, BadGGUF, "")
+        config = parse_json(text, keys.Source.CONFIG, BadGGUF, "")
         if not isinstance(config, dict):
             return None
         spec, config = family_of(config)

@@ -34,6 +34,7 @@ from pathlib import Path
 import gguf
 
 from . import __version__, limits
+from . import gguf_keys
 from .errors import BadGGUF, OutputError, QuantizeError, UsageError
 from .fileio import atomic_path, disk_full, atomic_write_text, blake3_file, check_replaceable, prepare_output_dir
 from .ggufheader import GGUFHeader, read_header
@@ -43,10 +44,9 @@ from .progress import QUIET, Progress
 from .quants import QT, UNQUANTIZED, QuantType, quant_type, refuse_without_imatrix, tensor_type
 
 SIDECAR_SUFFIX = ".edgepack.json"
-SETTINGS_KEY = "edgepack.quantize.settings"
-TYPE_KEY = "edgepack.quantize.type"
-VERSION_KEY = "edgepack.quantize.version"
-CALIBRATION_KEY = "edgepack.quantize.imatrix.calibration_sha256"
+SETTINGS_KEY, TYPE_KEY, VERSION_KEY = (gguf_keys.Quantize.SETTINGS, gguf_keys.Quantize.TYPE,
+                                        gguf_keys.Quantize.VERSION)
+CALIBRATION_KEY = gguf_keys.Quantize.IMATRIX_CALIBRATION
 
 
 def tensor_overrides(specs: Iterable[str], tensor_names: Iterable[str], with_imatrix: bool = False

@@ -22,6 +22,7 @@ import gguf
 import numpy as np
 
 from .. import __version__
+from .. import gguf_keys as keys
 from ..chattemplate import audit_all
 from ..errors import BadCheckpoint, UnsupportedArchitecture, UsageError
 from ..fileio import atomic_path, check_output_path, patch_placeholders, sha256_file
@@ -31,7 +32,7 @@ from ..quants import keeps_f32
 from ..source import Provenance
 from . import floats
 from .checkpoint import SAFETENSORS_DTYPES, Checkpoint, TensorInfo, load_json
-from .spec import SOURCE_CONFIG_KEY, ArchSpec, Expected, HFConfig, Part, family_of, gguf_name_of
+from .spec import ArchSpec, Expected, HFConfig, Part, family_of, gguf_name_of
 from .vocab import load_vocab
 
 QT = gguf.GGMLQuantizationType
@@ -115,7 +116,7 @@ def convert(src: str | Path, out: str | Path, *, outtype: str = "auto", vocab_on
     writer = gguf.GGUFWriter(path=None, arch=spec.arch_name)
     _add_general(writer, src, config, resolved, n_params, provenance, placeholders, vocab_only)
     if dropped:
-        writer.add_array("edgepack.source.dropped", sorted(dropped))
+        writer.add_array(keys.Source.DROPPED, sorted(dropped))
     _add_hparams(writer, spec, config, arch_metadata)
     vocab.add_to_gguf(writer)
     for t in plan:
@@ -409,14 +410,11 @@ def _add_general(writer: gguf.GGUFWriter, src: Path, config: HFConfig, outtype: 
     if not vocab_only:
         writer.add_file_type(FILE_TYPES[outtype])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_string("edgepack.version", __version__)
-    writer.add_string("edgepack.source.architecture", config.architecture)
-    writer.add_string(SOURCE_CONFIG_KEY, json.dumps(config.data, sort_keys=True, separators=(",", ":")))
-    writer.add_array("edgepack.source.files", sorted(hashes))
-    writer.add_array("edgepack.source.sha256", [hashes[k] for k in sorted(hashes)])
-    if provenance:
-        for key, value in (("repo_id", provenance.repo_id), ("revision", provenance.revision),
-                           ("commit", provenance.commit_sha), ("license", provenance.license)):
-            if value:
-                writer.add_string(f"edgepack.source.{key}", value)
+    writer.add_string(keys.VERSION, __version__)
+    writer.add_string(keys.Source.ARCHITECTURE, config.architecture)
+    writer.add_string(keys.Source.CONFIG, json.dumps(config.data, sort_keys=True, separators=(",", ":")))
+    writer.add_array(keys.Source.FILES, sorted(hashes))
+    writer.add_array(keys.Source.SHA256, [hashes[k] for k in sorted(hashes)])
+    for key, value in keys.provenance_items(keys.Source.PROVENANCE, provenance):
+        writer.add_string(key, value)
 

@@ -36,11 +36,6 @@ from ..errors import BadCheckpoint, UnsupportedArchitecture
 from ..limits import MAX_EXPERTS, MAX_LAYERS, MAX_VOCAB
 
 REQUIRED = object()
-# The GGUF key convert stores config.json under, so that ``edgepack fit`` can size a converted (and quantized)
-# file with its family's per-layer description.
-SOURCE_CONFIG_KEY = "edgepack.source.config"
-
-
 # The schema of the config.json keys every family reads: (kind, upper bound). A wrong type, a NaN, zero heads or a
 # size no real model has is refused here, at the boundary, with the key's name, instead of failing deep inside a
 # family or the sizing code (or asking for terabytes). Bounds are far above real models; layers and vocabulary use

@@ -18,15 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from .. import gguf_keys as keys
 from ..errors import ImatrixError, UsageError
 from ..fileio import atomic_path
 from ..ggufheader import read_header
 
 KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE = "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"
-KEY_CALIBRATION = "edgepack.imatrix.calibration_sha256"
-KEY_MODEL = "edgepack.imatrix.model"
-KEY_MODEL_FINGERPRINT = "edgepack.imatrix.model_fingerprint"
-KEY_PROCESS_OUTPUT = "edgepack.imatrix.process_output"
+KEY_CALIBRATION, KEY_MODEL = keys.Imatrix.CALIBRATION, keys.Imatrix.MODEL  # edgepack's own (gguf_keys)
+KEY_MODEL_FINGERPRINT, KEY_PROCESS_OUTPUT = keys.Imatrix.MODEL_FINGERPRINT, keys.Imatrix.PROCESS_OUTPUT
 
 
 @dataclass
@@ -88,7 +87,7 @@ def write(imatrix: Imatrix, output: str | Path) -> Path:
         writer.add_array(KEY_DATASETS, list(imatrix.datasets))
         writer.add_uint32(KEY_CHUNK_COUNT, imatrix.chunk_count)
         writer.add_uint32(KEY_CHUNK_SIZE, imatrix.chunk_size)
-        writer.add_string("edgepack.version", __version__)
+        writer.add_string(keys.VERSION, __version__)
         if imatrix.calibration_sha256:
             writer.add_string(KEY_CALIBRATION, imatrix.calibration_sha256)
         if imatrix.model:

@@ -12,6 +12,7 @@ import gguf
 import numpy as np
 
 from ... import __version__
+from ... import gguf_keys as keys
 from ...errors import BadCheckpoint, UnsupportedArchitecture, UsageError
 from ...fileio import atomic_path, check_output_path
 from ...mtmd import check_projector_loads
@@ -167,8 +168,8 @@ def convert_mmproj(src: str | Path, out: str | Path, *, outtype: str = "f16", fo
     writer.add_type(gguf.GGUFType.MMPROJ)
     writer.add_name(f"{src.resolve().name} projector")
     writer.add_file_type(FILE_TYPES[outtype])
-    writer.add_string("edgepack.version", __version__)
-    writer.add_string("edgepack.source.architecture", p.config["architectures"][0])
+    writer.add_string(keys.VERSION, __version__)
+    writer.add_string(keys.Source.ARCHITECTURE, p.config["architectures"][0])
     for key, value, value_type in p.metadata:
         if value_type is None:
             writer.add_array(key, value)
