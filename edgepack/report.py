@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import UsageError
 from .fileio import atomic_write_text, prepare_output_dir
 
@@ -42,6 +44,50 @@ def _svg(fig) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     text = buf.getvalue()
     return text[text.index("<svg"):]
+
+
+def imatrix_pairs(models: list[dict]) -> list[dict]:
+    """The with/without comparison: one row per quant type built both without an importance matrix and with one
+    (``[quantize] imatrix = "compare"``). ``models``: the report's bench models, each with ``quant``, ``imatrix``
+    (its file name; empty or None without), ``size_bytes`` and ``quality`` (kld, ppl)."""
+    pairs: dict[str, dict[str, dict]] = {}
+    for m in models:
+        if m.get("quant"):
+            pairs.setdefault(m["quant"], {})["with" if m.get("imatrix") else "without"] = m
+    rows = []
+    for quant, pair in pairs.items():
+        if len(pair) != 2:
+            continue
+        row = {"quant": quant, "imatrix": pair["with"]["imatrix"]}
+        for side, m in pair.items():
+            q = m.get("quality") or {}
+            row |= {f"size_mb_{side}": round(m["size_bytes"] / 1e6, 3), f"kld_{side}": q.get("kld"),
+                    f"ppl_{side}": q.get("ppl")}
+        kld_with, kld_without = row["kld_with"], row["kld_without"]
+        row["kld_ratio"] = round(kld_with / kld_without, 3) if kld_with is not None and kld_without else None
+        rows.append(row)
+    return rows
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _imatrix_plot(plt, rows: list[dict]) -> str:
+    """Mean KLD per quant type without and with the importance matrix, side by side (log scale)."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    xs = np.arange(len(rows))
+    for offset, side, colour in ((-0.2, "without", "#bbbbbb"), (0.2, "with", "#1f77b4")):
+        ax.bar(xs + offset, [r[f"kld_{side}"] or 0 for r in rows], width=0.4, color=colour,
+               label=f"{side} imatrix")
+    ax.set_xticks(xs, [r["quant"] for r in rows], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("KLD vs reference (lower is better)", fontsize=7)
+    ax.set_title("With and without the importance matrix", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    svg = _svg(fig)
+    plt.close(fig)
+    return svg
 
 
 def _plots(data: dict) -> dict[str, str]:
@@ -85,6 +131,10 @@ def _plots(data: dict) -> dict[str, str]:
     # 3. per device: memory parts of every variant against the device's budget
     out["memory"] = _per_device_grid(plt, rows, profiles, picks, _memory_panel,
                                      "Memory per device: weights, KV cache, compute, runtime (dashed = usable)")
+    # 4. where types were built both ways: KLD with and without the importance matrix
+    pairs = imatrix_pairs(data.get("bench", {}).get("models", []))
+    if pairs:
+        out["imatrix"] = _imatrix_plot(plt, pairs)
     return out
 
 
@@ -192,9 +242,40 @@ def _md(data: dict) -> str:
                          f"{m['load_s']['median']:.2f} | {m['pp']['median']:.1f} ({m['pp']['min']:.1f}-{m['pp']['max']:.1f}) | "
                          f"{m['tg']['median']:.1f} ({m['tg']['min']:.1f}-{m['tg']['max']:.1f}) | "
                          f"{m['peak_rss_mb']:.0f} | {m.get('imatrix') or '-'} |")
+    lines += _imatrix_md(imatrix_pairs(data.get("bench", {}).get("models", [])))
     lines += ["", "Plots: see report.html (quality vs size; per device, quality vs projected speed with the pick and the "
               "memory budget, and memory by part against the budget).", ""]
     return "\n".join(lines)
+
+
+_PAIR_COLUMNS = ("type", "size MB without", "size MB with", "KLD without", "KLD with", "with / without",
+                 "PPL without", "PPL with")
+
+
+def _pair_cells(r: dict) -> list[str]:
+    return [r["quant"], _num(r["size_mb_without"], ".3f"), _num(r["size_mb_with"], ".3f"),
+            _num(r["kld_without"], ".6f"), _num(r["kld_with"], ".6f"), _num(r["kld_ratio"], ".3f"),
+            _num(r["ppl_without"], ".3f"), _num(r["ppl_with"], ".3f")]
+
+
+def _imatrix_md(pairs: list[dict]) -> list[str]:
+    if not pairs:
+        return []
+    lines = ["", "## With and without the importance matrix", "",
+             f"Each type built twice from the same model: without an imatrix, and with {pairs[0]['imatrix']}; "
+             "quality measured on the same text against the same reference.", "",
+             "| " + " | ".join(_PAIR_COLUMNS) + " |", "|" + "---|" * len(_PAIR_COLUMNS)]
+    return lines + ["| " + " | ".join(_pair_cells(r)) + " |" for r in pairs]
+
+
+def _imatrix_html(pairs: list[dict]) -> str:
+    if not pairs:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in _PAIR_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _pair_cells(r)) + "</tr>" for r in pairs)
+    return (f"<h2>With and without the importance matrix</h2>\n<p>Each type built twice from the same model: "
+            f"without an imatrix, and with {html.escape(str(pairs[0]['imatrix']))}.</p>\n"
+            f"<table><tr>{head}</tr>{body}</table>\n")
 
 
 def _html(data: dict, plots: dict[str, str], md_text: str) -> str:
@@ -224,7 +305,7 @@ figure svg {{ max-width: 1400px; height: auto; }}
 <p>Context planned for {fit['n_ctx']} tokens.</p>
 <h2>Pick per device</h2>
 <table><tr><th>device</th><th>pick</th><th>why</th></tr>{pick_rows}</table>
-<h2>Plots</h2>
+{_imatrix_html(imatrix_pairs(data.get("bench", {}).get("models", [])))}<h2>Plots</h2>
 {figs}
 <h2>Every variant on every device</h2>
 <table><tr><th>device</th><th>variant</th><th>backend</th><th>memory MB</th><th>usable MB</th><th>fits</th><th>tg tok/s</th>

@@ -85,6 +85,38 @@ def test_charts_are_per_device_with_budget_pick_and_readable_small_models(tiny_r
     assert max(r["tg_tokens_per_s"] for r in data["fit"]["rows"]) < 5_000
 
 
+def _bench_model(name: str, quant: str, imatrix: str | None, size_bytes: int, kld: float, ppl: float) -> dict:
+    timing = {"median": 1.0, "min": 1.0, "max": 1.0}
+    return {"name": name, "quant": quant, "imatrix": imatrix, "size_bytes": size_bytes, "bits_per_weight": 4.0,
+            "load_s": timing, "pp": timing, "tg": timing, "peak_rss_mb": 10.0,
+            "quality": {"kld": kld, "ppl": ppl, "ppl_delta": 0.1, "top1": 0.9}}
+
+
+def test_types_built_with_and_without_an_imatrix_are_compared(tiny_results, tmp_path):
+    """[quantize] imatrix = "compare": a table (Markdown and HTML) and a plot of KLD/PPL/size per type, with and
+    without; a type built one way only (IQ2_XS needs an imatrix) has no row."""
+    data = {"fit": json.loads(Path(tiny_results).read_text()),
+            "bench": {"host": {"cpu": "test", "threads_used": 1, "bandwidth_gb_s": 1.0}, "reference": None,
+                      "models": [_bench_model("demo-Q2_K", "Q2_K", None, 1_372_000, 0.0036, 9.1),
+                                 _bench_model("demo-Q2_K-imatrix", "Q2_K", "demo.imatrix.gguf", 1_372_000, 0.0027, 8.9),
+                                 _bench_model("demo-Q4_K_M", "Q4_K_M", None, 1_916_000, 0.0003, 8.70),
+                                 _bench_model("demo-Q4_K_M-imatrix", "Q4_K_M", "demo.imatrix.gguf", 1_916_000,
+                                              0.0002, 8.69),
+                                 _bench_model("demo-IQ2_XS-imatrix", "IQ2_XS", "demo.imatrix.gguf", 1_122_000,
+                                              0.0052, 9.5)]}}
+    out = write_report(data, tmp_path / "report")
+    md, page = out.markdown.read_text(), out.html.read_text()
+    assert "## With and without the importance matrix" in md and "demo.imatrix.gguf" in md
+    assert "| Q2_K | 1.372 | 1.372 | 0.003600 | 0.002700 | 0.750 | 9.100 | 8.900 |" in md
+    assert "| Q4_K_M | 1.916 | 1.916 | 0.000300 | 0.000200 | 0.667 | 8.700 | 8.690 |" in md
+    assert "| IQ2_XS |" not in md
+    assert "<h2>With and without the importance matrix</h2>" in page and "<td>0.750</td>" in page
+    assert page.count("<svg") == 4 and "With and without the importance matrix" in page.split("<h2>Plots</h2>")[1]
+    without = write_report({**data, "bench": {**data["bench"], "models": data["bench"]["models"][-1:]}},
+                           tmp_path / "one-way")
+    assert "With and without" not in without.markdown.read_text() and without.html.read_text().count("<svg") == 3
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (Debian package `chromium`; "
                     "the Makefile/CI installs it)")
