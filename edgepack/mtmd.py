@@ -55,7 +55,7 @@ def tokenized(ctx, prompt: bytes, rgb: np.ndarray, add_special: bool = False) ->
 
 
 def image_embeddings(text_gguf: str | Path, mmproj: str | Path, rgb: np.ndarray, n_threads: int = 2) -> np.ndarray:
-    """(image tokens, n_embd) float32 embeddings of one H x W x 3 uint8 image, as an app gets them: the projector
+    """(image tokens, n_embd_inp) float32 embeddings of one H x W x 3 uint8 image, as an app gets them: the projector
     loaded beside the text model, the image given as RGB bytes after the media marker, its chunks encoded in
     prompt order (one chunk, or for the tiling families one per tile plus the overview, in the order mtmd places
     them in the prompt) and stacked. Raises ``BadGGUF`` when llama.cpp cannot load either file or encode the
@@ -70,7 +70,7 @@ def image_embeddings(text_gguf: str | Path, mmproj: str | Path, rgb: np.ndarray,
         with projector(model, mmproj, n_threads) as ctx, tokenized(ctx, mtmd.mtmd_default_marker(), rgb) as chunks:
             every = [mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))]
             images = [c for c in every if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE]
-            n_embd = llama_cpp.llama_model_n_embd(model)
+            n_embd = llama_cpp.llama_model_n_embd_inp(model)  # DeepStack models (Qwen3-VL) take extra widths
             out = []
             for chunk in images:
                 if mtmd.mtmd_encode_chunk(ctx, chunk) != 0:

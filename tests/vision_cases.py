@@ -42,6 +42,8 @@ def llama_cpp_image_prompt(text_gguf, mmproj, prompt: bytes, rgb: np.ndarray, n_
                     ids += [-1] * n
             n_past = llama_cpp.llama_pos(0)
             status = mtmd.mtmd_helper_eval_chunks(ctx, llm.ctx, chunks, 0, 0, n_ctx, True, ctypes.byref(n_past))
-            assert status == 0 and n_past.value == len(ids)
+            assert status == 0
+            # one position per token, except under M-RoPE (an image takes max(grid w, h) positions: Qwen-VL)
+            assert n_past.value == len(ids) or mtmd.mtmd_decode_use_mrope(ctx)
             logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
             return ids, np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)).copy()

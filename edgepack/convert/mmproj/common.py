@@ -48,6 +48,12 @@ class ProjectorSpec:
     # vision layers the projector reads: num_hidden_layers, or fewer where the model takes an earlier layer's
     # output (LFM2-VL's vision_feature_layer); the layers beyond are left out of the file
     vision_layers: Callable[[dict, HFConfig], int] = lambda config, vision: int(vision.get("num_hidden_layers"))
+    # vision config -> more (HF name pattern, GGUF name template) pairs whose names depend on the config
+    # (Qwen3-VL's DeepStack mergers are named by the vision layer they read)
+    config_tensors: Callable[[HFConfig], tuple] = lambda vision: ()
+    # (GGUF name, checkpoint shape) -> [(GGUF name, shape, fn(array) -> array or None)]: the tensors one
+    # checkpoint tensor becomes (Qwen-VL's Conv3d patch kernel is llama.cpp's two Conv2d kernels)
+    views: Callable[[str, tuple], list] = lambda name, shape: [(name, shape, None)]
 
 
 _PROJECTORS: dict[str, ProjectorSpec] = {}

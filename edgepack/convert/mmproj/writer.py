@@ -56,12 +56,14 @@ def projector_spec(config: dict) -> ProjectorSpec:
     return spec
 
 
-def _plan(spec: ProjectorSpec, checkpoint: Checkpoint, outtype: str, layers: int, total: int) -> list:
-    """[(HF name, GGUF name, shape, type)] for every projector tensor, in checkpoint order; vision blocks from
+def _plan(spec: ProjectorSpec, checkpoint: Checkpoint, outtype: str, layers: int, total: int,
+          vision: HFConfig) -> list:
+    """[(HF name, GGUF name, shape, type, view)] for every projector tensor, in checkpoint order (``view``: what
+    the spec's ``views`` takes from the checkpoint tensor, None for all of it); vision blocks from
     ``layers`` on (which the model never reads) are left out, blocks from ``total`` (num_hidden_layers) on are
     refused."""
     keep, skip = re.compile(spec.keep), re.compile(spec.skip)
-    patterns = [(re.compile(hf), name) for hf, name in spec.tensors]
+    patterns = [(re.compile(hf), name) for hf, name in spec.tensors + spec.config_tensors(vision)]
     plan = []
     for hf_name, info in checkpoint.tensors.items():
         if not keep.match(hf_name) or skip.match(hf_name):
@@ -76,8 +78,8 @@ def _plan(spec: ProjectorSpec, checkpoint: Checkpoint, outtype: str, layers: int
                                 "config.json and the weights do not belong together")
         if block and int(block.group(1)) >= layers:
             continue
-        shape = tuple(info.shape)
-        plan.append((hf_name, gguf_name, shape, _tensor_type(spec, gguf_name, shape, outtype)))
+        for name, shape, view in spec.views(gguf_name, tuple(info.shape)):
+            plan.append((hf_name, name, shape, _tensor_type(spec, name, shape, outtype), view))
     if not plan:
         raise BadCheckpoint("the checkpoint holds no vision tower tensors",
                             "is this the full vision-language checkpoint, not its text-only export?")
@@ -100,12 +102,12 @@ def _nbytes(shape: tuple, qtype: QT) -> int:
 
 def _check_shapes(spec: ProjectorSpec, plan: list, config: dict, vision: HFConfig, text_hidden: int,
                   layers: int) -> None:
-    names = {g: shape for _, g, shape, _ in plan}
+    names = {g: shape for _, g, shape, _, _ in plan}
     for name, shape in spec.shapes(config, vision, text_hidden).items():
         if names.get(name) != tuple(shape):
             raise BadCheckpoint(f"projector tensor {name} has shape {names.get(name)}, config.json implies "
                                 f"{tuple(shape)}", "config.json and the weights do not belong together")
-    if f"v.blk.{layers - 1}.attn_q.weight" not in names:
+    if not any(name.startswith(f"v.blk.{layers - 1}.") for name in names):
         raise BadCheckpoint(f"the vision tower has fewer than the {layers} blocks config.json names",
                             "config.json and the weights do not belong together")
 
@@ -138,7 +140,7 @@ def _prepare(src: Path, outtype: str) -> _Prepared:
     metadata = spec.metadata(config, vision, preproc, text_hidden)
     layers = spec.vision_layers(config, vision)
     checkpoint = Checkpoint(src)
-    plan = _plan(spec, checkpoint, outtype, layers, int(vision.get("num_hidden_layers")))
+    plan = _plan(spec, checkpoint, outtype, layers, int(vision.get("num_hidden_layers", "depth")), vision)
     _check_shapes(spec, plan, config, vision, text_hidden, layers)
     return _Prepared(spec, config, vision, preproc, metadata, checkpoint, plan)
 
@@ -175,18 +177,20 @@ def convert_mmproj(src: str | Path, out: str | Path, *, outtype: str = "f16", fo
             writer.add_array(key, value)
         else:
             writer.add_key_value(key, value, value_type)
-    for _, gguf_name, shape, qtype in p.plan:
+    for _, gguf_name, shape, qtype, _ in p.plan:
         writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32), _nbytes(shape, qtype), raw_dtype=qtype)
 
     transforms = [(re.compile(pattern), fn) for pattern, fn in p.spec.transforms.items()]
-    total = sum(int(np.prod(shape)) for _, _, shape, _ in p.plan)
+    total = sum(int(np.prod(shape)) for _, _, shape, _, _ in p.plan)
     with atomic_path(out) as tmp:
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         progress.start(f"converting to {out.name}", total)
-        for hf_name, gguf_name, shape, qtype in p.plan:
+        for hf_name, gguf_name, shape, qtype, view in p.plan:
             data = p.checkpoint.read(hf_name)
+            if view is not None:
+                data = np.ascontiguousarray(view(data))
             for pattern, fn in transforms:
                 if pattern.fullmatch(gguf_name):
                     data = fn(data, p.vision)
