@@ -31,7 +31,8 @@ Targets (issue 17): on phones (in-sample) prompt median <= 25% and generation me
 weights llama.cpp reports (its model buffers: CPU + CPU_REPACK + GPU, tied embeddings included) within 3%.
 
     python benchmarks/projection.py                    # tables + both schemes; exit 1 if held-out misses
-    python benchmarks/projection.py --write-profiles   # write the in-sample class factors into the shipped profiles (edgepack/data/profiles/)
+    python benchmarks/projection.py --write-calibration  # write the in-sample class factors into the one
+                                                         # calibration file (edgepack/data/speed-calibration.toml)
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from edgepack.fit import ModelDesc, describe_config, memory_needed, project, token_floor_s  # noqa: E402
-from edgepack.calibrate import set_sourced  # noqa: E402
-from edgepack.profiles import SHIPPED_DIR, Profile, Sourced, load_profiles  # noqa: E402
+from edgepack.profiles import PER_DEVICE_BACKENDS, Profile, Sourced, load_profiles  # noqa: E402
 from edgepack.quants import QUANT_FAMILIES, family_of_key as _family_of  # noqa: E402
+from edgepack.speed_calibration import CALIBRATION_FILE, to_toml  # noqa: E402
 from tinymodels import CONFIGS  # noqa: E402  (the fixtures in tests/fixtures)
 
 DATA = HERE / "data" / "measurements.csv"
@@ -154,11 +155,11 @@ def _class_family(usable: list[Row], value, cls: str, family: str) -> float | No
     return statistics.median(dev.values()) if dev else None
 
 
-def factor(rows: list[Row], kind: str, cls: str, family: str, key: str | None = None) -> tuple[float, str]:
+def factor(rows: list[Row], kind: str, cls: str, family: str, key: str | None = None) -> tuple[float, str, dict]:
     """Calibrated factor for (class, quant type ``key``) from ``rows``, else (class, family): median over devices of
     each device's median.
     kind: "tg" (efficiency), "core" (CPU: billions of weights/s per core-GHz) or "pp" (GFLOP/s per compute
-    unit). Returns (value, how it was obtained).
+    unit). Returns (value, how it was obtained, the per-device values it is the median of).
 
     Fallbacks when the class has no device with this family: the class's other families, each converted by
     the family ratio seen in the other classes of the same kind (CPU or GPU) that have both families (kernel
@@ -174,14 +175,13 @@ def factor(rows: list[Row], kind: str, cls: str, family: str, key: str | None = 
         usable = [r for r in rows if (r.tg if kind == "tg" else r.pp) is not None and (kind == "tg" or r.size > 0)]
         value = (lambda r: r.tg_eff) if kind == "tg" else (lambda r: r.pp_gflops_per_unit)
     is_gpu = cls in GPU_CLASSES
-    n_dev = lambda keep: len({r.device for r in usable if keep(r)})  # noqa: E731
     if key is not None and key != family:  # a quant type's own rate (Q2_K is not Q4_K on ARM)
         dev = _per_device([r for r in usable if r.cls == cls and r.key == key], value)
         if dev:
-            return statistics.median(dev.values()), f"{cls}/{key} ({len(dev)} devices)"
-    direct = _class_family(usable, value, cls, family)
-    if direct is not None:
-        return direct, f"{cls}/{family} ({n_dev(lambda r: r.cls == cls and r.family == family)} devices)"
+            return statistics.median(dev.values()), f"{cls}/{key} ({len(dev)} devices)", dev
+    dev = _per_device([r for r in usable if r.cls == cls and r.family == family], value)
+    if dev:
+        return statistics.median(dev.values()), f"{cls}/{family} ({len(dev)} devices)", dev
     same_kind = sorted({r.cls for r in usable if (r.cls in GPU_CLASSES) == is_gpu and r.cls != cls})
     converted = []
     for other_fam in sorted({r.family for r in usable if r.cls == cls}):
@@ -193,7 +193,7 @@ def factor(rows: list[Row], kind: str, cls: str, family: str, key: str | None = 
         if ratios:
             converted.append(_class_family(usable, value, cls, other_fam) * statistics.median(ratios))
     if converted:
-        return statistics.median(converted), f"{cls}/other families x family ratio of other classes"
+        return statistics.median(converted), f"{cls}/other families x family ratio of other classes", {}
     steps = [(lambda r: r.cls == cls, f"{cls}/all families"),
              (lambda r: (r.cls in GPU_CLASSES) == is_gpu and r.family == family, f"{'gpu' if is_gpu else 'cpu'} classes/{family}"),
              (lambda r: (r.cls in GPU_CLASSES) == is_gpu, f"{'gpu' if is_gpu else 'cpu'} classes")]
@@ -202,21 +202,21 @@ def factor(rows: list[Row], kind: str, cls: str, family: str, key: str | None = 
     for keep, how in steps:
         dev = _per_device([r for r in usable if keep(r)], value)
         if dev:
-            return statistics.median(dev.values()), f"{how} ({len(dev)} devices)"
-    return float("nan"), "no data"
+            return statistics.median(dev.values()), f"{how} ({len(dev)} devices)", dev
+    return float("nan"), "no data", {}
 
 
-def cpu_memory_ceiling(rows: list[Row]) -> tuple[float, str]:
+def cpu_memory_ceiling(rows: list[Row]) -> tuple[float, str, dict]:
     """The best measured/roofline ratio any CPU device reached (its median over its rows): how much of the
-    spec bandwidth a CPU backend gets when the cores are not the limit."""
+    spec bandwidth a CPU backend gets when the cores are not the limit. Returns (value, how, per-device values)."""
     per_device = _per_device([r for r in rows if r.tg is not None and r.cls not in GPU_CLASSES], lambda r: r.tg_eff)
     best = max(per_device, key=per_device.get)
-    return per_device[best], f"the best CPU device ({best}) of {len(per_device)}"
+    return per_device[best], f"the best CPU device ({best}) of {len(per_device)}", per_device
 
 
 def predict(row: Row, train: list[Row]) -> tuple[float | None, float | None]:
     """(tg, pp) of ``row`` as ``edgepack fit`` projects them: fit.project on the row's profile carrying the
-    factors calibrated on ``train`` (what --write-profiles would write) and the row's thread count."""
+    factors calibrated on ``train`` (what --write-calibration writes for all rows) and the row's thread count."""
     def number(value: float) -> Sourced:
         return Sourced(value, "calibrated on the training rows", "estimate", "validation")
 
@@ -343,70 +343,86 @@ def device_table(errs: dict, rows: list[Row]) -> None:
         print(f"{d:22} {cls:18} {m('in', 'tg'):>8} {m('lodo', 'tg'):>10} {m('in', 'pp'):>8} {m('lodo', 'pp'):>10}")
 
 
-# --- profiles -------------------------------------------------------------------------------------------------
+# --- the calibration file -------------------------------------------------------------------------------
 
-def write_profiles(rows: list[Row], profiles: dict[str, Profile]) -> None:
-    """Rewrite each shipped profile's [generation], [generation_compute.cpu] and [prompt.<backend>] numbers with
-    the in-sample class factors (x the profile's compute size), leaving backends without calibration data alone."""
-    n_dev = len({r.device for r in rows})
-    for name, profile in profiles.items():
-        path = SHIPPED_DIR / f"{name}.toml"
-        if not path.is_file():
-            continue
-        text = path.read_text()
-        for backend in profile.backends:
-            cls = profile.backend_class(backend)
-            size = profile.compute_size(backend)
-            fam_default = "q4_0"
-            eff, how = factor(rows, "tg", cls, fam_default) if backend != "cpu" else cpu_memory_ceiling(rows)
-            direct_keys = sorted({r.key for r in rows if r.cls == cls and r.key not in QUANT_FAMILIES})
-            if backend != "cpu":
-                for key in QUANT_FAMILIES + tuple(direct_keys):
-                    k_eff, k_how = factor(rows, "tg", cls, _family_of(key), key)
-                    if not k_how.startswith(f"{cls}/{key} ") or abs(k_eff - eff) < 0.01 * eff:
-                        continue
-                    src = (f"calibrated: benchmarks/projection.py, {k_how}; efficiency = measured tg / bandwidth "
-                           f"roofline, median over devices of {n_dev} in benchmarks/data/measurements.csv")
-                    text = set_sourced(text, f"generation_by_type.{backend}", key, {"efficiency": round(min(k_eff, 1.0), 3)},
-                                src, f"class factor for {cls} on {key} weights")
-            if backend == "cpu":
-                for fam in QUANT_FAMILIES + tuple(direct_keys):
-                    rate, how_rate = factor(rows, "core", cls, _family_of(fam), fam)
-                    if fam not in QUANT_FAMILIES and not how_rate.startswith(f"{cls}/{fam} "):
-                        continue
-                    src = (f"calibrated: benchmarks/projection.py, {how_rate}: measured tg x weights per token / "
-                           f"core-GHz of the threads used, median over devices of {n_dev} in "
-                           "benchmarks/data/measurements.csv")
-                    text = set_sourced(text, "generation_compute.cpu", fam, {"gweights_per_core_ghz": round(rate, 3)}, src,
-                                f"class factor for {cls}: how fast its cores dequantize and multiply weights")
-            if how != "no data":
-                src = (f"calibrated: benchmarks/projection.py, {how}; efficiency = measured tg / bandwidth "
-                       f"roofline, median over devices of {n_dev} in benchmarks/data/measurements.csv")
-                text = set_sourced(text, "generation", backend, {"efficiency": round(eff, 3)}, src,
-                            f"class factor for {cls}, not a measurement of this device unless it is in the data")
-            if size <= 0:
-                continue
-            for fam in QUANT_FAMILIES + tuple(direct_keys):
-                per_unit, how = factor(rows, "pp", cls, _family_of(fam), fam)
-                if how == "no data" or (fam not in QUANT_FAMILIES and not how.startswith(f"{cls}/{fam} ")):
-                    continue
-                unit = "core-GHz" if backend == "cpu" else "GPU core"
-                src = (f"calibrated: benchmarks/projection.py, {how}: {per_unit:.1f} GFLOP/s per {unit} x "
-                       f"{size:g} {unit}s (the profile's clusters/threads or [gpu] cores)")
-                text = set_sourced(text, f"prompt.{backend}", fam, {"gflops": round(per_unit * size)}, src,
-                            f"class factor for {cls} x this device's compute size")
-        path.write_text(text)
-        print(f"wrote {path.relative_to(REPO)}")
+UNITS = {"cpu": "core-GHz of the threads used", "gpu": "GPU core", "device": "device (no published core count)"}
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def _entry(value_key: str, value: float, how: str, devices: dict) -> dict:
+    entry = {value_key: value, "how": how}
+    if devices:  # a fallback through other classes' ratios names no devices of its own
+        entry["devices"] = {d: _sig(v) for d, v in sorted(devices.items())}
+    return entry
+
+
+def calibration(rows: list[Row], profiles: dict[str, Profile]) -> dict:
+    """The class factors fitted on all ``rows`` (in-sample), per class of the measurements and of every shipped
+    profile's backends, as speed_calibration.py reads them: what predict() uses, with the per-device values each
+    factor is the median of."""
+    ceiling, how, devices = cpu_memory_ceiling(rows)
+    classes = sorted({r.cls for r in rows} | {p.backend_class(b) for p in profiles.values() for b in p.backends})
+    out = {"fitted_on": f"{DATA.relative_to(REPO)}: {len(rows)} measurements on {len({r.device for r in rows})} devices",
+           "cpu_memory_ceiling": _entry("efficiency", round(ceiling, 3), how, devices), "classes": {}}
+    for cls in classes:
+        is_gpu = cls in GPU_CLASSES
+        unit = "device" if cls in PER_DEVICE_BACKENDS else "gpu" if is_gpu else "cpu"
+        numbers: dict = {"unit": UNITS[unit]}
+        direct_keys = sorted({r.key for r in rows if r.cls == cls and r.key not in QUANT_FAMILIES})
+        if is_gpu:
+            eff, how, devices = factor(rows, "tg", cls, "q4_0")
+            numbers["generation"] = _entry("efficiency", round(eff, 3), how, devices)
+            by_type = {}
+            for key in QUANT_FAMILIES + tuple(direct_keys):
+                k_eff, k_how, k_dev = factor(rows, "tg", cls, _family_of(key), key)
+                if k_how.startswith(f"{cls}/{key} ") and abs(k_eff - eff) >= 0.01 * eff:
+                    by_type[key] = _entry("efficiency", round(min(k_eff, 1.0), 3), k_how, k_dev)
+            numbers["generation_by_type"] = by_type
+        else:
+            rates = {}
+            for key in QUANT_FAMILIES + tuple(direct_keys):
+                rate, how, devices = factor(rows, "core", cls, _family_of(key), key)
+                if key in QUANT_FAMILIES or how.startswith(f"{cls}/{key} "):
+                    rates[key] = _entry("gweights_per_core_ghz", round(rate, 3), how, devices)
+            numbers["generation_compute"] = rates
+        prompt = {}
+        for key in QUANT_FAMILIES + tuple(direct_keys):
+            per_unit, how, devices = factor(rows, "pp", cls, _family_of(key), key)
+            if how != "no data" and (key in QUANT_FAMILIES or how.startswith(f"{cls}/{key} ")):
+                prompt[key] = _entry("gflops_per_unit", float(f"{per_unit:.6g}"), how, devices)
+        numbers["prompt"] = prompt
+        out["classes"][cls] = numbers
+    return out
+
+
+CALIBRATION_HEADER = """Speed calibration of edgepack fit: factors per device class and quant family or ggml type.
+Written by `python benchmarks/projection.py --write-calibration` from benchmarks/data/measurements.csv: do not
+edit by hand, add measurements and rerun it. Device profiles (data/profiles/*.toml) hold facts; a device's
+number = its class's factor here (x its compute size for prompt), unless its profile overrides it with its own
+measurement. how = the class/type the factor comes from (or the fallback taken); devices = each device's median
+value it is the median of. Units: efficiency = measured tg / bandwidth roofline; gweights_per_core_ghz = billions
+of weights per second per core-GHz; gflops_per_unit = prompt GFLOP/s per unit (the class's unit). docs/fit.md."""
+
+
+def write_calibration(rows: list[Row], profiles: dict[str, Profile]) -> Path:
+    from edgepack.fileio import atomic_write_text
+
+    atomic_write_text(CALIBRATION_FILE, to_toml(calibration(rows, profiles), CALIBRATION_HEADER))
+    return CALIBRATION_FILE
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--write-profiles", action="store_true", help="write the in-sample class factors into the shipped profiles (edgepack/data/profiles/)")
+    ap.add_argument("--write-calibration", action="store_true",
+                    help="write the in-sample class factors into edgepack/data/speed-calibration.toml")
     args = ap.parse_args(argv)
     profiles = load_profiles()
     rows = load_rows(profiles)
-    if args.write_profiles:
-        write_profiles(rows, profiles)
+    if args.write_calibration:
+        print(f"wrote {write_calibration(rows, profiles).relative_to(REPO)}")
         return 0
     print(f"{len(rows)} measurements on {len({r.device for r in rows})} devices ({DATA.relative_to(REPO)}); "
           f"errors are projected / measured - 1\n")
@@ -417,14 +433,14 @@ def main(argv: list[str] | None = None) -> int:
         fams = sorted({r.family for r in rows if r.cls == cls})
         parts = []
         for fam in fams:
-            ppf, how = factor(rows, "pp", cls, fam)
+            ppf, how, _ = factor(rows, "pp", cls, fam)
             if cls in GPU_CLASSES:
                 tg = f"tg eff {factor(rows, 'tg', cls, fam)[0]:.2f}"
             else:
                 tg = f"tg {factor(rows, 'core', cls, fam)[0]:.2f} G weights/s per core-GHz"
             parts.append(f"{fam}: {tg}, pp {ppf:.1f} GFLOP/s/unit" + ("" if cls in how else " (fallback)"))
         print(f"  {cls:10} " + "; ".join(parts))
-    ceiling, how = cpu_memory_ceiling(rows)
+    ceiling, how, _ = cpu_memory_ceiling(rows)
     print(f"  CPU memory ceiling: {ceiling:.2f} of the spec bandwidth ({how})\n")
     ok_w = weights_table(rows)
     print()

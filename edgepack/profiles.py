@@ -11,15 +11,15 @@ Users add their own profiles with ``--profiles DIR_OR_FILE``; a malformed one is
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import speed_calibration
 from .errors import ProfileError
-from .limits import MAX_THREADS
-from .quants import QUANT_FAMILIES
-from .validate import safe_name
+from .profile_schema import (BACKENDS, GPU_BACKENDS, PER_DEVICE_BACKENDS, QUANT_FAMILIES, QUANT_KEYS, SCHEMA,
+                             Sourced, _validate)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,202 +28,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 # Shipped inside the package (package data), so a plain `pip install` has them too.
 SHIPPED_DIR = Path(__file__).resolve().parent / "data" / "profiles"
-SCHEMA_VERSION = 1
-
-KINDS = ("spec", "measurement", "estimate")
-DEVICE_KINDS = ("phone", "tablet", "laptop", "desktop", "sbc", "embedded")
-# hexagon: llama.cpp's backend for Qualcomm's Hexagon NPU (ggml-hexagon); opencl: its Adreno GPU backend.
-BACKENDS = ("cpu", "metal", "vulkan", "opencl", "cuda", "hexagon")
-GPU_BACKENDS = tuple(b for b in BACKENDS if b != "cpu")
-PER_DEVICE_BACKENDS = ("opencl", "hexagon")  # calibrated per device: no published core counts (Profile.compute_size)  # backends that hold the offloaded layers' weights
-# Prompt processing speed depends on the weight format's kernels (quants.QUANT_FAMILIES): a profile must give
-# every family and may add a rate for one ggml type (QUANT_TYPE_KEYS), which then wins over its family's
-# (Q2_K and Q3_K, never repacked on ARM, are far slower than the repacked Q4_K).
-QUANT_TYPE_KEYS = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl",
-                   "iq4_xs", "iq3_s", "iq2_s", "iq2_xs", "iq1_s", "f16", "bf16", "f32")
-QUANT_KEYS = QUANT_FAMILIES + tuple(k for k in QUANT_TYPE_KEYS if k not in QUANT_FAMILIES)
-ISA_FEATURES = ("neon", "dotprod", "i8mm", "sve", "sve2", "sme", "fp16", "avx2", "avx512", "avx512_vnni",
-                "avx_vnni", "amx")
-
-
-# --- schema -----------------------------------------------------------------------------------------
-# A field spec is (type, required, check) where check returns an error string or None.
-
-def _positive(v):
-    return None if v > 0 else "must be > 0"
-
-
-def _count_up_to(limit: int):
-    """A positive count with a ceiling: fit expands per-core lists, so a profile claiming 10^12 cores must be
-    refused by ``validate``, not run out of memory later."""
-    def check(v):
-        return _positive(v) or (None if v <= limit else f"must be at most {limit:,}")
-    return check
-
-
-def _fraction(v):
-    return None if 0 < v <= 1 else "must be in (0, 1]"
-
-
-def _efficiency(v):
-    # above 1 only as a measurement (checked in _validate): a model held in the CPU's caches streams faster than
-    # the DRAM spec; 64 bounds a typo
-    return None if 0 < v <= 64 else "must be in (0, 1] (a measurement: at most 64)"
-
-
-def _non_negative(v):
-    return None if v >= 0 else "must be >= 0"
-
-
-def _profile_name(v: str) -> str | None:
-    # The name becomes a bundle folder (bundles/<name>/): one safe file-name component, lower case.
-    if not (v and v.replace("-", "").isalnum() and v == v.lower()):
-        return "must be lower-case letters, digits and '-'"
-    try:
-        safe_name(v, "a profile name")
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _one_of(options):
-    def check(v):
-        return None if v in options else f"must be one of {', '.join(options)}"
-    return check
-
-
-def _all_of(options):
-    def check(v):
-        bad = [x for x in v if x not in options]
-        return None if not bad else f"unknown value(s) {', '.join(map(str, bad))}; known: {', '.join(options)}"
-    return check
-
-
-def _sourced(value_key: str, check=_positive, extra: dict | None = None) -> dict:
-    """A table holding one number (``value_key``) plus its provenance."""
-    spec = {value_key: ((int, float), True, check), "source": (str, True, None), "kind": (str, True, _one_of(KINDS)),
-            "note": (str, False, None)}
-    spec.update(extra or {})
-    return spec
-
-
-CLUSTER = {"name": (str, True, None), "cores": (int, True, _count_up_to(MAX_THREADS)), "max_ghz": ((int, float), True, _positive),
-           "source": (str, True, None), "kind": (str, True, _one_of(KINDS)), "note": (str, False, None)}
-
-SCHEMA: dict = {
-    "schema": (int, True, lambda v: None if v == SCHEMA_VERSION else f"must be {SCHEMA_VERSION}"),
-    "name": (str, True, _profile_name),
-    "display_name": (str, True, None),
-    "kind": (str, True, _one_of(DEVICE_KINDS)),
-    "soc": (str, True, None),
-    "os": (str, True, None),
-    "backends": (list, True, _all_of(BACKENDS)),
-    "default_backend": (str, True, _one_of(BACKENDS)),
-    "isa": (list, True, _all_of(ISA_FEATURES)),
-    "storage": (str, False, None),
-    "notes": (str, False, None),
-    "cpu": {
-        "clusters": ([CLUSTER], True, None),
-        "threads": _sourced("value"),
-    },
-    # Optional: the GPU the metal/vulkan/opencl/cuda backends run on. ``cores`` (Apple GPU cores, NVIDIA SMs,
-    # AMD CUs) is the compute size the projection scales prompt speed by within a device class.
-    "gpu": {"name": (str, True, None), "cores": (int, True, _count_up_to(1 << 20)), "source": (str, True, None),
-            "kind": (str, True, _one_of(KINDS)), "note": (str, False, None)},
-    "memory": {
-        "total": _sourced("gb"),
-        "usable": _sourced("gb"),
-        # iOS only: the per-app limit with the com.apple.developer.kernel.increased-memory-limit entitlement.
-        "usable_with_entitlement": _sourced("gb"),
-        "bandwidth": _sourced("gb_s"),
-    },
-    # Generation efficiency: achieved fraction of the theoretical bandwidth when reading the weights.
-    "generation": {b: _sourced("efficiency", _efficiency) for b in BACKENDS},
-    # Optional: the efficiency for one quant family or type on a backend, where it differs from the backend's
-    # (Adreno's OpenCL kernels stream Q8_0 at about twice the fraction of bandwidth they reach on Q4_0).
-    "generation_by_type": {b: {k: _sourced("efficiency", _efficiency) for k in QUANT_KEYS} for b in BACKENDS},
-    # Optional: the time every generated token costs whatever the model (graph build, thread barriers or kernel
-    # launches, sampling): base + per layer, where this device's measurements say otherwise than fit's estimate.
-    "token_floor": {b: _sourced("base_ms", _non_negative, {"per_layer_ms": ((int, float), True, _non_negative)})
-                    for b in BACKENDS},
-    # CPU generation is also bounded by how fast the cores dequantize and multiply: billions of weights per
-    # second per core-GHz of the threads used, per quant family. Optional (no bound without it).
-    "generation_compute": {"cpu": {f: _sourced("gweights_per_core_ghz") for f in QUANT_KEYS}},
-    # Prompt processing: effective dense GFLOP/s per backend and quant family or type (2 x params FLOPs per token).
-    "prompt": {b: {f: _sourced("gflops") for f in QUANT_KEYS} for b in BACKENDS},
-    "runtime": {
-        "overhead": _sourced("mb"),
-    },
-}
-
-
-def _type_name(t) -> str:
-    if isinstance(t, tuple):
-        return "number"
-    return {str: "string", int: "integer", float: "number", list: "list", bool: "boolean"}.get(t, t.__name__)
-
-
-def _validate(data: dict, schema: dict, file: str, prefix: str = "") -> None:
-    for key in data:
-        if key not in schema:
-            known = ", ".join(sorted(schema))
-            raise ProfileError(f"{file}:{prefix}{key}: unknown key", f"known keys here: {known}")
-    for key, spec in schema.items():
-        where = f"{file}:{prefix}{key}"
-        if isinstance(spec, dict):
-            if key not in data:
-                # per-backend tables are checked against `backends` in parse_profile
-                optional = key in ("usable_with_entitlement", "generation", "generation_compute", "prompt", "gpu",
-                                   "generation_by_type", "token_floor") or prefix.startswith(
-                    ("generation.", "generation_compute.", "prompt.", "generation_by_type.", "token_floor."))
-                if not optional:
-                    raise ProfileError(f"{where}: missing", f"add a [{prefix}{key}] table")
-                continue
-            if not isinstance(data[key], dict):
-                raise ProfileError(f"{where}: must be a table", f"write [{prefix}{key}]")
-            _validate(data[key], spec, file, f"{prefix}{key}.")
-            continue
-        typ, required, check = spec
-        if key not in data:
-            if required:
-                raise ProfileError(f"{where}: missing", "every number needs value, source and kind"
-                                   if key in ("source", "kind") else f"add {key} = ...")
-            continue
-        value = data[key]
-        if isinstance(typ, list):  # list of tables
-            if not isinstance(value, list) or not value:
-                raise ProfileError(f"{where}: must be a non-empty list of tables", f"write [[{prefix}{key}]] entries")
-            for i, item in enumerate(value):
-                if not isinstance(item, dict):
-                    raise ProfileError(f"{where}[{i}]: must be a table", f"write [[{prefix}{key}]]")
-                _validate(item, typ[0], file, f"{prefix}{key}[{i}].")
-            continue
-        if isinstance(value, bool) or not isinstance(value, typ):
-            raise ProfileError(f"{where}: must be a {_type_name(typ)}, got {type(value).__name__}",
-                               "see edgepack/data/profiles/SCHEMA.md")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ProfileError(f"{where}: must be finite", "see edgepack/data/profiles/SCHEMA.md")
-        if isinstance(value, str) and key in ("source",) and len(value.strip()) < 8:
-            raise ProfileError(f"{where}: too short to identify a source", "give a URL or a document title")
-        if check is not None and (err := check(value)):
-            raise ProfileError(f"{where}: {err}", "see edgepack/data/profiles/SCHEMA.md")
-    if data.get("efficiency", 0) > 1 and data.get("kind") != "measurement":
-        raise ProfileError(f"{file}:{prefix}efficiency: must be in (0, 1] unless kind = \"measurement\"",
-                           "only a measured model held in the CPU's caches streams faster than the memory's spec")
-    if data.get("kind") == "estimate" and "source" in schema and not data.get("note"):
-        raise ProfileError(f"{file}:{prefix}kind: an estimate needs a note with the reasoning",
-                           "add note = \"...\"")
-
-
 # --- the loaded profile -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Sourced:
-    value: float
-    source: str
-    kind: str
-    note: str = ""
-
 
 @dataclass(frozen=True)
 class Cluster:
@@ -330,8 +135,9 @@ def _s(d: dict, key: str) -> Sourced:
     return Sourced(float(d[key]), d["source"], d["kind"], d.get("note", ""))
 
 
-def parse_profile(data: dict, file: str) -> Profile:
-    """Validate ``data`` (a parsed TOML document) and build the ``Profile``."""
+def parse_profile(data: dict, file: str, calibration: str | Path = speed_calibration.CALIBRATION_FILE) -> Profile:
+    """Validate ``data`` (a parsed TOML document) and build the ``Profile``: its facts, with the speed numbers
+    of its class from ``calibration`` under any the profile gives itself."""
     _validate(data, SCHEMA, file)
     where = f"{file}:"
     if data["default_backend"] not in data["backends"]:
@@ -339,13 +145,6 @@ def parse_profile(data: dict, file: str) -> Profile:
                            "list it in backends")
     generation = data.get("generation", {})
     prompt = data.get("prompt", {})
-    for backend in data["backends"]:
-        if backend not in generation:
-            raise ProfileError(f"{where}generation.{backend}: missing", "every listed backend needs an efficiency")
-        missing = [f for f in QUANT_FAMILIES if f not in prompt.get(backend, {})]
-        if missing:
-            raise ProfileError(f"{where}prompt.{backend}.{missing[0]}: missing",
-                               f"give gflops for every quant family: {', '.join(QUANT_FAMILIES)}")
     for backend in (list(generation) + list(prompt) + list(data.get("generation_by_type", {}))
                     + list(data.get("token_floor", {}))):
         if backend not in data["backends"]:
@@ -363,7 +162,7 @@ def parse_profile(data: dict, file: str) -> Profile:
     if mem["bandwidth"]["gb_s"] > 2000:
         raise ProfileError(f"{where}memory.bandwidth.gb_s: {mem['bandwidth']['gb_s']} GB/s is not an edge device",
                            "bandwidth is in GB/s")
-    return Profile(
+    return _with_calibration(Profile(
         name=data["name"], display_name=data["display_name"], kind=data["kind"], soc=data["soc"], os=data["os"],
         backends=tuple(data["backends"]), default_backend=data["default_backend"], isa=tuple(data["isa"]),
         clusters=tuple(Cluster(c["name"], c["cores"], float(c["max_ghz"])) for c in data["cpu"]["clusters"]),
@@ -379,7 +178,32 @@ def parse_profile(data: dict, file: str) -> Profile:
         token_floor_ms={b: (float(v["base_ms"]), float(v["per_layer_ms"]))
                         for b, v in data.get("token_floor", {}).items()},
         gpu_name=data.get("gpu", {}).get("name", ""), gpu_cores=int(data.get("gpu", {}).get("cores", 0)),
-        storage=data.get("storage", ""), notes=data.get("notes", ""), path=file, raw=data)
+        storage=data.get("storage", ""), notes=data.get("notes", ""), path=file, raw=data), calibration)
+
+
+def _with_calibration(profile: Profile, calibration: str | Path) -> Profile:
+    """``profile`` with its class's speed numbers from the calibration file (x its compute size) under its own
+    tables, which override them (a device's own measurements)."""
+    efficiency, by_type, prompt, rates = {}, {}, {}, dict(profile.cpu_gweights_per_core_ghz)
+    for backend in profile.backends:
+        cls = profile.backend_class(backend)
+        numbers = speed_calibration.device_numbers(cls, backend, profile.compute_size(backend), calibration)
+        efficiency[backend] = profile.generation_efficiency.get(backend) or numbers["efficiency"]
+        if efficiency[backend] is None:
+            raise ProfileError(f"{profile.path}:generation.{backend}: missing",
+                               f"the speed calibration has no class {cls}: give its efficiency in the profile")
+        if types := numbers["by_type"] | profile.generation_efficiency_by_type.get(backend, {}):
+            by_type[backend] = types
+        prompt[backend] = numbers["prompt"] | profile.prompt_gflops.get(backend, {})
+        missing = [f for f in QUANT_FAMILIES if f not in prompt[backend]]
+        if missing:
+            raise ProfileError(f"{profile.path}:prompt.{backend}.{missing[0]}: missing",
+                               f"the speed calibration has no {cls} rate for it (or the profile no [gpu] cores): "
+                               f"give gflops for every quant family: {', '.join(QUANT_FAMILIES)}")
+        if backend == "cpu":
+            rates = numbers["rates"] | rates
+    return dataclasses.replace(profile, generation_efficiency=efficiency, generation_efficiency_by_type=by_type,
+                               prompt_gflops=prompt, cpu_gweights_per_core_ghz=rates)
 
 
 def load_profile_file(path: str | Path) -> Profile:
@@ -427,3 +251,7 @@ def get_profile(name: str, extra: list[str | Path] | tuple = ()) -> Profile:
         raise ProfileError(f"unknown profile {name!r}",
                            f"did you mean {', '.join(close)}?" if close else "see `edgepack profiles list`")
     return profiles[name]
+
+
+__all__ = ["Profile", "Cluster", "Sourced", "SHIPPED_DIR", "BACKENDS", "GPU_BACKENDS", "QUANT_FAMILIES", "QUANT_KEYS",
+           "PER_DEVICE_BACKENDS", "parse_profile", "load_profile_file", "load_profiles", "get_profile", "tomllib"]

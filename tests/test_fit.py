@@ -3,6 +3,7 @@ constructed cases."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -76,12 +77,11 @@ def _profile(tmp_path: Path, name: str, usable_gb: float, eff: float = 0.5, base
     """A shipped profile renamed, with this usable RAM and CPU efficiency and no core-speed bound: the
     constructed cases below are about the fit's decisions on a purely bandwidth-bound device."""
     text = (SHIPPED_DIR / f"{base}.toml").read_text().replace(f'name = "{base}"', f'name = "{name}"')
-    text = re.sub(r"^\[generation_compute\.cpu\]\n(?:.+\n)*\n?", "", text, flags=re.M)
     text = text.replace("usable = { gb = 4.0", f"usable = {{ gb = {usable_gb}")
-    text = re.sub(r"^cpu = \{ efficiency = [0-9.]+", f"cpu = {{ efficiency = {eff}", text, flags=re.M)
+    text += f'\n[generation]\ncpu = {{ efficiency = {eff}, source = "this test case", kind = "estimate", note = "x" }}\n'
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
-    return load_profile_file(path)
+    return dataclasses.replace(load_profile_file(path), cpu_gweights_per_core_ghz={})
 
 
 def _variant(config: dict, quant: str, kld: float | None) -> Variant:
