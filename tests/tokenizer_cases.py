@@ -187,6 +187,48 @@ def _smollm3_json(folder: Path) -> None:
     _copy(TOKENIZERS / "smollm3-ortx-configonly/tokenizer_config.json", folder / "tokenizer_config.json")
 
 
+# The special tokens mistral-common gives a tekken file that lists none (Tekkenizer.DEPRECATED_SPECIAL_TOKENS, ranks
+# 0-19); the rest of the 1000 slots are <SPECIAL_i> fillers.
+TEKKEN_OLD_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                       "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
+                       "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]"]
+TEKKEN_FILE = TOKENIZERS / "tekken-mistral-common/tekken_240718.json"
+
+
+def tekken_json(folder: Path) -> None:
+    """A tekken model's tokenizer.json as transformers converts tekken.json (its MistralConverter: the tekken split
+    regex, ByteLevel, ignore_merges, the 1000 special tokens first). This file predates tekken's special_tokens list;
+    it is given mistral-common's list for such files, as the newer files carry it."""
+    from transformers.integrations.mistral.tokenizer import MistralConverter
+
+    raw = json.loads(TEKKEN_FILE.read_text(encoding="utf-8"))
+    raw["special_tokens"] = [{"rank": i, "token_str": t, "is_control": True} for i, t in enumerate(TEKKEN_OLD_SPECIALS)]
+    with_specials = folder / "tekken.json"
+    with_specials.write_text(json.dumps(raw), encoding="utf-8")
+    MistralConverter(str(with_specials)).converted().save(str(folder / "tokenizer.json"))
+    with_specials.unlink()
+    # Mistral's tokenizer configs: <s> added in front, </s> not.
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True,
+        "add_eos_token": False, "tokenizer_class": "TokenizersBackend"}))
+
+
+def tekken_encoder():
+    """text -> ids as mistral-common's Tekkenizer encodes them: tiktoken over the file's ranks and regex, ids shifted
+    past the special tokens; special-token strings in text are text."""
+    import base64
+
+    import tiktoken
+
+    raw = json.loads(TEKKEN_FILE.read_text(encoding="utf-8"))
+    config = raw["config"]
+    n_special = config["default_num_special_tokens"]
+    ranks = {base64.b64decode(t["token_bytes"]): rank
+             for rank, t in enumerate(raw["vocab"][:config["default_vocab_size"] - n_special])}
+    encoding = tiktoken.Encoding("tekken", pat_str=config["pattern"], mergeable_ranks=ranks, special_tokens={})
+    return lambda text: [i + n_special for i in encoding.encode(text, disallowed_special=())]
+
+
 def _qwen3_json(folder: Path) -> None:
     """Qwen2/2.5/3's byte-level BPE: tokenizer.json built by transformers from the real vocab.json + merges.txt
     (as Qwen's own tokenizer.json was: NFC, the Qwen2 split regex, ByteLevel without regex)."""
@@ -214,6 +256,7 @@ BUILDERS = {
     "qwen3-vocab-merges": _qwen3_vocab_merges,
     "phi4-mini-json": phi4_mini_json,
     "smollm3-json": _smollm3_json,
+    "tekken-json": tekken_json,
 }
 
 CASES = [
@@ -229,4 +272,5 @@ CASES = [
     TokenizerCase("qwen3-vocab-merges", 151936, "transformers"),
     TokenizerCase("phi4-mini-json", 200064, "tokenizers"),
     TokenizerCase("smollm3-json", 128256, "tokenizers"),
+    TokenizerCase("tekken-json", 131072, "tokenizers"),
 ]

@@ -28,7 +28,7 @@ import gguf
 from ..errors import TokenizerError
 from ..fileio import parse_json
 from ..limits import MAX_VOCAB
-from .pretokenizers import QWEN2_REGEX, detect_pre_tokenizer
+from .pretokenizers import QWEN2_REGEX, approximation, detect_pre_tokenizer
 
 TT = gguf.TokenType
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
@@ -385,10 +385,11 @@ def _gpt2_layout_json(folder: Path) -> dict | None:
 
 def _byte_level_bpe_vocab(tokenizer_json: dict, folder: Path, pre_override: str | None) -> Vocab:
     pre = detect_pre_tokenizer(tokenizer_json, pre_override)
+    note = approximation(tokenizer_json, pre_override)
     tokens = _tokens_by_id(tokenizer_json["model"]["vocab"])
     _merge_pairs(tokenizer_json["model"])
     vocab = Vocab(model="gpt2", tokens=tokens, token_types=[TT.NORMAL] * len(tokens), pre=pre,
-                  source=f"tokenizer.json (byte-level BPE, pre-tokenizer {pre})")
+                  source=f"tokenizer.json (byte-level BPE, pre-tokenizer {pre}{'; ' + note if note else ''})")
     _append_added(vocab, _added_tokens(tokenizer_json, folder), score=None)
     return vocab
 
