@@ -23,11 +23,10 @@ import pytest
 
 from edgepack.convert import convert
 from edgepack.convert.mmproj import convert_mmproj
-from edgepack.errors import UnsupportedArchitecture
 from edgepack.mtmd import image_embeddings as mtmd_image_embeddings
 from family_cases import _merged, _round_up, build_tokenizer, tokenizer_size
 from tinymodels import CONFIGS, build_model, max_abs_and_cosine
-from vision_cases import llama_cpp_image_prompt, nonsquare_image
+from vision_cases import assert_refused, llama_cpp_image_prompt, nonsquare_image
 
 pytestmark = pytest.mark.slow  # a tiny VLM built with transformers, then seconds per test
 
@@ -171,15 +170,10 @@ def test_smolvlm_mmproj_refusals(smolvlm, tmp_path):
         ({"scale_factor": 3}, {}, "scale_factor 3"),
     )
     for i, (config_change, preprocessor_change, message) in enumerate(cases):
-        case = tmp_path / f"case{i}"
-        case.mkdir()
-        (case / "model.safetensors").symlink_to(folder / "model.safetensors")
-        (case / "config.json").write_text(json.dumps(_merged(config, config_change)))
-        (case / "preprocessor_config.json").write_text(json.dumps(_merged(preprocessor, preprocessor_change)))
-        with pytest.raises(UnsupportedArchitecture) as info:
-            convert_mmproj(case, tmp_path / "out.gguf")
-        assert message in str(info.value) and info.value.hint and "\n" not in str(info.value)
-        assert not (tmp_path / "out.gguf").exists()
+        assert_refused(tmp_path / f"case{i}", folder, {"config.json": _merged(config, config_change),
+                                                        "preprocessor_config.json": _merged(preprocessor,
+                                                                                            preprocessor_change)},
+                       message)
 
 
 def test_a_projector_llama_cpp_refuses_is_never_written(smolvlm, tmp_path, monkeypatch):

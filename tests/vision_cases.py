@@ -47,3 +47,23 @@ def llama_cpp_image_prompt(text_gguf, mmproj, prompt: bytes, rgb: np.ndarray, n_
             assert n_past.value == len(ids) or mtmd.mtmd_decode_use_mrope(ctx)
             logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
             return ids, np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)).copy()
+
+
+def assert_refused(case, folder, files: dict[str, dict], message: str) -> None:
+    """A copy of the checkpoint ``folder`` in ``case`` (its weights linked) with the JSON ``files`` written, which
+    convert_mmproj refuses in one line naming ``message``, with a hint, writing nothing."""
+    import json
+
+    import pytest
+
+    from edgepack.convert.mmproj import convert_mmproj
+    from edgepack.errors import UnsupportedArchitecture
+
+    case.mkdir()
+    (case / "model.safetensors").symlink_to(folder / "model.safetensors")
+    for name, data in files.items():
+        (case / name).write_text(json.dumps(data))
+    with pytest.raises(UnsupportedArchitecture) as info:
+        convert_mmproj(case, case / "out.gguf")
+    assert message in str(info.value) and info.value.hint and "\n" not in str(info.value)
+    assert not (case / "out.gguf").exists()

@@ -1,4 +1,5 @@
-"""LFM2 / LFM2.5 (Lfm2ForCausalLM) and LFM2-MoE (Lfm2MoeForCausalLM): Liquid's short-convolution + GQA hybrids.
+"""LFM2 / LFM2.5 (Lfm2ForCausalLM) and LFM2-MoE (Lfm2MoeForCausalLM): Liquid's short-convolution + GQA hybrids;
+also the text model of LFM2-VL (Lfm2VlForConditionalGeneration; its vision part is convert --mmproj's).
 
 What llama.cpp expects (src/models/lfm2.cpp, lfm2moe.cpp, the loader in src/llama-model.cpp):
 
@@ -34,7 +35,8 @@ import gguf
 import numpy as np
 
 from ...errors import UnsupportedArchitecture
-from ..common import EXPERT_HPARAMS, U32, checked_layer_types, rope_metadata, stacked_experts
+from ..common import (EXPERT_HPARAMS, MULTIMODAL_TEXT_RENAMES, U32, checked_layer_types, rope_metadata,
+                      stacked_experts)
 from ..spec import ArchSpec, Expected, HFConfig, HParam, LayerSize, SizeFacts, register, uniform_sizes
 
 K = gguf.Keys
@@ -215,3 +217,13 @@ def _spec(hf_class: str, arch: gguf.MODEL_ARCH, **extra) -> ArchSpec:
 LFM2 = _spec("Lfm2ForCausalLM", gguf.MODEL_ARCH.LFM2, hparams=HPARAMS)
 LFM2MOE = _spec("Lfm2MoeForCausalLM", gguf.MODEL_ARCH.LFM2MOE, hparams=HPARAMS + EXPERT_HPARAMS,
                 extra_tensors=_zero_expert_bias)
+
+# LFM2-VL: the same decoder at model.language_model.* (language_model.model.* in 4.x layouts); the SigLIP2 tower
+# and projector are convert --mmproj's.
+LFM2VL_TEXT = register(dataclasses.replace(
+    LFM2,
+    hf_classes=("Lfm2VlForConditionalGeneration",),
+    renames=MULTIMODAL_TEXT_RENAMES,
+    dropped={r"^(model\.)?vision_tower\.": "vision tower",
+             r"^(model\.)?multi_modal_projector\.": "multimodal projector"},
+))

@@ -36,8 +36,9 @@ class ProjectorSpec:
     transforms: dict[str, Callable[[np.ndarray, HFConfig], np.ndarray]] = field(default_factory=dict)
     always_f32: str = r"$^"  # GGUF names kept in F32 whatever the outtype
     never_quantized: str = r"$^"  # GGUF names kept in F16 when the outtype is q8_0
-    # (config, vision config, preprocessor config, text hidden size) -> [(key, value, type)]; raises
-    # UnsupportedArchitecture for what llama.cpp cannot reproduce
+    # (config, vision config, processor settings, text hidden size) -> [(key, value, type)]; raises
+    # UnsupportedArchitecture for what llama.cpp cannot reproduce. The processor settings are
+    # preprocessor_config.json's, with what only processor_config.json names filled in from there
     metadata: Callable[[dict, HFConfig, dict, int], list] = lambda config, vision, preproc, text_hidden: []
     # (config, vision config, preprocessor config) -> embeddings one image becomes in the prompt (for a tiling
     # family: one tile's, as written in the model's processor config)

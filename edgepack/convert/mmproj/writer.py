@@ -112,6 +112,19 @@ def _check_shapes(spec: ProjectorSpec, plan: list, config: dict, vision: HFConfi
                             "config.json and the weights do not belong together")
 
 
+def _processor_settings(src: Path) -> dict:
+    """The image processor's settings: preprocessor_config.json, and what only processor_config.json names
+    (LFM2-VL keeps its tiling there, at the top level or, as transformers 5.x saves it, under image_processor)."""
+    settings = {}
+    for name in ("processor_config.json", "preprocessor_config.json"):  # the later file wins
+        if (src / name).is_file():
+            data = load_json(src / name, name)
+            nested = data.get("image_processor")
+            settings.update({**data, **(nested if isinstance(nested, dict) else {})})
+    settings.pop("image_processor", None)
+    return settings
+
+
 @dataclass(frozen=True)
 class _Prepared:
     spec: ProjectorSpec
@@ -135,8 +148,7 @@ def _prepare(src: Path, outtype: str) -> _Prepared:
         raise BadCheckpoint("config.json has no vision_config", "re-download config.json")
     vision = HFConfig(config["vision_config"], spec.vision_defaults)
     text_hidden = int(HFConfig(config, spec.text_defaults).get("hidden_size"))
-    preproc_path = src / "preprocessor_config.json"
-    preproc = load_json(preproc_path, preproc_path.name) if preproc_path.is_file() else {}
+    preproc = _processor_settings(src)
     metadata = spec.metadata(config, vision, preproc, text_hidden)
     layers = spec.vision_layers(config, vision)
     checkpoint = Checkpoint(src)
