@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 from . import limits
 from .errors import BadGGUF, UsageError
 from .fit import describe_gguf
+from .hostfacts import HostInfo, build_has_amx, host_isa, measure_bandwidth_gb_s  # noqa: F401  (bench's API)
 from .progress import QUIET, Progress
 
 
@@ -71,16 +71,6 @@ class ModelBench:
 
 
 @dataclass
-class HostInfo:
-    cpu: str
-    cores: int
-    threads_used: int
-    bandwidth_gb_s: float
-    python: str
-    llama_cpp_python: str
-
-
-@dataclass
 class BenchResult:
     host: HostInfo
     models: list[ModelBench] = field(default_factory=list)
@@ -92,53 +82,6 @@ class BenchResult:
         for m, src in zip(out["models"], self.models):
             m["tg_tokens_per_s"], m["pp_tokens_per_s"] = src.tg_tokens_per_s, src.pp_tokens_per_s
         return out
-
-
-def measure_bandwidth_gb_s(size_mb: int = 256, reps: int = 5) -> float:
-    """Copy bandwidth of this host: bytes read + written per second for a buffer far larger than caches."""
-    src = np.ones(size_mb * 2**20 // 8, dtype=np.float64)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return round(2 * src.nbytes / best / 1e9, 2)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-# llama_print_system_info flags -> profile ISA names (edgepack.profiles.ISA_FEATURES)
-_ISA_FLAGS = {"AVX2": "avx2", "AVX512": "avx512", "AVX512_VNNI": "avx512_vnni", "AVX_VNNI": "avx_vnni",
-              "NEON": "neon", "DOTPROD": "dotprod", "MATMUL_INT8": "i8mm", "SVE": "sve", "SME": "sme",
-              "AMX_INT8": "amx"}
-
-
-def host_isa() -> tuple[str, ...]:
-    """The ISA features the loaded llama.cpp build uses on this host, as a profile's ``isa`` names them (they
-    decide which weight types its CPU backend repacks)."""
-    import llama_cpp
-
-    info = llama_cpp.llama_print_system_info().decode(errors="replace")
-    on = {part.split("=")[0].strip().split()[-1] for part in info.split("|") if part.strip().endswith("= 1")}
-    return tuple(name for flag, name in _ISA_FLAGS.items() if flag in on)
-
-
-def build_has_amx() -> bool:
-    """Whether the loaded llama.cpp was compiled with AMX kernels (a -march=native build on an AMX Xeon): their
-    repacked buffers crash on the first decode with llama-cpp-python 0.3.36, so weights are then not repacked."""
-    import llama_cpp
-
-    info = llama_cpp.llama_print_system_info().decode(errors="replace")
-    return "amx" in host_isa() or any(f"{k} = 1" in info for k in ("AMX_TILE", "AMX_BF16"))
 
 
 def _child(path: str, n_ctx: int, n_prompt: int, n_gen: int, reps: int, threads: int) -> dict:
@@ -258,13 +201,9 @@ def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int 
         raise UsageError("no models to benchmark", "give one or more .gguf files")
     if reps < 1 or n_prompt < 1 or n_gen < 1:
         raise UsageError("--reps, --n-prompt and --n-gen must be positive", "e.g. --reps 3")
-    import llama_cpp
-
     threads = limits.threads(threads) or min(os.cpu_count() or 1, 8)
     progress.start("measuring host bandwidth", 1)
-    host = HostInfo(cpu=_cpu_name(), cores=os.cpu_count() or 1, threads_used=threads,
-                    bandwidth_gb_s=measure_bandwidth_gb_s(), python=platform.python_version(),
-                    llama_cpp_python=getattr(llama_cpp, "__version__", "?"))
+    host = HostInfo.current(threads)
     progress.advance()
     progress.finish(f"{host.bandwidth_gb_s} GB/s")
     result = BenchResult(host=host, reference=str(ref) if ref else None)
