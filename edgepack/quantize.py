@@ -36,7 +36,8 @@ import gguf
 from . import __version__, limits
 from . import gguf_keys
 from .errors import BadGGUF, OutputError, QuantizeError, UsageError
-from .fileio import atomic_path, disk_full, atomic_write_text, blake3_file, check_replaceable, prepare_output_dir
+from .fileio import (atomic_path, atomic_write_text, blake3_file, check_replaceable, disk_full, prepare_output_dir,
+                     stat_fingerprint)
 from .ggufheader import GGUFHeader, read_header
 from .llamaquant import Fallback, llama_quantize
 from .loadcheck import check_loadable
@@ -210,7 +211,7 @@ def quantize(src_gguf: str | Path, types: Iterable[str | QuantType], out_dir: st
         if not force and not _made_by_us(out):
             raise OutputError(f"{out} exists and was not written by edgepack quantize", "pass --force to overwrite it")
 
-    identity = {"source_fingerprint": source_fingerprint(src), "source_blake3": ""}
+    identity = {"source_fingerprint": stat_fingerprint(src), "source_blake3": ""}
     if hash_source:
         progress.start(f"hashing {src.name}", 1)
         try:
@@ -282,12 +283,6 @@ def _made_by_us(out: Path) -> bool:
         return read_header(out).get(SETTINGS_KEY) is not None
     except BadGGUF:
         return False
-
-
-def source_fingerprint(path: Path) -> str:
-    """What changes when a file is rewritten, without reading it: size, mtime (ns) and inode."""
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
 def _up_to_date(out: Path, identity: dict[str, str], settings: str) -> bool:

@@ -25,7 +25,8 @@ from edgepack.errors import OutputError, QuantizeError, UsageError
 from edgepack.evaluate import open_llama
 from edgepack.ggufheader import SkippedArray, read_header
 from edgepack.progress import QUIET
-from edgepack.quantize import SIDECAR_SUFFIX, _quantize_one, _settings, quantize, source_fingerprint
+from edgepack.fileio import stat_fingerprint as source_fingerprint
+from edgepack.quantize import SIDECAR_SUFFIX, _quantize_one, _settings, quantize
 from edgepack.quants import QUANT_TYPES, QuantType, offered_types, quant_type, resolve_types, type_for_bits
 from quantmodels import bigram_llama, random_llama
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..calibration import Calibration, text_blocks
 from ..calibration import calibration as load_calibration
 from ..errors import BadGGUF, EdgepackError, UsageError
+from ..fileio import stat_fingerprint
 from ..ggufheader import read_header
 from ..progress import QUIET, Progress
 from .collect import MIN_ROWS, Collector
@@ -104,7 +105,7 @@ def compute(model: str | Path, text: Calibration | Path | str, output: str | Pat
                          "give a longer text (a few hundred KB is usual) or a smaller --ctx")
     imatrix = Imatrix(entries=collector.result(), datasets=[dataset], chunk_count=done, chunk_size=n_ctx,
                       calibration_sha256=digest, model=str(header.get("general.name") or model.stem),
-                      model_fingerprint=_fingerprint(model), process_output=process_output)
+                      model_fingerprint=stat_fingerprint(model), process_output=process_output)
     if not imatrix.entries:
         raise EdgepackError(f"no matrix products of {model.name} were seen", "is it a text model llama.cpp runs?")
     write(imatrix, output)
@@ -123,7 +124,7 @@ def ensure(model: str | Path, calibration: str | Path, output: str | Path, *, th
     if output.exists():
         with contextlib.suppress(EdgepackError):
             found = read(output)
-            if (found.calibration_sha256 == cal.sha256 and found.model_fingerprint == _fingerprint(model)
+            if (found.calibration_sha256 == cal.sha256 and found.model_fingerprint == stat_fingerprint(model)
                     and found.process_output == process_output and (not ctx or found.chunk_size == ctx)):
                 if progress.enabled:
                     progress.start(f"imatrix {output.name} is up to date", 1)
@@ -150,12 +151,6 @@ def _piece(vocab, which: str) -> str:
     buf = ctypes.create_string_buffer(256)
     n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
     return buf.raw[:max(n, 0)].decode("utf-8", "replace")
-
-
-def _fingerprint(path: Path) -> str:
-    from ..quantize import source_fingerprint
-
-    return source_fingerprint(path)
 
 
 @contextlib.contextmanager
