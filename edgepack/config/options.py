@@ -32,15 +32,22 @@ def _name(v):
         raise _Bad(str(exc)) from None
 
 
-def _int_pos(v):
-    if isinstance(v, str):
-        try:
-            v = int(v)
-        except ValueError:
-            raise _Bad("must be a positive integer") from None
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise _Bad("must be a positive integer")
-    return v
+def _positive(kind: type, accepted: tuple[type, ...], what: str):
+    """A parser of positive ``kind`` numbers: TOML's own (``accepted``, never a bool) or text (an env var)."""
+    def parse(v):
+        if isinstance(v, str):
+            try:
+                v = kind(v)
+            except ValueError:
+                raise _Bad(f"must be {what}") from None
+        if isinstance(v, bool) or not isinstance(v, accepted) or not v > 0:
+            raise _Bad(f"must be {what}")
+        return kind(v)
+    return parse
+
+
+_int_pos = _positive(int, (int,), "a positive integer")
+_float_pos = _positive(float, (int, float), "a positive number")
 
 
 def _threads(v):
@@ -48,17 +55,6 @@ def _threads(v):
     if v > limits.MAX_THREADS:
         raise _Bad(f"must be at most {limits.MAX_THREADS} (llama.cpp's thread limit)")
     return v
-
-
-def _float_pos(v):
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            raise _Bad("must be a positive number") from None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise _Bad("must be a positive number")
-    return float(v)
 
 
 def _bool(v):

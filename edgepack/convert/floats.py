@@ -30,38 +30,38 @@ def _ggml_cpu():
         return None
 
 
-def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    """BF16 (carried as uint16) -> float32, exactly: BF16 is the top half of an IEEE float32."""
-    raw = np.ascontiguousarray(raw)
+def _ggml_row_convert(data: np.ndarray, function: str, out_dtype, fallback) -> np.ndarray:
+    """``data`` (contiguous) converted by ggml's row converter ``function`` into a new ``out_dtype`` array, or
+    by ``fallback(data)`` (numpy) when the library cannot be loaded."""
     lib = _ggml_cpu()
     if lib is None:
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    out = np.empty(raw.shape, dtype=np.float32)
-    lib.ggml_cpu_bf16_to_fp32(raw.ctypes.data, out.ctypes.data, raw.size)
+        return fallback(data)
+    out = np.empty(data.shape, dtype=out_dtype)
+    getattr(lib, function)(data.ctypes.data, out.ctypes.data, data.size)
     return out
+
+
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """BF16 (carried as uint16) -> float32, exactly: BF16 is the top half of an IEEE float32."""
+    return _ggml_row_convert(np.ascontiguousarray(raw), "ggml_cpu_bf16_to_fp32", np.float32,
+                             lambda raw: (raw.astype(np.uint32) << 16).view(np.float32))
 
 
 def f32_to_f16(data: np.ndarray) -> np.ndarray:
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    lib = _ggml_cpu()
-    if lib is None:
-        return data.astype(np.float16)
-    out = np.empty(data.shape, dtype=np.float16)
-    lib.ggml_cpu_fp32_to_fp16(data.ctypes.data, out.ctypes.data, data.size)
-    return out
+    return _ggml_row_convert(np.ascontiguousarray(data, dtype=np.float32), "ggml_cpu_fp32_to_fp16", np.float16,
+                             lambda data: data.astype(np.float16))
+
+
+def _f32_to_bf16_numpy(data: np.ndarray) -> np.ndarray:
+    bits = data.view(np.uint32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    return np.where(np.isnan(data), np.uint16(0x7FC0), rounded)
 
 
 def f32_to_bf16(data: np.ndarray) -> np.ndarray:
     """float32 -> BF16 bits (uint16), round to nearest even with quiet NaNs, as ggml does."""
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    lib = _ggml_cpu()
-    if lib is not None:
-        out = np.empty(data.shape, dtype=np.uint16)
-        lib.ggml_cpu_fp32_to_bf16(data.ctypes.data, out.ctypes.data, data.size)
-        return out
-    bits = data.view(np.uint32)
-    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
-    return np.where(np.isnan(data), np.uint16(0x7FC0), rounded)
+    return _ggml_row_convert(np.ascontiguousarray(data, dtype=np.float32), "ggml_cpu_fp32_to_bf16", np.uint16,
+                             _f32_to_bf16_numpy)
 
 
 def to_f32(data: np.ndarray, src_dtype: str) -> np.ndarray:
