@@ -13,7 +13,7 @@ its defaults: n_batch 2048, n_ubatch 512, repacked weights, flash attention auto
 median over repeats of edgepack / llama-bench within a pair, because a shared 2-core machine's speed drifts by
 more than 5% between minutes, and a pair shares the load of its moment. Target: within 5% (0.95-1.05).
 
-    python benchmarks/bench_vs_llama_bench.py [--llama-src DIR] [--build-dir DIR] [--workdir DIR]
+    python -m benchmarks.bench_vs_llama_bench [--llama-src DIR] [--build-dir DIR] [--workdir DIR]
                                               [--threads 2] [--reps 5] [--repeats 3]
 
 Without --llama-src, ``pip download --no-binary :all: --no-deps llama-cpp-python==0.3.36`` fetches the sdist into
@@ -35,11 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+from tests.support.quantmodels import random_llama
 
-from quantmodels import random_llama  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 LLAMA_CPP_PYTHON = "0.3.36"
 TYPES = ("Q4_0", "Q8_0", "Q4_K_M")

@@ -1,6 +1,6 @@
 """The demo build cold, warm (nothing changed) and with one quant type changed, side by side in one run.
 
-    .venv/bin/python benchmarks/build_cache.py [--workdir /tmp/bc] [--repeats 2]
+    .venv/bin/python -m benchmarks.build_cache [--workdir /tmp/bc] [--repeats 2]
 
 Prints wall seconds per build and the ratios warm/cold and one-branch/cold, plus how many steps ran. The cold
 build is the README's `make demo` build (examples/demo/edgepack.toml); its target is <= 180 s on 2 cores.

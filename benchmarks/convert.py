@@ -6,7 +6,7 @@ Generates a ~0.44B-parameter BF16 Llama checkpoint (numpy, no torch), then for e
 with the source files in the page cache for both. Each convert runs in a fresh subprocess so its peak RSS
 (getrusage of the child) is its own. Prints a table; paste it into benchmarks/RESULTS.md.
 
-    python benchmarks/convert.py [--workdir DIR] [--repeats 3]
+    python -m benchmarks.convert [--workdir DIR] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from tests.support.tinymodels import TOKENIZERS, synthetic_llama, tiny_llama_config
 
-from tinymodels import TOKENIZERS, synthetic_llama, tiny_llama_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIG = tiny_llama_config(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                            num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096)

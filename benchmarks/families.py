@@ -1,14 +1,14 @@
 """Per-family agreement table: every architecture family's tiny checkpoint converted and run in llama.cpp
 against transformers (logits) and Hugging Face tokenizers (token ids).
 
-    .venv/bin/python benchmarks/families.py [CASE ...]      (all cases, or only those named)
+    .venv/bin/python -m benchmarks.families [CASE ...]      (all cases, or only those named)
 
 Columns: F32 max|Δ| and top-1 against transformers computing as llama.cpp does by design (ggml's FP16-table
 GELU for the GELU families; for F16 also weights and matmul inputs rounded to half), the same against plain
 transformers, and the share of the 83 multilingual conformance texts whose ids are identical. Cases and
-tokenizers are those of tests/test_families.py (tests/family_cases.py). Needs torch/transformers (test extra).
+tokenizers are those of tests/fidelity/test_families.py (tests/support/family_cases.py). Needs torch/transformers (test extra).
 
-    .venv/bin/python benchmarks/families.py --hybrid-convert [--llama-cpp DIR] [--repeats 3] [--workdir DIR]
+    .venv/bin/python -m benchmarks.families --hybrid-convert [--llama-cpp DIR] [--repeats 3] [--workdir DIR]
 
 Convert time and peak RSS for a ~0.5B LFM2-shaped hybrid (short convolutions + GQA, random BF16 weights written
 by numpy, GPT-2's tokenizer), edgepack's CLI beside llama.cpp's own converter
@@ -33,14 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from family_cases import (CASES, as_llama_cpp_computes, build_tokenizer, case_config, conformance_texts,  # noqa: E402
-                          half_precision_matmuls, hf_encoder, prompt_ids)
-from tinymodels import (build_model, compare, hf_logits, llama_cpp_logits, real_config,  # noqa: E402
-                        synthetic_checkpoint)
-
-from edgepack.convert import convert  # noqa: E402
+from edgepack.convert import convert
+from tests.support.family_cases import (CASES, as_llama_cpp_computes, build_tokenizer, case_config, conformance_texts,
+                                        half_precision_matmuls, hf_encoder, prompt_ids)
+from tests.support.tinymodels import (build_model, compare, hf_logits, llama_cpp_logits, real_config,
+                                      synthetic_checkpoint)
 
 
 def token_agreement(folder: Path, work: Path) -> tuple[int, int]:

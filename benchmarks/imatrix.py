@@ -10,7 +10,7 @@ same chunks and the same llama.cpp context settings (every position's logits, as
 The judged number is the median over repeats of imatrix/plain within a pair (a pair shares the load of its
 moment on a shared machine). Target: <= 1.5.
 
-    python benchmarks/imatrix.py [--workdir DIR] [--tokens 4096] [--ctx 512] [--repeats 5] [--threads 1]
+    python -m benchmarks.imatrix [--workdir DIR] [--tokens 4096] [--ctx 512] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -24,11 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from quantize import build_source  # noqa: E402  (benchmarks/quantize.py)
-from quantmodels import corpus  # noqa: E402
+from benchmarks.quantize import build_source
+from tests.support.quantmodels import corpus
 
 TARGET = 1.5
 

@@ -1,27 +1,25 @@
 """Quality with and without an importance matrix, and a --target-size mix against the uniform type, in one run.
 
 On the trained demo model (examples/demo/model) and on the same model with outlier channels
-(tests/quantmodels.outlier_demo: the function unchanged, norm gains x s_j and projection columns / s_j, as trained
+(tests/support/quantmodels.outlier_demo: the function unchanged, norm gains x s_j and projection columns / s_j, as trained
 LLMs' massive activations look): the imatrix is computed on edgepack's built-in calibration set, every type is
 quantized with and without it, and the mean KL divergence against the F16 model is measured on the demo's
 held-out text (examples/demo/eval.txt, the book's last 5%: in neither the calibration set nor the training).
 Then a --target-size mix at the size of uniform Q3_K_S (with the imatrix) is chosen and measured the same way.
 Prints Markdown tables for benchmarks/RESULTS.md.
 
-    python benchmarks/imatrix_quality.py [--workdir DIR] [--threads 1]
+    python -m benchmarks.imatrix_quality [--workdir DIR] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from tests.support.quantmodels import DEMO, outlier_demo
 
-from quantmodels import DEMO, outlier_demo  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 HELD_OUT = REPO / "examples" / "demo" / "eval.txt"
 MIX_CANDIDATES = ("Q6_K", "Q4_K", "Q3_K", "IQ3_XXS", "Q2_K")  # a shorter ladder keeps the run to minutes

@@ -30,8 +30,8 @@ Targets (issue 17): on phones (in-sample) prompt median <= 25% and generation me
 (leave-one-device-out, all devices) generation median <= 20%, worst device <= 30%, prompt median <= 35%; the
 weights llama.cpp reports (its model buffers: CPU + CPU_REPACK + GPU, tied embeddings included) within 3%.
 
-    python benchmarks/projection.py                    # tables + both schemes; exit 1 if held-out misses
-    python benchmarks/projection.py --write-calibration  # write the in-sample class factors into the one
+    python -m benchmarks.projection                    # tables + both schemes; exit 1 if held-out misses
+    python -m benchmarks.projection --write-calibration  # write the in-sample class factors into the one
                                                          # calibration file (edgepack/data/speed-calibration.toml)
 """
 
@@ -45,16 +45,14 @@ import statistics
 import sys
 from pathlib import Path
 
+from edgepack.fit import ModelDesc, describe_config, memory_needed, project, token_floor_s
+from edgepack.profiles import PER_DEVICE_BACKENDS, Profile, Sourced, load_profiles
+from edgepack.quants import QUANT_FAMILIES, family_of_key as _family_of
+from edgepack.speed_calibration import CALIBRATION_FILE, to_toml
+from tests.support.tinymodels import CONFIGS  # the fixtures in tests/fixtures
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from edgepack.fit import ModelDesc, describe_config, memory_needed, project, token_floor_s  # noqa: E402
-from edgepack.profiles import PER_DEVICE_BACKENDS, Profile, Sourced, load_profiles  # noqa: E402
-from edgepack.quants import QUANT_FAMILIES, family_of_key as _family_of  # noqa: E402
-from edgepack.speed_calibration import CALIBRATION_FILE, to_toml  # noqa: E402
-from tinymodels import CONFIGS  # noqa: E402  (the fixtures in tests/fixtures)
 
 DATA = HERE / "data" / "measurements.csv"
 GPU_CLASSES = ("metal", "vulkan", "cuda", "opencl", "hexagon")
@@ -399,7 +397,7 @@ def calibration(rows: list[Row], profiles: dict[str, Profile]) -> dict:
 
 
 CALIBRATION_HEADER = """Speed calibration of edgepack fit: factors per device class and quant family or ggml type.
-Written by `python benchmarks/projection.py --write-calibration` from benchmarks/data/measurements.csv: do not
+Written by `python -m benchmarks.projection --write-calibration` from benchmarks/data/measurements.csv: do not
 edit by hand, add measurements and rerun it. Device profiles (data/profiles/*.toml) hold facts; a device's
 number = its class's factor here (x its compute size for prompt), unless its profile overrides it with its own
 measurement. how = the class/type the factor comes from (or the fallback taken); devices = each device's median

@@ -15,7 +15,7 @@ alternating), and the judged number is the median over repeats of edgepack/direc
 20% or more on a shared 2-core machine, and a pair shares the load of its moment. Also printed: the ratio of the
 median wall times and of the median process CPU times (all threads). Paste the table into benchmarks/RESULTS.md.
 
-    python benchmarks/quantize.py [--workdir DIR] [--repeats 7] [--threads N]
+    python -m benchmarks.quantize [--workdir DIR] [--repeats 7] [--threads N]
 """
 
 from __future__ import annotations
@@ -32,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from tests.support.quantmodels import random_llama
 
-from quantmodels import random_llama  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TARGET = 1.05
 TYPES = ("Q8_0", "Q4_K_M")

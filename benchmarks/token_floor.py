@@ -8,23 +8,18 @@ output matrix) is subtracted; the rest = base + per_layer x layers, fitted by le
 ``--reps`` runs per model is used (a shared machine only ever makes a run slower). These are the CPU numbers of
 edgepack.fit.TOKEN_FLOOR.
 
-    python benchmarks/token_floor.py [--threads 2] [--reps 5]
+    python -m benchmarks.token_floor [--threads 2] [--reps 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from quantmodels import random_llama  # noqa: E402
+from tests.support.quantmodels import random_llama
 
 LAYERS = (2, 8, 16)
 

@@ -2,7 +2,7 @@
 
 A device profile holds the device's facts (clusters, memory, GPU cores, ISA, each with its source). How fast
 llama.cpp runs on a *class* of devices is calibration, and it lives in one file,
-``edgepack/data/speed-calibration.toml``, written by ``python benchmarks/projection.py --write-calibration``
+``edgepack/data/speed-calibration.toml``, written by ``python -m benchmarks.projection --write-calibration``
 from ``benchmarks/data/measurements.csv``. Per device class (apple-cpu, arm-cpu, arm-i8mm-cpu, x86-cpu for the
 CPU backend; metal, vulkan, cuda, opencl, hexagon) and quant family or ggml type it holds:
 
@@ -47,7 +47,7 @@ def load(path: str | Path = CALIBRATION_FILE) -> dict:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ProfileError(f"{path}: cannot read the speed calibration ({exc})",
-                           "restore it: python benchmarks/projection.py --write-calibration") from exc
+                           "restore it: python -m benchmarks.projection --write-calibration") from exc
     if data.get("schema") != SCHEMA_VERSION:
         raise ProfileError(f"{path}:schema: must be {SCHEMA_VERSION}", "rewrite it with benchmarks/projection.py")
     ceiling = data.get("cpu_memory_ceiling", {})

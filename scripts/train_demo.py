@@ -1,6 +1,6 @@
 """Train the built-in demo model and its LoRA adapter from War and Peace (public domain), on the CPU.
 
-    .venv/bin/python scripts/train_demo.py            # writes examples/demo/model/ and examples/demo/adapter/
+    .venv/bin/python -m scripts.train_demo            # writes examples/demo/model/ and examples/demo/adapter/
 
 What it makes (checked in, because they are data the demo build needs offline):
 
@@ -22,16 +22,15 @@ import json
 import math
 import random
 import re
-import sys
 import time
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from tests.support.tinymodels import TEXTS  # the fixtures in tests/fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from tinymodels import TEXTS  # noqa: E402  (the fixtures in tests/fixtures)
 
 TEXT = TEXTS / "war-and-peace.txt"
 OUT = ROOT / "examples" / "demo"
@@ -213,7 +212,7 @@ def main() -> None:
     print(json.dumps(ppl, indent=2))
     (args.out / "TRAINING.md").write_text(
         "# How the demo model was trained\n\n"
-        f"`.venv/bin/python scripts/train_demo.py --steps {args.steps} --adapter-steps {args.adapter_steps} "
+        f"`.venv/bin/python -m scripts.train_demo --steps {args.steps} --adapter-steps {args.adapter_steps} "
         f"--threads {args.threads}` ({seconds:.0f} s on this machine, torch {torch.__version__}).\n\n"
         "Text: War and Peace (public domain), paragraphs re-flowed; the first 95% train, the last 5% are held "
         "out. The adapter trains on the quoted speech only.\n\n"

@@ -1,7 +1,7 @@
 """Session guards, set before any test module imports huggingface_hub (which reads its env vars once):
 
 * HF_ENDPOINT points at a closed local port, so a test that forgets to start the loopback Hub
-  (tests/hubserver.py) fails at once instead of reaching the real Hub;
+  (tests/support/hubserver.py) fails at once instead of reaching the real Hub;
 * HF_HOME is a fresh temp folder, so no test reads or fills the user's cache;
 * HF_HUB_OFFLINE is cleared: the Hub tests need the loopback server online, and offline cases set it themselves;
 * GITHUB_ACTIONS and GITHUB_STEP_SUMMARY are cleared: when the suite itself runs in GitHub Actions, the builds
@@ -19,13 +19,13 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE
     os.environ.pop(_var, None)
 
 
-# --- the architecture families' tiny checkpoints (tests/family_cases.py), shared by the family test modules ---
+# --- the architecture families' tiny checkpoints (tests/support/family_cases.py), shared by the test modules ---
 
 import pytest  # noqa: E402
 
-from family_cases import (CASES, as_llama_cpp_computes, build_tokenizer, case_config, half_precision_matmuls,  # noqa: E402
-                          prompt_ids)
-from tinymodels import build_model, hf_logits  # noqa: E402
+from tests.support.family_cases import (CASES, as_llama_cpp_computes, build_tokenizer, case_config,  # noqa: E402
+                                        half_precision_matmuls, prompt_ids)
+from tests.support.tinymodels import build_model, hf_logits  # noqa: E402
 
 
 @pytest.fixture(scope="session")

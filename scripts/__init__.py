@@ -1,0 +1,2 @@
+"""Maintenance scripts: run each from the repository root as `python -m scripts.NAME` (they import
+`tests.support`)."""

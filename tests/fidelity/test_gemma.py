@@ -1,0 +1,389 @@
+"""Gemma-specific structure: what the per-family logits tests in test_families.py cannot show on their own.
+
+* Gemma 3 4B/12B/27B (Gemma3ForConditionalGeneration): the text model converts from every layout its
+  checkpoints come in (transformers 4.x names with the Hub's sparse text_config, 5.x names), the vision tower
+  and projector are left out and reported, and the logit soft-cap the multimodal class never applies stays out.
+* Gemma 4: the KV-shared / per-layer-embedding / global-local structure reaches the GGUF key by key, both save
+  forms (with and without k/v weights on shared layers) and the causal-LM form convert alike, llama.cpp's gemma4
+  tokenizer gives HF's ids, settings llama.cpp cannot reproduce are refused.
+* Gemma 3n: the shared layers read layers 18/19 (changing those moves the logits, changing a shared layer's own
+  unused weights does not), both save forms and the multimodal names convert alike, and the geometry llama.cpp
+  hard-codes is checked.
+"""
+
+from __future__ import annotations
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgepack.cli import cli
+from edgepack.convert import convert
+from tests.support.family_cases import CASES, _merged
+from tests.support.gemma_configs import GEMMA3_4B_IT
+from tests.support.tinymodels import compare, llama_cpp_logits
+
+GEMMA3_MULTIMODAL = next(c for c in CASES if c.name == "gemma3-4b-multimodal")
+
+
+def _relayout(src, dst, rename, config: dict | None = None) -> None:
+    """Copy the checkpoint folder ``src`` to ``dst`` with every tensor renamed by ``rename`` (and config.json
+    replaced by ``config`` when given)."""
+    from safetensors.numpy import load_file, save_file
+
+    dst.mkdir(exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            (dst / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(src / "model.safetensors")
+    save_file({rename(n): t for n, t in tensors.items()}, dst / "model.safetensors")
+    if config is not None:
+        (dst / "config.json").write_text(json.dumps(config))
+
+
+def _tensors(path) -> dict[str, np.ndarray]:
+    return {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}
+
+
+def _hub_name(name: str) -> str:
+    """transformers 5.x's saved names -> the Hub's gemma-3-4b-it layout (SigLIP under vision_model.)."""
+    return name.replace("vision_tower.", "vision_tower.vision_model.", 1)
+
+
+def _v5_name(name: str) -> str:
+    """-> model.language_model.*, model.vision_tower.*, model.multi_modal_projector.* (no lm_head: tied)."""
+    for old, new in (("language_model.model.", "model.language_model."), ("vision_tower.", "model.vision_tower."),
+                     ("multi_modal_projector.", "model.multi_modal_projector.")):
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("built", [GEMMA3_MULTIMODAL], indirect=True, ids=[GEMMA3_MULTIMODAL.name])
+def test_gemma3_multimodal_checkpoint_layouts(built, tmp_path):
+    """The same weights under the Hub's layout (transformers 4.50 names, a text_config holding only what differs
+    from the defaults) and under model.language_model.* give the same GGUF tensors and the same logits."""
+    import torch
+    import transformers
+
+    case, folder, ids, references = built
+    saved = json.loads((folder / "model/config.json").read_text())
+    names = list(_tensors_in(folder / "model"))
+    assert any(n.startswith("language_model.model.layers.") for n in names)
+    # The Hub's config: GEMMA3_4B_IT with the test's sizes, nothing transformers fills in.
+    sparse = _merged(GEMMA3_4B_IT, case.overrides)
+    sparse["text_config"]["vocab_size"] = saved["text_config"]["vocab_size"]
+    assert "num_attention_heads" not in sparse["text_config"] and "head_dim" not in sparse["text_config"]
+    _relayout(folder / "model", tmp_path / "hub", _hub_name, sparse)
+    _relayout(folder / "model", tmp_path / "v5", _v5_name)
+
+    reference = convert(folder / "model", tmp_path / "saved.gguf", outtype="f32")
+    expected = _tensors(tmp_path / "saved.gguf")
+    for layout in ("hub", "v5"):
+        result = convert(tmp_path / layout, tmp_path / f"{layout}.gguf", outtype="f32")
+        assert result.dropped == reference.dropped
+        got = _tensors(tmp_path / f"{layout}.gguf")
+        assert list(got) == list(expected)
+        assert all(np.array_equal(got[n], expected[n]) for n in expected), layout
+        # transformers reads this layout as the same model (so it is a real one, not one made up here).
+        model = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / layout, dtype=torch.float32)
+        with torch.no_grad():
+            hf = model(torch.tensor([ids])).logits[0].numpy()
+        assert np.array_equal(hf, references["plain"]), layout
+    max_abs, top1 = compare(references["f32"], llama_cpp_logits(tmp_path / "hub.gguf", ids))
+    assert top1 == 1.0 and max_abs <= 2e-3
+
+
+def _tensors_in(folder) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "np") as f:
+        return list(f.keys())
+
+
+@pytest.mark.parametrize("built", [GEMMA3_MULTIMODAL], indirect=True, ids=[GEMMA3_MULTIMODAL.name])
+def test_gemma3_multimodal_drops_the_vision_parts_and_says_so(built, tmp_path):
+    case, folder, ids, references = built
+    names = _tensors_in(folder / "model")
+    n_vision = sum(n.startswith("vision_tower.") for n in names)
+    n_projector = sum(n.startswith("multi_modal_projector.") for n in names)
+    assert n_vision and n_projector
+    out = tmp_path / "text.gguf"
+    result = CliRunner().invoke(cli, ["convert", str(folder / "model"), "-o", str(out), "--outtype", "f16"])
+    assert result.exit_code == 0, result.output
+    assert (f"note: converted the text model only; not converted: multimodal projector ({n_projector} tensors), "
+            f"vision tower ({n_vision} tensors)") in result.output
+    reader = gguf.GGUFReader(out)
+    fields = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("tokenizer.")}
+    assert fields["general.architecture"] == "gemma3"
+    assert fields["edgepack.source.dropped"] == ["multimodal projector", "vision tower"]
+    # transformers' Gemma3ForConditionalGeneration never soft-caps its logits, though text_config names a cap.
+    assert json.loads((folder / "model/config.json").read_text())["text_config"]["final_logit_softcapping"] == 30.0
+    assert "gemma3.final_logit_softcapping" not in fields
+    assert not any("vision" in t.name or "mm_" in t.name for t in reader.tensors)
+    as_json = CliRunner().invoke(cli, ["convert", str(folder / "model"), "-o", str(out), "--force", "--json"])
+    assert json.loads(as_json.output)["dropped"] == {"multimodal projector": n_projector, "vision tower": n_vision}
+
+
+def test_gemma3_multimodal_refusals(tmp_path):
+    """A text_config llama.cpp's gemma3 graph cannot run is refused with one line, nothing written."""
+    from edgepack.convert import supported_architectures
+    from edgepack.errors import UnsupportedArchitecture
+
+    assert supported_architectures()["Gemma3ForConditionalGeneration"] == "gemma3"
+    for text, message in (({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+                          ({"query_pre_attn_scalar": 100}, "query_pre_attn_scalar 100"),
+                          ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "rope scaling type 'yarn'")):
+        folder = tmp_path / message.split()[0]
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(_merged(GEMMA3_4B_IT, {"text_config": text})))
+        with pytest.raises(UnsupportedArchitecture) as info:
+            convert(folder, tmp_path / "out.gguf")
+        assert message in str(info.value) and info.value.hint
+        assert not (tmp_path / "out.gguf").exists()
+
+
+# --- Gemma 4 -------------------------------------------------------------------------------------------------
+
+GEMMA4_E2B = next(c for c in CASES if c.name == "gemma4-e2b")
+
+
+def _fields(path) -> dict:
+    reader = gguf.GGUFReader(path)
+    return {name: f.contents() for name, f in reader.fields.items() if not name.startswith("tokenizer.ggml.t")}
+
+
+@pytest.mark.parametrize("built", [GEMMA4_E2B], indirect=True, ids=[GEMMA4_E2B.name])
+def test_gemma4_structure_reaches_the_gguf(built, tmp_path):
+    """The E2B structure, key by key: KV-shared layers (count, no k/v of their own), per-layer embeddings, the
+    doubled FFN of the shared layers, global/local head sizes, proportional rope's frequency divisors."""
+    case, folder, ids, references = built
+    text = json.loads((folder / "model/config.json").read_text())["text_config"]
+    result = convert(folder / "model", tmp_path / "e2b.gguf", outtype="f32")
+    assert result.gguf_architecture == "gemma4" and set(result.dropped) == {"vision tower"}
+    kv = _fields(tmp_path / "e2b.gguf")
+    a = "gemma4"
+    assert kv[f"{a}.attention.shared_kv_layers"] == text["num_kv_shared_layers"] == 5
+    assert kv[f"{a}.attention.sliding_window_pattern"] == [t == "sliding_attention" for t in text["layer_types"]]
+    assert kv[f"{a}.feed_forward_length"] == [256] * 5 + [512] * 5
+    assert kv[f"{a}.embedding_length_per_layer_input"] == 16
+    assert (kv[f"{a}.attention.key_length"], kv[f"{a}.attention.key_length_swa"]) == (64, 32)
+    assert (kv[f"{a}.rope.dimension_count"], kv[f"{a}.rope.dimension_count_swa"]) == (64, 32)
+    assert kv[f"{a}.attention.head_count_kv"] == 1 and kv[f"{a}.final_logit_softcapping"] == 30.0
+    assert kv["tokenizer.ggml.model"] == "gemma4"
+    tensors = _tensors(tmp_path / "e2b.gguf")
+    assert not [n for n in tensors if n.startswith(tuple(f"blk.{i}.attn_k" for i in range(5, 10)))]
+    assert all(f"blk.{i}.attn_k.weight" in tensors and f"blk.{i}.attn_v.weight" in tensors for i in range(5))
+    # proportional rope: a quarter of the global head's 32 frequencies rotate, the other 24 stay still
+    assert tensors["rope_freqs.weight"].tolist() == np.array([1.0] * 8 + [1e30] * 24, dtype=np.float32).tolist()
+    assert tensors["per_layer_token_embd.weight"].shape == (len(references["plain"][0]), 16 * 10)
+
+
+@pytest.mark.parametrize("built", [GEMMA4_E2B], indirect=True, ids=[GEMMA4_E2B.name])
+def test_gemma4_both_save_forms_convert_alike(built, tmp_path):
+    """transformers 5.x saves no k/v weights for KV-shared layers; a checkpoint that keeps them (as on the Hub)
+    gives the same GGUF tensors, the extra ones reported as left out. The Gemma4ForCausalLM form of the same
+    weights (model.* names, config = text_config) converts to the same tensors too."""
+    from safetensors.numpy import load_file, save_file
+
+    case, folder, ids, references = built
+    convert(folder / "model", tmp_path / "ref.gguf", outtype="f32")
+    reference = _tensors(tmp_path / "ref.gguf")
+    # Hub form: give each shared layer the k/v weights of a layer with its own
+    hub = tmp_path / "hub"
+    _relayout(folder / "model", hub, lambda n: n)
+    tensors = load_file(hub / "model.safetensors")
+    prefix = "model.language_model.layers."
+    for i, source in zip(range(5, 10), range(5)):
+        for name in ("k_proj.weight", "v_proj.weight", "k_norm.weight"):
+            tensors[f"{prefix}{i}.self_attn.{name}"] = tensors[f"{prefix}{source}.self_attn.{name}"]
+    save_file(tensors, hub / "model.safetensors")
+    result = convert(hub, tmp_path / "hub.gguf", outtype="f32")
+    assert result.dropped["k/v weights of KV-shared layers (unused)"] == 15
+    # causal-LM form
+    causal = tmp_path / "causal"
+    config = json.loads((folder / "model/config.json").read_text())
+    text = dict(config["text_config"], architectures=["Gemma4ForCausalLM"])
+    _relayout(folder / "model", causal, lambda n: n.replace("model.language_model.", "model."), text)
+    plain = load_file(causal / "model.safetensors")
+    save_file({n: t for n, t in plain.items() if n.startswith("model.layers.") or not n.startswith(
+        ("model.vision_tower.", "model.embed_vision."))}, causal / "model.safetensors")
+    convert(causal, tmp_path / "causal.gguf", outtype="f32")
+    for layout in ("hub", "causal"):
+        got = _tensors(tmp_path / f"{layout}.gguf")
+        assert list(got) == list(reference), layout
+        assert all(np.array_equal(got[n], reference[n]) for n in reference), layout
+
+
+def _with_redundant_merges(folder) -> int:
+    """Give the trained tokenizer.json what Gemma 4's has: merges that make an existing token from another pair
+    of tokens (ranked after the first). Returns how many were added."""
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    model = data["model"]
+    vocab = model["vocab"]
+    known = {tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]}
+    extra = []
+    for token in sorted(vocab, key=vocab.get):
+        for cut in range(1, len(token)):
+            pair = (token[:cut], token[cut:])
+            if pair not in known and pair[0] in vocab and pair[1] in vocab:
+                extra.append(list(pair))
+                known.add(pair)
+    model["merges"] = [m.split(" ") if isinstance(m, str) else list(m) for m in model["merges"]] + extra
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return len(extra)
+
+
+def test_gemma4_token_ids_match_hf_tokenizers(tokenizer_folders, tmp_path):
+    """llama.cpp's gemma4 tokenizer (BPE by merge ranks, newline runs apart, bytes as <0xXX>) gives HF tokenizers'
+    ids on the conformance and tricky texts, also with merges that make one token from several pairs (as Gemma
+    4's tokenizer.json has)."""
+    import llama_cpp
+
+    from tests.support.family_cases import case_config, conformance_texts, hf_encoder
+    from tests.support.tokenizer_cases import TRICKY_TEXTS
+
+    folder = tmp_path / "vocab"
+    folder.mkdir()
+    for f in tokenizer_folders("gemma-trained").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    assert _with_redundant_merges(folder) > 100
+    (folder / "config.json").write_text(json.dumps(case_config(GEMMA4_E2B, folder)))
+    convert(folder, tmp_path / "vocab.gguf", vocab_only=True)
+    assert _fields(tmp_path / "vocab.gguf")["tokenizer.ggml.model"] == "gemma4"
+    llm = llama_cpp.Llama(str(tmp_path / "vocab.gguf"), vocab_only=True, verbose=False)
+    truth = hf_encoder(folder)
+    texts = conformance_texts() + TRICKY_TEXTS
+    mismatched = [t for t in texts if llm.tokenize(t.encode(), add_bos=False, special=False) != truth(t)]
+    print(f"gemma4 tokenizer: {len(texts) - len(mismatched)}/{len(texts)} texts with identical ids")
+    assert not mismatched, repr(mismatched[0])
+
+
+GEMMA4_REFUSALS = [
+    ({"enable_moe_block": True}, "enable_moe_block"),
+    ({"hidden_activation": "gelu"}, "activation 'gelu'"),
+    ({"use_bidirectional_attention": "all"}, "use_bidirectional_attention 'all'"),
+    # 35 layers, 19 shared: layer 15 (local) would be read by the shared global layers
+    ({"num_kv_shared_layers": 19}, "shared full_attention layers would read layer 15"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e6},
+                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, "rope type 'yarn'"),
+]
+
+
+@pytest.mark.parametrize("text,message", GEMMA4_REFUSALS, ids=[m for _, m in GEMMA4_REFUSALS])
+def test_gemma4_refusals(tmp_path, text, message):
+    from edgepack.errors import UnsupportedArchitecture
+    from tests.support.gemma_configs import GEMMA4_E2B_IT
+
+    (tmp_path / "config.json").write_text(json.dumps(_merged(GEMMA4_E2B_IT, {"text_config": text})))
+    with pytest.raises(UnsupportedArchitecture) as info:
+        convert(tmp_path, tmp_path / "out.gguf")
+    assert message in str(info.value) and info.value.hint
+    assert not (tmp_path / "out.gguf").exists()
+
+
+# --- Gemma 3n ------------------------------------------------------------------------------------------------
+
+GEMMA3N_E2B = next(c for c in CASES if c.name == "gemma3n-e2b")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("built", [GEMMA3N_E2B], indirect=True, ids=[GEMMA3N_E2B.name])
+def test_gemma3n_kv_sharing_reads_layers_18_and_19(built, tmp_path):
+    """The KV-shared layers (20-24) read layer 18's K/V (local) and 19's (global): changing layer 18's k weights
+    moves the logits far beyond the tolerance, changing a shared layer's placeholder k weights changes nothing.
+    Also: the AltUp projections are stacked in order, the per-layer embedding table is padded with token 0's row."""
+    from safetensors.numpy import load_file
+
+    case, folder, ids, references = built
+    path = tmp_path / "e2b.gguf"
+    convert(folder / "model", path, outtype="f32")
+    kv = _fields(path)
+    assert kv["gemma3n.attention.shared_kv_layers"] == 5 and kv["gemma3n.embedding_length_per_layer_input"] == 256
+    hf = load_file(folder / "model/model.safetensors")
+    got = _tensors(path)
+    for i in range(20, 25):
+        source = 19 if (i + 1) % 5 == 0 else 18
+        assert np.array_equal(got[f"blk.{i}.attn_k.weight"], hf[f"model.layers.{source}.self_attn.k_proj.weight"])
+    assert np.array_equal(got["altup_proj.weight"], np.stack([hf[f"model.altup_projections.{j}.weight"]
+                                                              for j in range(3)]))
+    table, per_layer = got["per_layer_token_embd.weight"], hf["model.embed_tokens_per_layer.weight"]
+    assert np.array_equal(table[:1024], per_layer) and (table[1024:] == per_layer[0]).all()
+    assert max(ids) >= 1024  # the prompt has tokens beyond the per-layer table
+    baseline = llama_cpp_logits(path, ids)
+
+    def with_k(layer: int, values) -> np.ndarray:
+        changed = tmp_path / f"k{layer}.gguf"
+        changed.write_bytes(path.read_bytes())
+        reader = gguf.GGUFReader(changed, "r+")
+        tensor = next(t for t in reader.tensors if t.name == f"blk.{layer}.attn_k.weight")
+        tensor.data[...] = values
+        reader.data.flush()
+        del reader
+        return llama_cpp_logits(changed, ids)
+
+    assert np.array_equal(with_k(22, hf["model.layers.17.self_attn.k_proj.weight"]), baseline)
+    moved, _ = compare(baseline, with_k(18, hf["model.layers.17.self_attn.k_proj.weight"]))
+    print(f"layer 18's k replaced by layer 17's: max|Δ| {moved:.2e}")
+    assert moved > 10 * GEMMA3N_E2B.tolerance["f32"]
+
+
+@pytest.mark.parametrize("built", [GEMMA3N_E2B], indirect=True, ids=[GEMMA3N_E2B.name])
+def test_gemma3n_both_save_forms_convert_alike(built, tmp_path):
+    """transformers 5 saves no k/v weights on KV-shared layers, Hub checkpoints have them (left out, reported);
+    the multimodal class's names (model.language_model.*, towers left out) give the same tensors too."""
+    from safetensors.numpy import load_file, save_file
+
+    case, folder, ids, references = built
+    convert(folder / "model", tmp_path / "ref.gguf", outtype="f32")
+    reference = _tensors(tmp_path / "ref.gguf")
+    tensors = load_file(folder / "model/model.safetensors")
+    assert "model.layers.20.self_attn.k_proj.weight" not in tensors
+    hub = dict(tensors)
+    rng = np.random.default_rng(0)
+    for i in range(20, 25):
+        for name in ("k_proj.weight", "v_proj.weight", "k_norm.weight"):
+            shape = tensors[f"model.layers.0.self_attn.{name}"].shape
+            hub[f"model.layers.{i}.self_attn.{name}"] = rng.standard_normal(shape).astype(np.float32)
+    multimodal = {n.replace("model.", "model.language_model.", 1): t for n, t in hub.items()}
+    multimodal["model.vision_tower.timm_model.conv_stem.conv.weight"] = np.zeros((8, 3, 3, 3), np.float32)
+    multimodal["model.embed_audio.embedding.weight"] = np.zeros((4, 8), np.float32)
+    config = json.loads((folder / "model/config.json").read_text())
+    wrapped = {"architectures": ["Gemma3nForConditionalGeneration"], "model_type": "gemma3n",
+               "text_config": dict(config, model_type="gemma3n_text")}
+    for layout, data, cfg in (("hub", hub, None), ("multimodal", multimodal, wrapped)):
+        _relayout(folder / "model", tmp_path / layout, lambda n: n, cfg)
+        save_file(data, tmp_path / layout / "model.safetensors")
+        result = convert(tmp_path / layout, tmp_path / f"{layout}.gguf", outtype="f32")
+        assert result.dropped["k/v weights of KV-shared layers (unused)"] == 15
+        got = _tensors(tmp_path / f"{layout}.gguf")
+        assert list(got) == list(reference), layout
+        assert all(np.array_equal(got[n], reference[n]) for n in reference), layout
+    assert set(result.dropped) == {"k/v weights of KV-shared layers (unused)", "vision tower", "audio tower"}
+
+
+GEMMA3N_REFUSALS = [
+    ({"laurel_rank": 32}, "laurel_rank 32"),
+    ({"hidden_size_per_layer_input": 128}, "hidden_size_per_layer_input 128"),
+    ({"altup_num_inputs": 2}, "altup_num_inputs 2"),
+    ({"num_kv_shared_layers": 12}, "12 KV-shared layers of 30"),
+    ({"activation_sparsity_pattern": [0.9] * 10 + [0.0] * 20}, "activation_sparsity_pattern"),
+    ({"final_logit_softcapping": 50.0}, "final_logit_softcapping 50.0"),
+    ({"intermediate_size": [8192] * 15 + [4096] * 15}, "per-layer intermediate sizes"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", GEMMA3N_REFUSALS, ids=[m for _, m in GEMMA3N_REFUSALS])
+def test_gemma3n_geometry_llama_cpp_hard_codes_is_checked(tmp_path, overrides, message):
+    from edgepack.errors import UnsupportedArchitecture
+    from tests.support.gemma_configs import GEMMA3N_E2B_TEXT
+
+    (tmp_path / "config.json").write_text(json.dumps(dict(GEMMA3N_E2B_TEXT, **overrides)))
+    with pytest.raises(UnsupportedArchitecture) as info:
+        convert(tmp_path, tmp_path / "out.gguf")
+    assert message in str(info.value) and info.value.hint
+    assert not (tmp_path / "out.gguf").exists()

@@ -1,0 +1,232 @@
+"""Qwen3-VL and Qwen3.5 projectors (``convert --mmproj``, projector type qwen3vl_merger), proved against
+transformers through llama.cpp's libmtmd as tests/fidelity/test_mmproj.py proves Gemma 3's.
+
+Tiny random-weight checkpoints from the real configs: Qwen3-VL-2B-Instruct's structure (its DeepStack mergers
+kept: two of a 3-block tower, non-adjacent, so the layer-indexed names are exercised) and Qwen3.5-0.8B's
+(tests/fixtures/configs; no DeepStack), with the real 16-pixel patches, 2x2 merge, 2-frame Conv3d patch kernel
+and the real preprocessor_config.json (min 65536 / max 16777216 pixels, mean = std = 0.5, bicubic).
+
+The image is non-square (330 x 230): both sides resize it to 320 x 224 (20 x 14 patches, 10 x 7 = 70 tokens),
+bicubically, so preprocessing is part of what is compared. An image whose rounded size changes its aspect ratio
+is letterboxed by llama.cpp (mtmd-image.cpp) where transformers stretches it: shown on 300 x 250.
+"""
+
+from __future__ import annotations
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgepack.cli import cli
+from edgepack.convert import convert
+from edgepack.convert.mmproj import convert_mmproj
+from edgepack.errors import UnsupportedArchitecture
+from edgepack.mtmd import image_embeddings as mtmd_image_embeddings
+from tests.support.family_cases import QWEN35_TINY_TEXT, _merged, _round_up, tokenizer_size
+from tests.support.tinymodels import build_model, max_abs_and_cosine, real_config
+from tests.support.vision_cases import llama_cpp_image_prompt
+
+pytestmark = pytest.mark.slow  # tiny VLMs built with transformers, then seconds per test
+
+# Their preprocessor_config.json (Qwen2VLImageProcessorFast through Qwen3VLProcessor; the same for Qwen3.5).
+QWEN_VL_PREPROCESSOR = {"size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16,
+                        "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
+                        "image_std": [0.5, 0.5, 0.5], "processor_class": "Qwen3VLProcessor",
+                        "image_processor_type": "Qwen2VLImageProcessorFast"}
+
+TINY = {
+    # Qwen3-VL-2B-Instruct: a 24-block tower whose layers 5, 11 and 17 feed DeepStack mergers
+    "qwen3-vl-2b": (real_config("qwen3_vl_2b_instruct"), {
+        "text_config": {"head_dim": 32, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+                        "num_hidden_layers": 3, "num_key_value_heads": 1, "max_position_embeddings": 4096,
+                        "rope_scaling": {"mrope_section": [6, 5, 5]}},
+        "vision_config": {"deepstack_visual_indexes": [0, 2], "depth": 3, "hidden_size": 64,
+                          "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 64}},
+     "qwen2-trained", 2),
+    "qwen3.5-0.8b": (real_config("qwen3_5_0.8b"), {
+        "text_config": dict(QWEN35_TINY_TEXT, linear_num_key_heads=2, linear_num_value_heads=4),
+        # an 8 x 8 learned position grid, bilinearly resampled to the image's 20 x 14 patches
+        "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                          "out_hidden_size": 256, "num_position_embeddings": 64}},
+     "qwen35-trained", 0),
+}
+IMAGE_TOKENS = 70  # 330 x 230 -> 320 x 224 -> 20 x 14 patches -> 10 x 7 merged
+MIN_COSINE = 0.9999
+MAX_ABS = {"f32": 1e-3, "f16": 2e-3, "q8_0": 1e-2}
+
+
+def _image(height: int, width: int) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // (width - 1), y * 255 // (height - 1), ((x + 2 * y) * 13) % 256],
+                    axis=-1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def qwen_vlm(request, tmp_path_factory, tokenizer_folders):
+    """(name, checkpoint folder, F32 text GGUF, transformers model, its PIL image processor, deepstack count)."""
+    import torch
+    import transformers
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    name = request.param
+    real, tiny, tokenizer, deepstack = TINY[name]
+    root = tmp_path_factory.mktemp(name)
+    tok = tokenizer_folders(tokenizer)
+    vocab = _round_up(tokenizer_size(tok))
+    # the image/video/vision marker ids inside the tiny vocabulary (the real ones are beyond it)
+    markers = {"image_token_id": vocab - 1, "video_token_id": vocab - 2, "vision_end_token_id": vocab - 3,
+               "vision_start_token_id": vocab - 4}
+    config = _merged(real, {**tiny, **markers, "text_config": {**tiny["text_config"], "vocab_size": vocab}})
+    config.pop("transformers_version", None)
+    folder = root / "model"
+    build_model(config, folder)
+    for f in tok.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN_VL_PREPROCESSOR))
+    text = convert(folder, root / "text-F32.gguf", outtype="f32").output
+    model = transformers.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    return name, folder, text, model, Qwen2VLImageProcessorPil.from_pretrained(folder), deepstack
+
+
+def _transformers_embeddings(model, processor, image) -> np.ndarray:
+    """Vision tower + merger (and DeepStack mergers, concatenated after it as llama.cpp hands them to the text
+    model) on the processor's pixels (smart resize, bicubic, x1/255, normalise)."""
+    import torch
+
+    batch = processor(images=image, return_tensors="pt")
+    with torch.no_grad():
+        out = model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+    deepstack = getattr(out, "deepstack_features", None) or []  # Qwen3.5's tower has none
+    return torch.cat([out.pooler_output[0]] + [f[0] for f in deepstack], dim=-1).numpy()
+
+
+def _letterboxed(rgb: np.ndarray, width: int, height: int):
+    """What mtmd's dynamic-size preprocessor feeds the tower when the rounded size changes the aspect ratio:
+    scaled by min(w'/w, h'/h) (float), sides rounded up, Pillow-bicubic resized, centred on black."""
+    from PIL import Image
+
+    h, w, _ = rgb.shape
+    scale = min(np.float32(width) / np.float32(w), np.float32(height) / np.float32(h))
+    new_w, new_h = min(int(np.ceil(np.float32(w) * scale)), width), min(int(np.ceil(np.float32(h) * scale)), height)
+    canvas = Image.new("RGB", (width, height))
+    canvas.paste(Image.fromarray(rgb).resize((new_w, new_h), Image.BICUBIC), ((width - new_w) // 2,
+                                                                              (height - new_h) // 2))
+    return canvas
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
+def test_qwen_mmproj_embeddings_match_transformers(qwen_vlm, tmp_path, outtype):
+    from PIL import Image
+
+    name, folder, text, model, processor, deepstack = qwen_vlm
+    result = convert_mmproj(folder, tmp_path / f"mmproj-{outtype}.gguf", outtype=outtype)
+    assert result.projector_type == "qwen3vl_merger"
+    hidden = json.loads((folder / "config.json").read_text())["text_config"]["hidden_size"]
+
+    rgb = _image(230, 330)
+    got = mtmd_image_embeddings(text, result.output, rgb)
+    assert got.shape == (IMAGE_TOKENS, hidden * (1 + deepstack))
+    reference = _transformers_embeddings(model, processor, Image.fromarray(rgb))
+    max_abs, cosine = max_abs_and_cosine(reference, got)
+    # The rounded size changes the aspect ratio: llama.cpp letterboxes, transformers stretches.
+    odd = _image(250, 300)  # -> 288 x 256; llama.cpp fits 288 x 240 inside it
+    letterboxed = max_abs_and_cosine(_transformers_embeddings(model, processor, _letterboxed(odd, 288, 256)),
+                                     mtmd_image_embeddings(text, result.output, odd))
+    _, stretched_cos = max_abs_and_cosine(_transformers_embeddings(model, processor, Image.fromarray(odd)),
+                                          mtmd_image_embeddings(text, result.output, odd))
+    print(f"\n{name} mmproj {outtype.upper()} (embeddings up to {np.abs(reference).max():.2f}): 330x230 max|d| "
+          f"{max_abs:.2e} 1-cos {1 - cosine:.1e}; 300x250 letterboxed max|d| {letterboxed[0]:.2e} "
+          f"1-cos {1 - letterboxed[1]:.1e}, vs transformers' stretch cos {stretched_cos:.4f}")
+    assert cosine >= MIN_COSINE and max_abs <= MAX_ABS[outtype]
+    assert letterboxed[1] >= MIN_COSINE and letterboxed[0] <= MAX_ABS[outtype]
+    assert stretched_cos < 0.9999
+
+    reader = gguf.GGUFReader(result.output)
+    fields = {f: v.contents() for f, v in reader.fields.items()}
+    vision = json.loads((folder / "config.json").read_text())["vision_config"]
+    assert fields["clip.projector_type"] == "qwen3vl_merger" and fields["clip.vision.spatial_merge_size"] == 2
+    flags = fields.get("clip.vision.is_deepstack_layers")
+    assert flags == [i in vision.get("deepstack_visual_indexes", []) for i in range(vision["depth"])]
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["v.position_embd.weight"] == "F32"
+    assert types["v.patch_embd.weight"] == types["v.patch_embd.weight.1"] == ("F32" if outtype == "f32" else "F16")
+    assert types["v.blk.0.attn_qkv.weight"] == types["mm.0.weight"] == outtype.upper()
+    assert sum(n.startswith("v.deepstack.") and n.endswith("fc1.weight") for n in types) == deepstack
+
+
+def test_qwen_image_prompt_next_token_agrees(qwen_vlm, tmp_path):
+    """A prompt with the image in it: llama.cpp (text GGUF + projector through mtmd, which gives the image
+    tokens their M-RoPE grid positions and the DeepStack embeddings to the first layers) and transformers (the
+    same ids and pixels, positions from its get_rope_index) give the same next token; another image moves the
+    logits far more than the two runtimes differ."""
+    import torch
+    from PIL import Image
+
+    name, folder, text, model, processor, _ = qwen_vlm
+    image_token = json.loads((folder / "config.json").read_text())["image_token_id"]
+
+    def reference(ids: list[int], rgb: np.ndarray) -> np.ndarray:
+        batch = processor(images=Image.fromarray(rgb), return_tensors="pt")
+        input_ids = torch.tensor([[image_token if t == -1 else t for t in ids]])
+        with torch.no_grad():
+            return model(input_ids=input_ids, pixel_values=batch["pixel_values"],
+                         image_grid_thw=batch["image_grid_thw"],
+                         mm_token_type_ids=(input_ids == image_token).int()).logits[0, -1].numpy()
+
+    rgb = _image(230, 330)
+    expected = None
+    for outtype in ("f32", "f16", "q8_0"):
+        mmproj = convert_mmproj(folder, tmp_path / f"mmproj-{outtype}.gguf", outtype=outtype).output
+        ids, got = llama_cpp_image_prompt(text, mmproj, b"Look: <__media__> what is it", rgb, n_ctx=160)
+        assert ids.count(-1) == IMAGE_TOKENS
+        expected = reference(ids, rgb) if expected is None else expected
+        max_abs = float(np.abs(expected - got).max())
+        other = float(np.abs(reference(ids, rgb[::-1, ::-1].copy()) - expected).max())
+        print(f"\n{name} image prompt {outtype.upper()}: {len(ids)} tokens ({IMAGE_TOKENS} image), next-token "
+              f"logits max|d| {max_abs:.2e} (another image moves them {other:.2e}), top-1 "
+              f"{int(expected.argmax())} vs {int(got.argmax())}")
+        assert int(expected.argmax()) == int(got.argmax())
+        # measured F32/F16 4.8e-5/7.1e-5 (Qwen3-VL), 2.7e-4/4.1e-4 (Qwen3.5); Q8_0 1.9e-3 and 1.8e-2
+        assert max_abs <= {"q8_0": 3e-2}.get(outtype, 5e-4) and other > 10 * max_abs
+
+
+def test_qwen_mmproj_refusals(qwen_vlm, tmp_path):
+    """What llama.cpp's Qwen-VL path cannot reproduce is refused in one line, before anything is written."""
+    name, folder, _, _, _, _ = qwen_vlm
+    config = json.loads((folder / "config.json").read_text())
+    cases = (
+        ({}, {"resample": 2}, "resample 2"),
+        ({"vision_config": {"hidden_act": "gelu"}}, {}, "vision activation 'gelu'"),
+        ({"vision_config": {"temporal_patch_size": 3}}, {}, "temporal_patch_size 3"),
+        ({"vision_config": {"num_position_embeddings": 60}}, {}, "not a square grid"),
+        ({"vision_config": {"out_hidden_size": 48}}, {}, "out_hidden_size 48"),
+        ({}, {"merge_size": 4}, "merge_size 4"),
+        ({"vision_config": {"deepstack_visual_indexes": [0, 9]}}, {}, "deepstack_visual_indexes"),
+    )
+    for i, (config_change, preprocessor_change, message) in enumerate(cases):
+        case = tmp_path / f"case{i}"
+        case.mkdir()
+        (case / "model.safetensors").symlink_to(folder / "model.safetensors")
+        (case / "config.json").write_text(json.dumps(_merged(config, config_change)))
+        (case / "preprocessor_config.json").write_text(json.dumps(_merged(QWEN_VL_PREPROCESSOR,
+                                                                          preprocessor_change)))
+        with pytest.raises(UnsupportedArchitecture) as info:
+            convert_mmproj(case, tmp_path / "out.gguf")
+        assert message in str(info.value) and info.value.hint and "\n" not in str(info.value), name
+        assert not (tmp_path / "out.gguf").exists()
+
+
+def test_qwen_convert_cli_writes_both(qwen_vlm, tmp_path):
+    """`convert SRC --mmproj` converts the text model (qwen3vl / qwen35) and writes the projector beside it."""
+    name, folder, _, _, _, _ = qwen_vlm
+    out = tmp_path / "text.gguf"
+    result = CliRunner().invoke(cli, ["convert", str(folder), "-o", str(out), "--mmproj", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    arch = gguf.GGUFReader(out).fields["general.architecture"].contents()
+    assert arch == {"qwen3-vl-2b": "qwen3vl", "qwen3.5-0.8b": "qwen35"}[name]
+    assert payload["mmproj"]["projector_type"] == "qwen3vl_merger"
+    assert (tmp_path / "mmproj-model-F16.gguf").is_file()

@@ -1,0 +1,1 @@
+"""Helpers the test tiers, benchmarks/ and scripts/ share: import them as ``tests.support.<module>``."""
