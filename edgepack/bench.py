@@ -60,6 +60,9 @@ class ModelBench:
     repack: bool = True  # weights in llama.cpp's repacked CPU buffers (off only on a build with AMX kernels)
     threads: int = 0
     quality: dict | None = None  # {kld, ppl, ppl_delta, top1} vs --ref, from edgepack.evaluate
+    # with --image: {mmproj, image, image_tokens, prompt_tokens, image_chunks, ttft_s: Stat, encode_s: Stat}, the
+    # time to first token of a prompt holding the image (mtmd.image_prompt_timings)
+    image: dict | None = None
 
     @property
     def tg_tokens_per_s(self) -> float:
@@ -84,11 +87,13 @@ class BenchResult:
         return out
 
 
-def _child(path: str, n_ctx: int, n_prompt: int, n_gen: int, reps: int, threads: int) -> dict:
+def _child(path: str, n_ctx: int, n_prompt: int, n_gen: int, reps: int, threads: int, mmproj: str = "",
+           image: str = "") -> dict:
     """Runs inside the child process, measuring the way llama-bench does (tools/llama-bench): llama.cpp's own
     model and context defaults (repacked CPU weights, flash attention auto), n_batch 2048 / n_ubatch 512,
     random tokens, one warm-up pp and tg run, the KV cache cleared before each repetition, and pp and tg
-    timed separately around llama_decode alone. Prints nothing itself."""
+    timed separately around llama_decode alone. With ``mmproj`` and ``image``, then the time to first token of a
+    prompt holding the image (its own context; peak RSS then includes the projector). Prints nothing itself."""
     import llama_cpp as lib
     from llama_cpp._logger import set_verbose
 
@@ -149,6 +154,11 @@ def _child(path: str, n_ctx: int, n_prompt: int, n_gen: int, reps: int, threads:
         gen(n_gen)
         tg.append(n_gen / (time.perf_counter() - t))
     lib.llama_free(ctx)
+    timings = None
+    if mmproj:
+        from .mtmd import image_prompt_timings
+
+        timings = image_prompt_timings(model, mmproj, image, n_threads=threads, reps=reps)
     lib.llama_model_free(model)
     hwm = 0.0
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -158,28 +168,33 @@ def _child(path: str, n_ctx: int, n_prompt: int, n_gen: int, reps: int, threads:
         import resource
 
         hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
-    return {"load_s": [load_s], "pp": pp, "tg": tg, "peak_rss_mb": hwm, "repack": repack}
+    return {"load_s": [load_s], "pp": pp, "tg": tg, "peak_rss_mb": hwm, "repack": repack, "image": timings}
 
 
 def bench_one(path: str | Path, *, n_ctx: int = 1024, n_prompt: int = 512, n_gen: int = 128, reps: int = 3,
-              threads: int | None = None) -> ModelBench:
+              threads: int | None = None, mmproj: str | Path | None = None,
+              image: str | Path | None = None) -> ModelBench:
     path = Path(path)
     desc = describe_gguf(path)
     threads = limits.threads(threads) or min(os.cpu_count() or 1, 8)
     if n_prompt + n_gen > n_ctx:
         n_ctx = n_prompt + n_gen
     args = [sys.executable, "-m", "edgepack.bench", str(path), str(n_ctx), str(n_prompt), str(n_gen), str(reps),
-            str(threads)]
+            str(threads), str(mmproj or ""), str(image or "")]
     res = subprocess.run(args, capture_output=True, text=True)
     if res.returncode != 0:
         tail = res.stderr.strip().splitlines()[-1:] or ["no output"]
         raise BadGGUF(f"{path}: llama.cpp could not run it ({tail[0]})", "does `edgepack fit` read it? is it complete?")
     raw = json.loads(res.stdout.strip().splitlines()[-1])
+    timings = raw.get("image")
+    if timings:
+        timings = {"mmproj": str(mmproj), "image": str(image), **timings,
+                   "ttft_s": Stat.of(timings["ttft_s"]), "encode_s": Stat.of(timings["encode_s"])}
     return ModelBench(path=str(path), name=desc.name, quant=desc.quant, size_bytes=path.stat().st_size,
                       bits_per_weight=round(desc.bits_per_weight, 3), n_params=desc.n_params,
                       load_s=Stat.of(raw["load_s"]), pp=Stat.of(raw["pp"]), tg=Stat.of(raw["tg"]),
                       peak_rss_mb=round(raw["peak_rss_mb"], 1), n_prompt=n_prompt, n_gen=n_gen,
-                      repack=raw["repack"], threads=threads)
+                      repack=raw["repack"], threads=threads, image=timings)
 
 
 def quality_fields(r) -> dict:
@@ -192,8 +207,12 @@ def quality_fields(r) -> dict:
 
 def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int = 1024, n_prompt: int = 512,
           n_gen: int = 128, reps: int = 3, threads: int | None = None, eval_ctx: int = 512,
-          eval_text: str | Path | None = None, progress: Progress = QUIET) -> BenchResult:
+          eval_text: str | Path | None = None, mmproj: str | Path | None = None, image: str | Path | None = None,
+          progress: Progress = QUIET) -> BenchResult:
     """Benchmark each GGUF on this host (one child process per model) and measure the host's bandwidth.
+
+    With ``mmproj`` (the models' multimodal projector) and ``image`` (a PNG/JPEG/... file), also the time to first
+    token of a prompt holding the image: encoding plus prefill, as an app on this host waits for it.
 
     With ``ref``, quality against it comes from ``edgepack.evaluate`` (one reference pass for all models):
     mean KLD, PPL and its change, top-1 agreement on ``eval_text`` (default: the built-in text)."""
@@ -201,6 +220,11 @@ def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int 
         raise UsageError("no models to benchmark", "give one or more .gguf files")
     if reps < 1 or n_prompt < 1 or n_gen < 1:
         raise UsageError("--reps, --n-prompt and --n-gen must be positive", "e.g. --reps 3")
+    if (mmproj is None) != (image is None):
+        raise UsageError("--image and --mmproj go together", "give the projector (mmproj-*.gguf) and an image file")
+    for what, f in (("projector", mmproj), ("image", image)):
+        if f is not None and not Path(f).is_file():
+            raise UsageError(f"the {what} {f} is not a file", f"give the path of the {what} file")
     threads = limits.threads(threads) or min(os.cpu_count() or 1, 8)
     progress.start("measuring host bandwidth", 1)
     host = HostInfo.current(threads)
@@ -209,7 +233,8 @@ def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int 
     result = BenchResult(host=host, reference=str(ref) if ref else None)
     progress.start("benchmarking", len(paths))
     for p in paths:
-        result.models.append(bench_one(p, n_ctx=n_ctx, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads))
+        result.models.append(bench_one(p, n_ctx=n_ctx, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,
+                                       mmproj=mmproj, image=image))
         progress.advance()
     progress.finish()
     if ref is not None:
@@ -223,6 +248,11 @@ def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int 
     return result
 
 
-if __name__ == "__main__":  # child process entry: path n_ctx n_prompt n_gen reps threads
+if __name__ == "__main__":  # child process entry: path n_ctx n_prompt n_gen reps threads [mmproj image]
+    from .errors import EdgepackError
+
     p, c, n_p, n_g, r, th = sys.argv[1:7]
-    print(json.dumps(_child(p, int(c), int(n_p), int(n_g), int(r), int(th))))
+    try:
+        print(json.dumps(_child(p, int(c), int(n_p), int(n_g), int(r), int(th), *sys.argv[7:9])))
+    except EdgepackError as exc:  # one line: the parent reports the last stderr line
+        raise SystemExit(str(exc)) from None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadGGUF
+from .errors import BadGGUF, UsageError
 
 
 @contextlib.contextmanager
@@ -33,14 +33,22 @@ def projector(model, mmproj: str | Path, n_threads: int = 2) -> Iterator:
 
 
 @contextlib.contextmanager
-def tokenized(ctx, prompt: bytes, rgb: np.ndarray, add_special: bool = False) -> Iterator[list]:
-    """The chunks of ``prompt`` (holding mtmd's media marker once) with the H x W x 3 uint8 image ``rgb`` in
-    the marker's place, as mtmd tokenizes them: text chunks and one image chunk."""
+def tokenized(ctx, prompt: bytes, rgb: np.ndarray | None = None, add_special: bool = False, *,
+              image_file: str | Path | None = None) -> Iterator[list]:
+    """The chunks of ``prompt`` (holding mtmd's media marker once) with an image in the marker's place, as mtmd
+    tokenizes them: text chunks and the image's chunks. The image is the H x W x 3 uint8 array ``rgb``, or
+    ``image_file`` decoded by libmtmd's own reader (stb_image: PNG, JPEG, BMP, GIF...) as llama.cpp's apps do."""
     from llama_cpp import mtmd_cpp as mtmd
 
-    height, width, _ = rgb.shape
-    pixels = (ctypes.c_uint8 * rgb.size).from_buffer_copy(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
-    bitmap = mtmd.mtmd_bitmap_init(width, height, pixels)
+    if image_file is not None:
+        bitmap = mtmd.mtmd_helper_bitmap_init_from_file(ctx, str(image_file).encode(), False)
+        if not bitmap:
+            raise UsageError(f"llama.cpp cannot read the image {image_file}",
+                             "give a PNG, JPEG, BMP or GIF file (what libmtmd's stb_image decodes)")
+    else:
+        height, width, _ = rgb.shape
+        pixels = (ctypes.c_uint8 * rgb.size).from_buffer_copy(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
+        bitmap = mtmd.mtmd_bitmap_init(width, height, pixels)
     chunks = mtmd.mtmd_input_chunks_init()
     text = mtmd.mtmd_input_text(text=prompt, text_len=len(prompt), add_special=add_special, parse_special=True)
     try:
@@ -110,3 +118,64 @@ def check_projector_loads(mmproj: str | Path, name: str | None = None) -> None:
 
     isolate.call("edgepack.mtmd:load_projector", str(mmproj), what=f"llama.cpp loading the projector {name or mmproj}",
                  hint="edgepack wrote a projector llama.cpp refuses: a converter bug for this family, please report it")
+
+
+# The text around the image in a timed prompt: mtmd adds the family's image markers, the chat template is left out.
+TTFT_PROMPT = b"Describe this image.\n" + b"<__media__>" + b"\nAnswer:"
+
+
+def image_prompt_timings(model, mmproj: str | Path, image_file: str | Path, *, n_threads: int, reps: int,
+                         prompt: bytes = TTFT_PROMPT) -> dict:
+    """Time to first token of a prompt with an image on this host, as an app runs it: the projector loaded beside
+    the loaded text model ``model``, the image file decoded and tokenized by libmtmd, then (per repetition, after
+    one warm-up, the KV cache cleared) mtmd_helper_eval_chunks (every image chunk encoded, its embeddings and the
+    text decoded) up to the first token's logits. ``encode_s``: the image chunks' encoding alone. Seconds per
+    repetition; image_tokens and prompt_tokens as the text model sees them."""
+    import time
+
+    import llama_cpp as lib
+    from llama_cpp import mtmd_cpp as mtmd
+
+    with projector(model, mmproj, n_threads) as ctx, tokenized(ctx, prompt, add_special=True,
+                                                                   image_file=image_file) as chunks:
+        every = [mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))]
+        images = [c for c in every if mtmd.mtmd_input_chunk_get_type(c) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE]
+        n_tokens = int(mtmd.mtmd_helper_get_n_tokens(chunks))
+        image_tokens = sum(mtmd.mtmd_input_chunk_get_n_tokens(c) for c in images)
+        # one batch holds the longest chunk: an image decoded non-causally (Gemma 3) must not be split
+        n_batch = max(512, max(mtmd.mtmd_input_chunk_get_n_tokens(c) for c in every))
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_tokens + 16, n_batch, n_batch
+        cparams.n_threads = cparams.n_threads_batch = n_threads
+        lctx = lib.llama_init_from_model(model, cparams)
+        if not lctx:
+            raise BadGGUF(f"llama.cpp could not create a context of {n_tokens + 16} tokens", "a smaller image?")
+        try:
+            memory = lib.llama_get_memory(lctx)
+
+            def first_token() -> float:
+                lib.llama_memory_clear(memory, False)
+                n_past = lib.llama_pos(0)
+                started = time.perf_counter()
+                status = mtmd.mtmd_helper_eval_chunks(ctx, lctx, chunks, 0, 0, n_batch, True, ctypes.byref(n_past))
+                if status != 0:
+                    raise BadGGUF(f"llama.cpp could not evaluate the image prompt (status {status})",
+                                  "is the projector made for this model?")
+                n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model))
+                int(np.argmax(np.ctypeslib.as_array(lib.llama_get_logits_ith(lctx, -1), shape=(n_vocab,))))
+                return time.perf_counter() - started
+
+            def encode() -> float:
+                started = time.perf_counter()
+                for chunk in images:
+                    if mtmd.mtmd_encode_chunk(ctx, chunk) != 0:
+                        raise BadGGUF("llama.cpp's mtmd could not encode the image", "is the projector damaged?")
+                return time.perf_counter() - started
+
+            first_token()  # warm-up: graph allocation, pages, threads
+            ttft = [first_token() for _ in range(reps)]
+            encode_s = [encode() for _ in range(reps)]
+        finally:
+            lib.llama_free(lctx)
+    return {"image_tokens": int(image_tokens), "prompt_tokens": n_tokens, "image_chunks": len(images),
+            "ttft_s": ttft, "encode_s": encode_s}

@@ -24,9 +24,14 @@ from ._output import emit_table, human_bytes, save_and_emit
               help="With --ref: context of the quality measurement (llama-perplexity's chunk size).")
 @click.option("--text", "eval_text", type=click.Path(path_type=Path),
               help="With --ref: UTF-8 text to measure quality on (default: the built-in excerpt).")
+@click.option("--mmproj", type=click.Path(path_type=Path),
+              help="The models' multimodal projector (edgepack convert --mmproj); with --image.")
+@click.option("--image", type=click.Path(path_type=Path),
+              help="An image file (PNG, JPEG, ...): also time the first token of a prompt holding it.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="Also write the JSON result here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, eval_ctx, eval_text, out, as_json) -> None:
+def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, eval_ctx, eval_text, mmproj, image, out,
+                  as_json) -> None:
     """Measure GGUF variants on this machine: load time, pp/tg tokens/s, peak RSS, size, quality.
 
     Each model runs in its own process so peak RSS is per model. The host's memory bandwidth is measured
@@ -36,9 +41,14 @@ def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, eval_ctx, 
     Examples:
       edgepack bench model-Q4_K_M.gguf model-Q8_0.gguf --ref model-F16.gguf
       edgepack bench *.gguf --reps 5 --json -o bench.json
+      edgepack bench gemma3-Q4_K_M.gguf --mmproj mmproj-gemma-3-4b-it-F16.gguf --image photo.jpg
+
+    With --mmproj and --image, the time to first token of a prompt holding the image (the image encoded by
+    the projector, then the prompt decoded) and the image's share of it, as an app on this host waits.
     """
     result = bench(list(models), ref=ref, n_ctx=n_ctx, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,
-                   eval_ctx=eval_ctx, eval_text=eval_text, progress=Progress(enabled=not as_json))
+                   eval_ctx=eval_ctx, eval_text=eval_text, mmproj=mmproj, image=image,
+                   progress=Progress(enabled=not as_json))
     if save_and_emit(result.to_dict(), out, as_json):
         return
     h = result.host
@@ -50,6 +60,13 @@ def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, eval_ctx, 
                 for m in result.models])
     if result.quality_note:
         click.echo(result.quality_note)
+    for m in result.models:
+        if m.image:
+            i = m.image
+            click.echo(f"{m.name}: image {Path(i['image']).name} = {i['image_tokens']} tokens "
+                       f"({i['image_chunks']} chunks) in a {i['prompt_tokens']}-token prompt: time to first token "
+                       f"{i['ttft_s'].median:.3f} s ({i['ttft_s'].min:.3f}-{i['ttft_s'].max:.3f}), "
+                       f"of which encoding the image {i['encode_s'].median:.3f} s")
 
 
 def _quality_cells(q: dict | None) -> tuple[str, str, str]:

@@ -20,6 +20,7 @@ import json
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from edgepack.convert import convert
 from edgepack.convert.mmproj import convert_mmproj
@@ -194,3 +195,34 @@ def test_a_projector_llama_cpp_refuses_is_never_written(smolvlm, tmp_path, monke
         convert_mmproj(folder, tmp_path / "mmproj.gguf")
     assert "\n" not in str(info.value) and info.value.hint
     assert not list(tmp_path.iterdir())
+
+
+def test_bench_times_the_first_token_of_an_image_prompt(smolvlm, tmp_path):
+    """`edgepack bench --mmproj --image`: the image file decoded by libmtmd, its 7 chunks (28 tokens) encoded and
+    the prompt decoded, timed to the first token; the encoding is part of it. Bad combinations are one line."""
+    from PIL import Image
+
+    from edgepack.bench import bench
+    from edgepack.cli import cli
+    from edgepack.errors import BadGGUF, UsageError
+
+    folder, text, _, _ = smolvlm
+    mmproj = convert_mmproj(folder, tmp_path / "mmproj.gguf").output
+    png = tmp_path / "photo.png"
+    Image.fromarray(nonsquare_image()).save(png)
+    [m] = bench([text], mmproj=mmproj, image=png, reps=2, n_prompt=16, n_gen=4, threads=2).models
+    i = m.image
+    assert (i["image_tokens"], i["image_chunks"]) == (TILES * TOKENS_PER_TILE, TILES)
+    assert i["prompt_tokens"] > i["image_tokens"] and len(i["ttft_s"].runs) == len(i["encode_s"].runs) == 2
+    assert i["encode_s"].min > 0 and i["ttft_s"].min > 0  # timings on a shared host: their order is not asserted
+    shown = CliRunner().invoke(cli, ["bench", str(text), "--mmproj", str(mmproj), "--image", str(png), "--reps", "1",
+                                     "--n-prompt", "16", "--n-gen", "4", "--threads", "2"])
+    assert shown.exit_code == 0, shown.output
+    assert f"image photo.png = {TILES * TOKENS_PER_TILE} tokens ({TILES} chunks)" in shown.output
+    assert "time to first token" in shown.output
+
+    with pytest.raises(UsageError, match="go together"):
+        bench([text], image=png)
+    (tmp_path / "not-an-image.png").write_bytes(b"not a picture")
+    with pytest.raises(BadGGUF, match="llama.cpp cannot read the image"):
+        bench([text], mmproj=mmproj, image=tmp_path / "not-an-image.png", reps=1, n_prompt=8, n_gen=2, threads=2)
