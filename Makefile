@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test setup setup-test clean
+.PHONY: demo test test-unit test-integration test-fidelity test-fast setup setup-test clean
 
 # llama-cpp-python is built here, once, into a wheel cache outside the repo, without llama.cpp's AMX kernels:
 # a -march=native build enables them on CPUs with AMX (this CI's Xeons), and ggml_backend_amx_mul_mat crashes
@@ -47,6 +47,23 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.test
 	$(PY) -m pytest
+
+# The tiers a contributor runs on their own (README, "Tests"); `make test` above stays the full run CI uses.
+#   test-unit         no torch, no llama.cpp (tests/unit/conftest.py checks it): about a minute
+#   test-integration  the stages for real: llama.cpp, builds, installs, the loopback Hub
+#   test-fidelity     edgepack's GGUFs against transformers, sentencepiece and PEFT
+#   test-fast         every tier without the tests marked slow (pytest -m "not slow")
+test-unit: $(VENV)/.test
+	$(PY) -m pytest tests/unit
+
+test-integration: $(VENV)/.test
+	$(PY) -m pytest tests/integration
+
+test-fidelity: $(VENV)/.test
+	$(PY) -m pytest tests/fidelity
+
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) out .edgepack-cache

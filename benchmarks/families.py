@@ -6,7 +6,8 @@ against transformers (logits) and Hugging Face tokenizers (token ids).
 Columns: F32 max|Δ| and top-1 against transformers computing as llama.cpp does by design (ggml's FP16-table
 GELU for the GELU families; for F16 also weights and matmul inputs rounded to half), the same against plain
 transformers, and the share of the 83 multilingual conformance texts whose ids are identical. Cases and
-tokenizers are those of tests/fidelity/test_families.py (tests/support/family_cases.py). Needs torch/transformers (test extra).
+tokenizers are those of tests/fidelity/test_families.py (tests/support/family_cases.py). Needs
+torch/transformers (test extra).
 
     .venv/bin/python -m benchmarks.families --hybrid-convert [--llama-cpp DIR] [--repeats 3] [--workdir DIR]
 

@@ -1,10 +1,10 @@
 """Quality with and without an importance matrix, and a --target-size mix against the uniform type, in one run.
 
 On the trained demo model (examples/demo/model) and on the same model with outlier channels
-(tests/support/quantmodels.outlier_demo: the function unchanged, norm gains x s_j and projection columns / s_j, as trained
-LLMs' massive activations look): the imatrix is computed on edgepack's built-in calibration set, every type is
-quantized with and without it, and the mean KL divergence against the F16 model is measured on the demo's
-held-out text (examples/demo/eval.txt, the book's last 5%: in neither the calibration set nor the training).
+(tests/support/quantmodels.outlier_demo: the function unchanged, norm gains x s_j and projection columns / s_j,
+as trained LLMs' massive activations look): the imatrix is computed on edgepack's built-in calibration set,
+every type is quantized with and without it, and the mean KL divergence against the F16 model is measured on
+the demo's held-out text (examples/demo/eval.txt, the book's last 5%: in neither the calibration set nor the training).
 Then a --target-size mix at the size of uniform Q3_K_S (with the imatrix) is chosen and measured the same way.
 Prints Markdown tables for benchmarks/RESULTS.md.
 

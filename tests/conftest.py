@@ -2,21 +2,28 @@
 
 * HF_ENDPOINT points at a closed local port, so a test that forgets to start the loopback Hub
   (tests/support/hubserver.py) fails at once instead of reaching the real Hub;
-* HF_HOME is a fresh temp folder, so no test reads or fills the user's cache;
+* HF_HOME is a fresh temp folder, so no test reads or fills the user's cache (removed when the session ends);
 * HF_HUB_OFFLINE is cleared: the Hub tests need the loopback server online, and offline cases set it themselves;
 * GITHUB_ACTIONS and GITHUB_STEP_SUMMARY are cleared: when the suite itself runs in GitHub Actions, the builds
   under test must not annotate or summarise its job (the CI-output test sets them itself).
 """
 
 import os
+import shutil
 import tempfile
 
+_HF_HOME = tempfile.mkdtemp(prefix="edgepack-tests-hf-home-")
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
-os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="edgepack-tests-hf-home-")
+os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE", "GITHUB_ACTIONS",
              "GITHUB_STEP_SUMMARY"):
     os.environ.pop(_var, None)
+
+
+def pytest_unconfigure(config):
+    """The session's HF_HOME goes with it (a run interrupted by Ctrl-C too): one left per run filled /tmp."""
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
 
 
 # --- the architecture families' tiny checkpoints (tests/support/family_cases.py), shared by the test modules ---

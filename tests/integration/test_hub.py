@@ -1,6 +1,6 @@
-"""``edgepack pull`` and Hub sources, against a real Hub-compatible HTTP server on 127.0.0.1 (tests/support/hubserver.py)
-driven by the real huggingface_hub client. Nothing here reaches the real Hub: HF_ENDPOINT always points at the
-loopback server and HF_HOME at a temp folder.
+"""``edgepack pull`` and Hub sources, against a real Hub-compatible HTTP server on 127.0.0.1
+(tests/support/hubserver.py) driven by the real huggingface_hub client. Nothing here reaches the real Hub:
+HF_ENDPOINT always points at the loopback server and HF_HOME at a temp folder.
 
 The served model is a tiny Llama built by transformers (seeded) with the real Llama-2 SentencePiece tokenizer.
 """
