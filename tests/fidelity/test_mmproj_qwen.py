@@ -23,11 +23,10 @@ from click.testing import CliRunner
 from edgepack.cli import cli
 from edgepack.convert import convert
 from edgepack.convert.mmproj import convert_mmproj
-from edgepack.errors import UnsupportedArchitecture
 from edgepack.mtmd import image_embeddings as mtmd_image_embeddings
 from tests.support.family_cases import QWEN35_TINY_TEXT, _merged, _round_up, tokenizer_size
 from tests.support.tinymodels import build_model, max_abs_and_cosine, real_config
-from tests.support.vision_cases import llama_cpp_image_prompt
+from tests.support.vision_cases import assert_refused, image_prompt_agreement, nonsquare_image
 
 pytestmark = pytest.mark.slow  # tiny VLMs built with transformers, then seconds per test
 
@@ -56,12 +55,6 @@ TINY = {
 IMAGE_TOKENS = 70  # 330 x 230 -> 320 x 224 -> 20 x 14 patches -> 10 x 7 merged
 MIN_COSINE = 0.9999
 MAX_ABS = {"f32": 1e-3, "f16": 2e-3, "q8_0": 1e-2}
-
-
-def _image(height: int, width: int) -> np.ndarray:
-    y, x = np.mgrid[0:height, 0:width]
-    return np.stack([x * 255 // (width - 1), y * 255 // (height - 1), ((x + 2 * y) * 13) % 256],
-                    axis=-1).astype(np.uint8)
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))
@@ -126,13 +119,13 @@ def test_qwen_mmproj_embeddings_match_transformers(qwen_vlm, tmp_path, outtype):
     assert result.projector_type == "qwen3vl_merger"
     hidden = json.loads((folder / "config.json").read_text())["text_config"]["hidden_size"]
 
-    rgb = _image(230, 330)
+    rgb = nonsquare_image(230, 330)
     got = mtmd_image_embeddings(text, result.output, rgb)
     assert got.shape == (IMAGE_TOKENS, hidden * (1 + deepstack))
     reference = _transformers_embeddings(model, processor, Image.fromarray(rgb))
     max_abs, cosine = max_abs_and_cosine(reference, got)
     # The rounded size changes the aspect ratio: llama.cpp letterboxes, transformers stretches.
-    odd = _image(250, 300)  # -> 288 x 256; llama.cpp fits 288 x 240 inside it
+    odd = nonsquare_image(250, 300)  # -> 288 x 256; llama.cpp fits 288 x 240 inside it
     letterboxed = max_abs_and_cosine(_transformers_embeddings(model, processor, _letterboxed(odd, 288, 256)),
                                      mtmd_image_embeddings(text, result.output, odd))
     _, stretched_cos = max_abs_and_cosine(_transformers_embeddings(model, processor, Image.fromarray(odd)),
@@ -176,20 +169,10 @@ def test_qwen_image_prompt_next_token_agrees(qwen_vlm, tmp_path):
                          image_grid_thw=batch["image_grid_thw"],
                          mm_token_type_ids=(input_ids == image_token).int()).logits[0, -1].numpy()
 
-    rgb = _image(230, 330)
-    expected = None
-    for outtype in ("f32", "f16", "q8_0"):
-        mmproj = convert_mmproj(folder, tmp_path / f"mmproj-{outtype}.gguf", outtype=outtype).output
-        ids, got = llama_cpp_image_prompt(text, mmproj, b"Look: <__media__> what is it", rgb, n_ctx=160)
-        assert ids.count(-1) == IMAGE_TOKENS
-        expected = reference(ids, rgb) if expected is None else expected
-        max_abs = float(np.abs(expected - got).max())
-        other = float(np.abs(reference(ids, rgb[::-1, ::-1].copy()) - expected).max())
-        print(f"\n{name} image prompt {outtype.upper()}: {len(ids)} tokens ({IMAGE_TOKENS} image), next-token "
-              f"logits max|d| {max_abs:.2e} (another image moves them {other:.2e}), top-1 "
-              f"{int(expected.argmax())} vs {int(got.argmax())}")
-        assert int(expected.argmax()) == int(got.argmax())
-        # measured F32/F16 4.8e-5/7.1e-5 (Qwen3-VL), 2.7e-4/4.1e-4 (Qwen3.5); Q8_0 1.9e-3 and 1.8e-2
+    results = image_prompt_agreement(folder, text, reference, nonsquare_image(230, 330), IMAGE_TOKENS, tmp_path,
+                                     name, 160)
+    # measured F32/F16 4.8e-5/7.1e-5 (Qwen3-VL), 2.7e-4/4.1e-4 (Qwen3.5); Q8_0 1.9e-3 and 1.8e-2
+    for outtype, (max_abs, other) in results.items():
         assert max_abs <= {"q8_0": 3e-2}.get(outtype, 5e-4) and other > 10 * max_abs
 
 
@@ -207,16 +190,10 @@ def test_qwen_mmproj_refusals(qwen_vlm, tmp_path):
         ({"vision_config": {"deepstack_visual_indexes": [0, 9]}}, {}, "deepstack_visual_indexes"),
     )
     for i, (config_change, preprocessor_change, message) in enumerate(cases):
-        case = tmp_path / f"case{i}"
-        case.mkdir()
-        (case / "model.safetensors").symlink_to(folder / "model.safetensors")
-        (case / "config.json").write_text(json.dumps(_merged(config, config_change)))
-        (case / "preprocessor_config.json").write_text(json.dumps(_merged(QWEN_VL_PREPROCESSOR,
-                                                                          preprocessor_change)))
-        with pytest.raises(UnsupportedArchitecture) as info:
-            convert_mmproj(case, tmp_path / "out.gguf")
-        assert message in str(info.value) and info.value.hint and "\n" not in str(info.value), name
-        assert not (tmp_path / "out.gguf").exists()
+        assert_refused(tmp_path / f"case{i}", folder, {"config.json": _merged(config, config_change),
+                                                        "preprocessor_config.json": _merged(QWEN_VL_PREPROCESSOR,
+                                                                                            preprocessor_change)},
+                       message)
 
 
 def test_qwen_convert_cli_writes_both(qwen_vlm, tmp_path):

@@ -49,6 +49,28 @@ def llama_cpp_image_prompt(text_gguf, mmproj, prompt: bytes, rgb: np.ndarray, n_
             return ids, np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)).copy()
 
 
+def image_prompt_agreement(folder, text_gguf, reference, rgb: np.ndarray, image_tokens: int, tmp_path, label: str,
+                           n_ctx: int) -> dict:
+    """{outtype: (max |Δ| of the next-token logits, how far a flipped image moves transformers' logits)} for the
+    prompt "Look: <image> what is it" through llama.cpp with the F32/F16/Q8_0 projector of ``folder`` vs
+    ``reference(ids, rgb)`` (transformers' last-position logits for mtmd's ids, -1 at the image positions);
+    asserts each has the image's token count and the same top-1."""
+    from edgepack.convert.mmproj import convert_mmproj
+
+    expected, out = None, {}
+    for outtype in ("f32", "f16", "q8_0"):
+        mmproj = convert_mmproj(folder, tmp_path / f"mmproj-{outtype}.gguf", outtype=outtype).output
+        ids, got = llama_cpp_image_prompt(text_gguf, mmproj, b"Look: <__media__> what is it", rgb, n_ctx=n_ctx)
+        assert ids.count(-1) == image_tokens
+        if expected is None:
+            expected, flipped = reference(ids, rgb), reference(ids, rgb[::-1, ::-1].copy())
+        out[outtype] = (float(np.abs(expected - got).max()), float(np.abs(flipped - expected).max()))
+        print(f"\n{label} image prompt {outtype.upper()}: {len(ids)} tokens ({image_tokens} image), next-token "
+              f"logits max|d| {out[outtype][0]:.2e} (another image moves them {out[outtype][1]:.2e}), top-1 "
+              f"{int(expected.argmax())} vs {int(got.argmax())}")
+        assert int(expected.argmax()) == int(got.argmax())
+    return out
+
 def assert_refused(case, folder, files: dict[str, dict], message: str) -> None:
     """A copy of the checkpoint ``folder`` in ``case`` (its weights linked) with the JSON ``files`` written, which
     convert_mmproj refuses in one line naming ``message``, with a hint, writing nothing."""

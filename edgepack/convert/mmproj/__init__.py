@@ -8,7 +8,7 @@ checkpoint whose vision settings llama.cpp's graph or preprocessing would not re
 spec, the registry and the SigLIP tower they share, ``writer`` the one writer.
 """
 
-from . import gemma3, lfm2vl, qwen3vl, smolvlm  # noqa: F401  (each registers its family)
+from . import gemma3, gemma4, lfm2vl, qwen3vl, smolvlm  # noqa: F401  (each registers its family)
 from .common import ProjectorSpec, register
 from .writer import (MMPROJ_OUTTYPES, MmprojResult, check_mmproj, convert_mmproj, default_mmproj_path,
                      projector_spec, supported_projectors)

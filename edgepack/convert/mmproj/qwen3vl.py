@@ -16,14 +16,12 @@ What llama.cpp does with an image, and what the converter therefore checks:
   reports the processor's bounds in tokens so an app can pass them.
 * The tower runs its MLP with the tanh GELU (``gelu_pytorch_tanh``, refused otherwise); the merger's GELU is
   exact (erf) in transformers and the tanh form in llama.cpp's graph, a difference by design of llama.cpp
-  (measured in tests/test_mmproj_qwen.py).
+  (measured in tests/fidelity/test_mmproj_qwen.py).
 """
 
 from __future__ import annotations
 
 import math
-
-import numpy as np
 
 from ..spec import HFConfig
 from .common import BOOL, F32, STR, U32, K, ProjectorSpec, normalisation, refuse, register
