@@ -46,7 +46,8 @@ def _list_architectures(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--keep", is_flag=True, help="With -q: keep the F16/BF16 intermediate GGUF.")
 @click.option("--mmproj", "mmproj", is_flag=False, flag_value="", default=None, metavar="[PATH]",
               help="Also write the vision tower + projector of a vision-language SRC as llama.cpp's mmproj GGUF "
-                   "(default PATH: mmproj-<name>-<TYPE>.gguf beside the output). Gemma 3, SmolVLM/Idefics3, LFM2-VL.")
+                   "(default PATH: mmproj-<name>-<TYPE>.gguf beside the output). Gemma 3, Gemma 4, SmolVLM/Idefics3, "
+                   "LFM2-VL, Qwen3-VL, Qwen3.5.")
 @click.option("--mmproj-outtype", type=click.Choice(MMPROJ_OUTTYPES), default="f16", show_default=True,
               help="Projector weight type (norms, biases and embeddings stay F32; with q8_0 what llama.cpp "
                    "cannot quantize stays F16).")
