@@ -1,6 +1,7 @@
 """Hostile and clumsy inputs and outputs (issue 13): names and revisions that read as paths, device nodes and
 pipes given as outputs, two builds into one folder. Each test writes real files or starts real processes;
-nothing is mocked. (SIGTERM mid-write: tests/integration/test_convert_errors.py.)"""
+nothing is mocked. (SIGTERM mid-write: tests/integration/test_convert_errors.py; quantize, report and
+adapter outputs: tests/integration/test_safety_outputs.py.)"""
 
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edgepack.convert import convert
 from edgepack.errors import OutputError
 from edgepack.fileio import atomic_write_text, check_replaceable, prepare_output_dir
 from edgepack.validate import git_revision, safe_name
-from tests.support.tinymodels import real_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL = ROOT / "examples" / "demo" / "model"
@@ -98,34 +97,3 @@ def test_convert_force_refuses_a_pipe_and_a_device(tmp_path, fifo):
     one_line_error(run_cli("convert", str(DEMO_MODEL), "-o", str(device), "--force"), 6,
                    "is a character device, not a regular file")
     assert device.is_char_device()
-
-
-def test_quantize_report_and_adapter_refuse_a_pipe(tmp_path):
-    from edgepack.adapters import convert_adapter
-    from edgepack.quantize import inspect_source, quantize
-    from edgepack.fit import Quality, Variant, describe_config, fit
-    from edgepack.profiles import get_profile
-    from edgepack.report import write_report
-
-    src = tmp_path / "demo-F16.gguf"
-    convert(DEMO_MODEL, src, outtype="f16")
-    out = tmp_path / "q"
-    out.mkdir()
-    target = out / f"{inspect_source(src).name}-Q8_0.gguf"
-    os.mkfifo(target)
-    with pytest.raises(OutputError, match="named pipe"):
-        quantize(src, ["Q8_0"], out, force=True)
-    assert target.is_fifo() and len(list(out.iterdir())) == 1
-
-    rep = tmp_path / "rep"
-    rep.mkdir()
-    os.mkfifo(rep / "report.html")
-    with pytest.raises(OutputError, match="named pipe"):
-        write_report({"fit": fit([Variant(describe_config(real_config("llama3_2_1b"), "Q8_0", "m"), Quality())],
-                                 [get_profile("pixel-8")], n_ctx=512).to_dict()}, rep)
-    assert (rep / "report.html").is_fifo()
-
-    os.mkfifo(tmp_path / "lora.gguf")
-    with pytest.raises(OutputError, match="named pipe"):
-        convert_adapter(ROOT / "examples" / "demo" / "adapter", DEMO_MODEL, tmp_path / "lora.gguf", force=True)
-    assert (tmp_path / "lora.gguf").is_fifo()
