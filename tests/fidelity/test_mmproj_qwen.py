@@ -24,40 +24,19 @@ from edgepack.cli import cli
 from edgepack.convert import convert
 from edgepack.convert.mmproj import convert_mmproj
 from edgepack.mtmd import image_embeddings as mtmd_image_embeddings
-from tests.support.family_cases import QWEN35_TINY_TEXT, _merged, _round_up, tokenizer_size
-from tests.support.tinymodels import build_model, max_abs_and_cosine, real_config
-from tests.support.vision_cases import assert_refused, image_prompt_agreement, nonsquare_image
+from tests.support.family_cases import _merged
+from tests.support.tinymodels import max_abs_and_cosine
+from tests.support.vision_cases import (QWEN_VL_PREPROCESSOR, TINY_QWEN_VLM, assert_refused, image_prompt_agreement,
+                                         nonsquare_image, tiny_qwen_vlm)
 
 pytestmark = pytest.mark.slow  # tiny VLMs built with transformers, then seconds per test
 
-# Their preprocessor_config.json (Qwen2VLImageProcessorFast through Qwen3VLProcessor; the same for Qwen3.5).
-QWEN_VL_PREPROCESSOR = {"size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16,
-                        "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
-                        "image_std": [0.5, 0.5, 0.5], "processor_class": "Qwen3VLProcessor",
-                        "image_processor_type": "Qwen2VLImageProcessorFast"}
-
-TINY = {
-    # Qwen3-VL-2B-Instruct: a 24-block tower whose layers 5, 11 and 17 feed DeepStack mergers
-    "qwen3-vl-2b": (real_config("qwen3_vl_2b_instruct"), {
-        "text_config": {"head_dim": 32, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
-                        "num_hidden_layers": 3, "num_key_value_heads": 1, "max_position_embeddings": 4096,
-                        "rope_scaling": {"mrope_section": [6, 5, 5]}},
-        "vision_config": {"deepstack_visual_indexes": [0, 2], "depth": 3, "hidden_size": 64,
-                          "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 64}},
-     "qwen2-trained", 2),
-    "qwen3.5-0.8b": (real_config("qwen3_5_0.8b"), {
-        "text_config": dict(QWEN35_TINY_TEXT, linear_num_key_heads=2, linear_num_value_heads=4),
-        # an 8 x 8 learned position grid, bilinearly resampled to the image's 20 x 14 patches
-        "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-                          "out_hidden_size": 256, "num_position_embeddings": 64}},
-     "qwen35-trained", 0),
-}
 IMAGE_TOKENS = 70  # 330 x 230 -> 320 x 224 -> 20 x 14 patches -> 10 x 7 merged
 MIN_COSINE = 0.9999
 MAX_ABS = {"f32": 1e-3, "f16": 2e-3, "q8_0": 1e-2}
 
 
-@pytest.fixture(scope="module", params=sorted(TINY))
+@pytest.fixture(scope="module", params=sorted(TINY_QWEN_VLM))
 def qwen_vlm(request, tmp_path_factory, tokenizer_folders):
     """(name, checkpoint folder, F32 text GGUF, transformers model, its PIL image processor, deepstack count)."""
     import torch
@@ -65,20 +44,9 @@ def qwen_vlm(request, tmp_path_factory, tokenizer_folders):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     name = request.param
-    real, tiny, tokenizer, deepstack = TINY[name]
     root = tmp_path_factory.mktemp(name)
-    tok = tokenizer_folders(tokenizer)
-    vocab = _round_up(tokenizer_size(tok))
-    # the image/video/vision marker ids inside the tiny vocabulary (the real ones are beyond it)
-    markers = {"image_token_id": vocab - 1, "video_token_id": vocab - 2, "vision_end_token_id": vocab - 3,
-               "vision_start_token_id": vocab - 4}
-    config = _merged(real, {**tiny, **markers, "text_config": {**tiny["text_config"], "vocab_size": vocab}})
-    config.pop("transformers_version", None)
-    folder = root / "model"
-    build_model(config, folder)
-    for f in tok.iterdir():
-        (folder / f.name).write_bytes(f.read_bytes())
-    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN_VL_PREPROCESSOR))
+    folder = tiny_qwen_vlm(name, root / "model", tokenizer_folders(TINY_QWEN_VLM[name][2]))
+    deepstack = len(json.loads((folder / "config.json").read_text())["vision_config"]["deepstack_visual_indexes"])
     text = convert(folder, root / "text-F32.gguf", outtype="f32").output
     model = transformers.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     return name, folder, text, model, Qwen2VLImageProcessorPil.from_pretrained(folder), deepstack

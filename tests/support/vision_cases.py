@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.support.family_cases import QWEN35_TINY_TEXT
+from tests.support.tinymodels import real_config
+
 
 def nonsquare_image(height: int = 48, width: int = 80) -> np.ndarray:
     """A non-square RGB image with structure in both directions: gradients and a diagonal pattern."""
@@ -89,3 +92,52 @@ def assert_refused(case, folder, files: dict[str, dict], message: str) -> None:
         convert_mmproj(case, case / "out.gguf")
     assert message in str(info.value) and info.value.hint and "\n" not in str(info.value)
     assert not (case / "out.gguf").exists()
+
+
+# --- tiny Qwen-VL checkpoints (tests/fidelity/test_mmproj_qwen.py, the vision-language build test) -------------
+
+# Their preprocessor_config.json (Qwen2VLImageProcessorFast through Qwen3VLProcessor; the same for Qwen3.5).
+QWEN_VL_PREPROCESSOR = {"size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16,
+                        "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
+                        "image_std": [0.5, 0.5, 0.5], "processor_class": "Qwen3VLProcessor",
+                        "image_processor_type": "Qwen2VLImageProcessorFast"}
+
+# name -> (published config, what is shrunk, tokenizer case)
+TINY_QWEN_VLM = {
+    # Qwen3-VL-2B-Instruct: a 24-block tower whose layers 5, 11 and 17 feed DeepStack mergers
+    "qwen3-vl-2b": (real_config("qwen3_vl_2b_instruct"), {
+        "text_config": {"head_dim": 32, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+                        "num_hidden_layers": 3, "num_key_value_heads": 1, "max_position_embeddings": 4096,
+                        "rope_scaling": {"mrope_section": [6, 5, 5]}},
+        "vision_config": {"deepstack_visual_indexes": [0, 2], "depth": 3, "hidden_size": 64,
+                          "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 64}},
+     "qwen2-trained"),
+    "qwen3.5-0.8b": (real_config("qwen3_5_0.8b"), {
+        "text_config": dict(QWEN35_TINY_TEXT, linear_num_key_heads=2, linear_num_value_heads=4),
+        # an 8 x 8 learned position grid, bilinearly resampled to the image's 20 x 14 patches
+        "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                          "out_hidden_size": 256, "num_position_embeddings": 64}},
+     "qwen35-trained"),
+}
+
+
+def tiny_qwen_vlm(name: str, folder, tokenizer_folder):
+    """A tiny random-weight checkpoint of ``TINY_QWEN_VLM[name]`` in ``folder``, with the tokenizer of
+    ``tokenizer_folder`` and the real preprocessor_config.json; returns ``folder``."""
+    import json
+
+    from tests.support.family_cases import _merged, _round_up, tokenizer_size
+    from tests.support.tinymodels import build_model
+
+    real, tiny, _ = TINY_QWEN_VLM[name]
+    vocab = _round_up(tokenizer_size(tokenizer_folder))
+    # the image/video/vision marker ids inside the tiny vocabulary (the real ones are beyond it)
+    markers = {"image_token_id": vocab - 1, "video_token_id": vocab - 2, "vision_end_token_id": vocab - 3,
+               "vision_start_token_id": vocab - 4}
+    config = _merged(real, {**tiny, **markers, "text_config": {**tiny["text_config"], "vocab_size": vocab}})
+    config.pop("transformers_version", None)
+    build_model(config, folder)
+    for f in tokenizer_folder.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN_VL_PREPROCESSOR))
+    return folder
