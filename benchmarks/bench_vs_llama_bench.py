@@ -16,8 +16,11 @@ more than 5% between minutes, and a pair shares the load of its moment. Target: 
     python -m benchmarks.bench_vs_llama_bench [--llama-src DIR] [--build-dir DIR] [--workdir DIR]
                                               [--threads 2] [--reps 5] [--repeats 3]
 
-Without --llama-src, ``pip download --no-binary :all: --no-deps llama-cpp-python==0.3.36`` fetches the sdist into
-a temp folder and its vendor/llama.cpp is used. Paste the printed table into benchmarks/RESULTS.md.
+Without --llama-src, ``pip download --no-binary :all: --no-deps llama-cpp-python==0.3.36`` fetches the sdist once
+into the cache folder and its vendor/llama.cpp is used. The cache folder (``$XDG_CACHE_HOME/edgepack`` or
+``~/.cache/edgepack``, beside the llama-cpp-python wheel the Makefile caches) keeps the sdist, the llama-bench build
+(``llama-bench-0.3.36/``) and the generated models, so only the first run compiles; --build-dir and --workdir put
+them elsewhere. Paste the printed table into benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,11 @@ TYPES = ("Q4_0", "Q8_0", "Q4_K_M")
 TOLERANCE = 0.05
 
 
+def cache_dir() -> Path:
+    """Where the sdist, the llama-bench build and the models are kept between runs (outside the repository)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgepack"
+
+
 def makefile_cmake_args() -> list[str]:
     """The Makefile's LLAMA_CMAKE_ARGS (the portable, AMX-free build of llama-cpp-python), continuation lines joined."""
     text = (REPO / "Makefile").read_text().replace("\\\n", " ")
@@ -54,18 +61,26 @@ def makefile_cmake_args() -> list[str]:
 
 
 def fetch_sdist(into: Path) -> Path:
-    """llama-cpp-python's sdist from PyPI, unpacked; returns its vendor/llama.cpp."""
+    """llama-cpp-python's sdist from PyPI, unpacked (once: a later run finds it); returns its vendor/llama.cpp."""
+    src = into / f"llama_cpp_python-{LLAMA_CPP_PYTHON}" / "vendor" / "llama.cpp"
+    if (src / "CMakeLists.txt").is_file():
+        return src
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
                     f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(into)], check=True)
     [archive] = into.glob("llama_cpp_python-*.tar.gz")
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
-    return into / f"llama_cpp_python-{LLAMA_CPP_PYTHON}" / "vendor" / "llama.cpp"
+    return src
 
 
-def build_llama_bench(src: Path, build: Path) -> Path:
-    """cmake configure + build of the llama-bench target only, static, with the Makefile's flags."""
+def build_llama_bench(src: Path | None, build: Path) -> Path:
+    """cmake configure + build of the llama-bench target only, static, with the Makefile's flags, from ``src`` (the
+    sdist's vendor/llama.cpp; None: fetched into the cache). A build folder that has the binary is reused."""
     exe = build / "bin" / "llama-bench"
+    if exe.is_file():  # static (BUILD_SHARED_LIBS=OFF): a build folder's binary is all that is needed
+        print(f"reusing {exe}", file=sys.stderr)
+        return exe
+    src = src or fetch_sdist(cache_dir() / f"sdist-{LLAMA_CPP_PYTHON}")
     flags = makefile_cmake_args() + ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
                                      "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
     if not (build / "CMakeCache.txt").exists():
@@ -110,41 +125,40 @@ def run_edgepack(model: Path, threads: int, reps: int) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-src", type=Path, help="llama.cpp source (the sdist's vendor/llama.cpp); default: pip download")
-    ap.add_argument("--build-dir", type=Path, help="cmake build folder outside the repo (reused; default: a temp folder)")
-    ap.add_argument("--workdir", type=Path, help="keep the generated models here (reused on the next run)")
+    ap.add_argument("--build-dir", type=Path, help="cmake build folder outside the repo (reused; default: "
+                    f"{cache_dir()}/llama-bench-{LLAMA_CPP_PYTHON})")
+    ap.add_argument("--workdir", type=Path, help="keep the generated models here (reused on the next run; default: "
+                    f"{cache_dir()}/bench-vs-llama-bench)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5, help="llama-bench -r and edgepack bench --reps")
     ap.add_argument("--repeats", type=int, default=3, help="back-to-back pairs per quant type")
     ap.add_argument("--types", default=",".join(TYPES), help="quant types to compare (default: %(default)s)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="edgepack-vs-llama-bench-") as tmp:
-        tmp = Path(tmp)
-        src = args.llama_src or fetch_sdist(tmp / "sdist")
-        for inside, what in ((args.build_dir, "--build-dir"), (args.workdir, "--workdir")):
-            if inside is not None and inside.resolve().is_relative_to(REPO):
-                raise SystemExit(f"{what} {inside} is inside the repository: give a folder outside it")
-        exe = build_llama_bench(src, args.build_dir or tmp / "build")
-        workdir = args.workdir or tmp / "models"
-        workdir.mkdir(parents=True, exist_ok=True)
-        models = build_models(workdir)
-        print(f"{args.threads} threads, {args.reps} reps per run, {args.repeats} pairs per type, "
-              f"{os.cpu_count()} cores", file=sys.stderr)
-        rows, ok = [], True
-        for name in args.types.split(","):
-            runs = {"llama-bench": [], "edgepack": []}
-            for rep in range(args.repeats):
-                order = ("llama-bench", "edgepack") if rep % 2 == 0 else ("edgepack", "llama-bench")
-                for who in order:
-                    got = (run_llama_bench(exe, models[name], args.threads, args.reps) if who == "llama-bench"
-                           else run_edgepack(models[name], args.threads, args.reps))
-                    runs[who].append(got)
-                    print(f"  {name} {who:11s} pp512 {got[0]:7.1f}  tg128 {got[1]:6.1f} tok/s", file=sys.stderr)
-            ratio = [statistics.median(e[i] / b[i] for b, e in zip(runs["llama-bench"], runs["edgepack"]))
-                     for i in (0, 1)]
-            med = {who: [statistics.median(x[i] for x in v) for i in (0, 1)] for who, v in runs.items()}
-            good = all(abs(r - 1) <= TOLERANCE for r in ratio)
-            ok &= good
-            rows.append((name, med, ratio, good))
+    for inside, what in ((args.build_dir, "--build-dir"), (args.workdir, "--workdir")):
+        if inside is not None and inside.resolve().is_relative_to(REPO):
+            raise SystemExit(f"{what} {inside} is inside the repository: give a folder outside it")
+    exe = build_llama_bench(args.llama_src, args.build_dir or cache_dir() / f"llama-bench-{LLAMA_CPP_PYTHON}")
+    workdir = args.workdir or cache_dir() / "bench-vs-llama-bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    models = build_models(workdir)
+    print(f"{args.threads} threads, {args.reps} reps per run, {args.repeats} pairs per type, "
+          f"{os.cpu_count()} cores", file=sys.stderr)
+    rows, ok = [], True
+    for name in args.types.split(","):
+        runs = {"llama-bench": [], "edgepack": []}
+        for rep in range(args.repeats):
+            order = ("llama-bench", "edgepack") if rep % 2 == 0 else ("edgepack", "llama-bench")
+            for who in order:
+                got = (run_llama_bench(exe, models[name], args.threads, args.reps) if who == "llama-bench"
+                       else run_edgepack(models[name], args.threads, args.reps))
+                runs[who].append(got)
+                print(f"  {name} {who:11s} pp512 {got[0]:7.1f}  tg128 {got[1]:6.1f} tok/s", file=sys.stderr)
+        ratio = [statistics.median(e[i] / b[i] for b, e in zip(runs["llama-bench"], runs["edgepack"]))
+                 for i in (0, 1)]
+        med = {who: [statistics.median(x[i] for x in v) for i in (0, 1)] for who, v in runs.items()}
+        good = all(abs(r - 1) <= TOLERANCE for r in ratio)
+        ok &= good
+        rows.append((name, med, ratio, good))
     print(f"\n| type | llama-bench pp512 | edgepack pp512 | pp ratio (median of {args.repeats} pairs) | "
           f"llama-bench tg128 | edgepack tg128 | tg ratio | within {TOLERANCE:.0%} |")
     print("|---|---|---|---|---|---|---|---|")

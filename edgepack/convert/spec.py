@@ -5,7 +5,7 @@ hyperparameters are copied from config.json to GGUF keys by the ``hparams`` tabl
 ``gguf.TensorNameMap`` for ``arch``, ``transforms`` rewrite the few tensors whose layout differs between
 Hugging Face and llama.cpp, and ``check`` rejects configs the family cannot represent faithfully.
 
-The same spec sizes a model without its weights (``edgepack fit --config``, edgepack/fit.py): ``gguf_tensors``
+The same spec sizes a model without its weights (``edgepack fit --config``, edgepack/fit/describe.py): ``gguf_tensors``
 turns ``tensors`` into the GGUF names and shapes convert would write, and ``sizes`` (a ``SizeFacts``) states
 the per-layer facts the tensors alone do not tell. How a new family plugs in:
 
