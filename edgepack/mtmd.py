@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,12 +96,25 @@ def image_embeddings(text_gguf: str | Path, mmproj: str | Path, rgb: np.ndarray,
         llama_cpp.llama_model_free(model)
 
 
-def load_projector(mmproj: str) -> bool:
+# clip.cpp's reserve_compute_meta logs each backend's compute buffer as "<buft> compute buffer size = X MiB"
+# (LOG_INF, through the callback mtmd_log_set installs); the bindings do not expose the size otherwise.
+_COMPUTE_BUFFER = re.compile(rb"compute buffer size = *([0-9.]+) MiB")
+_LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+def load_projector(mmproj: str) -> int:
     """Run in a child (``edgepack.isolate``): libmtmd loads the projector on its own (no text model) and reserves
-    its compute graph (warmup, as an app's first load does), which builds the family's graph from the file's keys
-    and tensors. Raises ``BadGGUF`` when llama.cpp refuses it."""
+    its compute graph (warmup, as an app's first load does: llama.cpp sizes it for the largest image it accepts by
+    default), which builds the family's graph from the file's keys and tensors. Returns the compute buffer
+    llama.cpp reserved, in bytes (the largest it logged; 0 if it logged none). Raises ``BadGGUF`` when llama.cpp
+    refuses the file."""
     from llama_cpp import mtmd_cpp as mtmd
 
+    logged: list[bytes] = []
+    callback = _LOG_CALLBACK(lambda level, text, user_data: logged.append(text or b""))
+    mtmd._libmtmd.mtmd_log_set.argtypes = [_LOG_CALLBACK, ctypes.c_void_p]
+    mtmd._libmtmd.mtmd_log_set.restype = None
+    mtmd._libmtmd.mtmd_log_set(callback, None)
     params = mtmd.mtmd_context_params_default()
     params.use_gpu, params.n_threads, params.print_timings, params.warmup = False, 1, False, True
     ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), None, params)
@@ -108,16 +122,19 @@ def load_projector(mmproj: str) -> bool:
         raise BadGGUF(f"llama.cpp's mtmd cannot load the projector {Path(mmproj).name}",
                       "edgepack wrote a projector llama.cpp refuses: a converter bug for this family, please report it")
     mtmd.mtmd_free(ctx)
-    return True
+    sizes = [float(m.group(1)) for line in logged if (m := _COMPUTE_BUFFER.search(line))]
+    return round(max(sizes, default=0.0) * 1024 * 1024)
 
 
-def check_projector_loads(mmproj: str | Path, name: str | None = None) -> None:
+def check_projector_loads(mmproj: str | Path, name: str | None = None) -> int:
     """``load_projector`` in a child process, so that an abort inside llama.cpp is one error line: a projector
-    llama.cpp cannot load is never handed on (``convert_mmproj`` checks the file before renaming it into place)."""
+    llama.cpp cannot load is never handed on (``convert_mmproj`` checks the file before renaming it into place).
+    Returns the compute buffer llama.cpp reserved for it, in bytes (what ``fit`` adds for the projector's work)."""
     from . import isolate
 
-    isolate.call("edgepack.mtmd:load_projector", str(mmproj), what=f"llama.cpp loading the projector {name or mmproj}",
-                 hint="edgepack wrote a projector llama.cpp refuses: a converter bug for this family, please report it")
+    return int(isolate.call(
+        "edgepack.mtmd:load_projector", str(mmproj), what=f"llama.cpp loading the projector {name or mmproj}",
+        hint="edgepack wrote a projector llama.cpp refuses: a converter bug for this family, please report it"))
 
 
 # The text around the image in a timed prompt: mtmd adds the family's image markers, the chat template is left out.

@@ -111,6 +111,8 @@ def test_gemma4_mmproj_embeddings_match_transformers(gemma4_vlm, tmp_path, outty
     folder, text, model, processor = gemma4_vlm
     result = convert_mmproj(folder, tmp_path / f"mmproj-{outtype}.gguf", outtype=outtype)
     assert (result.projector_type, result.image_size, result.image_tokens) == ("gemma4v", 768, 256)
+    # libmtmd's compute buffer for its largest default image (1120 tokens), read from its log when it loaded the file
+    assert 1 << 20 < result.compute_bytes < 1 << 30
 
     rgb = nonsquare_image(672, 960)
     got = mtmd_image_embeddings(text, result.output, rgb)

@@ -85,6 +85,8 @@ def test_qwen_mmproj_embeddings_match_transformers(qwen_vlm, tmp_path, outtype):
     name, folder, text, model, processor, deepstack = qwen_vlm
     result = convert_mmproj(folder, tmp_path / f"mmproj-{outtype}.gguf", outtype=outtype)
     assert result.projector_type == "qwen3vl_merger"
+    # libmtmd's compute buffer for its largest default image (4096 tokens), read from its log when it loaded the file
+    assert 1 << 20 < result.compute_bytes < 1 << 30
     hidden = json.loads((folder / "config.json").read_text())["text_config"]["hidden_size"]
 
     rgb = nonsquare_image(230, 330)

@@ -40,6 +40,7 @@ class MmprojResult:
     seconds: float
     image_size: int
     image_tokens: int  # embeddings one image (one tile, for the tiling families) becomes in the text model's prompt
+    compute_bytes: int = 0  # the compute buffer libmtmd reserved when it loaded the file (for its largest image)
 
 
 def supported_projectors() -> dict[str, str]:
@@ -211,9 +212,10 @@ def convert_mmproj(src: str | Path, out: str | Path, *, outtype: str = "f16", fo
             del data
         writer.close()
         progress.finish()
-        check_projector_loads(tmp, out.name)  # never rename into place a file llama.cpp refuses
+        compute_bytes = check_projector_loads(tmp, out.name)  # never rename into place a file llama.cpp refuses
     image_size = next((v for k, v, _ in p.metadata if k == gguf.Keys.ClipVision.IMAGE_SIZE), 0)
     return MmprojResult(output=out, architecture=p.config["architectures"][0],
                         projector_type=p.spec.projector_type, outtype=outtype, n_tensors=len(p.plan),
                         n_params=total, size_bytes=out.stat().st_size, seconds=round(time.monotonic() - started, 3),
-                        image_size=int(image_size), image_tokens=p.spec.image_tokens(p.config, p.vision, p.preproc))
+                        image_size=int(image_size), image_tokens=p.spec.image_tokens(p.config, p.vision, p.preproc),
+                        compute_bytes=compute_bytes)
