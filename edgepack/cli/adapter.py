@@ -20,6 +20,15 @@ def _warn(warnings: list[str]) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
+def _report(result, as_json: bool, summary: str) -> None:
+    """The result as JSON, or its warnings and a one-line summary."""
+    if as_json:
+        emit_json(result)
+        return
+    _warn(result.warnings)
+    click.echo(summary)
+
+
 @cli.group("adapter")
 def adapter_group() -> None:
     """PEFT LoRA adapters: convert to GGUF adapters, merge into the base, check they fit.
@@ -62,13 +71,9 @@ def convert_command(peft_dir: Path, base: str, out: Path | None, outtype: str, s
         out = Path(f"{peft_dir.resolve().name}-{outtype.upper()}.gguf")
     result = convert_adapter(peft_dir, base, out, outtype=outtype, strict=strict, force=force,
                              progress=Progress(enabled=not as_json))
-    if as_json:
-        emit_json(result)
-        return
-    _warn(result.warnings)
-    click.echo(f"wrote {result.output} ({human_bytes(result.size_bytes)}, {result.outtype.upper()}, "
-               f"{result.n_pairs} LoRA pairs, rank {'/'.join(map(str, result.ranks))}, alpha {result.lora_alpha:g}) "
-               f"for {result.gguf_architecture} base {result.base_name} in {result.seconds:.1f}s")
+    _report(result, as_json, f"wrote {result.output} ({human_bytes(result.size_bytes)}, {result.outtype.upper()}, "
+            f"{result.n_pairs} LoRA pairs, rank {'/'.join(map(str, result.ranks))}, alpha {result.lora_alpha:g}) "
+            f"for {result.gguf_architecture} base {result.base_name} in {result.seconds:.1f}s")
 
 
 @adapter_group.command("merge")
@@ -96,12 +101,8 @@ def merge_command(peft_dir: Path, base: str, out: Path, scale: float, strict: bo
     """
     result = merge_adapter(peft_dir, base, out, scale=scale, strict=strict, force=force,
                            progress=Progress(enabled=not as_json))
-    if as_json:
-        emit_json(result)
-        return
-    _warn(result.warnings)
-    click.echo(f"wrote {result.output}/ ({result.n_merged} of {result.n_tensors} tensors merged, "
-               f"{len(result.files)} files) in {result.seconds:.1f}s")
+    _report(result, as_json, f"wrote {result.output}/ ({result.n_merged} of {result.n_tensors} tensors merged, "
+            f"{len(result.files)} files) in {result.seconds:.1f}s")
 
 
 @adapter_group.command("check")
