@@ -12,6 +12,9 @@ project). What is calibrated, and how (docs/fit.md has the reasoning):
   of it) and the rate (billions of weights per second per core-GHz) is calibrated per (class, family) like
   the efficiency. A row without a thread count ran llama-bench's default: every physical core (the
   performance cores on macOS), as common_cpu_get_num_math() decides.
+* phones: a phone's CPU complex streams at most about 24 GB/s of its LPDDR bus whatever the speed grade, so a
+  phone's CPU memory ceiling is also held to the most GB/s any phone CPU in the training rows streamed
+  (phone_cpu_stream; a device kind, visible to the held-out check, not a per-device factor).
 * prompt: tok/s = compute size x GFLOP/s per unit / FLOPs per token, where the compute size is a spec of the
   device (core-GHz of the threads used for CPU backends; GPU cores for GPU backends) and GFLOP/s per unit is
   calibrated per (device class, quant family) the same way.
@@ -212,6 +215,17 @@ def cpu_memory_ceiling(rows: list[Row]) -> tuple[float, str, dict]:
     return per_device[best], f"the best CPU device ({best}) of {len(per_device)}", per_device
 
 
+def phone_cpu_stream(rows: list[Row]) -> tuple[float, str, dict]:
+    """The most GB/s of weights any phone's CPU backend streamed (each phone: the median over its CPU rows): a
+    phone's CPU complex reaches 18-24 GB/s of its 64-bit LPDDR bus whatever the speed grade (Galaxy S23 18 of 67,
+    POCO F5 23 of 51, OnePlus 15 24 of 85 GB/s), so the CPU memory ceiling, a share of the spec bandwidth, would let
+    a phone with fast memory stream far more than its CPU can. Returns (GB/s, how, per-device GB/s)."""
+    per = _per_device([r for r in rows if r.tg is not None and r.cls not in GPU_CLASSES and r.profile.kind == "phone"],
+                      lambda r: r.tg_eff * r.profile.bandwidth_gb_s.value)
+    best = max(per, key=per.get)
+    return per[best], f"the best phone CPU ({best}) of {len(per)}", per
+
+
 def predict(row: Row, train: list[Row]) -> tuple[float | None, float | None]:
     """(tg, pp) of ``row`` as ``edgepack fit`` projects them: fit.project on the row's profile carrying the
     factors calibrated on ``train`` (what --write-calibration writes for all rows) and the row's thread count."""
@@ -224,6 +238,8 @@ def predict(row: Row, train: list[Row]) -> tuple[float | None, float | None]:
         efficiency, rates = factor(train, "tg", row.cls, row.family, row.key)[0], {}
     else:
         efficiency = cpu_memory_ceiling(train)[0]
+        if row.profile.kind == "phone":  # a phone's CPU streams at most what the phones' CPUs were seen to
+            efficiency = min(efficiency, phone_cpu_stream(train)[0] / row.profile.bandwidth_gb_s.value)
         rate = number(factor(train, "core", row.cls, row.family, row.key)[0])
         rates = {row.family: rate, row.key: rate}
     gflops = number(per_unit * row.size)
@@ -364,7 +380,9 @@ def calibration(rows: list[Row], profiles: dict[str, Profile]) -> dict:
     ceiling, how, devices = cpu_memory_ceiling(rows)
     classes = sorted({r.cls for r in rows} | {p.backend_class(b) for p in profiles.values() for b in p.backends})
     out = {"fitted_on": f"{DATA.relative_to(REPO)}: {len(rows)} measurements on {len({r.device for r in rows})} devices",
-           "cpu_memory_ceiling": _entry("efficiency", round(ceiling, 3), how, devices), "classes": {}}
+           "cpu_memory_ceiling": _entry("efficiency", round(ceiling, 3), how, devices),
+           "phone_cpu_stream": _entry("gb_s", round(phone_cpu_stream(rows)[0], 2), *phone_cpu_stream(rows)[1:]),
+           "classes": {}}
     for cls in classes:
         is_gpu = cls in GPU_CLASSES
         unit = "device" if cls in PER_DEVICE_BACKENDS else "gpu" if is_gpu else "cpu"
@@ -402,7 +420,8 @@ edit by hand, add measurements and rerun it. Device profiles (data/profiles/*.to
 number = its class's factor here (x its compute size for prompt), unless its profile overrides it with its own
 measurement. how = the class/type the factor comes from (or the fallback taken); devices = each device's median
 value it is the median of. Units: efficiency = measured tg / bandwidth roofline; gweights_per_core_ghz = billions
-of weights per second per core-GHz; gflops_per_unit = prompt GFLOP/s per unit (the class's unit). docs/fit.md."""
+of weights per second per core-GHz; gflops_per_unit = prompt GFLOP/s per unit (the class's unit); phone_cpu_stream
+= the most GB/s a phone's CPU backend streams (its CPU efficiency is at most this / its bandwidth). docs/fit.md."""
 
 
 def write_calibration(rows: list[Row], profiles: dict[str, Profile]) -> Path:
@@ -439,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(f"{fam}: {tg}, pp {ppf:.1f} GFLOP/s/unit" + ("" if cls in how else " (fallback)"))
         print(f"  {cls:10} " + "; ".join(parts))
     ceiling, how, _ = cpu_memory_ceiling(rows)
-    print(f"  CPU memory ceiling: {ceiling:.2f} of the spec bandwidth ({how})\n")
+    print(f"  CPU memory ceiling: {ceiling:.2f} of the spec bandwidth ({how})")
+    stream, how, _ = phone_cpu_stream(rows)
+    print(f"  phone CPU stream: at most {stream:.1f} GB/s of weights ({how})\n")
     ok_w = weights_table(rows)
     print()
     summarize(errs["in"], "in-sample, all devices        ")

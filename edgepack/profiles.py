@@ -187,7 +187,8 @@ def _with_calibration(profile: Profile, calibration: str | Path) -> Profile:
     efficiency, by_type, prompt, rates = {}, {}, {}, dict(profile.cpu_gweights_per_core_ghz)
     for backend in profile.backends:
         cls = profile.backend_class(backend)
-        numbers = speed_calibration.device_numbers(cls, backend, profile.compute_size(backend), calibration)
+        numbers = speed_calibration.device_numbers(cls, backend, profile.compute_size(backend), calibration,
+                                                   profile.bandwidth_gb_s.value if profile.kind == "phone" else None)
         efficiency[backend] = profile.generation_efficiency.get(backend) or numbers["efficiency"]
         if efficiency[backend] is None:
             raise ProfileError(f"{profile.path}:generation.{backend}: missing",

@@ -11,7 +11,9 @@ CPU backend; metal, vulkan, cuda, opencl, hexagon) and quant family or ggml type
 * ``generation_compute``: the CPU's weights per second per core-GHz (the core-speed bound of generation);
 * ``prompt``: GFLOP/s per compute unit (core-GHz for a CPU, GPU cores, or one unit per device for opencl and
   hexagon, whose core counts are not published);
-* ``cpu_memory_ceiling``: the share of the spec bandwidth a CPU reaches when its cores keep up.
+* ``cpu_memory_ceiling``: the share of the spec bandwidth a CPU reaches when its cores keep up;
+* ``phone_cpu_stream``: the most GB/s a phone's CPU complex streams, whatever its LPDDR speed grade (a phone's CPU
+  efficiency is at most this / its bandwidth).
 
 Each number carries how it was fitted and the per-device values it was fitted on, so a recalibration is one
 readable diff. ``device_numbers`` turns a class's factors into one device's numbers (x its compute size); a
@@ -77,16 +79,24 @@ def _sourced(entry: dict, table: str, scale: float, path: Path, unit: str) -> So
     return Sourced(value, f"{path.name}: {entry['how']}{size}", "estimate", f"class factor fitted on: {devices}")
 
 
-def device_numbers(cls: str, backend: str, size: float, path: str | Path = CALIBRATION_FILE) -> dict:
+def device_numbers(cls: str, backend: str, size: float, path: str | Path = CALIBRATION_FILE,
+                   phone_bandwidth_gb_s: float | None = None) -> dict:
     """One backend's numbers for a device of calibration class ``cls`` with compute ``size`` (core-GHz of its
     threads, GPU cores, or 1): ``efficiency`` (a Sourced, None without data), ``by_type``, ``rates`` (CPU) and
-    ``prompt`` (GFLOP/s = the class's per-unit factor x size; empty when the size is unknown)."""
+    ``prompt`` (GFLOP/s = the class's per-unit factor x size; empty when the size is unknown). A phone (its
+    bandwidth given) has its CPU efficiency held to what a phone's CPU streams."""
     path = Path(path)
     data = load(path)
     numbers = data.get("classes", {}).get(cls, {})
     unit = numbers.get("unit", "unit")
     if backend == "cpu":
         efficiency = _sourced(data["cpu_memory_ceiling"], "generation", 1.0, path, unit)
+        stream = data.get("phone_cpu_stream", {}).get("gb_s")
+        if phone_bandwidth_gb_s and stream and stream / phone_bandwidth_gb_s < efficiency.value:
+            efficiency = Sourced(round(stream / phone_bandwidth_gb_s, 4),
+                                 f"{path.name}: phone_cpu_stream {stream:g} GB/s / this phone's "
+                                 f"{phone_bandwidth_gb_s:g} GB/s ({data['phone_cpu_stream']['how']})", "estimate",
+                                 "a phone's CPU streams at most what the phones' CPUs in the data did")
     else:
         efficiency = _sourced(numbers["generation"], "generation", 1.0, path, unit) if "generation" in numbers else None
     return {"efficiency": efficiency,
@@ -113,6 +123,7 @@ def to_toml(data: dict, header: str) -> str:
     lines += ["", f"schema = {SCHEMA_VERSION}", f"fitted_on = {_inline(data['fitted_on'])}", "",
               "[cpu_memory_ceiling]"]
     lines += [f"{k} = {_inline(v)}" for k, v in data["cpu_memory_ceiling"].items()]
+    lines += ["", "[phone_cpu_stream]"] + [f"{k} = {_inline(v)}" for k, v in data["phone_cpu_stream"].items()]
     for cls, numbers in data["classes"].items():
         lines += ["", f"[classes.{cls}]", f"unit = {_inline(numbers['unit'])}"]
         if "generation" in numbers:

@@ -105,10 +105,12 @@ def calibrate_command(name: str, results: Path, out: Path | None, new_name: str 
                       models_dir: tuple[Path, ...], extra: tuple[Path, ...]) -> None:
     """Fit a profile to your own device's measurements: write a calibrated copy of it.
 
-    NAME is the profile the device is closest to (or a .toml). Its prompt GFLOP/s, CPU weights rate and
-    GPU/NPU efficiencies are set, per backend and quant type, so that `edgepack fit` gives back what was
-    measured; the measured numbers are kept as each value's source (kind = measurement). The GGUFs must be
-    readable here (their recorded path, next to the results, or in --models).
+    NAME is the profile the device is closest to (or a .toml). The copy keeps its facts and adds overrides of
+    the class calibration (edgepack/data/speed-calibration.toml): prompt GFLOP/s, CPU weights rate, GPU/NPU
+    efficiencies and, if a token was faster than fit's floor estimate, the per-token floor, per backend and quant
+    type, so that `edgepack fit` gives back what was measured, however fast (nothing is capped at the memory's
+    spec); the measured numbers are each value's source (kind = measurement). The GGUFs must be readable here
+    (their recorded path, next to the results, or in --models).
 
     \b
     Examples:

@@ -154,3 +154,24 @@ def test_a_device_override_wins_over_its_class(tmp_path):
     # what it does not override is its class's, x its compute size
     assert mine.gflops("cpu", "k_quant") == shipped.gflops("cpu", "k_quant")
     assert mine.efficiency("cpu") == shipped.efficiency("cpu")
+
+
+def test_a_phone_cpu_streams_at_most_what_phone_cpus_were_measured_to():
+    """A phone's CPU memory ceiling is held to the calibration's phone_cpu_stream (GB/s), whatever its LPDDR grade;
+    a laptop's is the share of its spec bandwidth."""
+    from edgepack.speed_calibration import load
+
+    cal = load()
+    stream, ceiling = cal["phone_cpu_stream"]["gb_s"], cal["cpu_memory_ceiling"]["efficiency"]
+    profiles = load_profiles()
+    for p in profiles.values():
+        if "cpu" not in p.backends:
+            continue
+        eff = p.efficiency("cpu").value
+        if p.kind == "phone":
+            assert eff == pytest.approx(min(ceiling, stream / p.bandwidth_gb_s.value), rel=1e-3), p.name
+        else:
+            assert eff == ceiling, p.name
+    fast = profiles["oneplus-15"]  # 84.8 GB/s: held to the stream
+    assert fast.efficiency("cpu").value * fast.bandwidth_gb_s.value == pytest.approx(stream, rel=1e-3)
+    assert "phone_cpu_stream" in fast.efficiency("cpu").source
