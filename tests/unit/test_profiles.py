@@ -14,7 +14,10 @@ from edgepack.profiles import SHIPPED_DIR, get_profile, load_profile_file, load_
 
 REQUIRED = ["pixel-6", "pixel-7", "pixel-8", "pixel-8-pro", "pixel-9-pro", "galaxy-s23", "galaxy-s24", "iphone-15-pro",
             "raspberry-pi-5-8gb", "macbook-air-m1-8gb", "macbook-air-m2", "macbook-air-m3", "macbook-pro-m3-pro",
-            "x86-laptop-ddr5", "jetson-orin-nano-8gb"]
+            "x86-laptop-ddr5", "jetson-orin-nano-8gb",
+            # issue 17's phones, one per SoC on its list
+            "galaxy-s25", "poco-f7-ultra", "oneplus-15", "poco-f6", "oneplus-nord-4", "vivo-x200", "poco-x7-pro",
+            "pixel-10", "iphone-16-pro", "galaxy-s24-exynos"]
 
 
 def test_shipped_profiles_validate_and_cover_the_issue_list():
