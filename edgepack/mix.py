@@ -163,6 +163,16 @@ def measure(src: Path, *, work_dir: Path, imatrix: Path | None = None, sensitivi
                        n_params=header.n_params)
 
 
+def sensitivity_text_of(calibration: str | Path | None) -> Path:
+    """The text the trials measure KLD on: the calibration set's first plain text file, or, without one (none
+    given, or conversations only), the built-in set's; never the evaluation text, which judges the result."""
+    from .calibration import BUILTIN
+    from .calibration import calibration as load_calibration
+
+    specs = ([calibration] if calibration is not None else []) + [BUILTIN]
+    return next(p for spec in specs for p in load_calibration(spec).files if p.suffix != ".jsonl")
+
+
 def default_candidates(with_imatrix: bool) -> tuple[str, ...]:
     return CANDIDATES + (IMATRIX_CANDIDATES if with_imatrix else ())
 
@@ -273,10 +283,10 @@ def quantize_mix(src: str | Path, out_dir: str | Path | None = None, *, target_s
                  force: bool = False, progress: Progress = QUIET) -> MixResult:
     """Choose (``plan``), quantize and measure the best mix for ``--target-size`` MB (10^6 bytes, the whole
     file) or ``--target-bpw`` (bits per weight over the tensor data, as llama.cpp reports it). With
-    ``calibration`` the imatrix is computed first (as ``quantize``) and its plain text is the sensitivity text;
-    the result's KLD is measured on ``eval_text`` (default: edgepack eval's built-in text)."""
+    ``calibration`` the imatrix is computed first (as ``quantize``); the trials measure on its plain text
+    (``sensitivity_text_of``); the result's KLD is measured on ``eval_text`` (default: edgepack eval's built-in
+    text)."""
     from . import imatrix as im
-    from .calibration import calibration as load_calibration
     from .evaluate import evaluate
     from .quantize import inspect_source
 
@@ -294,18 +304,16 @@ def quantize_mix(src: str | Path, out_dir: str | Path | None = None, *, target_s
     else:
         target_bytes, label, file_budget = int(target_bpw * header.n_params / 8), f"{target_bpw:g} bpw", False
     out_dir = Path(out_dir) if out_dir is not None else src.resolve().parent
-    sensitivity_text = None
+    refuse_unreachable(src, target_bytes, label, file_budget=file_budget,  # before any work
+                       with_imatrix=imatrix is not None or calibration is not None, candidates=candidates)
+    sensitivity_text = sensitivity_text_of(calibration)
     if calibration is not None:
-        cal = load_calibration(calibration)
-        sensitivity_text = next((p for p in cal.files if p.suffix != ".jsonl"), None)
         out_dir.mkdir(parents=True, exist_ok=True)
         im.ensure(src, calibration, out_dir / f"{source.name}.imatrix.gguf", threads=threads, progress=progress)
         imatrix = out_dir / f"{source.name}.imatrix.gguf"
     elif imatrix is not None:
         im.check_model(im.read(imatrix), src)
     out_dir.mkdir(parents=True, exist_ok=True)
-    refuse_unreachable(src, target_bytes, label, file_budget=file_budget, with_imatrix=imatrix is not None,
-                       candidates=candidates)
     sens = measure(src, work_dir=out_dir, imatrix=imatrix, sensitivity_text=sensitivity_text, candidates=candidates,
                    sensitivity_chars=sensitivity_chars, ctx=ctx, threads=threads, progress=progress)
     mix_plan = choose(sens, target_bytes, label, file_budget=file_budget, imatrix=imatrix is not None)
