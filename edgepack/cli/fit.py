@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..fit import Variant, config_name, describe_config, describe_gguf, fit, load_config, variants_from_bench
+from ..fit import (Variant, config_name, describe_config, describe_gguf, fit, load_config, projector_bytes,
+                   variants_from_bench)
 from ..profiles import get_profile, load_profiles
 from . import cli
 from ._output import emit_table, save_and_emit
@@ -33,13 +34,16 @@ from ._output import emit_table, save_and_emit
               "fastest one where the variant fits. Used where the profile has it, else the profile's default; every "
               "row also lists each backend's projection (by_backend) and the recommended one (best_backend).")
 @click.option("--flash-attn", is_flag=True, help="Plan for flash attention (smaller compute buffer).")
+@click.option("--mmproj", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="The models' vision projector (edgepack convert --mmproj): its weights and the compute buffer "
+                   "libmtmd reserves for it (measured by loading it here) count in every variant's memory.")
 @click.option("-t", "--threads", type=int,
               help="CPU threads the app will use (default: each profile's cpu.threads); speeds scale with the "
                    "clocks of that many cores, fastest first.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="Also write the JSON result here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx, min_tps, max_kld, backend,
-                flash_attn, threads, out, as_json) -> None:
+                flash_attn, mmproj, threads, out, as_json) -> None:
     """Pick the best variant for each device: memory, projected speed, quality, reasons.
 
     MODELS are GGUF files (variants of one model). Or describe a model without files with --config and
@@ -53,10 +57,12 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
       edgepack fit --config Llama-3.1-8B/config.json --quant Q4_K_M --quant Q8_0 -p pixel-8
       edgepack fit --config meta-llama/Llama-3.1-8B --quant Q4_K_M -p pixel-8 -p macbook-air-m2
       edgepack fit model-Q4_0.gguf -p galaxy-s23 --threads 4       # what a 4-thread app gets
+      edgepack fit gemma3-Q4_K_M.gguf --mmproj mmproj-gemma-3-4b-it-F16.gguf -p pixel-8   # with its projector
 
     \b
     JSON memory parts are in megabytes (1e6 bytes): memory.weights_mb, kv_cache_mb, compute_mb, output_mb,
-    overhead_mb, state_mb (recurrent state of hybrid models), and memory_total_mb / usable_mb.
+    overhead_mb, state_mb (recurrent state of hybrid models), projector_mb (with --mmproj), and memory_total_mb /
+    usable_mb.
     """
     if n_ctx <= 0:
         raise UsageError("--ctx must be positive", "e.g. --ctx 2048")
@@ -79,7 +85,8 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
     profiles = ([get_profile(n, extra) for n in profile_names] if profile_names
                 else list(load_profiles(extra).values()))
     result = fit(variants, profiles, n_ctx=n_ctx, min_tps=min_tps, max_kld=max_kld, backend=backend,
-                 flash_attn=flash_attn, threads=threads)
+                 flash_attn=flash_attn, threads=threads,
+                 projector_bytes=projector_bytes(mmproj) if mmproj else 0)
     if save_and_emit(result.to_dict(), out, as_json):
         return
     emit_table(["profile", "variant", "memory MB (usable)", "fits", "tg tok/s", "pp tok/s", "KLD", "verdict"],

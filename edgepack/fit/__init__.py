@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from .describe import SWA_PATTERN, ModelDesc, TensorDesc, config_name, describe_config, describe_gguf, load_config
 from .memory import (CPU_REPACK, HEXAGON_TYPES, KV_PAD, MB, MemoryParts, compute_buffer_bytes, cpu_repacks,
-                     kv_cache_bytes, kv_cells, memory_needed, recurrent_state_bytes, tied_output_copy_bytes)
+                     kv_cache_bytes, kv_cells, memory_needed, projector_bytes, recurrent_state_bytes,
+                     tied_output_copy_bytes)
 from .pick import DEFAULT_BATCHES, FitResult, FitRow, Quality, Variant, fit, nice_mb, variants_from_bench
 from .speed import TOKEN_FLOOR, HostCalibration, Projection, flops_per_token, project, token_floor_ms, token_floor_s
 
 __all__ = ["ModelDesc", "TensorDesc", "describe_gguf", "describe_config", "load_config", "config_name", "SWA_PATTERN",
-           "MemoryParts", "memory_needed", "kv_cache_bytes", "kv_cells", "compute_buffer_bytes",
+           "MemoryParts", "memory_needed", "projector_bytes", "kv_cache_bytes", "kv_cells", "compute_buffer_bytes",
            "recurrent_state_bytes", "tied_output_copy_bytes", "cpu_repacks", "CPU_REPACK", "HEXAGON_TYPES", "KV_PAD",
            "MB", "HostCalibration", "Projection", "project", "flops_per_token", "token_floor_s", "token_floor_ms",
            "TOKEN_FLOOR", "Quality", "Variant", "FitRow", "FitResult", "fit", "variants_from_bench", "nice_mb",

@@ -7,6 +7,7 @@ embedding's copy goes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .describe import ModelDesc
 
@@ -45,11 +46,12 @@ class MemoryParts:
     output_bytes: int
     overhead_bytes: int
     state_bytes: int = 0  # recurrent/convolution state of hybrid layers (fixed per sequence)
+    projector_bytes: int = 0  # the vision projector loaded beside it (``projector_bytes``): weights + its compute
 
     @property
     def total_bytes(self) -> int:
         return (self.weights_bytes + self.tied_output_copy_bytes + self.kv_cache_bytes + self.compute_bytes
-                + self.output_bytes + self.overhead_bytes + self.state_bytes)
+                + self.output_bytes + self.overhead_bytes + self.state_bytes + self.projector_bytes)
 
     @property
     def loaded_weights_bytes(self) -> int:
@@ -57,8 +59,10 @@ class MemoryParts:
         return self.weights_bytes + self.tied_output_copy_bytes
 
     def as_mb(self) -> dict[str, float]:
-        """The parts in megabytes (1e6 bytes), keys named by that unit: weights_mb, kv_cache_mb, ..."""
-        return {k.removesuffix("_bytes") + "_mb": round(v / MB, 2) for k, v in asdict(self).items()}
+        """The parts in megabytes (1e6 bytes), keys named by that unit: weights_mb, kv_cache_mb, ... (projector_mb
+        only with a projector: a text model's figures, and the manifests holding them, stay as they were)."""
+        return {k.removesuffix("_bytes") + "_mb": round(v / MB, 2) for k, v in asdict(self).items()
+                if v or k != "projector_bytes"}
 
 
 def _pad(n: int, to: int) -> int:
@@ -139,13 +143,28 @@ def tied_output_copy_bytes(model: ModelDesc, backend: str = "cpu", isa: tuple[st
 
 def memory_needed(model: ModelDesc, n_ctx: int, n_batch: int = 512, flash_attn: bool = False,
                   overhead_bytes: int = 0, kv_type_bytes: float = 2.0, backend: str = "cpu",
-                  isa: tuple[str, ...] | list[str] = ()) -> MemoryParts:
+                  isa: tuple[str, ...] | list[str] = (), projector_bytes: int = 0) -> MemoryParts:
     """What llama.cpp allocates for ``model`` on ``backend`` of a device with ``isa`` (the tied-embedding copy
-    depends on both)."""
+    depends on both), plus ``projector_bytes`` for a vision projector loaded beside it."""
     n_ubatch = min(n_batch, 512)
     return MemoryParts(weights_bytes=model.weight_bytes,
                        tied_output_copy_bytes=tied_output_copy_bytes(model, backend, isa),
                        kv_cache_bytes=kv_cache_bytes(model, n_ctx, n_ubatch, kv_type_bytes, flash_attn),
                        compute_bytes=compute_buffer_bytes(model, n_ctx, n_ubatch, flash_attn),
                        output_bytes=model.n_vocab * 4, overhead_bytes=overhead_bytes,
-                       state_bytes=recurrent_state_bytes(model))
+                       state_bytes=recurrent_state_bytes(model), projector_bytes=projector_bytes)
+
+
+def projector_bytes(mmproj: str | Path, compute_bytes: int | None = None) -> int:
+    """What libmtmd allocates for the vision projector ``mmproj`` beside the text model: its tensors (loaded into
+    backend buffers, not mapped) and the compute buffer it reserves for the largest image it accepts by default.
+    ``compute_bytes``: that buffer as measured when the file was made (``MmprojResult.compute_bytes``); measured
+    here by loading the file in a child when not given. Raises ``BadGGUF`` for a file that is not a projector."""
+    from ..bundle import mmproj_facts
+    from ..ggufheader import read_header
+    from ..mtmd import check_projector_loads
+
+    mmproj_facts(Path(mmproj))  # BadGGUF unless it is a projector
+    if compute_bytes is None:
+        compute_bytes = check_projector_loads(mmproj, Path(mmproj).name)
+    return read_header(mmproj).data_bytes + compute_bytes

@@ -71,13 +71,15 @@ def _quality_key(v: Variant) -> tuple:
     return (0, v.model.bits_per_weight)
 
 
-def _on_backend(v: Variant, profile: Profile, be: str, n_ctx: int, flash_attn: bool, n_threads: int):
-    """(memory parts, n_batch, projection) of variant ``v`` on one backend of ``profile``: the largest batch that
-    fits (or 512 when none does)."""
+def _on_backend(v: Variant, profile: Profile, be: str, n_ctx: int, flash_attn: bool, n_threads: int,
+                projector: int = 0):
+    """(memory parts, n_batch, projection) of variant ``v`` (with ``projector`` bytes of vision projector beside it)
+    on one backend of ``profile``: the largest batch that fits (or 512 when none does)."""
     overhead = int(profile.runtime_overhead_mb.value * MB)
 
     def mem(b: int) -> MemoryParts:
-        return memory_needed(v.model, n_ctx, b, flash_attn, overhead, backend=be, isa=profile.isa)
+        return memory_needed(v.model, n_ctx, b, flash_attn, overhead, backend=be, isa=profile.isa,
+                             projector_bytes=projector)
 
     batch = next((b for b in DEFAULT_BATCHES if mem(b).total_bytes <= profile.usable_bytes), DEFAULT_BATCHES[0])
     return mem(batch), batch, project(v.model, profile, be, n_ctx, v.host, n_threads)
@@ -85,8 +87,9 @@ def _on_backend(v: Variant, profile: Profile, be: str, n_ctx: int, flash_attn: b
 
 def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min_tps: float | None = None,
         max_kld: float | None = None, backend: str | None = None, flash_attn: bool = False,
-        threads: int | None = None) -> FitResult:
+        threads: int | None = None, projector_bytes: int = 0) -> FitResult:
     """For every (variant, profile): memory, projected speed, fits or not; then one pick per profile.
+    ``projector_bytes``: a vision projector shipped beside every variant (``memory.projector_bytes``).
 
     Every backend of a profile is projected (``by_backend``) and the fastest one where the variant fits is
     recommended (``best_backend``). The row itself is for ``backend`` where the profile has it, ``"auto"`` for
@@ -104,7 +107,8 @@ def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min
         usable = profile.usable_bytes
         cands = []
         for v in variants:
-            per_backend = {b: _on_backend(v, profile, b, n_ctx, flash_attn, n_threads) for b in profile.backends}
+            per_backend = {b: _on_backend(v, profile, b, n_ctx, flash_attn, n_threads, projector_bytes)
+                           for b in profile.backends}
             by_backend = {b: {"tg_tokens_per_s": round(p.tg_tokens_per_s, 2), "pp_tokens_per_s": round(p.pp_tokens_per_s, 2),
                               "memory_total_mb": round(m.total_bytes / MB, 2), "fits": m.total_bytes <= usable}
                           for b, (m, _, p) in per_backend.items()}

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from edgepack.cli import cli
 from edgepack.convert import convert
 from edgepack.convert.mmproj import convert_mmproj
+from edgepack.errors import BadGGUF
 from edgepack.mtmd import image_embeddings as mtmd_image_embeddings
 from tests.support.family_cases import _merged
 from tests.support.tinymodels import max_abs_and_cosine
@@ -177,3 +178,23 @@ def test_qwen_convert_cli_writes_both(qwen_vlm, tmp_path):
     assert arch == {"qwen3-vl-2b": "qwen3vl", "qwen3.5-0.8b": "qwen35"}[name]
     assert payload["mmproj"]["projector_type"] == "qwen3vl_merger"
     assert (tmp_path / "mmproj-model-F16.gguf").is_file()
+
+
+def test_fit_counts_the_projector(qwen_vlm, tmp_path):
+    """`fit --mmproj`: every variant's memory holds the projector's tensors and the compute buffer libmtmd reserved
+    when it loaded the file (the same figure convert_mmproj measured), and nothing else changes."""
+    from edgepack.ggufheader import read_header
+
+    name, folder, text, _, _, _ = qwen_vlm
+    made = convert_mmproj(folder, tmp_path / "mmproj.gguf")
+    runs = {}
+    for extra in ([], ["--mmproj", str(made.output)]):
+        result = CliRunner().invoke(cli, ["fit", str(text), "-p", "pixel-8", "--ctx", "256", "--json", *extra])
+        assert result.exit_code == 0, result.output
+        runs[bool(extra)] = json.loads(result.output)["rows"][0]
+    expected_mb = (read_header(made.output).data_bytes + made.compute_bytes) / 1e6
+    assert "projector_mb" not in runs[False]["memory"]
+    assert runs[True]["memory"]["projector_mb"] == pytest.approx(expected_mb, abs=0.01)
+    assert runs[True]["memory_total_mb"] == pytest.approx(runs[False]["memory_total_mb"] + expected_mb, abs=0.02)
+    wrong = CliRunner().invoke(cli, ["fit", str(text), "-p", "pixel-8", "--mmproj", str(text)])
+    assert isinstance(wrong.exception, BadGGUF) and "not a multimodal projector" in str(wrong.exception)
