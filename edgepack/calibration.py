@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EdgepackError, UsageError
+from .fileio import feed_file
 
 TEXT_BLOCK_CHARS = 64 * 1024
 BUILTIN = "builtin"
@@ -41,9 +42,7 @@ class Calibration:
         """sha256 of the files' bytes, in order (for one file: the file's own sha256)."""
         digest = hashlib.sha256()
         for path in self.files:
-            with open(path, "rb") as f:
-                while block := f.read(1 << 20):
-                    digest.update(block)
+            feed_file(path, digest)
         return digest.hexdigest()
 
     def blocks(self, chat_template: str | None = None, bos: str = "", eos: str = ""

@@ -27,15 +27,22 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # reading the umask means setting it; put it straight back
 
 
-def sha256_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str:
-    """Hex sha256 of a file, read in chunks (bounded memory). ``stop`` lets another thread abandon it."""
-    digest = hashlib.sha256()
+def feed_file(path: str | os.PathLike, *digests, stop: threading.Event | None = None) -> bool:
+    """Feed a file's bytes to each of ``digests`` (hashlib objects), in chunks (bounded memory): the one reader
+    behind every content hash edgepack takes. ``stop`` lets another thread abandon it (returns False)."""
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK_BYTES):
             if stop is not None and stop.is_set():
-                return ""
-            digest.update(chunk)
-    return digest.hexdigest()
+                return False
+            for digest in digests:
+                digest.update(chunk)
+    return True
+
+
+def sha256_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str:
+    """Hex sha256 of a file. ``stop`` lets another thread abandon it (then "")."""
+    digest = hashlib.sha256()
+    return digest.hexdigest() if feed_file(path, digest, stop=stop) else ""
 
 
 def stat_fingerprint(path: str | os.PathLike) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import HubError, OutputError
-from .fileio import HASH_CHUNK_BYTES, atomic_write_text
+from .fileio import atomic_write_text, feed_file
 from .progress import QUIET, Progress
 from .source import Provenance
 
@@ -298,14 +298,8 @@ def _verify(ctx: Context, folder: Path, selected: list[str], listing: dict[str, 
 
 def _hashes(path: Path, git_blob: bool) -> tuple[str, str | None]:
     sha256 = hashlib.sha256()
-    sha1 = None
-    if git_blob:
-        sha1 = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            sha256.update(chunk)
-            if sha1 is not None:
-                sha1.update(chunk)
+    sha1 = hashlib.sha1(b"blob %d\0" % path.stat().st_size) if git_blob else None  # git's blob id
+    feed_file(path, *filter(None, (sha256, sha1)))
     return sha256.hexdigest(), sha1.hexdigest() if sha1 is not None else None
 
 
