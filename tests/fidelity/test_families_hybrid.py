@@ -17,11 +17,10 @@ import pytest
 
 from edgepack.convert import convert
 from edgepack.convert.families.lfm2 import LFM2
-from edgepack.errors import UnsupportedArchitecture
 from edgepack.evaluate import open_llama
 from tests.support.family_cases import CASES
 from tests.fidelity.test_families import TOLERANCE
-from tests.support.tinymodels import compare, llama_cpp_logits, real_config, shrink
+from tests.support.tinymodels import compare, llama_cpp_logits
 
 LFM2_CASE = next(c for c in CASES if c.name == "lfm2-1.2b")
 LFM2MOE_CASE = next(c for c in CASES if c.name == "lfm2-8b-a1b")
@@ -177,41 +176,6 @@ def test_lfm2moe_experts_are_read_one_at_a_time(built, monkeypatch):
     expert_reads = [size for name, size in reads if ".experts." in name]
     assert expert_reads and max(expert_reads) == expert
     assert len(expert_reads) == 3 * config["num_experts"] * len(_moe_layers(config))
-
-
-UNSUPPORTED = [
-    ("lfm2_1.2b", {"full_attn_idxs": None, "layer_types": ["conv", "sliding_attention"]}, "layer type 'sliding_attention'"),
-    ("lfm2_1.2b", {"conv_bias": True}, "conv_bias"),
-    ("lfm2_1.2b", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn'"),
-    ("lfm2_8b_a1b", {"layer_types": ["conv", "mamba"]}, "layer type 'mamba'"),
-    ("lfm2_8b_a1b", {"layer_types": ["conv", "conv"], "routed_scaling_factor": 2.5}, "routed_scaling_factor 2.5"),
-    ("lfm2_8b_a1b", {"layer_types": ["conv", "conv"], "norm_topk_prob": False}, "norm_topk_prob"),
-    ("olmo2_7b", {"attention_bias": True}, "attention_bias"),
-    ("olmo2_7b", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope scaling type 'dynamic'"),
-    ("granite_3.3_2b", {"mlp_bias": True}, "attention_bias/mlp_bias"),
-    ("granite_3.3_2b", {"logits_scaling": 0}, "logits_scaling 0"),
-    ("granite_4.0_h_tiny", {"layer_types": ["mamba", "mamba2"]}, "layer type 'mamba2'"),
-    ("granite_4.0_h_tiny", {"layer_types": ["attention", "attention"]}, "experts but no Mamba layers"),
-    ("granite_4.0_h_tiny", {"layer_types": ["mamba", "attention"], "mamba_n_heads": 8, "mamba_expand": 4},
-     "mamba_expand 4"),
-    ("granite_4.0_h_tiny", {"layer_types": ["mamba", "attention"], "mamba_n_heads": 8, "mamba_conv_bias": False},
-     "mamba_conv_bias False"),
-    ("granite_4.0_h_tiny", {"layer_types": ["mamba", "attention"], "mamba_n_heads": 8,
-                            "time_step_limit": [0.001, 0.1]}, "time_step_limit"),
-]
-
-
-@pytest.mark.parametrize("config_name,overrides,message", UNSUPPORTED, ids=[m for _, _, m in UNSUPPORTED])
-def test_unsupported_setting_is_refused_and_nothing_written(tmp_path, config_name, overrides, message):
-    config = shrink(real_config(config_name), **overrides)
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedArchitecture) as info:
-        convert(folder, tmp_path / "out.gguf")
-    assert message in str(info.value) and "\n" not in str(info.value)
-    assert info.value.hint
-    assert list(tmp_path.iterdir()) == [folder]
 
 
 GRANITE_CASE = next(c for c in CASES if c.name == "granite-3.3-2b")

@@ -3,7 +3,8 @@
 The logits tests in test_families.py hold each family to transformers (F32 ≤ 1e-4, F16 ≤ 5e-3). Here each
 family's special structure is checked on its own: the same converted GGUF is compared with transformers
 computing *without* that detail (NoPE layers rotated, no query temperature, no YaRN), which must be far off,
-so that the logits test fails when the detail is broken; and settings llama.cpp cannot reproduce are refused.
+so that the logits test fails when the detail is broken. (The settings llama.cpp cannot reproduce are refused:
+tests/unit/test_family_refusals.py.)
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import shutil
 import gguf
 import pytest
 
-from edgepack.convert import convert, supported_architectures
+from edgepack.convert import convert
 from edgepack.convert.families.smollm3 import llama_cpp_rope_layers
-from edgepack.errors import UnsupportedArchitecture
 from tests.support.family_cases import CASES
-from tests.support.tinymodels import compare, hf_logits, llama_cpp_logits, real_config, reload_float32, shrink
+from tests.support.tinymodels import compare, hf_logits, llama_cpp_logits, reload_float32
 
 F32_LIMIT = 1e-4  # test_families' F32 tolerance
 SMOLLM3, MINISTRAL3, MINISTRAL3_MM, PHI4_MINI = (next(c for c in CASES if c.name == n) for n in (
@@ -65,23 +65,6 @@ def test_smollm3_nope_layers_are_the_ones_llama_cpp_skips(built, tmp_path):
     assert all_rope[0] > 10 * F32_LIMIT  # the F32 logits test would fail by far
 
 
-@pytest.mark.parametrize("no_rope", [
-    {"no_rope_layers": [1, 1, 0, 1, 1, 1, 0, 1]},      # NoPE on other layers than every 4th
-    {"no_rope_layers": [1] * 8},                        # no NoPE at all
-    {"no_rope_layers": None, "no_rope_layer_interval": 3},  # transformers would build every 3rd
-    {"no_rope_layers": [1, 1, 1, 0]},                    # fewer flags than layers
-], ids=["other-layers", "none", "interval-3", "short-list"])
-def test_smollm3_nope_pattern_llama_cpp_does_not_apply_is_refused(tmp_path, no_rope):
-    config = dict(shrink(real_config("smollm3_3b"), layers=8), **no_rope)
-    config = {k: v for k, v in config.items() if v is not None}
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model/config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedArchitecture) as info:
-        convert(tmp_path / "model", tmp_path / "out.gguf")
-    assert "NoPE" in str(info.value) and "every 4th layer" in info.value.hint
-    assert not (tmp_path / "out.gguf").exists()
-
-
 @pytest.mark.parametrize("built", [MINISTRAL3], indirect=True, ids=["ministral3"])
 def test_ministral3_yarn_and_query_temperature_are_carried(built, tmp_path):
     case, folder, ids, references = built
@@ -124,28 +107,3 @@ def test_phi4_mini_partial_rotary_tied_embeddings_and_o200k(built):
     names = {t.name: t for t in reader.tensors}
     assert "output.weight" not in names  # tied
     assert names["rope_factors_long.weight"].shape.tolist() == [48]
-
-
-@pytest.mark.parametrize("config_name,overrides,message", [
-    ("ministral3_8b", {"sliding_window": 4096}, "sliding_window"),
-    ("ministral3_8b", {"rope_parameters": {"rope_type": "yarn", "factor": 16.0, "beta_fast": 16.0,
-                                           "original_max_position_embeddings": 16384}}, "beta_fast=16"),
-    ("ministral3_8b", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
-                                           "llama_4_scaling_beta": 0.1}}, "llama_4_scaling_beta"),
-    ("smollm3_3b", {"use_sliding_window": True, "sliding_window": 4096}, "use_sliding_window"),
-], ids=["ministral3-sliding", "ministral3-beta", "ministral3-temperature-without-yarn", "smollm3-sliding"])
-def test_unsupported_settings_are_refused(tmp_path, config_name, overrides, message):
-    config = dict(shrink(real_config(config_name)), **overrides)
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model/config.json").write_text(json.dumps(config))
-    with pytest.raises(UnsupportedArchitecture) as info:
-        convert(tmp_path / "model", tmp_path / "out.gguf")
-    assert message in str(info.value) and info.value.hint
-    assert not (tmp_path / "out.gguf").exists()
-
-
-def test_new_families_are_listed():
-    archs = supported_architectures()
-    assert archs["SmolLM3ForCausalLM"] == "smollm3"
-    assert archs["Ministral3ForCausalLM"] == archs["Mistral3ForConditionalGeneration"] == "mistral3"
-    assert archs["Phi3ForCausalLM"] == "phi3"

@@ -5,7 +5,7 @@
   and projector are left out and reported, and the logit soft-cap the multimodal class never applies stays out.
 * Gemma 4: the KV-shared / per-layer-embedding / global-local structure reaches the GGUF key by key, both save
   forms (with and without k/v weights on shared layers) and the causal-LM form convert alike, llama.cpp's gemma4
-  tokenizer gives HF's ids, settings llama.cpp cannot reproduce are refused.
+  tokenizer gives HF's ids (refusals: tests/unit/test_family_refusals.py).
 * Gemma 3n: the shared layers read layers 18/19 (changing those moves the logits, changing a shared layer's own
   unused weights does not), both save forms and the multimodal names convert alike, and the geometry llama.cpp
   hard-codes is checked.
@@ -129,24 +129,6 @@ def test_gemma3_multimodal_drops_the_vision_parts_and_says_so(built, tmp_path):
     assert json.loads(as_json.output)["dropped"] == {"multimodal projector": n_projector, "vision tower": n_vision}
 
 
-def test_gemma3_multimodal_refusals(tmp_path):
-    """A text_config llama.cpp's gemma3 graph cannot run is refused with one line, nothing written."""
-    from edgepack.convert import supported_architectures
-    from edgepack.errors import UnsupportedArchitecture
-
-    assert supported_architectures()["Gemma3ForConditionalGeneration"] == "gemma3"
-    for text, message in (({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
-                          ({"query_pre_attn_scalar": 100}, "query_pre_attn_scalar 100"),
-                          ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "rope scaling type 'yarn'")):
-        folder = tmp_path / message.split()[0]
-        folder.mkdir()
-        (folder / "config.json").write_text(json.dumps(_merged(GEMMA3_4B_IT, {"text_config": text})))
-        with pytest.raises(UnsupportedArchitecture) as info:
-            convert(folder, tmp_path / "out.gguf")
-        assert message in str(info.value) and info.value.hint
-        assert not (tmp_path / "out.gguf").exists()
-
-
 # --- Gemma 4 -------------------------------------------------------------------------------------------------
 
 GEMMA4_E2B = next(c for c in CASES if c.name == "gemma4-e2b")
@@ -263,29 +245,6 @@ def test_gemma4_token_ids_match_hf_tokenizers(tokenizer_folders, tmp_path):
     assert not mismatched, repr(mismatched[0])
 
 
-GEMMA4_REFUSALS = [
-    ({"enable_moe_block": True}, "enable_moe_block"),
-    ({"hidden_activation": "gelu"}, "activation 'gelu'"),
-    ({"use_bidirectional_attention": "all"}, "use_bidirectional_attention 'all'"),
-    # 35 layers, 19 shared: layer 15 (local) would be read by the shared global layers
-    ({"num_kv_shared_layers": 19}, "shared full_attention layers would read layer 15"),
-    ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e6},
-                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, "rope type 'yarn'"),
-]
-
-
-@pytest.mark.parametrize("text,message", GEMMA4_REFUSALS, ids=[m for _, m in GEMMA4_REFUSALS])
-def test_gemma4_refusals(tmp_path, text, message):
-    from edgepack.errors import UnsupportedArchitecture
-    from tests.support.gemma_configs import GEMMA4_E2B_IT
-
-    (tmp_path / "config.json").write_text(json.dumps(_merged(GEMMA4_E2B_IT, {"text_config": text})))
-    with pytest.raises(UnsupportedArchitecture) as info:
-        convert(tmp_path, tmp_path / "out.gguf")
-    assert message in str(info.value) and info.value.hint
-    assert not (tmp_path / "out.gguf").exists()
-
-
 # --- Gemma 3n ------------------------------------------------------------------------------------------------
 
 GEMMA3N_E2B = next(c for c in CASES if c.name == "gemma3n-e2b")
@@ -364,26 +323,3 @@ def test_gemma3n_both_save_forms_convert_alike(built, tmp_path):
         assert list(got) == list(reference), layout
         assert all(np.array_equal(got[n], reference[n]) for n in reference), layout
     assert set(result.dropped) == {"k/v weights of KV-shared layers (unused)", "vision tower", "audio tower"}
-
-
-GEMMA3N_REFUSALS = [
-    ({"laurel_rank": 32}, "laurel_rank 32"),
-    ({"hidden_size_per_layer_input": 128}, "hidden_size_per_layer_input 128"),
-    ({"altup_num_inputs": 2}, "altup_num_inputs 2"),
-    ({"num_kv_shared_layers": 12}, "12 KV-shared layers of 30"),
-    ({"activation_sparsity_pattern": [0.9] * 10 + [0.0] * 20}, "activation_sparsity_pattern"),
-    ({"final_logit_softcapping": 50.0}, "final_logit_softcapping 50.0"),
-    ({"intermediate_size": [8192] * 15 + [4096] * 15}, "per-layer intermediate sizes"),
-]
-
-
-@pytest.mark.parametrize("overrides,message", GEMMA3N_REFUSALS, ids=[m for _, m in GEMMA3N_REFUSALS])
-def test_gemma3n_geometry_llama_cpp_hard_codes_is_checked(tmp_path, overrides, message):
-    from edgepack.errors import UnsupportedArchitecture
-    from tests.support.gemma_configs import GEMMA3N_E2B_TEXT
-
-    (tmp_path / "config.json").write_text(json.dumps(dict(GEMMA3N_E2B_TEXT, **overrides)))
-    with pytest.raises(UnsupportedArchitecture) as info:
-        convert(tmp_path, tmp_path / "out.gguf")
-    assert message in str(info.value) and info.value.hint
-    assert not (tmp_path / "out.gguf").exists()
