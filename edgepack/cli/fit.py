@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..fit import (Variant, config_name, describe_config, describe_gguf, fit, load_config, projector_bytes,
-                   variants_from_bench)
+from ..fit import (Variant, config_name, describe_config, describe_gguf, describe_projector, fit, load_config,
+                   projector_bytes, variants_from_bench)
 from ..profiles import get_profile, load_profiles
 from . import cli
 from ._output import emit_table, save_and_emit
@@ -36,7 +36,8 @@ from ._output import emit_table, save_and_emit
 @click.option("--flash-attn", is_flag=True, help="Plan for flash attention (smaller compute buffer).")
 @click.option("--mmproj", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="The models' vision projector (edgepack convert --mmproj): its weights and the compute buffer "
-                   "libmtmd reserves for it (measured by loading it here) count in every variant's memory.")
+                   "libmtmd reserves for it (measured by loading it here) count in every variant's memory, and each "
+                   "row projects the time one image (the projector's tile) adds before the first token.")
 @click.option("-t", "--threads", type=int,
               help="CPU threads the app will use (default: each profile's cpu.threads); speeds scale with the "
                    "clocks of that many cores, fastest first.")
@@ -62,7 +63,7 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
     \b
     JSON memory parts are in megabytes (1e6 bytes): memory.weights_mb, kv_cache_mb, compute_mb, output_mb,
     overhead_mb, state_mb (recurrent state of hybrid models), projector_mb (with --mmproj), and memory_total_mb /
-    usable_mb.
+    usable_mb; with --mmproj, image: {image_tokens, encode_s, prefill_s, ttft_s}.
     """
     if n_ctx <= 0:
         raise UsageError("--ctx must be positive", "e.g. --ctx 2048")
@@ -86,7 +87,8 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
                 else list(load_profiles(extra).values()))
     result = fit(variants, profiles, n_ctx=n_ctx, min_tps=min_tps, max_kld=max_kld, backend=backend,
                  flash_attn=flash_attn, threads=threads,
-                 projector_bytes=projector_bytes(mmproj) if mmproj else 0)
+                 projector_bytes=projector_bytes(mmproj) if mmproj else 0,
+                 image=describe_projector(mmproj) if mmproj else None)
     if save_and_emit(result.to_dict(), out, as_json):
         return
     emit_table(["profile", "variant", "memory MB (usable)", "fits", "tg tok/s", "pp tok/s", "KLD", "verdict"],
@@ -96,3 +98,9 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
     click.echo("")
     for name, line in result.summary.items():
         click.echo(f"{name}: {line}")
+    for r in result.rows:
+        if r.image:
+            i = r.image
+            click.echo(f"{r.profile} {r.variant} ({r.backend}): one image ({i['image_tokens']} tokens) adds "
+                       f"{i['ttft_s']:.2f} s before the first token (encoding {i['encode_s']:.2f} s, its tokens "
+                       f"{i['prefill_s']:.2f} s)")

@@ -12,6 +12,9 @@ Four modules, each plain functions over dataclasses:
   the cores' weights rate) plus a per-token floor, prompt tok/s from the class's GFLOP/s; the device's numbers
   come from its profile (its class's calibration, or its own measurements).
 * ``pick``: ``fit`` runs every (variant, profile, backend) and picks per profile, saying why the others lost.
+* ``image``: ``describe_projector`` sizes one image through a multimodal projector (its tokens and FLOPs);
+  ``fit(..., image=)`` projects the time it adds before the first token (``memory.projector_bytes`` is the
+  projector's memory, ``fit(..., projector_bytes=)``).
 
 The public API (used by the CLI, the build, calibrate and per-device mixes) is re-exported here: import from
 ``edgepack.fit``. docs/fit.md explains the model.
@@ -20,6 +23,7 @@ The public API (used by the CLI, the build, calibrate and per-device mixes) is r
 from __future__ import annotations
 
 from .describe import SWA_PATTERN, ModelDesc, TensorDesc, config_name, describe_config, describe_gguf, load_config
+from .image import ProjectorDesc, describe_projector, image_ttft_s
 from .memory import (CPU_REPACK, HEXAGON_TYPES, KV_PAD, MB, MemoryParts, compute_buffer_bytes, cpu_repacks,
                      kv_cache_bytes, kv_cells, memory_needed, projector_bytes, recurrent_state_bytes,
                      tied_output_copy_bytes)
@@ -31,4 +35,4 @@ __all__ = ["ModelDesc", "TensorDesc", "describe_gguf", "describe_config", "load_
            "recurrent_state_bytes", "tied_output_copy_bytes", "cpu_repacks", "CPU_REPACK", "HEXAGON_TYPES", "KV_PAD",
            "MB", "HostCalibration", "Projection", "project", "flops_per_token", "token_floor_s", "token_floor_ms",
            "TOKEN_FLOOR", "Quality", "Variant", "FitRow", "FitResult", "fit", "variants_from_bench", "nice_mb",
-           "DEFAULT_BATCHES"]
+           "DEFAULT_BATCHES", "ProjectorDesc", "describe_projector", "image_ttft_s"]

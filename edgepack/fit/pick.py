@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..profiles import Profile
 from .describe import ModelDesc
+from .image import ProjectorDesc, image_ttft_s
 from .memory import MB, MemoryParts, memory_needed
 from .speed import HostCalibration, project
 
@@ -49,6 +50,8 @@ class FitRow:
     settings: dict
     best_backend: str = ""  # the profile's backend with the fastest generation among those where it fits
     by_backend: dict = field(default_factory=dict)  # backend -> {tg_tokens_per_s, pp_tokens_per_s, memory_total_mb, fits}
+    # with image=: {image_tokens, encode_s, prefill_s, ttft_s} for one image of the projector's tile (image.py)
+    image: dict | None = None
 
 
 @dataclass
@@ -87,9 +90,11 @@ def _on_backend(v: Variant, profile: Profile, be: str, n_ctx: int, flash_attn: b
 
 def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min_tps: float | None = None,
         max_kld: float | None = None, backend: str | None = None, flash_attn: bool = False,
-        threads: int | None = None, projector_bytes: int = 0) -> FitResult:
+        threads: int | None = None, projector_bytes: int = 0, image: ProjectorDesc | None = None) -> FitResult:
     """For every (variant, profile): memory, projected speed, fits or not; then one pick per profile.
-    ``projector_bytes``: a vision projector shipped beside every variant (``memory.projector_bytes``).
+    ``projector_bytes``: a vision projector shipped beside every variant (``memory.projector_bytes``). ``image``:
+    that projector described (``image.describe_projector``): each row also projects the time one image adds
+    before the first token.
 
     Every backend of a profile is projected (``by_backend``) and the fastest one where the variant fits is
     recommended (``best_backend``). The row itself is for ``backend`` where the profile has it, ``"auto"`` for
@@ -137,6 +142,9 @@ def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min
                          kld=v.quality.kld, bits_per_weight=round(v.model.bits_per_weight, 3),
                          size_mb=round(v.model.weight_bytes / MB, 2), verdict="; ".join(reasons), settings=settings,
                          best_backend=best, by_backend=by_backend)
+            if image:
+                timing = image_ttft_s(image, profile.gflops(be, image.quant_family).value, proj.pp_tokens_per_s)
+                row.image = {k: round(x, 6) if isinstance(x, float) else x for k, x in timing.items()}
             rows.append(row)
             if not reasons:
                 cands.append((v, row))

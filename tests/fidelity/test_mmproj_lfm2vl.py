@@ -23,9 +23,10 @@ import pytest
 from edgepack.convert import convert
 from edgepack.convert.mmproj import convert_mmproj
 from edgepack.mtmd import image_embeddings as mtmd_image_embeddings
-from tests.support.family_cases import _merged, _round_up, build_tokenizer, tokenizer_size
-from tests.support.tinymodels import CONFIGS, build_model, max_abs_and_cosine
-from tests.support.vision_cases import assert_refused, llama_cpp_image_prompt, nonsquare_image
+from tests.support.family_cases import _merged
+from tests.support.tinymodels import max_abs_and_cosine
+from tests.support.vision_cases import (assert_refused, build_lfm2vl, lfm2vl_config, llama_cpp_image_prompt,
+                                        nonsquare_image)
 
 pytestmark = pytest.mark.slow  # a tiny VLM built with transformers, then seconds per test
 
@@ -34,15 +35,9 @@ TINY_TEXT = {"hidden_size": 64, "block_dim": 64, "conv_dim": 64, "conv_dim_out":
              "block_ff_dim": 128, "num_hidden_layers": 2, "layer_types": ["conv", "full_attention"],
              "num_attention_heads": 2, "num_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 4096}
 MIN_COSINE = 0.9999  # the issue's bar
-LFM2VL_ADDED = ["<|startoftext|>", "<image>", "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>",
-                *[f"<|img_row_{r}_col_{c}|>" for r in range(1, 4) for c in range(1, 4)]]
 # (height, width) -> what both runtimes make of it: 80 x 48 is upscaled to 352 x 224 (77 tokens); 1000 x 600 is cut
 # into 3 x 2 tiles of 512 (256 tokens each) plus a 640 x 384 thumbnail (240 tokens)
 IMAGES = {(48, 80): 77, (600, 1000): 6 * 256 + 240}
-
-
-def _config(name: str) -> dict:
-    return json.loads((CONFIGS / f"lfm2_vl_450m.{name}.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -50,32 +45,9 @@ def lfm2vl(tmp_path_factory):
     """(checkpoint folder, F32 text GGUF, transformers model, the image processor's function)."""
     import torch
     import transformers
-    from tokenizers import AddedToken, Tokenizer
 
     root = tmp_path_factory.mktemp("lfm2vl")
-    folder, tok_folder = root / "model", root / "tok"
-    build_tokenizer("qwen2-trained", tok_folder)  # the byte-level BPE the LFM2 family tests use
-    tok = Tokenizer.from_file(str(tok_folder / "tokenizer.json"))
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LFM2VL_ADDED])
-    tok.save(str(tok_folder / "tokenizer.json"))
-    tok_config = json.loads((tok_folder / "tokenizer_config.json").read_text())
-    tok_config.update({"bos_token": "<|startoftext|>", "add_bos_token": True})
-    (tok_folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
-
-    real = _config("config")
-    for key in ("auto_map", "transformers_version"):
-        real.pop(key)
-    vocab = _round_up(tokenizer_size(tok_folder))
-    image_token = tok.token_to_id("<image>")
-    config = _merged(real, {"model_type": "lfm2_vl", "text_config": {**TINY_TEXT, "vocab_size": vocab},
-                            "vision_config": TINY_VISION, "projector_hidden_size": 128,
-                            "image_token_index": image_token, "image_token_id": image_token,
-                            "use_thumbnail": True})
-    build_model(config, folder)
-    for f in tok_folder.iterdir():
-        (folder / f.name).write_bytes(f.read_bytes())
-    (folder / "preprocessor_config.json").write_text(json.dumps(_config("preprocessor_config")))
-    (folder / "processor_config.json").write_text(json.dumps({**_config("processor_config"), "use_thumbnail": True}))
+    folder = build_lfm2vl(root, vision=TINY_VISION, text=TINY_TEXT, projector_hidden=128)
     text = convert(folder, root / "text-F32.gguf", outtype="f32").output
     model = transformers.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     return folder, text, model, lfm2vl_pixels
@@ -243,7 +215,7 @@ def test_lfm2vl_mmproj_refusals(lfm2vl, tmp_path):
         ({}, {"image_processor": {"resample": 3}}, "resample 3"),
     )
     for i, (config_change, processor_change, message) in enumerate(cases):
-        preprocessor = _config("preprocessor_config")
+        preprocessor = lfm2vl_config("preprocessor_config")
         if "image_processor" in processor_change:  # transformers 5.x's layout: the settings nested there
             preprocessor.pop("resample")
         assert_refused(tmp_path / f"case{i}", folder, {"config.json": _merged(config, config_change),
@@ -260,7 +232,7 @@ def test_reference_processor_is_transformers():
     from PIL import Image
     from transformers.models.lfm2_vl.image_processing_lfm2_vl import Lfm2VlImageProcessor
 
-    settings = {k: v for k, v in _config("processor_config").items() if k not in ("auto_map", "processor_class")}
+    settings = {k: v for k, v in lfm2vl_config("processor_config").items() if k not in ("auto_map", "processor_class")}
     processor = Lfm2VlImageProcessor(**{**settings, "use_thumbnail": True, "resample": 2, "image_mean": [0.5] * 3,
                                         "image_std": [0.5] * 3})
     for height, width in IMAGES:
@@ -268,3 +240,35 @@ def test_reference_processor_is_transformers():
         theirs, ours = processor(images=[Image.fromarray(rgb)], return_tensors="pt"), lfm2vl_pixels(rgb)
         for key in ours:
             assert torch.allclose(theirs[key].to(ours[key].dtype), ours[key], atol=1e-6), key  # measured 5.9e-8
+
+
+def test_fit_projects_an_image_as_llama_cpp_runs_it(lfm2vl, tmp_path):
+    """``edgepack fit --mmproj``: a full LFM2-VL tile (512 x 512) is the 256 tokens mtmd makes of it; each row adds
+    the projector's memory and projects the image's time to first token (encoding FLOPs at the device's prompt
+    GFLOP/s, its tokens at the projected prompt speed)."""
+    from click.testing import CliRunner
+
+    from edgepack.cli import cli
+    from edgepack.fit import MB, Variant, describe_gguf, describe_projector, fit, projector_bytes
+    from edgepack.profiles import get_profile
+
+    folder, text, _, _ = lfm2vl
+    result = convert_mmproj(folder, tmp_path / "mmproj.gguf")
+    desc = describe_projector(result.output)
+    assert (desc.projector_type, desc.image_size, desc.patches, desc.image_tokens) == ("lfm2", 512, 1024, 256)
+    assert desc.n_params == result.n_params and desc.quant_family == "f16"
+    assert mtmd_image_embeddings(text, result.output, nonsquare_image(512, 512)).shape[0] == desc.image_tokens
+
+    profile = get_profile("pixel-8")
+    extra = projector_bytes(result.output, result.compute_bytes)
+    [plain] = fit([Variant(describe_gguf(text))], [profile]).rows
+    [row] = fit([Variant(describe_gguf(text))], [profile], projector_bytes=extra, image=desc).rows
+    assert row.memory_total_mb == pytest.approx(plain.memory_total_mb + extra / MB, abs=0.02)
+    gflops = profile.gflops(row.backend, "f16").value
+    assert row.image["image_tokens"] == 256 and plain.image is None
+    assert row.image["encode_s"] == pytest.approx(desc.flops / (gflops * 1e9), rel=1e-3)
+    assert row.image["prefill_s"] == pytest.approx(256 / row.pp_tokens_per_s, rel=1e-3)
+    assert row.image["ttft_s"] == pytest.approx(row.image["encode_s"] + row.image["prefill_s"], rel=1e-3)
+    shown = CliRunner().invoke(cli, ["fit", str(text), "--mmproj", str(result.output), "-p", "pixel-8"])
+    assert shown.exit_code == 0, shown.output
+    assert "one image (256 tokens) adds" in shown.output

@@ -140,4 +140,57 @@ def tiny_qwen_vlm(name: str, folder, tokenizer_folder):
     for f in tokenizer_folder.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / "preprocessor_config.json").write_text(json.dumps(QWEN_VL_PREPROCESSOR))
+
+
+# LFM2-VL's added tokens that mtmd's lfm2 template and the processor use.
+LFM2VL_ADDED = ["<|startoftext|>", "<image>", "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>",
+                *[f"<|img_row_{r}_col_{c}|>" for r in range(1, 4) for c in range(1, 4)]]
+
+
+def lfm2vl_config(name: str) -> dict:
+    """LFM2-VL-450M's config.json, preprocessor_config.json or processor_config.json (tests/fixtures/configs)."""
+    import json
+
+    from tests.support.tinymodels import CONFIGS
+
+    return json.loads((CONFIGS / f"lfm2_vl_450m.{name}.json").read_text())
+
+
+def build_lfm2vl(root, *, vision: dict | None = None, text: dict | None = None, projector_hidden: int | None = None,
+                 dtype: str = "float32"):
+    """A random-weight Lfm2VlForConditionalGeneration in ``root``/model from LFM2-VL-450M's config (the given
+    vision_config / text_config keys replaced: shrunk for the tests, none for the real sizes), the qwen2-style
+    trained byte-level BPE with LFM2-VL's added tokens (vocabulary ~1.5k, where the real one has 65536), its
+    processor files as published but use_thumbnail true (what llama.cpp reproduces). Returns the folder."""
+    import json
+
+    from tokenizers import AddedToken, Tokenizer
+
+    from tests.support.family_cases import _merged, _round_up, build_tokenizer, tokenizer_size
+    from tests.support.tinymodels import build_model
+
+    folder, tok_folder = root / "model", root / "tok"
+    build_tokenizer("qwen2-trained", tok_folder)  # the byte-level BPE the LFM2 family tests use
+    tok = Tokenizer.from_file(str(tok_folder / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LFM2VL_ADDED])
+    tok.save(str(tok_folder / "tokenizer.json"))
+    tok_config = json.loads((tok_folder / "tokenizer_config.json").read_text())
+    tok_config.update({"bos_token": "<|startoftext|>", "add_bos_token": True})
+    (tok_folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
+
+    real = lfm2vl_config("config")
+    for key in ("auto_map", "transformers_version"):
+        real.pop(key)
+    image_token = tok.token_to_id("<image>")
+    overrides = {"model_type": "lfm2_vl", "text_config": {**(text or {}), "vocab_size": _round_up(tokenizer_size(
+        tok_folder))}, "vision_config": vision or {}, "image_token_index": image_token,
+        "image_token_id": image_token, "use_thumbnail": True}
+    if projector_hidden:
+        overrides["projector_hidden_size"] = projector_hidden
+    build_model(_merged(real, overrides), folder, dtype=dtype)
+    for f in tok_folder.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "preprocessor_config.json").write_text(json.dumps(lfm2vl_config("preprocessor_config")))
+    (folder / "processor_config.json").write_text(json.dumps({**lfm2vl_config("processor_config"),
+                                                              "use_thumbnail": True}))
     return folder
