@@ -226,3 +226,31 @@ def test_bench_times_the_first_token_of_an_image_prompt(smolvlm, tmp_path):
     (tmp_path / "not-an-image.png").write_bytes(b"not a picture")
     with pytest.raises(BadGGUF, match="llama.cpp cannot read the image"):
         bench([text], mmproj=mmproj, image=tmp_path / "not-an-image.png", reps=1, n_prompt=8, n_gen=2, threads=2)
+
+
+def test_eval_compares_models_with_an_image_in_the_context(smolvlm, tmp_path):
+    """`edgepack eval --mmproj --image`: the text read after the image (28 image tokens as mtmd makes them); the
+    reference against itself agrees exactly, its F16 conversion nearly; another image changes the logits."""
+    from PIL import Image
+
+    from edgepack.cli import cli
+    from edgepack.evaluate_image import _image_prompt_logits, evaluate_image
+
+    folder, text, _, _ = smolvlm
+    mmproj = convert_mmproj(folder, tmp_path / "mmproj.gguf").output
+    f16 = convert(folder, tmp_path / "text-F16.gguf", outtype="f16").output
+    png, flipped = tmp_path / "photo.png", tmp_path / "flipped.png"
+    Image.fromarray(nonsquare_image()).save(png)
+    Image.fromarray(nonsquare_image()[::-1]).save(flipped)
+    same, half = evaluate_image([text, f16], text, mmproj=mmproj, image=png, n_tokens=48, threads=2)
+    assert same.image_tokens == TILES * TOKENS_PER_TILE and same.n_scored == 48
+    assert same.mean_kld < 1e-9 and same.top1_agreement == 1.0 and same.ppl == pytest.approx(same.ref_ppl)
+    print(f"\nF16 vs F32 text model after the image: KLD {half.mean_kld:.2e}, top-1 {half.top1_agreement:.3f}")
+    assert 0 < half.mean_kld < 1e-3 and half.top1_agreement >= 0.9
+    _, _, a = _image_prompt_logits(text, mmproj, png, "It was a bright cold day in April.", 16, 2)
+    _, _, b = _image_prompt_logits(text, mmproj, flipped, "It was a bright cold day in April.", 16, 2)
+    assert float(np.abs(a - b).max()) > 1e-3  # the image is in the context
+    shown = CliRunner().invoke(cli, ["eval", str(f16), "--ref", str(text), "--mmproj", str(mmproj), "--image", str(png),
+                                     "--image-tokens", "32", "--threads", "2"])
+    assert shown.exit_code == 0, shown.output
+    assert f"with photo.png ({TILES * TOKENS_PER_TILE} image tokens) before 32 text tokens" in shown.output
