@@ -64,22 +64,20 @@ def _smolvlm_tokenizer(folder):
     return tok
 
 
-@pytest.fixture(scope="module")
-def smolvlm(tmp_path_factory):
-    """(checkpoint folder, F32 text GGUF, transformers model, its image processor)."""
+def _build(root, overrides: dict, processor_class):
+    """(checkpoint folder, F32 text GGUF, transformers model, its image processor) of SmolVLM2-500M's config with
+    the tiny sizes and ``overrides``."""
     import torch
     import transformers
-    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
-    root = tmp_path_factory.mktemp("smolvlm")
     folder = root / "model"
     tok_folder = root / "tok"
     tok_folder.mkdir()
     tok = _smolvlm_tokenizer(tok_folder)
     real = json.loads((CONFIGS / "smolvlm2_500m_video_instruct.config.json").read_text())
     vocab = _round_up(tokenizer_size(tok_folder))
-    config = _merged(real, {"text_config": {**TINY_TEXT, "vocab_size": vocab}, "vision_config": TINY_VISION,
-                            "vocab_size": vocab, "image_token_id": tok.token_to_id("<image>")})
+    config = _merged(_merged(real, {"text_config": {**TINY_TEXT, "vocab_size": vocab}, "vision_config": TINY_VISION,
+                                    "vocab_size": vocab, "image_token_id": tok.token_to_id("<image>")}), overrides)
     config.pop("transformers_version")
     build_model(config, folder)
     for f in tok_folder.iterdir():
@@ -90,7 +88,26 @@ def smolvlm(tmp_path_factory):
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     text = convert(folder, root / "text-F32.gguf", outtype="f32").output
     model = transformers.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
-    return folder, text, model, SmolVLMImageProcessorPil.from_pretrained(folder)
+    return folder, text, model, processor_class.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def smolvlm(tmp_path_factory):
+    """(checkpoint folder, F32 text GGUF, transformers model, its image processor)."""
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    return _build(tmp_path_factory.mktemp("smolvlm"), {}, SmolVLMImageProcessorPil)
+
+
+@pytest.fixture(scope="module")
+def idefics3(tmp_path_factory):
+    """The same checkpoint as Idefics3ForConditionalGeneration, SmolVLM v1's class (SmolVLM-256M/500M-Instruct,
+    Idefics3-8B), with Idefics3ImageProcessor."""
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    overrides = {"architectures": ["Idefics3ForConditionalGeneration"], "model_type": "idefics3",
+                 "vision_config": {"model_type": "idefics3_vision"}}
+    return _build(tmp_path_factory.mktemp("idefics3"), overrides, Idefics3ImageProcessorPil)
 
 
 def _transformers_embeddings(model, processor, rgb: np.ndarray) -> np.ndarray:
@@ -254,3 +271,27 @@ def test_eval_compares_models_with_an_image_in_the_context(smolvlm, tmp_path):
                                      "--image-tokens", "32", "--threads", "2"])
     assert shown.exit_code == 0, shown.output
     assert f"with photo.png ({TILES * TOKENS_PER_TILE} image tokens) before 32 text tokens" in shown.output
+
+
+def test_idefics3_class_matches_transformers(idefics3, tmp_path):
+    """Idefics3ForConditionalGeneration (SmolVLM v1's class) converts the same way: embeddings through mtmd match
+    Idefics3ImageProcessor + the tower + connector, and an image prompt gives transformers' next token."""
+    import torch
+    from PIL import Image
+
+    folder, text, model, processor = idefics3
+    mmproj = convert_mmproj(folder, tmp_path / "mmproj.gguf", outtype="f32").output
+    rgb = nonsquare_image()
+    got = mtmd_image_embeddings(text, mmproj, rgb)
+    max_abs, cosine = max_abs_and_cosine(_transformers_embeddings(model, processor, rgb), got)
+    ids, logits = llama_cpp_image_prompt(text, mmproj, b"Look: <__media__> what is it", rgb, n_ctx=128)
+    inputs = processor(images=[[Image.fromarray(rgb)]], return_tensors="pt")
+    image_token = json.loads((folder / "config.json").read_text())["image_token_id"]
+    with torch.no_grad():
+        reference = model(input_ids=torch.tensor([[image_token if t == -1 else t for t in ids]]),
+                          pixel_values=inputs["pixel_values"],
+                          pixel_attention_mask=inputs["pixel_attention_mask"]).logits[0, -1].numpy()
+    print(f"\nIdefics3 mmproj F32: max|d| {max_abs:.2e} 1-cos {1 - cosine:.1e}; next-token logits max|d| "
+          f"{float(np.abs(reference - logits).max()):.2e}")
+    assert cosine >= MIN_COSINE and max_abs <= 2e-3
+    assert int(reference.argmax()) == int(logits.argmax())
