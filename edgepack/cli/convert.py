@@ -136,8 +136,8 @@ def convert_command(src: str | None, out: Path | None, outtype: str, vocab_only:
             click.echo(f"note: converted the text model only; not converted: {parts}{tip}")
     if projector:
         click.echo(f"wrote {projector.output} ({human_bytes(projector.size_bytes)}, {projector.outtype.upper()}, "
-                   f"projector {projector.projector_type}, {projector.n_tensors} tensors): one image = "
-                   f"{projector.image_tokens} tokens at {projector.image_size}x{projector.image_size}")
+                   f"projector {projector.projector_type}, {projector.n_tensors} tensors): "
+                   f"{projector.image_tokens} tokens per {projector.image_size}x{projector.image_size} image tile")
     if result.chat_template:
         audit = result.chat_template
         note = f" (accepted with --allow-unsafe-chat-template: {'; '.join(audit['findings'])})" \

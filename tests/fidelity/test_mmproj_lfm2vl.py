@@ -144,7 +144,7 @@ def test_lfm2vl_mmproj_embeddings_match_transformers(lfm2vl, tmp_path, outtype):
 
     folder, text, model, processor = lfm2vl
     result = convert_mmproj(folder, tmp_path / f"mmproj-{outtype}.gguf", outtype=outtype)
-    assert (result.projector_type, result.image_size) == ("lfm2", 256)
+    assert (result.projector_type, result.image_size, result.image_tokens) == ("lfm2", 256, 64)
     for (height, width), tokens in IMAGES.items():
         rgb = nonsquare_image(height, width)
         got = mtmd_image_embeddings(text, result.output, rgb)

@@ -111,7 +111,8 @@ LFM2VL = register(ProjectorSpec(
     views=_views,
     always_f32=r"v\.(patch_embd|position_embd)\.weight",
     metadata=_metadata,
-    # one tile: at most max_image_tokens (a bigger image is cut into tiles of as many, plus a thumbnail)
-    image_tokens=lambda config, vision, preproc: FIXED["max_image_tokens"],
+    # an image of image_size (the position table's side in pixels): its patches merged factor x factor; llama.cpp
+    # sizes a real image to 64-256 tokens, or tiles of 256 plus a thumbnail
+    image_tokens=lambda config, vision, preproc: (_grid(vision) // int(config.get("downsample_factor", 2))) ** 2,
     shapes=_shapes,
 ))
