@@ -140,6 +140,7 @@ def tiny_qwen_vlm(name: str, folder, tokenizer_folder):
     for f in tokenizer_folder.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / "preprocessor_config.json").write_text(json.dumps(QWEN_VL_PREPROCESSOR))
+    return folder
 
 
 # LFM2-VL's added tokens that mtmd's lfm2 template and the processor use.
