@@ -26,9 +26,8 @@ from tests.support.tinymodels import compare, llama_cpp_logits, real_config, shr
 # max|Δlogit| against transformers computing as llama.cpp does by design (see ``built`` in conftest.py).
 TOLERANCE = {"f32": 1e-4, "f16": 5e-3}
 # GELU families: the FP16 table's steps land differently when inputs differ in their last float32 bits (the
-# issue's "≤ 2e-3 where llama.cpp's kernels differ by design").
-# In F16 they compound with the half-precision rounding of the activations' own steps: 1e-2.
-GELU_TOLERANCE = {"f32": 2e-3, "f16": 1e-2}
+# issue's "≤ 2e-3 where llama.cpp's kernels differ by design"; measured 1.2e-5 to 6.8e-4). F16 as every family.
+GELU_TOLERANCE = {"f32": 2e-3, "f16": 5e-3}
 # Against transformers as trained: F32 exact but for the GELU table; F16 also carries the rounding of the weights
 # and activations to half precision (≈1e-3 of the logits' scale, ~5-10 here).
 PLAIN_TOLERANCE = {"f32": 1e-2, "f16": 3e-2}

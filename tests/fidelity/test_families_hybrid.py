@@ -241,14 +241,14 @@ def test_granite_hybrid_broken_details_diverge(built, broken, monkeypatch):
     elif broken == "rope on":
         monkeypatch.setattr(gh, "uses_rope", lambda config: True)
     else:
-        ffn = gh._ffn
+        ffn = gh.ffn_tensors
 
-        def swapped(config, i):
-            out = ffn(config, i)
+        def swapped(config, i, shared_mlp=True):
+            out = ffn(config, i, shared_mlp)
             for name in [n for n in out if n.endswith(("experts.gate", "experts.up"))]:
                 out[name] = replace(out[name], forms=(_swapped_halves(out[name].forms[0]),))
             return out
-        monkeypatch.setattr(gh, "_ffn", swapped)
+        monkeypatch.setattr(gh, "ffn_tensors", swapped)
     convert(folder / "model", folder / "broken.gguf", outtype="f32", force=True)
     max_abs, _ = compare(references["f32"], llama_cpp_logits(folder / "broken.gguf", ids))
     print(f"granite hybrid, {broken}: max|Δ|={max_abs:.2e}")
@@ -272,3 +272,41 @@ def test_granite_hybrid_without_mamba_is_written_as_granite(built):
     planned, real = describe_config(config, "F32"), describe_gguf(folder / "micro.gguf")
     assert planned.architecture == real.architecture == "granite"
     assert {t.name: t.shape for t in planned.tensors} == {t.name: t.shape for t in real.tensors}
+
+
+GRANITE_MOE_CASES = [c for c in CASES if c.name in ("granite-3.1-moe", "granite-moe-shared", "granite-4.0-moe-attention")]
+
+
+@pytest.mark.parametrize("built", GRANITE_MOE_CASES, indirect=True, ids=[c.name for c in GRANITE_MOE_CASES])
+def test_granite_moe_forms_are_written_as_granitemoe_with_experts_in_order(built):
+    """GraniteMoe, GraniteMoeShared and the Granite 4 hybrid class without Mamba (with experts and rope) are
+    llama.cpp's granitemoe: experts counted, a shared expert sized where there is one, expert e's gate/up the rows of
+    its own fused input_linear; and two experts swapped against the router are far off (the logits tests see it)."""
+    from safetensors.numpy import load_file, save_file
+
+    case, folder, ids, references = built
+    config = json.loads((folder / "model/config.json").read_text())
+    result = convert(folder / "model", folder / "moe.gguf", outtype="f32", force=True)
+    assert result.gguf_architecture == "granitemoe"
+    kv = _arch_kv(folder / "moe.gguf")
+    assert kv["granitemoe.expert_count"] == config["num_local_experts"]
+    assert kv.get("granitemoe.expert_shared_feed_forward_length", 0) == config.get("shared_intermediate_size", 0)
+    stacked = {t.name: t.data for t in gguf.GGUFReader(folder / "moe.gguf").tensors}
+    tensors = load_file(folder / "model" / "model.safetensors")
+    fused, ff = tensors["model.layers.1.block_sparse_moe.input_linear.weight"], config["intermediate_size"]
+    for e in range(config["num_local_experts"]):
+        assert np.array_equal(stacked["blk.1.ffn_gate_exps.weight"][e], fused[e, :ff])
+        assert np.array_equal(stacked["blk.1.ffn_up_exps.weight"][e], fused[e, ff:])
+    swapped = dict(tensors)
+    for name in [n for n in tensors if "block_sparse_moe." in n and "router" not in n]:
+        swapped[name] = tensors[name][[1, 0] + list(range(2, tensors[name].shape[0]))]
+    (folder / "swapped").mkdir(exist_ok=True)
+    for f in (folder / "model").iterdir():
+        if f.suffix != ".safetensors" and f.is_file():
+            (folder / "swapped" / f.name).write_bytes(f.read_bytes())
+    save_file(swapped, folder / "swapped" / "model.safetensors")
+    convert(folder / "swapped", folder / "swapped.gguf", outtype="f32", force=True)
+    max_abs, _ = compare(references["f32"], llama_cpp_logits(folder / "swapped.gguf", ids))
+    print(f"{case.name}: experts 0 and 1 swapped against the router: max|Δ|={max_abs:.2e}")
+    # Granite 3's logits / 8 are flat here (the swap moves 1.7e-3, agreement is 4e-7): ten times the F32 limit.
+    assert max_abs > 10 * TOLERANCE["f32"]

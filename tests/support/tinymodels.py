@@ -100,8 +100,15 @@ def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32
     std = float(config.get("initializer_range", 0.02))  # the scale real checkpoints start from
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 1:  # norms/biases: move away from 1/0 so a wrong layout cannot hide
-                p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.1 * torch.randn_like(p))
+            if p.dim() == 1:  # norms/biases: moved off their initial value so a wrong layout cannot hide
+                # Around 1, except a norm weight the family starts at 0 (Gemma's and Qwen3.5's x * (1 + w)), whose
+                # gain would otherwise be ~2 per norm, which no such model starts from (Qwen3.5's F16 reference then
+                # moved 5e-3 between float32 and float64 arithmetic, 9e-4 with the family's own gain of ~1).
+                if "norm" in name:
+                    center = 0.0 if name.endswith("weight") and not p.any() else 1.0
+                    p.copy_(center + 0.1 * torch.randn_like(p))
+                else:
+                    p.copy_(0.1 * torch.randn_like(p))
             else:
                 p.copy_(std * torch.randn_like(p))
         for name, b in model.named_buffers():

@@ -80,7 +80,8 @@ def test_list_architectures_names_every_family():
                 "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3", "Phi3ForCausalLM": "phi3",
                 "StableLmForCausalLM": "stablelm", "GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
                 "Lfm2ForCausalLM": "lfm2", "Lfm2MoeForCausalLM": "lfm2moe", "Olmo2ForCausalLM": "olmo2",
-                "GraniteForCausalLM": "granite", "GraniteMoeHybridForCausalLM": "granitehybrid"}
+                "GraniteForCausalLM": "granite", "GraniteMoeHybridForCausalLM": "granitehybrid",
+                "GraniteMoeForCausalLM": "granitemoe", "GraniteMoeSharedForCausalLM": "granitemoe"}
     for hf_class, arch in expected.items():
         assert supported_architectures()[hf_class] == arch
         assert hf_class in result.output and arch in result.output
@@ -133,7 +134,8 @@ HYBRID_UNSUPPORTED = [
     ("granite_3.3_2b", {"mlp_bias": True}, "attention_bias/mlp_bias"),
     ("granite_3.3_2b", {"logits_scaling": 0}, "logits_scaling 0"),
     ("granite_4.0_h_tiny", {"layer_types": ["mamba", "mamba2"]}, "layer type 'mamba2'"),
-    ("granite_4.0_h_tiny", {"layer_types": ["attention", "attention"]}, "experts but no Mamba layers"),
+    ("granite_4.0_h_tiny", {"layer_types": ["attention", "attention"]},
+     "experts, no Mamba layers and position_embedding_type 'nope'"),
     ("granite_4.0_h_tiny", {"layer_types": ["mamba", "attention"], "mamba_n_heads": 8, "mamba_expand": 4},
      "mamba_expand 4"),
     ("granite_4.0_h_tiny", {"layer_types": ["mamba", "attention"], "mamba_n_heads": 8, "mamba_conv_bias": False},

@@ -88,9 +88,10 @@ def _check(config: HFConfig) -> None:
         raise UnsupportedArchitecture(f"Granite hybrid with head_dim {config.head_dim} is not supported",
                                       "llama.cpp's granitehybrid graph uses hidden_size / num_attention_heads")
     if "mamba" not in kinds:
-        if n_experts(config):
-            raise UnsupportedArchitecture("GraniteMoeHybrid with experts but no Mamba layers is not supported",
-                                          "llama.cpp runs it as granitemoe, which edgepack does not write yet")
+        if n_experts(config) and not uses_rope(config):
+            raise UnsupportedArchitecture("GraniteMoeHybrid with experts, no Mamba layers and position_embedding_type "
+                                          f"{config.get('position_embedding_type', default=None)!r} is not supported",
+                                          "llama.cpp runs it as granitemoe, whose graph always applies rope")
         return
     m = mamba_sizes(config)
     head_dim = config.get("mamba_d_head", default="auto")
@@ -145,13 +146,16 @@ def _halves(name: str, shape: tuple[int, ...], index: tuple[int, ...] = ()) -> t
     return Part(name, shape, index, (0, rows // 2)), Part(name, shape, index, (rows // 2, rows))
 
 
-def _ffn(config: HFConfig, i: int) -> dict[str, Expected]:
-    hidden, shared = int(config.get("hidden_size")), int(config.get("shared_intermediate_size"))
+def ffn_tensors(config: HFConfig, i: int, shared_mlp: bool = True) -> dict[str, Expected]:
+    """Layer i's feed-forward in Granite's MoE layout: the shared MLP (a shared expert beside experts, else the
+    layer's MLP) and the experts with their router. Granite MoE without a shared expert has ``shared_mlp`` False."""
+    hidden = int(config.get("hidden_size"))
+    shared = int(config.get("shared_intermediate_size")) if shared_mlp else 0
     p = f"model.layers.{i}."
     experts = n_experts(config)
     gate_name, up_name = ((T.FFN_GATE_SHEXP, T.FFN_UP_SHEXP) if experts else (T.FFN_GATE, T.FFN_UP))
     gate, up = _halves(p + "shared_mlp.input_linear.weight", (2 * shared, hidden))
-    out = {
+    out = {} if not shared_mlp else {
         p + "shared_mlp.gate": Expected((shared, hidden), forms=((gate,),),
                                         gguf_name=gguf.TENSOR_NAMES[gate_name].format(bid=i) + ".weight"),
         p + "shared_mlp.up": Expected((shared, hidden), forms=((up,),),
@@ -204,7 +208,7 @@ def _tensors(config: HFConfig) -> dict[str, Expected]:
                 p + "self_attn.o_proj.weight": Expected((hidden, hidden)),
             })
         tensors[p + "post_attention_layernorm.weight"] = Expected((hidden,))
-        tensors.update(_ffn(config, i))
+        tensors.update(ffn_tensors(config, i))
     tensors["model.norm.weight"] = Expected((hidden,))
     tied = bool(config.get("tie_word_embeddings", default=False))
     tensors["lm_head.weight"] = Expected((n_vocab, hidden), optional=tied)
@@ -252,9 +256,12 @@ def _rope_permute(permute):
 
 
 def _attention_only(config: HFConfig) -> ArchSpec | None:
-    """Without Mamba layers (Granite 4.0-Micro) llama.cpp runs the checkpoint as its granite architecture (its
-    converter switches too): the same tensors and keys under that name, the shared MLP as the layer's MLP."""
-    return GRANITE_AS_DENSE if "mamba" not in layer_kinds(config) else None
+    """Without Mamba layers llama.cpp runs the checkpoint as its granite architecture (Granite 4.0-Micro: the shared
+    MLP as the layer's MLP) or, with experts, as granitemoe (the shared MLP as the shared expert); its converter
+    switches too. The same tensors and keys under that name."""
+    if "mamba" in layer_kinds(config):
+        return None
+    return GRANITE_AS_MOE if n_experts(config) else GRANITE_AS_DENSE
 
 
 GRANITE_HYBRID = register(ArchSpec(
@@ -275,3 +282,4 @@ GRANITE_HYBRID = register(ArchSpec(
     variant=_attention_only,
 ))
 GRANITE_AS_DENSE = dataclasses.replace(GRANITE_HYBRID, arch=gguf.MODEL_ARCH.GRANITE, variant=lambda config: None)
+GRANITE_AS_MOE = dataclasses.replace(GRANITE_HYBRID, arch=gguf.MODEL_ARCH.GRANITE_MOE, variant=lambda config: None)
