@@ -35,6 +35,19 @@ def check_multipliers(config: HFConfig) -> None:
                                           "llama.cpp treats a zero scale as absent; the model would differ")
 
 
+def check_granite_layers(config: HFConfig, family: str) -> None:
+    """What llama.cpp's granite graphs (granite, granitemoe, granitehybrid) share: SiLU, non-zero multipliers, no q/k/v
+    biases, head size hidden / heads."""
+    check_silu(config, family)
+    check_multipliers(config)
+    if config.get("attention_bias", default=False):
+        raise UnsupportedArchitecture(f"{family} with attention_bias=true is not supported",
+                                      "llama.cpp's granite graphs have no q/k/v biases")
+    if config.head_dim * config.n_head != int(config.get("hidden_size")):
+        raise UnsupportedArchitecture(f"{family} with head_dim {config.head_dim} is not supported",
+                                      "llama.cpp's granite graphs use hidden_size / num_attention_heads")
+
+
 def _check(config: HFConfig) -> None:
     check_silu(config, "Granite")
     check_multipliers(config)

@@ -31,11 +31,11 @@ import gguf
 import numpy as np
 
 from ...errors import UnsupportedArchitecture
-from ..common import (DECODER_HPARAMS, RMS_NORM_EPS, U32, check_silu, checked_layer_types, permute_k, permute_q,
+from ..common import (DECODER_HPARAMS, RMS_NORM_EPS, U32, checked_layer_types, permute_k, permute_q,
                       rope_metadata)
 from ..floats import bf16_to_f32
 from ..spec import ArchSpec, Expected, HFConfig, LayerSize, Part, SizeFacts, register, uniform_sizes
-from .granite import check_multipliers, multiplier_metadata
+from .granite import check_granite_layers, multiplier_metadata
 
 K = gguf.Keys
 T = gguf.MODEL_TENSOR
@@ -77,16 +77,9 @@ def _time_step_limit(config: HFConfig) -> tuple[float, float]:
 
 
 def _check(config: HFConfig) -> None:
-    check_silu(config, "Granite hybrid")
-    check_multipliers(config)
+    check_granite_layers(config, "Granite hybrid")
     kinds = layer_kinds(config)
     rope_metadata(config, frozenset())
-    if config.get("attention_bias", default=False):
-        raise UnsupportedArchitecture("Granite hybrid with attention_bias=true is not supported",
-                                      "released Granite 4.0 models have no attention biases")
-    if config.head_dim * config.n_head != int(config.get("hidden_size")):
-        raise UnsupportedArchitecture(f"Granite hybrid with head_dim {config.head_dim} is not supported",
-                                      "llama.cpp's granitehybrid graph uses hidden_size / num_attention_heads")
     if "mamba" not in kinds:
         if n_experts(config) and not uses_rope(config):
             raise UnsupportedArchitecture("GraniteMoeHybrid with experts, no Mamba layers and position_embedding_type "

@@ -20,9 +20,9 @@ import dataclasses
 import gguf
 
 from ...errors import UnsupportedArchitecture
-from ..common import DECODER_HPARAMS, NORM_ROPE_QK, RMS_NORM_EPS, U32, check_silu, decoder_tensors, rope_metadata
+from ..common import DECODER_HPARAMS, NORM_ROPE_QK, RMS_NORM_EPS, U32, decoder_tensors, rope_metadata
 from ..spec import ArchSpec, Expected, HFConfig, SizeFacts, register, uniform_sizes
-from .granite import check_multipliers, multiplier_metadata
+from .granite import check_granite_layers, multiplier_metadata
 from .granite_hybrid import ffn_tensors
 
 K = gguf.Keys
@@ -35,15 +35,8 @@ def shared_size(config: HFConfig) -> int:
 
 
 def _check(config: HFConfig) -> None:
-    check_silu(config, "Granite MoE")
-    check_multipliers(config)
+    check_granite_layers(config, "Granite MoE")
     rope_metadata(config, ROPE_SCALING)
-    if config.get("attention_bias", default=False):
-        raise UnsupportedArchitecture("Granite MoE with attention_bias=true is not supported",
-                                      "llama.cpp's granitemoe graph has no q/k/v biases")
-    if config.head_dim * config.n_head != int(config.get("hidden_size")):
-        raise UnsupportedArchitecture(f"Granite MoE with head_dim {config.head_dim} is not supported",
-                                      "llama.cpp's granite graph uses hidden_size / num_attention_heads")
     if int(config.get("num_local_experts", default=0) or 0) < 1:
         raise UnsupportedArchitecture("Granite MoE without experts (num_local_experts 0) is not supported",
                                       "a dense Granite is GraniteForCausalLM")
