@@ -75,7 +75,8 @@ def _image_prompt_logits(path: Path, mmproj: Path, image: Path, text: str, n_tok
                              "use a smaller image or fewer --image-tokens")
         llm.n_tokens = n_past  # continue after the image's positions (Llama.eval decodes from n_tokens)
         llm.eval(text_ids)
-        logits = np.asarray(llm.scores[n_past:n_past + len(text_ids)], dtype=np.float32)
+        # float64: KL divergences of nearly equal models are differences of nearly equal numbers
+        logits = np.asarray(llm.scores[n_past:n_past + len(text_ids)], dtype=np.float64)
     return image_tokens, np.array(text_ids), logits
 
 
