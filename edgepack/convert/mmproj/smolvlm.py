@@ -24,10 +24,11 @@ def _tiling(config: dict, vision: HFConfig, preproc: dict) -> tuple[int, int]:
     path would not follow."""
     image_size, patch = int(vision.get("image_size")), int(vision.get("patch_size"))
     scale = int(config.get("scale_factor", 2))
+    # the patch convolution drops what is left over (SmolVLM-Instruct: 384 pixels / 14 = 27 patches, llama.cpp too)
     per_side = image_size // patch
-    if image_size % patch or scale < 1 or per_side % scale:
-        refuse(f"image_size {image_size} / patch_size {patch} patches per side do not shuffle evenly by "
-               f"scale_factor {scale}", "the connector's pixel shuffle needs whole groups of patches")
+    if scale < 1 or per_side % scale:
+        refuse(f"image_size {image_size} / patch_size {patch} = {per_side} patches per side do not shuffle evenly "
+               f"by scale_factor {scale}", "the connector's pixel shuffle needs whole groups of patches")
     tile = ((preproc or {}).get("max_image_size") or {}).get("longest_edge", image_size)
     longest = ((preproc or {}).get("size") or {}).get("longest_edge")
     if preproc and tile != image_size:
