@@ -47,7 +47,12 @@ def tokenizer_folders(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="session", params=CASES, ids=lambda c: c.name)
+# One family case stays in the fast tier (pytest -m "not slow"); every case runs in the full one.
+FAST_CASES = {"qwen3-0.6b"}
+
+
+@pytest.fixture(scope="session", ids=lambda c: c.name,
+                params=[c if c.name in FAST_CASES else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def built(request, tmp_path_factory, tokenizer_folders):
     """The case, its folder, token ids, and transformers' logits: as trained (``plain``), and computing as
     llama.cpp does by design (``f32``: ggml's FP16-table GELU where the family uses GELU; ``f16``: also

@@ -403,6 +403,7 @@ def test_mismatched_hidden_size_refused_before_writing(llama_lora, tmp_path, cap
     assert not (tmp_path / "merged").exists()
 
 
+@pytest.mark.slow
 def test_layer_count_and_architecture_mismatch_refused(llama_lora, bases, tmp_path, capsys):
     _, _, _, root, _ = llama_lora
     one_layer = synthetic_llama(tmp_path / "one", tiny_llama_config(num_hidden_layers=1, num_key_value_heads=4))
@@ -439,6 +440,7 @@ def test_base_identity_warns_or_refuses_with_strict(llama_lora, tmp_path, capsys
     assert not report.ok and "weights' sha256 differ" in report.errors[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["modules_to_save", "dora", "embedding", "bias"])
 def test_adapters_edgepack_cannot_carry_are_refused(what, bases, tmp_path, capsys):
     from peft import LoraConfig, get_peft_model
@@ -462,6 +464,7 @@ def test_adapters_edgepack_cannot_carry_are_refused(what, bases, tmp_path, capsy
     assert not (tmp_path / "merged").exists()
 
 
+@pytest.mark.slow
 def test_lm_head_on_tied_base_is_refused(bases, tmp_path):
     folder, model, f32, _ = bases("gemma2")  # Gemma-2 ties lm_head to the embeddings
     peft_model = make_adapter(model, tmp_path / "lora", LoraCase("x", "gemma2", 8, 8, ("q_proj", "lm_head")))

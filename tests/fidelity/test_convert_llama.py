@@ -49,7 +49,12 @@ def _token_ids(case: ModelCase, folder) -> list[int]:
     return [1 if tok_case.vocab_size < 100000 else 128000] + ids
 
 
-@pytest.fixture(scope="module", params=MODEL_CASES, ids=lambda c: c.name)
+# One case stays in the fast tier (pytest -m "not slow"); every case runs in the full one.
+FAST_CASES = {"llama2-mha-spm"}
+
+
+@pytest.fixture(scope="module", ids=lambda c: c.name,
+                params=[c if c.name in FAST_CASES else pytest.param(c, marks=pytest.mark.slow) for c in MODEL_CASES])
 def built(request, tmp_path_factory):
     case: ModelCase = request.param
     folder = tmp_path_factory.mktemp(case.name)

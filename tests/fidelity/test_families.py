@@ -78,6 +78,7 @@ def _assert_same_tensors(a_path, b_path) -> None:
 GPT2_CASE = next(c for c in CASES if c.name == "gpt2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("built", [GPT2_CASE], indirect=True, ids=["gpt2"])
 def test_gpt2_checkpoint_saved_without_the_transformer_prefix(built):
     """openai-community/gpt2 was saved from GPT2Model: tensor names without "transformer.", the causal-mask
@@ -114,6 +115,7 @@ def _fuse_experts(tensors: dict, n_layers: int, n_expert: int, order) -> dict:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("built", [MOE_CASE], indirect=True, ids=["qwen3-moe"])
 def test_moe_experts_stack_in_order_from_either_layout(built):
     """Per-expert and pre-fused checkpoints give the same GGUF, whose expert e is HF's expert e; the logits
@@ -178,6 +180,7 @@ def _vocab_folder(tokenizer: str, tokenizer_folders, tmp_path):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tokenizer", sorted({c.tokenizer for c in CASES}))
 def test_token_ids_match_hf_tokenizers(tokenizer, tokenizer_folders, tmp_path):
     import llama_cpp
@@ -264,6 +267,7 @@ def _convert_with(monkeypatch, hf_class: str, src, out, **changes) -> None:
         convert(src, out, outtype="f32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("built", [QWEN35_CASE], indirect=True, ids=["qwen3.5"])
 def test_qwen35_state_and_value_heads(built, monkeypatch):
     """The linear-attention state carries across llama.cpp's batches (the prompt fed 5 tokens at a time gives the
@@ -292,6 +296,7 @@ def test_qwen35_state_and_value_heads(built, monkeypatch):
     assert all(max_abs > 1e-2 for max_abs, _ in broken.values()), broken
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("built", [QWEN35_CASE], indirect=True, ids=["qwen3.5"])
 def test_qwen35_hub_layout_with_mtp_and_vision_converts_the_same(built):
     """Hub checkpoints are Qwen3_5ForConditionalGeneration with the text model under model.language_model., a
@@ -323,6 +328,7 @@ def test_qwen35_hub_layout_with_mtp_and_vision_converts_the_same(built):
     assert runner.exit_code == 0 and "MTP block" in runner.output, runner.output
 
 
+@pytest.mark.slow
 def test_qwen35_pre_tokenizer_is_detected_and_matters(tokenizer_folders, tmp_path):
     """Qwen3.5's split keeps combining marks inside words: detected as llama.cpp's qwen35, and on Devanagari and
     Thai Qwen2's split (qwen2) would give other ids."""

@@ -22,6 +22,8 @@ from tests.support.family_cases import CASES
 from tests.fidelity.test_families import TOLERANCE
 from tests.support.tinymodels import compare, llama_cpp_logits
 
+pytestmark = pytest.mark.slow  # hybrid checkpoints built with transformers, minutes each (refusals: tests/unit)
+
 LFM2_CASE = next(c for c in CASES if c.name == "lfm2-1.2b")
 LFM2MOE_CASE = next(c for c in CASES if c.name == "lfm2-8b-a1b")
 # A structural break must move the logits this far: 20x the F32 tolerance (the weakest break shown, Granite's

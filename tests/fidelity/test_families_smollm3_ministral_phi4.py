@@ -20,6 +20,8 @@ from edgepack.convert.families.smollm3 import llama_cpp_rope_layers
 from tests.support.family_cases import CASES
 from tests.support.tinymodels import compare, hf_logits, llama_cpp_logits, reload_float32
 
+pytestmark = pytest.mark.slow  # each checkpoint built and run three ways with transformers (refusals: tests/unit)
+
 F32_LIMIT = 1e-4  # test_families' F32 tolerance
 SMOLLM3, MINISTRAL3, MINISTRAL3_MM, PHI4_MINI = (next(c for c in CASES if c.name == n) for n in (
     "smollm3-3b", "ministral3-8b", "ministral3-3b-multimodal", "phi4-mini"))

@@ -26,6 +26,8 @@ from tests.support.family_cases import CASES, _merged
 from tests.support.gemma_configs import GEMMA3_4B_IT
 from tests.support.tinymodels import compare, llama_cpp_logits
 
+pytestmark = pytest.mark.slow  # Gemma checkpoints built with transformers, converted many ways (refusals: tests/unit)
+
 GEMMA3_MULTIMODAL = next(c for c in CASES if c.name == "gemma3-4b-multimodal")
 
 

@@ -24,7 +24,13 @@ def _config(vocab_size: int) -> dict:
             "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "vocab_size": vocab_size}
 
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: c.name)
+# Two tokenizers (SentencePiece, tokenizer.json BPE) stay in the fast tier (pytest -m "not slow"); all run in
+# the full one.
+FAST_CASES = {"llama2-spm", "phi3-json"}
+
+
+@pytest.fixture(scope="module", ids=lambda c: c.name,
+                params=[c if c.name in FAST_CASES else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def vocab_gguf(request, tmp_path_factory):
     case = request.param
     folder = case.build(tmp_path_factory.mktemp(case.name))

@@ -18,6 +18,8 @@ import pytest
 from edgepack.convert import convert
 from tests.support.tinymodels import TOKENIZERS, build_model, compare, hf_logits, llama_cpp_logits, real_config, shrink
 
+pytestmark = pytest.mark.slow  # a checkpoint saved by transformers 5 and 4 layouts, converted and run
+
 
 def _fields(path):
     reader = gguf.GGUFReader(path)

@@ -18,6 +18,8 @@ from edgepack.errors import UsageError
 from edgepack.fit import describe_gguf, project, token_floor_s
 from edgepack.profiles import SHIPPED_DIR, load_profile_file
 
+pytestmark = pytest.mark.slow  # measures this host with llama.cpp (bench runs of several models)
+
 THREADS = 2
 
 

@@ -155,6 +155,7 @@ def test_no_tokenizer(model, tmp_path):
                    words="no tokenizer files")
 
 
+@pytest.mark.slow
 def test_unknown_pre_tokenizer_then_override(model, tmp_path):
     (model / "tokenizer.model").unlink()
     case = next(c for c in CASES if c.name == "llama3-json")
@@ -232,6 +233,7 @@ def interrupt_mid_write(args: list[str], out_dir: Path, signum: int) -> tuple[in
     return proc.wait(timeout=60), proc.stderr.read()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code, last_lines", [(signal.SIGINT, 130, ("interrupted", "aborted")),
                                                       (signal.SIGTERM, 143, ("terminated",))])
 def test_ctrl_c_and_sigterm_leave_nothing(big_model, tmp_path, signum, code, last_lines):

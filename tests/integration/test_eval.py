@@ -70,6 +70,7 @@ def test_quality_measures_are_ordered(results, models):
     assert r["Q2_K"].ln_ppl_ratio > 3 * r["Q2_K"].ln_ppl_ratio_err  # Q2_K is measurably worse than its source
 
 
+@pytest.mark.slow
 def test_matches_an_independent_computation(results, models, text):
     """Recompute one model's measures with torch from llama.cpp's raw logits, chunked as llama-perplexity does."""
     import torch

@@ -18,6 +18,8 @@ from edgepack.quantize import quantize
 from tests.support.tinymodels import TOKENIZERS, build_model, llama_cpp_buffers, real_config, shrink
 from tests.unit.test_fit import _profile
 
+pytestmark = pytest.mark.slow  # an 8-layer model built with transformers, quantized 4 ways (fit's logic: tests/unit)
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:

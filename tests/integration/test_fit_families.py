@@ -67,6 +67,7 @@ def quantized(request, tmp_path_factory):
     return config, result.output
 
 
+@pytest.mark.slow
 def test_config_sizes_every_family_as_llama_cpp_quantizes_it(quantized):
     config, path = quantized
     planned, real = describe_config(config, "Q4_K_M"), describe_gguf(path)
@@ -89,6 +90,7 @@ def test_memory_of_every_family_matches_what_llama_cpp_allocates(quantized):
         assert abs(size - got.get(part, 0.0)) <= max(0.10 * got.get(part, 0.0), LOG_STEP / 2), (part, ours, got)
 
 
+@pytest.mark.slow
 def test_fit_cli_sizes_every_family_from_config_json(quantized, tmp_path):
     from click.testing import CliRunner
 

@@ -106,6 +106,7 @@ def no_partial_output(out: Path) -> None:
 
 # -- resolution and selection ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_revision_is_pinned_to_the_full_commit(repo, hub, model_files, tmp_path):
     first, second = repo
     files, _ = model_files
@@ -124,6 +125,7 @@ def test_revision_is_pinned_to_the_full_commit(repo, hub, model_files, tmp_path)
     assert prov.url == f"{hub.endpoint}/{REPO}/tree/{first}"
 
 
+@pytest.mark.slow
 def test_only_the_allow_list_is_downloaded(repo, hub):
     result = pull(REPO, "v1.0")
     assert {f.name for f in result.files} == NEEDED
@@ -132,6 +134,7 @@ def test_only_the_allow_list_is_downloaded(repo, hub):
     assert sorted(p.name for p in result.folder.iterdir()) == sorted(NEEDED)
 
 
+@pytest.mark.slow
 def test_include_fetches_more_on_request(repo, hub):
     result = pull(REPO, "v1.0", include=["*.bin"])
     assert "pytorch_model.bin" in {f.name for f in result.files}
@@ -172,6 +175,7 @@ def test_parse_source_forms(tmp_path, monkeypatch):
 
 # -- re-runs, cache, offline ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_second_pull_transfers_nothing(repo, hub, tmp_path):
     first, _ = repo
     pull(REPO, "v1.0", tmp_path / "out")
@@ -185,6 +189,7 @@ def test_second_pull_transfers_nothing(repo, hub, tmp_path):
     assert len(hub.requests()) == requests_before and not pinned.network_used
 
 
+@pytest.mark.slow
 def test_offline_reuses_the_cache(repo, hub, monkeypatch, tmp_path):
     first, second = repo
     online = pull(REPO, "v1.0")
@@ -200,6 +205,7 @@ def test_offline_reuses_the_cache(repo, hub, monkeypatch, tmp_path):
     assert "unset HF_HUB_OFFLINE" in err.value.hint
 
 
+@pytest.mark.slow
 def test_cli_offline_in_a_fresh_process(repo, hub, tmp_path):
     first, _ = repo
     pull(REPO, "v1.0")
@@ -210,6 +216,7 @@ def test_cli_offline_in_a_fresh_process(repo, hub, tmp_path):
     assert len(hub.requests()) == requests_before
 
 
+@pytest.mark.slow
 def test_resume_after_the_connection_drops(repo, hub, model_files):
     files, _ = model_files
     size = len(files["model.safetensors"])
@@ -224,6 +231,7 @@ def test_resume_after_the_connection_drops(repo, hub, model_files):
 
 # -- errors: one line + hint, non-zero exit, nothing partial ----------------------------------------------------
 
+@pytest.mark.slow
 def test_gated_repo_needs_a_token(hub, model_files, tmp_path):
     files, _ = model_files
     hub.add_commit("org/gated", {n: files[n] for n in NEEDED})
@@ -244,6 +252,7 @@ def test_gated_repo_needs_a_token(hub, model_files, tmp_path):
     assert run_cli("pull", "org/gated", "-o", str(out), env={"HF_TOKEN": "hf_granted"}).returncode == 0
 
 
+@pytest.mark.slow
 def test_missing_repo_and_revision(repo, hub, tmp_path):
     out = tmp_path / "out"
     assert_one_line_error(run_cli("pull", "org/missing", "-o", str(out)), 7, "org/missing not found", "--token")
@@ -254,6 +263,7 @@ def test_missing_repo_and_revision(repo, hub, tmp_path):
     assert hub.downloaded() == []
 
 
+@pytest.mark.slow
 def test_checksum_mismatch_leaves_nothing(repo, hub, tmp_path, model_files):
     files, _ = model_files
     hub.corrupt.add("model.safetensors")
@@ -280,6 +290,7 @@ def test_repo_without_safetensors_lists_what_it_has(hub, tmp_path):
     assert hub.downloaded() == []
 
 
+@pytest.mark.slow
 def test_unreachable_and_timeout_hint_offline(repo, hub, tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -298,6 +309,7 @@ def test_unreachable_and_timeout_hint_offline(repo, hub, tmp_path):
     no_partial_output(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_a_dripping_server_is_abandoned(repo, hub, tmp_path):
     """A server that sends a byte now and then never trips the per-read timeout; the stall window stops it."""
     hub.drip_s = 0.05
@@ -316,6 +328,7 @@ def _can_mount_tmpfs() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unprivileged user+mount namespaces for a small tmpfs")
 def test_disk_full(repo, hub, tmp_path):
     """HF_HOME on a real 4 MiB filesystem (tmpfs in a private mount namespace): the download cannot fit."""
@@ -332,6 +345,7 @@ def test_disk_full(repo, hub, tmp_path):
     assert listing[0] == "0" and "out" not in listing and not [n for n in listing if n.startswith(".out.")]
 
 
+@pytest.mark.slow
 def test_existing_output_folder_is_not_clobbered(repo, hub, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -345,6 +359,7 @@ def test_existing_output_folder_is_not_clobbered(repo, hub, tmp_path):
 
 # -- the acceptance runs through the CLI ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_pull_fetches_only_needed_files_and_prints_the_commit(repo, hub, tmp_path):
     first, _ = repo
     out = tmp_path / "tiny"
@@ -401,6 +416,7 @@ def test_a_missing_local_path_that_looks_like_a_repo_id(hub, tmp_path, monkeypat
         resolve_source("hf://models/llama")
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_is_caught_and_healed(repo, hub, model_files, monkeypatch):
     """Cached LFS blobs are named by their sha256: a damaged one is found without the network, evicted, and
     fetched again when the network is allowed."""

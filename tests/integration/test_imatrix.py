@@ -69,6 +69,7 @@ def demo_imatrix(f32, calibration, root) -> Path:
 # --------------------------------------------------------------------------------------------- the statistics
 
 
+@pytest.mark.slow
 def test_statistics_equal_transformers_linear_inputs(demo_imatrix, f32, calibration):
     """Sum of squared inputs per column of every block weight, vs hooks on transformers' nn.Linear inputs."""
     import torch
@@ -326,6 +327,7 @@ def test_target_size_mix_fits_and_beats_the_uniform_type(capsys, f16, calibratio
     refused(capsys, "quantize", str(f16), "--target-size", "1", "-t", "Q4_K_M", code=2, words="choose the types")
 
 
+@pytest.mark.slow
 def test_experts_are_collected_per_expert(tokenizer_folders, calibration, tmp_path):
     """MUL_MAT_ID (Qwen3-MoE: 16 experts, 4 per token): each expert's rows count the tokens routed to it, and
     since every expert's gate/up input is the router's input, the sum over experts of in_sum2 equals top-k times

@@ -94,6 +94,7 @@ def test_demo_build_end_to_end(demo):
     assert not result["failures"]
 
 
+@pytest.mark.slow
 def test_second_build_does_nothing(demo):
     result = build(config(demo["out"]))
     assert result.ran == [], [(s.step, s.label) for s in result.ran]
@@ -105,6 +106,7 @@ def test_second_build_does_nothing(demo):
     assert "report: " in res.output and "pixel-8" in res.output
 
 
+@pytest.mark.slow
 def test_changing_one_quant_reruns_only_its_branch(demo, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(demo["out"], out)
@@ -189,6 +191,7 @@ def test_plan_matrix_round_trips_through_only(tmp_path):
     assert "constraint(s) failed" in bad.stderr and "exceeds max_kld" in bad.stderr
 
 
+@pytest.mark.slow
 def test_unknown_only_key_is_an_error(demo):
     r = subprocess.run([sys.executable, "-m", "edgepack", "build", str(DEMO), "-o", str(demo["out"]), "--only",
                         "q9_x"], capture_output=True, text=True, env=env_offline(), cwd=ROOT)
@@ -382,6 +385,7 @@ def test_a_new_llama_cpp_measures_again(tmp_path, monkeypatch):
     assert {"quantize", "eval", "bench"} <= {s.step for s in build(small_config(out)).ran}
 
 
+@pytest.mark.slow
 def test_hub_source_pins_the_commit_in_the_manifest(tmp_path, monkeypatch):
     """source = "org/repo@tag" through the Hub stage (a loopback Hub): the bundle records repo, tag and commit."""
     from tests.support.hubserver import HubServer
@@ -412,6 +416,7 @@ def test_hub_source_pins_the_commit_in_the_manifest(tmp_path, monkeypatch):
     assert build(resolve(toml, cli={"outputs.dir": str(out)}, env={})).nothing_to_do
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_no_half_step_and_resumes(tmp_path):
     """SIGINT (Ctrl-C) mid-build: exit 130 with one line, no temp folder left behind, a re-run finishes the job."""
     out = tmp_path / "out"
@@ -492,6 +497,7 @@ def test_a_damaged_cached_gguf_is_made_again_not_shipped(demo, tmp_path):
     assert files_under(out / "bundles") == files_under(demo["out"] / "bundles")
 
 
+@pytest.mark.slow
 def test_temp_files_of_a_killed_build_are_swept(demo, tmp_path):
     """Finding 8: kill -9 while an archive is packed left bundles/.X.tar.zst.*.tmp for good."""
     out = copy_of(demo, tmp_path)

@@ -262,6 +262,7 @@ def test_output_never_overwrites_source(f16, tmp_path):
         quantize(f16, ["F16"], f16.parent)
 
 
+@pytest.mark.slow
 def test_requantize_when_allowed(all_types, tmp_path):
     q8 = all_types["Q8_0"].output
     with pytest.raises(QuantizeError, match="already quantized") as info:
@@ -304,6 +305,7 @@ def test_garbled_header(capsys, f16, tmp_path):
     refused(capsys, "quantize", str(bad), "-t", "Q8_0", code=8, words="damaged")
 
 
+@pytest.mark.slow
 def test_quantized_source_to_higher_type(capsys, all_types, tmp_path):
     q4 = all_types["Q4_K_M"].output
     line = refused(capsys, "quantize", str(q4), "-t", "Q8_0", "-o", str(tmp_path), code=9, words="already quantized")
@@ -381,6 +383,7 @@ def test_convert_then_quantize(capsys, tmp_path):
 # ------------------------------------------------------------------------------------------- the GGUF reader
 
 
+@pytest.mark.slow
 def test_header_reader_agrees_with_gguf_py(f16, all_types):
     for path in (f16, all_types["Q4_K_M"].output):
         header, reader = read_header(path), gguf.GGUFReader(path)
