@@ -1,6 +1,6 @@
 """The best mix per device (``[quantize] device_mixes``) against the uniform types that fit the same device.
 
-On the demo model with outlier channels (tests/quantmodels.outlier_demo; see imatrix_quality.py) and the plain
+On the demo model with outlier channels (tests/support/quantmodels.outlier_demo; see imatrix_quality.py) and the plain
 demo: the imatrix is computed on the built-in calibration set, the uniform types are quantized with it, and the
 sensitivity trials are measured once (``mix.measure``, on the first 8,000 characters of the calibration text).
 Then, for each uniform type T, a device is made from pixel-8 (ARM with i8mm, where llama.cpp repacks Q8_0/Q4_K/

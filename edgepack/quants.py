@@ -7,8 +7,8 @@ llama_ftype of a ggml type (``pure_ftype``). Pure data and arithmetic: no llama.
 
 The facts mirror the llama.cpp the runtime is built from (llama-cpp-python 0.3.36's vendor/llama.cpp):
 include/llama.h (enum values), tools/quantize/quantize.cpp (QUANT_OPTIONS), src/llama-quant.cpp (default type
-per ftype, tensor_requires_imatrix, the per-tensor rules and fallbacks). tests/test_quantize.py and
-tests/test_fit.py check them against that llama.cpp's headers and its quantizer's real output.
+per ftype, tensor_requires_imatrix, the per-tensor rules and fallbacks). tests/integration/test_quantize.py
+and tests/integration/test_fit.py check them against that llama.cpp's headers and its quantizer's real output.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ the per-layer facts the tensors alone do not tell. How a new family plugs in:
   recurrent/convolution layers (``n_head_kv=0`` and their fixed per-sequence ``state_floats``), experts
   (``n_expert`` / ``n_expert_used``), tables read one row per token (``lookup_tensors``: per-layer embeddings).
 
-tests/test_fit.py sizes every registered class from its tiny test config and compares with llama.cpp's own
-numbers for the converted file.
+tests/integration/test_fit_families.py sizes every registered class from its tiny test config and compares with
+llama.cpp's own numbers for the converted file.
 """
 
 from __future__ import annotations

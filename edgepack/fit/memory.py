@@ -1,6 +1,6 @@
 """What llama.cpp allocates for a model on a device: weights (and the second copy of a tied embedding), KV cache,
 recurrent state, compute buffers, logits and the runtime's overhead (``memory_needed``), checked against
-llama.cpp's own load log in tests/test_fit.py. The CPU's repacked weights (CPU_REPACK) decide where a tied
+llama.cpp's own load log in tests/integration/test_fit.py. The CPU's repacked weights (CPU_REPACK) decide where a tied
 embedding's copy goes.
 """
 
