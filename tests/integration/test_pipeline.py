@@ -7,6 +7,7 @@ One full demo build (through the CLI, offline, as `make demo` runs it) is shared
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -92,6 +93,49 @@ def test_demo_build_end_to_end(demo):
     verify_bundle(out / "bundles" / "raspberry-pi-5-8gb.tar.zst", load=False)
     assert (out / "report" / "report.html").is_file() and result["report"].endswith("report.html")
     assert not result["failures"]
+
+
+RECORDED = Path(__file__).resolve().parent / "demo_bundles.sha256"
+
+
+def recorded_digests() -> tuple[dict, dict[str, str]]:
+    tools, digests = {}, {}
+    for line in RECORDED.read_text().splitlines():
+        if line.startswith("tools "):
+            tools = json.loads(line.removeprefix("tools "))
+        elif line and not line.startswith("#"):
+            sha, rel = line.split("  ", 1)
+            digests[rel] = sha
+    return tools, digests
+
+
+@pytest.mark.slow
+def test_demo_bundles_match_the_recorded_digests(demo):
+    """Issue 15, acceptance 1: the demo build's bundles (every file of every bundle folder and archive, manifests
+    included) are byte for byte the ones recorded in tests/demo_bundles.sha256, which were made by the build before
+    the pipeline was restructured. A refactoring must not change a byte.
+
+    When this fails, the message lists the files that changed. Regenerating the record is legitimate only for a
+    change that is meant to change what a build ships (the manifest schema, the converter's or quantizer's output,
+    a profile's numbers, the demo model or its eval text, edgepack's version), and the commit must say so:
+        EDGEPACK_RECORD_DIGESTS=1 .venv/bin/python -m pytest tests/test_pipeline.py -k recorded_digests
+    With another llama.cpp build or gguf version than recorded (the manifests name them) the test is skipped."""
+    from edgepack.bundle import tool_versions
+
+    actual = {rel: hashlib.sha256(data).hexdigest() for rel, data in files_under(demo["out"] / "bundles").items()}
+    tools, recorded = recorded_digests()
+    if os.environ.get("EDGEPACK_RECORD_DIGESTS") == "1":
+        head = [line for line in RECORDED.read_text().splitlines() if line.startswith("#")]
+        RECORDED.write_text("\n".join(head + ["tools " + json.dumps(tool_versions(), sort_keys=True)]
+                                       + [f"{sha}  {rel}" for rel, sha in sorted(actual.items())]) + "\n")
+        pytest.skip(f"recorded {len(actual)} digests in {RECORDED.name}")
+    here = tool_versions()
+    environment = {k for k in tools if k != "edgepack" and tools[k] != here.get(k)}
+    if environment:
+        pytest.skip(f"digests recorded with other tools ({', '.join(f'{k}: {tools[k]}' for k in sorted(environment))})")
+    missing, extra = sorted(recorded.keys() - actual.keys()), sorted(actual.keys() - recorded.keys())
+    changed = sorted(rel for rel in recorded.keys() & actual.keys() if recorded[rel] != actual[rel])
+    assert not (missing or extra or changed), f"missing {missing[:5]}, unrecorded {extra[:5]}, changed {changed[:8]}"
 
 
 @pytest.mark.slow
