@@ -130,7 +130,7 @@ def audit(template: str, *, allow_unsafe: bool = False, where: str = "the chat t
                       "inspect it; if you trust it, pass --allow-unsafe-chat-template")
     rendered = False
     if not findings:  # an accepted unsafe template is not run here either
-        rendered = bool(isolate.call("edgepack.chattemplate:render_check", template, what=where,
+        rendered = bool(isolate.call(render_check, template, what=where,
                                      error_type=TokenizerError, timeout_s=RENDER_TIMEOUT_S,
                                      hint="fix the template in tokenizer_config.json / chat_template.jinja"))
     return TemplateAudit(sha256=hashlib.sha256(raw).hexdigest(), size_bytes=len(raw), findings=findings,

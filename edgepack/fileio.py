@@ -194,6 +194,48 @@ def atomic_output(out: str | os.PathLike, mode: str = "wb") -> Iterator:
         yield f
 
 
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty temp folder beside ``out`` to build a folder in; when the block succeeds, fsync every file
+    in it and rename it to ``out`` (an existing ``out`` is first parked under a temp name, then removed), so a
+    reader sees the old folder or the complete new one, never half of one. On failure (KeyboardInterrupt
+    included) the temp folder is removed and ``out`` is untouched. Temp names follow ``_TEMP_NAME``, so
+    ``sweep_temp_files`` removes what a killed writer left."""
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+        tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private; outputs get the mode any new folder would
+    except OSError as exc:
+        raise OutputError(f"cannot write in {parent}: {exc.strerror}", "check the folder's permissions") from exc
+    try:
+        yield tmp
+        for path in sorted(tmp.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if out.exists() or out.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
+            os.replace(out, old / "x")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        full = isinstance(exc, OSError) and disk_full(exc, parent)  # before the temp folder frees its space
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OutputError(f"disk full while writing {out}", "free space or write elsewhere with -o") from exc
+        raise
+    _fsync_dir(parent)
+
+
+def atomic_copy(src: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Copy the file ``src`` to ``out`` atomically (``atomic_path``): a reader sees the old file or the whole copy."""
+    with atomic_path(out) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def atomic_write_bytes(out: str | os.PathLike, data: bytes) -> None:
     with atomic_output(out, "wb") as f:
         f.write(data)
@@ -205,8 +247,8 @@ def atomic_write_text(out: str | os.PathLike, text: str) -> None:
 
 LOCK_FILE = ".edgepack.lock"
 # The names edgepack's writers give their temp files and folders beside an output: atomic_path's mkstemp
-# (".<name>.<8 random>.tmp"), the folder writers' mkdtemp (same form, or ".<name>.old.<8 random>") and the
-# ".<name>.old" a replaced folder is parked under. Only these are swept.
+# (".<name>.<8 random>.tmp"), atomic_dir's mkdtemp (same form, or ".<name>.old.<8 random>") and the fixed
+# ".<name>.old" older bundle writers parked a replaced folder under. Only these are swept.
 _TEMP_NAME = re.compile(r"^\..+\.(?:[a-z0-9_]{8}\.tmp|old\.[a-z0-9_]{8}|old)$")
 
 

@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import HubError, OutputError, UsageError
+from .fileio import atomic_dir, disk_full
 from .hubfetch import FULL_SHA, Context, PullResult, check_space, from_cache, from_hub
 from .progress import QUIET, Progress
 from .source import check_repo, read_license
-from .source import local_provenance, resolve as resolve_source  # noqa: F401  (pipeline.py's names, until it imports source)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
@@ -183,33 +181,21 @@ def _materialize(result: PullResult, out: Path, force: bool, progress: Progress)
     total = sum(f.size_bytes for f in result.files)
     check_space(out.parent if str(out.parent) else Path("."), total, f"the copy in {out}",
                  "pull without -o (the files stay in the cache) or choose another -o")
-    parent = out.parent if str(out.parent) else Path(".")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    try:
-        progress.start(f"copying {len(result.files)} files into {out}", len(result.files))
-        for f in result.files:
-            dest = staging / f.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(result.folder / f.name, dest)
-            with open(dest, "rb+") as fh:
-                os.fsync(fh.fileno())
-            progress.advance()
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        os.chmod(staging, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
-            os.replace(out, old / "x")
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-        progress.finish()
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(f"disk full while copying into {out}",
-                              "free space, or pull without -o (the files stay in the cache)") from exc
-        raise
+    progress.start(f"copying {len(result.files)} files into {out}", len(result.files))
+    with atomic_dir(out) as staging:
+        try:
+            for f in result.files:
+                dest = staging / f.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(result.folder / f.name, dest)
+                progress.advance()
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            if disk_full(exc, staging.parent):
+                raise OutputError(f"disk full while copying into {out}",
+                                  "free space, or pull without -o (the files stay in the cache)") from exc
+            raise
+    progress.finish()
     return out
 
 

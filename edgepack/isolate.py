@@ -2,8 +2,9 @@
 
 llama.cpp ends the whole process (GGML_ASSERT -> abort, or a segfault) on some damaged or hostile GGUFs that no
 header check can rule out in advance. Commands that load files a stranger wrote (``verify``, ``eval``) do that
-load in a child: ``call("edgepack.bundle:load_check", ...)`` runs the function there, passes JSON arguments in
-and the JSON result back. A signal in the child is reported as ``error_type`` with the signal's name; an
+load in a child: ``call(load_logits, ...)`` runs that function there, passes JSON arguments in and the JSON
+result back. The caller hands over the function itself (a reader and a type checker follow it); the child finds
+it again by its module and name, since a function cannot travel to another process as anything but its name. A signal in the child is reported as ``error_type`` with the signal's name; an
 ``EdgepackError`` raised in the child is raised again here with its class, message and hint.
 
 The child is ``python -m edgepack.isolate MODULE:FUNCTION ARGS_JSON`` (no pickling, no shell): it prints one
@@ -13,6 +14,7 @@ JSON line on stdout, and exits 0 (``{"result": ...}``) or 3 (``{"error": ..., "h
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 import json
 import signal
 import subprocess
@@ -24,12 +26,15 @@ from .errors import BadGGUF, EdgepackError
 _ERROR_EXIT = 3
 
 
-def call(target: str, *args, what: str, error_type: type[EdgepackError] = BadGGUF,
+def call(fn: Callable, *args, what: str, error_type: type[EdgepackError] = BadGGUF,
          hint: str = "the file is damaged or was made for another llama.cpp: re-create it",
          timeout_s: float | None = None):
-    """``target(*args)`` (``"module:function"``) in a child process; its JSON result, or one typed error.
+    """``fn(*args)`` in a child process; its JSON result, or one typed error. ``fn`` is a module-level function
+    (the child imports it by ``fn.__module__`` and ``fn.__qualname__``) taking and returning JSON-able values.
     ``timeout_s``: the child is killed after that long and the call fails."""
-    cmd = [sys.executable, "-m", "edgepack.isolate", target, json.dumps(list(args))]
+    if "." in fn.__qualname__ or "<" in fn.__qualname__:
+        raise TypeError(f"isolate.call needs a module-level function, not {fn.__qualname__}")
+    cmd = [sys.executable, "-m", "edgepack.isolate", f"{fn.__module__}:{fn.__qualname__}", json.dumps(list(args))]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout_s)
     except subprocess.TimeoutExpired:

@@ -22,7 +22,9 @@ Whatever else kills llama.cpp is caught by loading in a child process (``edgepac
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from pathlib import Path
 
 from .errors import BadGGUF
@@ -117,10 +119,8 @@ def vocab_only_load(path: str) -> int:
     """Child-process side of ``probe``: load hyperparameters and vocabulary as llama.cpp does; the vocab size."""
     import llama_cpp
 
-    from .bundle import _quiet_stderr
-
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             llm = llama_cpp.Llama(path, vocab_only=True, verbose=False)
     except (ValueError, RuntimeError) as exc:
         raise BadGGUF(f"llama.cpp cannot load {path}: {exc}", _HINT) from None
@@ -135,5 +135,22 @@ def probe(path: str | Path) -> GGUFHeader:
     from . import isolate
 
     header = check_loadable(path)
-    isolate.call("edgepack.loadcheck:vocab_only_load", str(path), what=str(path))
+    isolate.call(vocab_only_load, str(path), what=str(path))
     return header
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """llama.cpp logs to fd 2 while loading; keep the CLI's one-line error promise."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)

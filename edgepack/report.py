@@ -39,9 +39,18 @@ def load_results(path: str | Path) -> dict:
     return data
 
 
+# An SVG carries a date and ids that matplotlib salts at random unless told otherwise; reports are reproducible
+# byte for byte (a bundle ships one), so both are fixed: the date of SOURCE_DATE_EPOCH=0, a constant salt.
+SVG_DATE = "1970-01-01T00:00:00+00:00"
+SVG_HASHSALT = "edgepack"
+
+
 def _svg(fig) -> str:
+    import matplotlib
+
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    with matplotlib.rc_context({"svg.hashsalt": SVG_HASHSALT}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": SVG_DATE})
     text = buf.getvalue()
     return text[text.index("<svg"):]
 

@@ -3,7 +3,6 @@ into a temp folder, then convert."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from ..convert.checkpoint import TensorInfo
 from ..convert.core import ConvertResult, convert
 from ..convert.floats import f32_to_bf16, to_f32
 from ..errors import AdapterError, OutputError, UsageError
-from ..fileio import check_output_path, sha256_file
+from ..fileio import atomic_dir, check_output_path, sha256_file
 from ..progress import QUIET, Progress
 from ..source import Provenance
 from .check import _plan, _refuse
@@ -58,7 +57,7 @@ def merge_adapter(peft_dir: str | os.PathLike, base_hf_dir: str | os.PathLike, o
     deltas = {pair.base_tensor: pair for pair, _ in plan.targets}
     checkpoint = base.checkpoint
     merged = 0
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         total = sum(info.nbytes for info in checkpoint.tensors.values())
         progress.start(f"merging into {out.name}", total)
         for file in checkpoint.files:
@@ -110,31 +109,6 @@ def _write_safetensors_header(f, infos: list[TensorInfo]) -> None:
     blob += b" " * (-len(blob) % 8)
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
-
-
-@contextlib.contextmanager
-def _atomic_dir(out: Path):
-    """Build a folder beside ``out`` and rename it into place on success (replacing an old ``out``)."""
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write in {parent}: {exc.strerror}", "check the folder's permissions") from exc
-    try:
-        yield tmp
-        for item in tmp.iterdir():
-            with open(item, "rb+") as f:
-                os.fsync(f.fileno())
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
-            os.replace(out, old / "x")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def convert_merged(peft_dir: str | os.PathLike, base_hf_dir: str | os.PathLike, out: str | os.PathLike, *,

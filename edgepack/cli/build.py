@@ -39,7 +39,7 @@ def build_command(build_config, only: str | None, check: bool, as_json: bool, qu
     """
     result = build(build_config, only=only, progress=Progress(enabled=not (quiet or as_json)))
     if as_json:
-        emit_json(result)
+        emit_json(result.to_json())
     else:
         _summary(build_config, result)
     if check and result.failures and only is None:
@@ -65,11 +65,9 @@ def _summary(config, result) -> None:
         return
     rows = []
     for name, v in result.variants.items():
-        if name.startswith("_") or "file" not in v:
-            continue
-        q, b = v.get("quality") or {}, v.get("bench") or {}
-        rows.append((name, f"{v['size_bytes'] / 1e6:.1f}", _fmt(q.get("ppl"), ".2f"), _fmt(q.get("mean_kld"), ".4f"),
-                     _fmt(q.get("top1_agreement"), ".3f"), _fmt(b.get("tg_tokens_per_s"), ".0f")))
+        q, b = v.quality, v.bench or {}
+        rows.append((name, f"{v.size_bytes / 1e6:.1f}", _fmt(q and q.ppl, ".2f"), _fmt(q and q.mean_kld, ".4f"),
+                     _fmt(q and q.top1_agreement, ".3f"), _fmt(b.get("tg_tokens_per_s"), ".0f")))
     if rows:
         echo("")
         emit_table(["variant", "MB", "PPL", "KLD", "top-1", "tok/s here"], rows)

@@ -135,7 +135,7 @@ def test_commands_refuse_a_crashing_file_with_one_line(command, damaged, demo_gg
 
 def test_isolate_turns_a_crash_into_one_error():
     with pytest.raises(BadGGUF) as err:
-        isolate.call("os:abort", what="a test file")
+        isolate.call(os.abort, what="a test file")
     assert "SIGABRT" in err.value.message and "a test file" in err.value.message
 
 

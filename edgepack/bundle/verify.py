@@ -1,22 +1,12 @@
-"""Bundles: one folder per device profile with the picked GGUF, its adapters, the report and a manifest.
-
-``write_bundle`` copies the files into a temp folder beside the target, writes ``manifest.json`` (schema in
-docs/manifest.md) and renames the folder into place, so a bundle is either complete or absent. Everything in
-it is a pure function of its inputs: no timestamps, no absolute paths, sorted keys, so the same inputs give
-byte-identical bundles (and archives: tar entries carry mtime 0 and root ownership, zip entries 1980-01-01).
-
-``verify_bundle`` checks a bundle (folder, .tar.zst or .zip): the manifest's schema, every listed file's size
-and sha256, that nothing unlisted is there, and that the GGUF (with each adapter) loads and evaluates a few
-tokens in llama.cpp.
-"""
+"""Verifying a bundle (folder, .tar.zst or .zip): the manifest's schema and digest, every listed file's size and
+sha256, nothing unlisted, the manifest's facts against the GGUF, and (optionally) that the GGUF, each adapter and
+the projector load and evaluate in llama.cpp, in a child process."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
-import os
 import shutil
 import tarfile
 import tempfile
@@ -24,41 +14,11 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, limits
-from . import gguf_keys as keys
-from .errors import BadGGUF, EdgepackError, OutputError, UsageError, VerifyError
-from .fileio import atomic_output, parse_json, regular_files, sha256_file
-from .ggufheader import GGUFHeader, SkippedArray, read_header
-from .validate import safe_name
-
-SCHEMA = "edgepack.bundle"
-SCHEMA_VERSION = 2  # 2: the manifest carries its own digest (integrity)
-MANIFEST = "manifest.json"
-ARCHIVE_SUFFIXES = {"tar.zst": ".tar.zst", "zip": ".zip"}
-ZSTD_LEVEL = 10
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-INTEGRITY = "integrity"
-INTEGRITY_COVERS = "every other key of manifest.json, as JSON with sorted keys, no whitespace, UTF-8"
-
-
-@dataclass(frozen=True)
-class BundleAdapter:
-    """A LoRA adapter GGUF shipped with the model; ``scale`` is the strength to load it with."""
-
-    name: str
-    file: Path
-    scale: float = 1.0
-    mode: str = "convert"
-    source_sha256: str | None = None  # content hash of the PEFT adapter it was converted from
-    sha256: str | None = None  # the GGUF's own hash when it was made: checked on the copy that ships
-
-
-@dataclass
-class BundleResult:
-    folder: Path
-    manifest: dict
-    archive: Path | None = None
-    size_bytes: int = 0
+from .. import limits
+from ..errors import BadGGUF, EdgepackError, VerifyError
+from ..fileio import parse_json, regular_files, sha256_file
+from ..loadcheck import quiet_stderr
+from .manifest import INTEGRITY, MANIFEST, SCHEMA, SCHEMA_VERSION, gguf_facts, manifest_digest, mmproj_facts
 
 
 @dataclass
@@ -71,272 +31,6 @@ class VerifyResult:
     adapters_loaded: list[str] = field(default_factory=list)
     manifest_sha256: str = ""  # pins the whole bundle (the manifest lists every file's hash): `verify --expect`
     mmproj: str | None = None  # the multimodal projector's file, when the bundle has one
-
-
-# --- facts ------------------------------------------------------------------------------------------
-
-def _field(header: GGUFHeader, key: str):
-    """A key's value; an array's length (a vocabulary is described by its size, not its tokens)."""
-    value = header.get(key)
-    if isinstance(value, SkippedArray):
-        return value.length
-    if isinstance(value, list):
-        return len(value)
-    return value
-
-
-def gguf_facts(path: str | Path) -> dict:
-    """Model, tokenizer and chat template facts from a GGUF's metadata (no tensors are read). Uses
-    ``ggufheader``: gguf-py's reader builds every vocabulary entry and takes seconds, once per bundle."""
-    header = read_header(path)
-    arch = _field(header, "general.architecture")
-    facts = {
-        "architecture": arch,
-        "name": _field(header, "general.name"),
-        "license": _field(header, "general.license"),
-        "file_type": _field(header, "general.file_type"),
-        "context_length": _field(header, f"{arch}.context_length"),
-        "n_layer": _field(header, f"{arch}.block_count"),
-        "n_embd": _field(header, f"{arch}.embedding_length"),
-        "n_params": header.n_params,
-    }
-    if _field(header, "quantize.imatrix.file") is not None:  # quantized with an importance matrix
-        facts["imatrix"] = {key: _field(header, f"quantize.imatrix.{key}")
-                            for key in ("file", "dataset", "entries_count", "chunks_count")}
-        facts["imatrix"]["calibration_sha256"] = _field(header, keys.Quantize.IMATRIX_CALIBRATION)
-    tokenizer = {
-        "model": _field(header, "tokenizer.ggml.model"),
-        "pre": _field(header, "tokenizer.ggml.pre"),
-        "vocab_size": _field(header, "tokenizer.ggml.tokens"),
-        "bos_token_id": _field(header, "tokenizer.ggml.bos_token_id"),
-        "eos_token_id": _field(header, "tokenizer.ggml.eos_token_id"),
-        "add_bos_token": _field(header, "tokenizer.ggml.add_bos_token"),
-        "add_eos_token": _field(header, "tokenizer.ggml.add_eos_token"),
-    }
-    return {"model": facts, "tokenizer": tokenizer, "chat_template": _field(header, "tokenizer.chat_template")}
-
-
-def mmproj_facts(path: Path) -> dict:
-    """What a bundle's manifest says about a multimodal projector GGUF: its projector type (clip.cpp's graph),
-    image size and the text embedding width it projects to. Raises ``BadGGUF`` for a file that is not one."""
-    header = read_header(path)  # BadGGUF for what is not a GGUF
-    if _field(header, "general.architecture") != "clip":
-        raise BadGGUF(f"{path} is not a multimodal projector (general.architecture is "
-                      f"{_field(header, 'general.architecture')!r}, not 'clip')",
-                      "give the mmproj GGUF edgepack convert --mmproj wrote")
-    # keys from llama.cpp's tools/mtmd/clip-impl.h
-    return {"projector_type": _field(header, "clip.projector_type"),
-            "image_size": _field(header, "clip.vision.image_size"),
-            "projection_dim": _field(header, "clip.vision.projection_dim")}
-
-
-def manifest_digest(manifest: dict) -> str:
-    """sha256 over the manifest's canonical form (``INTEGRITY_COVERS``): what ``integrity.sha256`` records."""
-    body = {k: v for k, v in manifest.items() if k != INTEGRITY}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-                          .encode("utf-8")).hexdigest()
-
-
-def seal(manifest: dict) -> dict:
-    """The manifest with its integrity digest. It makes an edit that does not also recompute the digest
-    visible; anyone can recompute it, so it proves no origin (docs/security.md)."""
-    return {**manifest, INTEGRITY: {"sha256": manifest_digest(manifest), "covers": INTEGRITY_COVERS}}
-
-
-def _template_audit(template) -> dict | None:
-    """The chat template's audit (``edgepack.chattemplate``) for the manifest. The GGUF was made by convert, which
-    refused unsafe templates unless told otherwise, so here findings are recorded, not refused."""
-    if not isinstance(template, str):
-        return None
-    from .chattemplate import audit
-
-    return audit(template, allow_unsafe=True).to_json()
-
-
-def tool_versions() -> dict:
-    """edgepack, gguf-py and llama.cpp (llama-cpp-python's version and its build's system info)."""
-    versions = {"edgepack": __version__}
-    with contextlib.suppress(Exception):
-        from importlib.metadata import version
-        versions["gguf"] = version("gguf")
-    try:
-        import llama_cpp
-        versions["llama_cpp_python"] = llama_cpp.__version__
-        info = llama_cpp.llama_print_system_info()
-        versions["llama_cpp_system_info"] = (info.decode() if isinstance(info, bytes) else str(info)).strip(" |")
-    except ImportError:  # pragma: no cover - llama-cpp-python is a dependency
-        versions["llama_cpp_python"] = None
-    return versions
-
-
-# --- writing ----------------------------------------------------------------------------------------
-
-def _copy(src: Path, dst: Path) -> None:
-    # A copy, never a hard link: a bundle is shipped and may be edited; the step cache must stay intact.
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-
-
-def write_bundle(folder: str | Path, *, model: str | Path, quant: str, profile: dict, source: dict,
-                 adapters: list[BundleAdapter] = (), extra_files: dict[str, str | Path] | None = None,
-                 fit: dict | None = None, quality: dict | None = None, runtime: dict | None = None,
-                 report: str | None = None, model_name: str | None = None, archive: str = "none",
-                 model_sha256: str | None = None, mmproj: str | Path | None = None,
-                 mmproj_sha256: str | None = None) -> BundleResult:
-    """Write the bundle folder ``folder`` (replacing an older one) and optionally its archive beside it.
-
-    ``model``: the picked GGUF. ``profile``: at least ``name``. ``source``: provenance (repo_id, revision,
-    commit_sha, license, or for a local folder its name and content hash). ``extra_files``: {name in bundle:
-    file}, e.g. the report. ``fit`` / ``quality`` / ``runtime``: figures copied into the manifest as given.
-    ``model_sha256`` (and each adapter's ``sha256``): the hash recorded when the GGUF was made; the copy that
-    ships is hashed anyway, and a mismatch (a damaged cache file) raises ``BadGGUF`` before anything is published.
-    ``mmproj``: the model's multimodal projector GGUF (``edgepack convert --mmproj``), shipped as
-    ``mmproj-<name>.gguf`` with role ``mmproj`` (``mmproj_sha256`` as ``model_sha256``).
-    """
-    folder = Path(folder)
-    model = Path(model)
-    if archive not in ("none", *ARCHIVE_SUFFIXES):
-        raise UsageError(f"unknown archive kind {archive!r}", "choose none, tar.zst or zip")
-    facts = gguf_facts(model)
-    projector = mmproj_facts(Path(mmproj)) if mmproj else None
-    name = model_name or facts["model"]["name"] or model.stem
-    try:  # each becomes a file name in the bundle; a GGUF's general.name is a stranger's text
-        for what, value in [("model name", name), ("quant", quant), *(("adapter name", a.name) for a in adapters)]:
-            safe_name(value, what)
-    except ValueError as exc:
-        raise UsageError(str(exc), "give names that are one plain file name (letters, digits, '.', '_', '-')") from None
-    model_file = f"{name}-{quant}.gguf"
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-    try:
-        _copy(model, tmp / model_file)
-        model_sha = _check_copy(model, tmp / model_file, model_sha256)
-        roles = {model_file: "model"}
-        hashes = {model_file: model_sha}
-        adapter_entries = []
-        for a in adapters:
-            rel = f"adapters/{a.name}.gguf"
-            _copy(Path(a.file), tmp / rel)
-            hashes[rel] = _check_copy(Path(a.file), tmp / rel, a.sha256)
-            roles[rel] = "adapter"
-            entry = {"name": a.name, "file": rel, "scale": a.scale, "mode": a.mode,
-                     "base": {"file": model_file, "sha256": model_sha}}
-            if a.source_sha256:
-                entry["source_sha256"] = a.source_sha256
-            adapter_entries.append(entry)
-        mmproj_entry = None
-        if projector is not None:
-            rel = f"mmproj-{name}.gguf"
-            _copy(Path(mmproj), tmp / rel)
-            hashes[rel] = _check_copy(Path(mmproj), tmp / rel, mmproj_sha256)
-            roles[rel] = "mmproj"
-            mmproj_entry = {"file": rel, **projector, "base": {"file": model_file, "sha256": model_sha}}
-        for rel, src in sorted((extra_files or {}).items()):
-            _copy(Path(src), tmp / rel)
-            roles[rel] = "report" if rel.startswith("report") else "extra"
-        files = []
-        for rel in sorted(roles):
-            path = tmp / rel
-            files.append({"path": rel, "role": roles[rel], "size_bytes": path.stat().st_size,
-                          "sha256": hashes.get(rel) or sha256_file(path)})
-        manifest = {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "model": {"name": name, "file": model_file, "quant": quant, **{k: v for k, v in facts["model"].items()
-                                                                              if k not in ("name",)}},
-            "source": source,
-            "license": source.get("license") or facts["model"].get("license"),
-            "profile": profile,
-            "files": files,
-            "adapters": adapter_entries,
-            "chat_template": facts["chat_template"],
-            "chat_template_audit": _template_audit(facts["chat_template"]),
-            "tokenizer": facts["tokenizer"],
-            "runtime": runtime or {},
-            "fit": fit or {},
-            "quality": quality or {},
-            "report": report,
-            "tools": tool_versions(),
-        }
-        if mmproj_entry is not None:  # absent otherwise: text-only bundles stay byte-identical
-            manifest["mmproj"] = mmproj_entry
-        manifest = seal(manifest)
-        text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        (tmp / MANIFEST).write_text(text, encoding="utf-8")
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                with open(path, "rb+") as f:
-                    os.fsync(f.fileno())
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    result = BundleResult(folder=folder, manifest=manifest,
-                          size_bytes=sum(f["size_bytes"] for f in files) + len(text.encode()))
-    stale = [folder.with_name(folder.name + s) for k, s in ARCHIVE_SUFFIXES.items() if k != archive]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if archive != "none":
-        result.archive = pack(folder, archive)
-    return result
-
-
-def _check_copy(src: Path, copy: Path, expected: str | None) -> str:
-    """The copy's sha256, which must be ``expected`` (when given): what ships is what was made and measured."""
-    digest = sha256_file(copy)
-    if expected and digest != expected:
-        error = BadGGUF(f"{src} changed after it was made: sha256 {digest[:12]}..., recorded {expected[:12]}...",
-                        "the file is damaged; make it again (edgepack build redoes a damaged step)")
-        error.path = src
-        raise error
-    return digest
-
-
-def _replace_dir(tmp: Path, folder: Path) -> None:
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
-
-
-def _members(folder: Path) -> list[tuple[str, Path]]:
-    try:
-        return list(regular_files(folder).items())
-    except ValueError as exc:  # edgepack writes regular files only: someone changed the folder
-        raise OutputError(f"cannot pack {folder}: {exc}", "rebuild the bundle") from None
-
-
-def pack(folder: str | Path, kind: str) -> Path:
-    """A deterministic archive of ``folder`` beside it (``<folder>.tar.zst`` or ``<folder>.zip``)."""
-    folder = Path(folder)
-    out = folder.with_name(folder.name + ARCHIVE_SUFFIXES[kind])
-    prefix = folder.name
-    with atomic_output(out, "wb") as raw:
-        if kind == "zip":
-            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                for rel, path in _members(folder):
-                    info = zipfile.ZipInfo(f"{prefix}/{rel}", date_time=ZIP_EPOCH)
-                    info.compress_type = zipfile.ZIP_DEFLATED
-                    info.external_attr = 0o644 << 16
-                    with open(path, "rb") as src, zf.open(info, "w") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-        else:
-            import zstandard
-            cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, threads=0)
-            with cctx.stream_writer(raw, closefd=False) as zst, \
-                    tarfile.open(fileobj=zst, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for rel, path in _members(folder):
-                    info = tarfile.TarInfo(f"{prefix}/{rel}")
-                    info.size = path.stat().st_size
-                    info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = 0, 0o644, 0, 0, "", ""
-                    with open(path, "rb") as src:
-                        tar.addfile(info, src)
-    return out
 
 
 # --- verifying --------------------------------------------------------------------------------------
@@ -548,12 +242,12 @@ def _mmproj_load_check(model: Path, mmproj: Path, n_threads: int, bundle: Path) 
     """libmtmd loads the projector beside the model and encodes a small non-square image to finite embeddings."""
     import numpy as np
 
-    from .mtmd import image_embeddings
+    from ..mtmd import image_embeddings
 
     y, x = np.mgrid[0:24, 0:32]
     image = np.stack([x * 8, y * 10, (x + y) * 4], axis=-1).astype(np.uint8)
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             embeddings = image_embeddings(model, mmproj, image, n_threads=n_threads)
     except BadGGUF as exc:
         raise VerifyError(f"{bundle}: {exc.message}", exc.hint) from None
@@ -594,10 +288,10 @@ def _load_check(model: Path, adapter: Path | None, scale: float, n_threads: int,
     llama.cpp abort the whole process; here that becomes one ``VerifyError`` line."""
     import numpy as np
 
-    from . import isolate
+    from .. import isolate
 
     what = f"{model.name}" + (f" with adapter {adapter.name}" if adapter else "")
-    logits = isolate.call("edgepack.bundle:load_logits", str(model), str(adapter) if adapter else None, scale,
+    logits = isolate.call(load_logits, str(model), str(adapter) if adapter else None, scale,
                           limits.threads(n_threads, "--threads") or 1, what=f"{bundle}: {what}",
                           error_type=VerifyError, hint="the GGUF is damaged or needs a newer llama.cpp")
     logits = np.asarray(logits, dtype=np.float32)
@@ -610,12 +304,12 @@ def load_logits(model: str, adapter: str | None, scale: float, n_threads: int) -
     """Child-process side of ``_load_check``: the last position's logits for a short prompt."""
     import llama_cpp
 
-    from .loadcheck import check_loadable
+    from ..loadcheck import check_loadable
 
     try:
         check_loadable(model)
         kwargs = {"lora_path": adapter, "lora_scale": scale} if adapter else {}
-        with _quiet_stderr():
+        with quiet_stderr():
             llm = llama_cpp.Llama(model_path=model, n_ctx=64, n_batch=64, n_threads=n_threads,
                                   verbose=False, logits_all=True, **kwargs)
             tokens = llm.tokenize(b"Hello there", add_bos=True)
@@ -629,36 +323,3 @@ def load_logits(model: str, adapter: str | None, scale: float, n_threads: int) -
                           "the GGUF is damaged or needs a newer llama.cpp") from None
     return logits
 
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """llama.cpp logs to fd 2 while loading; keep the CLI's one-line error promise."""
-    try:
-        fd = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(fd, 2)
-        os.close(fd)
-
-
-def bundle_hash(folder: str | Path) -> str:
-    """sha256 over the manifest (which holds every file's hash): one identifier for a whole bundle."""
-    return hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()
-
-
-def read_manifest(folder: str | Path) -> dict:
-    try:
-        return json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise OutputError(f"cannot read {Path(folder) / MANIFEST}: {exc}", "rebuild the bundle") from None
-
-
-__all__ = ["BundleAdapter", "BundleResult", "VerifyResult", "write_bundle", "pack", "verify_bundle", "gguf_facts",
-           "tool_versions", "bundle_hash", "read_manifest", "seal", "manifest_digest", "SCHEMA", "SCHEMA_VERSION",
-           "MANIFEST"]
