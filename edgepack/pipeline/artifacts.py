@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # types only: importing the stages here would put them in every step's code key
-    from ..convert.core import Provenance
+    from ..source import Provenance
     from ..fit import FitResult
 
 
 @dataclass(frozen=True)
-class Source:
+class ResolvedSource:
     """The model source, resolved to a local folder and hashed."""
 
     folder: Path

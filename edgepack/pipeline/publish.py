@@ -14,30 +14,8 @@ from pathlib import Path
 
 from ..bundle import ARCHIVE_SUFFIXES, MANIFEST
 from ..fileio import atomic_copy, atomic_dir, regular_files
-from .artifacts import AdapterGGUF, Bundle, BundleSummary, Fits, Source, Variant
+from .artifacts import Bundle, BundleSummary
 from .context import BuildContext
-from .steps.bundle import make_bundle
-from .steps.report import bundle_report
-
-
-def write_bundles(ctx: BuildContext, fits: Fits, variants: list[Variant], adapters: list[AdapterGGUF],
-                  src: Source) -> list[BundleSummary]:
-    """One bundle per line and profile with a pick (made, then published); a summary for every one."""
-    by_name = {v.name: v for v in variants}
-    out = []
-    for line, res in fits.lines.items():
-        fit_json = res.to_dict()
-        report_files = bundle_report(ctx, line, fit_json)
-        for profile, pick in sorted(res.picks.items()):
-            if pick is None:
-                out.append(BundleSummary(profile, line, None, None, reason=res.summary[profile]))
-                continue
-            row = next(r for r in fit_json["rows"] if r["profile"] == profile and r["variant"] == pick)
-            built = make_bundle(ctx, profile=fits.profiles[profile], line=line, variant=by_name[pick], fit_row=row,
-                                src=src, adapters=adapters, report_files=report_files)
-            out.append(publish_bundle(ctx, built))
-    remove_stale_bundles(ctx, out)
-    return out
 
 
 def publish_bundle(ctx: BuildContext, b: Bundle) -> BundleSummary:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ...errors import BadCheckpoint
 from ...fileio import sha256_file
-from ..artifacts import AdapterGGUF, Source
+from ..artifacts import AdapterGGUF, ResolvedSource
 from ..context import BuildContext
 
 
@@ -17,7 +17,7 @@ def adapter_sha256(ctx: BuildContext, spec) -> str:
     return ctx.folder_sha256(spec.path)
 
 
-def convert_lora(ctx: BuildContext, spec, src: Source) -> AdapterGGUF:
+def convert_lora(ctx: BuildContext, spec, src: ResolvedSource) -> AdapterGGUF:
     from ...adapters import convert_adapter
 
     source_sha = adapter_sha256(ctx, spec)

@@ -4,10 +4,11 @@ the manifest, with its archive, made in the step folder like every other step (`
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from ...errors import BadGGUF
-from ..artifacts import AdapterGGUF, Bundle, Source, Variant
+from ..artifacts import AdapterGGUF, Bundle, Fits, ResolvedSource, Variant
 from ..context import BuildContext
 from ..plan import BASE_LINE, bundle_folder_name, line_model_name
 
@@ -15,15 +16,17 @@ FIT_FIELDS = ("memory_total_mb", "usable_mb", "fits", "tg_tokens_per_s", "pp_tok
               "bits_per_weight", "size_mb")
 
 
-def make_bundle(ctx: BuildContext, *, profile: dict, line: str, variant: Variant, fit_row: dict, src: Source,
+def make_bundle(ctx: BuildContext, fits: Fits, line: str, profile_name: str, variant: Variant, src: ResolvedSource,
                 adapters: list[AdapterGGUF], report_files: dict[str, Path]) -> Bundle:
-    """``profile``: the facts the manifest records; ``fit_row``: the pick's row of the line's fit (as JSON);
-    ``adapters``: shipped beside the base line's model; ``report_files``: {name in the bundle: file}."""
+    """The bundle of ``variant``, the pick of ``profile_name`` on ``line``. ``adapters``: shipped beside the base
+    line's model; ``report_files``: {name in the bundle: file}."""
     from ...bundle import MANIFEST, BundleAdapter, tool_versions, write_bundle
     from ...fileio import sha256_file
 
     cfg = ctx.config
-    name = bundle_folder_name(profile["name"], line)
+    profile = fits.profiles[profile_name]
+    fit_row = asdict(next(r for r in fits.lines[line].rows if r.profile == profile_name and r.variant == variant.name))
+    name = bundle_folder_name(profile_name, line)
     shipped = [BundleAdapter(name=a.name, file=a.path, scale=a.scales[0], sha256=a.sha256,
                              source_sha256=a.source_sha256) for a in adapters] if line == BASE_LINE else []
     quality = variant.quality.headline() if variant.quality else {}
@@ -56,7 +59,7 @@ def make_bundle(ctx: BuildContext, *, profile: dict, line: str, variant: Variant
         raise
     prefix = f"{name}/"
     archive = done["archive"]
-    return Bundle(name=name, profile=profile["name"], line=line, variant=variant.name, folder=folder / name,
+    return Bundle(name=name, profile=profile_name, line=line, variant=variant.name, folder=folder / name,
                   files={k.removeprefix(prefix): v for k, v in done["files"].items() if k.startswith(prefix)},
                   manifest_sha256=done["files"][f"{name}/{MANIFEST}"],
                   archive=folder / archive if archive else None,

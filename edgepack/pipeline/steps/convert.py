@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...fileio import sha256_file
-from ..artifacts import BaseGGUF, Source
+from ..artifacts import BaseGGUF, ResolvedSource
 from ..context import BuildContext
 from ..plan import BASE_LINE
 
 
-def convert_base(ctx: BuildContext, src: Source) -> BaseGGUF:
+def convert_base(ctx: BuildContext, src: ResolvedSource) -> BaseGGUF:
     from ...convert import convert
 
     name, outtype = ctx.config.name, ctx.config.outtype

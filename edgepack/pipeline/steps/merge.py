@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 from ...fileio import sha256_file
-from ..artifacts import BaseGGUF, Source
+from ..artifacts import BaseGGUF, ResolvedSource
 from ..context import BuildContext
 from ..plan import Line, fmt_scale
 from .adapter import adapter_sha256
 
 
-def merge_line(ctx: BuildContext, src: Source, line: Line) -> BaseGGUF:
+def merge_line(ctx: BuildContext, src: ResolvedSource, line: Line) -> BaseGGUF:
     from ...adapters import merge_adapter
     from ...convert import convert
 
