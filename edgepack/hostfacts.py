@@ -8,6 +8,7 @@ features are the ones the loaded llama.cpp build uses, in a profile's names.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import time
@@ -95,3 +96,32 @@ class HostInfo:
         return cls(cpu=cpu_name(), cores=os.cpu_count() or 1, threads_used=threads,
                    bandwidth_gb_s=measure_bandwidth_gb_s(), python=python_version(),
                    llama_cpp_python=llama_cpp_version())
+
+
+def llama_cpp_runtime() -> dict[str, str]:
+    """The llama.cpp that quantizes, evaluates and benches: llama-cpp-python's version and a digest of the
+    shared libraries it loads (libllama, libggml*). The libraries carry no commit id of their own (a build from
+    the sdist reports none), and two builds of one version differ (CPU flags, AMX or not): their bytes do not
+    lie."""
+    import llama_cpp
+    from llama_cpp import llama_cpp as bindings
+
+    # where the bindings loaded libllama from (LLAMA_CPP_LIB_PATH or the package's lib/ folder)
+    lib_dir = Path(getattr(bindings, "_base_path", Path(llama_cpp.__file__).parent / "lib"))
+    return {"llama_cpp_python": llama_cpp_version(), "libs": shared_libs_digest(lib_dir)}
+
+
+_LIB_DIGESTS: dict[tuple, str] = {}  # memo: (path, size, mtime) of each library -> digest
+
+
+def shared_libs_digest(folder: Path) -> str:
+    """sha256 over the shared libraries in ``folder`` (each once, symlinks resolved), memoised on their stats."""
+    libs = sorted({p.resolve() for p in Path(folder).glob("*") if p.is_file() and (
+        ".so" in p.suffixes or p.suffix in (".dylib", ".dll"))})
+    stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in libs)
+    if stats not in _LIB_DIGESTS:
+        digest = hashlib.sha256()
+        for p in libs:
+            digest.update(p.name.encode() + b"\0" + p.read_bytes())
+        _LIB_DIGESTS[stats] = digest.hexdigest()[:16]
+    return _LIB_DIGESTS[stats]

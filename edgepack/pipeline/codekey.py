@@ -13,8 +13,8 @@ the function by name (``isolate.call(render_check, ...)``), so the function's mo
 (``tests/unit`` checks that no other module of edgepack imports by a computed name.)
 
 The tools are the third-party packages that code imports, each by its installed version; for llama.cpp also a
-digest of the shared libraries llama-cpp-python loads (``llama_cpp_runtime``). Both are found from the same
-closure, so no list is kept by hand.
+digest of the shared libraries llama-cpp-python loads (``hostfacts.llama_cpp_runtime``). Both are found from the
+same closure, so no list is kept by hand.
 """
 
 from __future__ import annotations
@@ -115,6 +115,8 @@ def code_key(module: str, root: Path = ROOT) -> str:
 def tools_key(module: str) -> dict[str, str | None]:
     """The versions of the third-party packages a step defined in ``module`` imports (None: not installed); for
     llama.cpp the runtime's version and library digest (``llama_cpp_runtime``)."""
+    from ..hostfacts import llama_cpp_runtime
+
     out: dict[str, str | None] = {}
     for name in source_closure(module)[1]:
         if name == "llama_cpp":
@@ -141,32 +143,3 @@ def _distributions() -> dict[str, list[str]]:
     from importlib.metadata import packages_distributions
 
     return packages_distributions()
-
-
-def llama_cpp_runtime() -> dict[str, str]:
-    """The llama.cpp that quantizes, evaluates and benches: llama-cpp-python's version and a digest of the
-    shared libraries it loads (libllama, libggml*). The libraries carry no commit id of their own (a build from
-    the sdist reports none), and two builds of one version differ (CPU flags, AMX or not): their bytes do not
-    lie."""
-    import llama_cpp
-    from llama_cpp import llama_cpp as bindings
-
-    # where the bindings loaded libllama from (LLAMA_CPP_LIB_PATH or the package's lib/ folder)
-    lib_dir = Path(getattr(bindings, "_base_path", Path(llama_cpp.__file__).parent / "lib"))
-    return {"llama_cpp_python": str(llama_cpp.__version__), "libs": shared_libs_digest(lib_dir)}
-
-
-_LIB_DIGESTS: dict[tuple, str] = {}
-
-
-def shared_libs_digest(folder: Path) -> str:
-    """sha256 over the shared libraries in ``folder`` (each once, symlinks resolved), memoised on their stats."""
-    libs = sorted({p.resolve() for p in Path(folder).glob("*") if p.is_file() and (
-        ".so" in p.suffixes or p.suffix in (".dylib", ".dll"))})
-    stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in libs)
-    if stats not in _LIB_DIGESTS:
-        digest = hashlib.sha256()
-        for p in libs:
-            digest.update(p.name.encode() + b"\0" + p.read_bytes())
-        _LIB_DIGESTS[stats] = digest.hexdigest()[:16]
-    return _LIB_DIGESTS[stats]

@@ -1,13 +1,10 @@
 """Speed here: each variant's load time, prompt and generation tokens/s and peak RSS (``bench.bench_one``), and
-this host's facts for the report (its copy bandwidth measured once per host). Timings go to the report, never
-into a manifest or a fit."""
+this host's facts for the report (``hostfacts``; its copy bandwidth measured once per host). Timings go to the
+report, never into a manifest or a fit."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import platform
 from pathlib import Path
 
 from ..artifacts import Variant
@@ -16,6 +13,7 @@ from ..context import BuildContext
 
 def bench_variant(ctx: BuildContext, v: Variant) -> Variant:
     from ...bench import bench_one
+    from ...hostfacts import host_id
 
     cfg = ctx.config
     n_prompt, n_gen = min(128, cfg.ctx // 2), min(32, cfg.ctx // 4)
@@ -32,27 +30,13 @@ def bench_variant(ctx: BuildContext, v: Variant) -> Variant:
 
 def host_facts(ctx: BuildContext) -> dict:
     """This host's facts for the report (copy bandwidth measured once per host, cached)."""
-    import llama_cpp
-
-    from ...bench import measure_bandwidth_gb_s
+    from ...hostfacts import HostInfo, host_id
 
     threads = ctx.config.threads
 
     def work(tmp: Path) -> dict:
-        cpu, _, cores = host_id().rpartition(" x")
-        return {"cpu": cpu, "cores": int(cores), "threads_used": threads, "bandwidth_gb_s": measure_bandwidth_gb_s(),
-                "python": platform.python_version(), "llama_cpp_python": str(llama_cpp.__version__)}
+        return dataclasses.asdict(HostInfo.current(threads))
 
     done, _ = ctx.step("host", "measure copy bandwidth", {"host": host_id(), "threads": threads}, work,
                        code=__name__)
     return done
-
-
-def host_id() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu} x{os.cpu_count()}"
