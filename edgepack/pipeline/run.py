@@ -13,7 +13,7 @@ from ..config import BuildConfig
 from ..errors import UsageError
 from ..fileio import folder_lock, prepare_output_dir, sweep_temp_files
 from ..progress import QUIET, Progress
-from .artifacts import BuildResult, BundleSummary, Fits
+from .artifacts import AdapterGGUF, BuildResult, BundleSummary, Fits, Variant
 from .context import BuildContext
 from .plan import BASE_LINE, Unit, lines, plan
 from .publish import publish_bundle, publish_report, remove_stale_bundles
@@ -51,24 +51,25 @@ def build(config: BuildConfig, *, only: str | None = None, progress: Progress = 
         measured = {v.name: v for line, base in bases.items()  # one reference pass per line
                     for v in evaluate_line(ctx, [v for v in variants if v.line == line], base)}
         variants = [bench_variant(ctx, measured[v.name]) for v in variants]
-        result = dict(output_dir=ctx.out, steps=ctx.steps, variants={v.name: v for v in variants},
-                      adapters={a.name: a for a in adapters}, only=only)
+        by_name = {v.name: v for v in variants}
         if only is not None:
-            return BuildResult(**result, seconds=round(time.monotonic() - started, 2))
+            return _result(ctx, started, variants, adapters, only=only)
         fits = fit_lines(ctx, variants)
         bundles: list[BundleSummary] = []
         for line, res in fits.lines.items() if fits else ():
             report_files = bundle_report(ctx, line, res.to_dict())
             for profile, pick in sorted(res.picks.items()):
-                bundles.append(publish_bundle(ctx, make_bundle(
-                    ctx, fits, line, profile, result["variants"][pick], src, adapters, report_files))
-                    if pick else BundleSummary(profile, line, None, None, reason=res.summary[profile]))
+                if pick is None:
+                    bundles.append(BundleSummary(profile, line, None, None, reason=res.summary[profile]))
+                    continue
+                made = make_bundle(ctx, fits, line, profile, by_name[pick], src, adapters, report_files)
+                bundles.append(publish_bundle(ctx, made))
         remove_stale_bundles(ctx, bundles)
-        made = build_report(ctx, fits, variants) if fits else None
+        report = build_report(ctx, fits, variants) if fits else None
         failures = constraint_failures(ctx, fits, variants)
         _ci_summary(ctx, fits, failures)
-        return BuildResult(**result, fits=fits, bundles=bundles, report=publish_report(ctx, *made) if made else None,
-                           failures=failures, seconds=round(time.monotonic() - started, 2))
+        return _result(ctx, started, variants, adapters, fits=fits, bundles=bundles, failures=failures,
+                       report=publish_report(ctx, *report) if report else None)
 
 
 def _start(ctx: BuildContext, only: str | None) -> list[Unit]:
@@ -91,3 +92,10 @@ def _ci_summary(ctx: BuildContext, fits: Fits | None, failures: list[str]) -> No
     cilog.job_summary(cilog.picks_markdown(
         ctx.config.name, {k: r.to_dict() for k, r in fits.lines.items()} if fits else {}, BASE_LINE, failures,
         [f"[{s.step}] {s.label}: {s.reason}" for s in ctx.steps if s.status == "skipped"]))
+
+
+def _result(ctx: BuildContext, started: float, variants: list[Variant], adapters: list[AdapterGGUF],
+            **collected) -> BuildResult:
+    return BuildResult(output_dir=ctx.out, steps=ctx.steps, variants={v.name: v for v in variants},
+                       adapters={a.name: a for a in adapters}, seconds=round(time.monotonic() - started, 2),
+                       **collected)
