@@ -2,6 +2,19 @@
 an artifact (``..artifacts``), cached through ``BuildContext.step``.
 
 A step's cache key holds the code of its own module and everything that module imports (``..codekey``), so this
-``__init__`` imports nothing: each step depends on its own stage only. Adding a step = a module here with one
-function that calls ``ctx.step(name, label, parts, work, code=__name__)``, and one call in ``..run``.
+``__init__`` imports nothing: each step depends on its own stage only.
+
+Adding a step: a module here whose function builds its key parts (its inputs' hashes and its settings), defines
+``work(tmp) -> dict`` (make the files in ``tmp``, return what was made: ``file``/``sha256`` for one file, ``files``
+for several, so the cache re-checks them), calls ``ctx.step(name, label, parts, work, code=__name__)`` and returns
+an artifact; then one call in ``..run.build``. For example:
+
+* a vision projector: ``steps/mmproj.py`` converts it (``convert.mmproj``) into a ``Projector(path, sha256)``
+  artifact; ``run.build`` hands it to ``make_bundle``, which passes it to ``bundle.write_bundle(mmproj=...)`` and
+  adds its sha256 to the bundle's key parts;
+* a variant built with and without an importance matrix: ``plan.Unit`` gets the choice, ``plan.plan`` emits
+  both units, and ``quantize_variant`` passes the line's ``Imatrix`` only where the unit asks for it (its
+  sha256 is already in the key); ``steps/report.bench_row`` already carries the imatrix per variant;
+* a per-device quantization mix: a unit per (device, budget) and a step that calls the mix stage on the line's
+  base and returns a ``Variant``, so eval, bench, fit and bundles take it like any other.
 """
