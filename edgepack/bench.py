@@ -59,7 +59,7 @@ class ModelBench:
     n_gen: int
     repack: bool = True  # weights in llama.cpp's repacked CPU buffers (off only on a build with AMX kernels)
     threads: int = 0
-    quality: dict | None = None  # {kld, ppl, ppl_delta, top1} vs --ref, from edgepack.evaluate
+    quality: dict | None = None  # evaluate.Quality's fields (mean_kld, ppl, ...) vs --ref, and the eval's setting
     # with --image: {mmproj, image, image_tokens, prompt_tokens, image_chunks, ttft_s: Stat, encode_s: Stat}, the
     # time to first token of a prompt holding the image (mtmd.image_prompt_timings)
     image: dict | None = None
@@ -197,14 +197,6 @@ def bench_one(path: str | Path, *, n_ctx: int = 1024, n_prompt: int = 512, n_gen
                       repack=raw["repack"], threads=threads, image=timings)
 
 
-def quality_fields(r) -> dict:
-    """The fields ``edgepack fit`` reads (kld, ppl, ppl_delta, top1) from an ``evaluate.EvalResult``, with the
-    reference's PPL and the standard errors beside them."""
-    return {"kld": r.mean_kld, "kld_err": r.mean_kld_err, "ppl": r.ppl, "ref_ppl": r.ref_ppl,
-            "ppl_delta": r.delta_ppl, "top1": r.top1_agreement, "p99_kld": r.p99_kld, "eval_ctx": r.ctx,
-            "eval_tokens": r.n_scored, "eval_text": r.text}
-
-
 def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int = 1024, n_prompt: int = 512,
           n_gen: int = 128, reps: int = 3, threads: int | None = None, eval_ctx: int = 512,
           eval_text: str | Path | None = None, mmproj: str | Path | None = None, image: str | Path | None = None,
@@ -242,7 +234,9 @@ def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int 
 
         evals = evaluate_many(list(paths), ref, text=eval_text, ctx=eval_ctx, threads=threads, progress=progress)
         for m, r in zip(result.models, evals):
-            m.quality = quality_fields(r)
+            # the fields ``edgepack fit`` reads (evaluate.Quality), with the KLD's spread and the eval's setting
+            m.quality = {**r.quality.to_json(), "mean_kld_err": r.mean_kld_err, "p99_kld": r.p99_kld,
+                         "eval_ctx": r.ctx, "eval_tokens": r.n_scored, "eval_text": r.text}
         result.quality_note = (f"quality vs {Path(ref).name}: llama-perplexity's method on {evals[0].text}, "
                                f"ctx {eval_ctx}, {evals[0].n_scored} scored tokens")
     return result

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 
@@ -40,6 +40,28 @@ from .progress import QUIET, Progress
 
 DEFAULT_CTX = 512
 BUILTIN_TEXT = "war-and-peace-excerpt.txt"
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A model's quality against its reference, in the one set of names edgepack uses for it everywhere (fit,
+    bench, bundles, reports): the headline figures of an ``EvalResult``. None: not measured."""
+
+    mean_kld: float | None = None  # nats per token
+    ppl: float | None = None
+    ref_ppl: float | None = None
+    delta_ppl: float | None = None  # ppl - ref_ppl
+    top1_agreement: float | None = None  # fraction of positions where both models' argmax agree
+
+    @classmethod
+    def from_json(cls, data) -> Quality:
+        """From a mapping with these names (a bench result's, a cached step's) or an object with these attributes
+        (an ``EvalResult``); missing ones are None."""
+        get = data.get if isinstance(data, dict) else (lambda k: getattr(data, k, None))
+        return cls(**{f.name: get(f.name) for f in fields(cls)}) if data else cls()
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -68,6 +90,10 @@ class EvalResult:
     top1_agreement_err: float
     rms_delta_p: float  # RMS of p_model(next) - p_ref(next)
     seconds: float
+
+    @property
+    def quality(self) -> Quality:
+        return Quality.from_json(self)
 
 
 def builtin_text() -> str:

@@ -58,7 +58,7 @@ def _svg(fig) -> str:
 def imatrix_pairs(models: list[dict]) -> list[dict]:
     """The with/without comparison: one row per quant type built both without an importance matrix and with one
     (``[quantize] imatrix = "compare"``). ``models``: the report's bench models, each with ``quant``, ``imatrix``
-    (its file name; empty or None without), ``size_bytes`` and ``quality`` (kld, ppl)."""
+    (its file name; empty or None without), ``size_bytes`` and ``quality`` (evaluate.Quality's mean_kld, ppl)."""
     pairs: dict[str, dict[str, dict]] = {}
     for m in models:
         if m.get("quant"):
@@ -70,7 +70,7 @@ def imatrix_pairs(models: list[dict]) -> list[dict]:
         row = {"quant": quant, "imatrix": pair["with"]["imatrix"]}
         for side, m in pair.items():
             q = m.get("quality") or {}
-            row |= {f"size_mb_{side}": round(m["size_bytes"] / 1e6, 3), f"kld_{side}": q.get("kld"),
+            row |= {f"size_mb_{side}": round(m["size_bytes"] / 1e6, 3), f"kld_{side}": q.get("mean_kld"),
                     f"ppl_{side}": q.get("ppl")}
         kld_with, kld_without = row["kld_with"], row["kld_without"]
         row["kld_ratio"] = round(kld_with / kld_without, 3) if kld_with is not None and kld_without else None
@@ -114,7 +114,7 @@ def _plots(data: dict) -> dict[str, str]:
 
     # 1. quality vs size
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    kld = {r["variant"]: r["kld"] for r in rows}
+    kld = {r["variant"]: r.get("mean_kld") for r in rows}
     if any(v is not None for v in kld.values()):
         xs = [size[v] for v in variants if kld[v] is not None]
         ys = [kld[v] for v in variants if kld[v] is not None]
@@ -148,7 +148,7 @@ def _plots(data: dict) -> dict[str, str]:
 
 
 def _quality(r: dict, use_kld: bool) -> float:
-    return r["kld"] if use_kld else r["bits_per_weight"]
+    return r.get("mean_kld") if use_kld else r["bits_per_weight"]
 
 
 def _per_device_grid(plt, rows: list[dict], profiles: list[str], picks: dict, panel, title: str) -> str:
@@ -157,7 +157,7 @@ def _per_device_grid(plt, rows: list[dict], profiles: list[str], picks: dict, pa
     cols = min(4, len(profiles))
     n_rows = (len(profiles) + cols - 1) // cols
     fig, axes = plt.subplots(n_rows, cols, figsize=(3.4 * cols, 2.7 * n_rows), squeeze=False)
-    use_kld = all(r["kld"] is not None for r in rows)
+    use_kld = all(r.get("mean_kld") is not None for r in rows)
     for ax, p in zip(axes.flat, profiles):
         panel(ax, [r for r in rows if r["profile"] == p], picks.get(p), use_kld)
         ax.set_title(p, fontsize=8)
@@ -238,7 +238,7 @@ def _md(data: dict) -> str:
         lines.append(f"| {r['profile']} | {r['variant']} | {_backend_cell(r)} | {r['memory_total_mb']:.0f} | "
                      f"{r['usable_mb']:.0f} | "
                      f"{'yes' if r['fits'] else 'no'} | {r['tg_tokens_per_s']:.1f} | {r['pp_tokens_per_s']:.0f} | "
-                     f"{'-' if r['kld'] is None else format(r['kld'], '.4f')} | {r['verdict']} |")
+                     f"{'-' if r.get('mean_kld') is None else format(r.get('mean_kld'), '.4f')} | {r['verdict']} |")
     if "bench" in data:
         b = data["bench"]
         lines += ["", "## Host measurements", "", f"Host: {b['host']['cpu']}, {b['host']['threads_used']} threads, "

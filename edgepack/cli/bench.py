@@ -72,4 +72,4 @@ def bench_command(models, ref, n_ctx, n_prompt, n_gen, reps, threads, eval_ctx, 
 def _quality_cells(q: dict | None) -> tuple[str, str, str]:
     if not q:
         return "-", "-", "-"
-    return f"{q['kld']:.4f}", f"{q['ppl']:.2f} ({q['ppl_delta']:+.2f})", f"{100 * q['top1']:.1f}%"
+    return f"{q['mean_kld']:.4f}", f"{q['ppl']:.2f} ({q['delta_ppl']:+.2f})", f"{100 * q['top1_agreement']:.1f}%"

@@ -93,7 +93,7 @@ def fit_command(models, profile_names, extra, config, quants, bench_json, n_ctx,
         return
     emit_table(["profile", "variant", "memory MB (usable)", "fits", "tg tok/s", "pp tok/s", "KLD", "verdict"],
                [(r.profile, r.variant, f"{r.memory_total_mb:.0f} ({r.usable_mb:.0f})", "yes" if r.fits else "no",
-                 f"{r.tg_tokens_per_s:.1f}", f"{r.pp_tokens_per_s:.0f}", "-" if r.kld is None else f"{r.kld:.4f}",
+                 f"{r.tg_tokens_per_s:.1f}", f"{r.pp_tokens_per_s:.0f}", "-" if r.mean_kld is None else f"{r.mean_kld:.4f}",
                  r.verdict) for r in result.rows])
     click.echo("")
     for name, line in result.summary.items():

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..evaluate import Quality
 from ..profiles import Profile
 from .describe import ModelDesc
 from .image import ProjectorDesc, image_ttft_s
@@ -15,14 +16,6 @@ from .memory import MB, MemoryParts, memory_needed
 from .speed import HostCalibration, project
 
 DEFAULT_BATCHES = (512, 256, 128, 64, 32)
-
-
-@dataclass
-class Quality:
-    kld: float | None = None
-    ppl: float | None = None
-    ppl_delta: float | None = None
-    top1: float | None = None
 
 
 @dataclass
@@ -43,7 +36,7 @@ class FitRow:
     fits: bool
     tg_tokens_per_s: float
     pp_tokens_per_s: float
-    kld: float | None
+    mean_kld: float | None  # evaluate.Quality's, as measured for the variant (None: not measured)
     bits_per_weight: float
     size_mb: float
     verdict: str  # "pick", or why it lost
@@ -69,8 +62,8 @@ class FitResult:
 
 def _quality_key(v: Variant) -> tuple:
     """Higher is better: measured KLD when present (lower KLD wins), else bits per weight as the proxy."""
-    if v.quality.kld is not None:
-        return (1, -v.quality.kld)
+    if v.quality.mean_kld is not None:
+        return (1, -v.quality.mean_kld)
     return (0, v.model.bits_per_weight)
 
 
@@ -131,15 +124,15 @@ def fit(variants: list[Variant], profiles: list[Profile], n_ctx: int = 2048, min
                                f"({mem.total_bytes / MB:.0f} MB needed, {usable / MB:.0f} MB usable)")
             if min_tps is not None and proj.tg_tokens_per_s < min_tps:
                 reasons.append(f"too slow ({proj.tg_tokens_per_s:.1f} tok/s < {min_tps:g})")
-            if max_kld is not None and v.quality.kld is not None and v.quality.kld > max_kld:
-                reasons.append(f"too lossy (KLD {v.quality.kld:.4f} > {max_kld:g})")
+            if max_kld is not None and v.quality.mean_kld is not None and v.quality.mean_kld > max_kld:
+                reasons.append(f"too lossy (KLD {v.quality.mean_kld:.4f} > {max_kld:g})")
             settings = {"threads": n_threads, "n_ctx": n_ctx, "n_batch": batch,
                         "backend": be, "flash_attn": flash_attn}
             row = FitRow(variant=v.model.name, profile=profile.name, backend=be,
                          memory=mem.as_mb(),
                          memory_total_mb=round(mem.total_bytes / MB, 2), usable_mb=round(usable / MB, 1), fits=fits,
                          tg_tokens_per_s=round(proj.tg_tokens_per_s, 2), pp_tokens_per_s=round(proj.pp_tokens_per_s, 2),
-                         kld=v.quality.kld, bits_per_weight=round(v.model.bits_per_weight, 3),
+                         mean_kld=v.quality.mean_kld, bits_per_weight=round(v.model.bits_per_weight, 3),
                          size_mb=round(v.model.weight_bytes / MB, 2), verdict="; ".join(reasons), settings=settings,
                          best_backend=best, by_backend=by_backend)
             if image:
@@ -179,7 +172,7 @@ def variants_from_bench(results: dict) -> dict[str, tuple[Quality, HostCalibrati
         cal = None
         if host_bw and m.get("tg_tokens_per_s"):
             cal = HostCalibration(m["tg_tokens_per_s"], m.get("pp_tokens_per_s") or 0.0, host_bw)
-        out[str(Path(m["path"]).resolve())] = (Quality(q.get("kld"), q.get("ppl"), q.get("ppl_delta"), q.get("top1")), cal)
+        out[str(Path(m["path"]).resolve())] = (Quality.from_json(q), cal)
     return out
 
 

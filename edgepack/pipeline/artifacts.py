@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # types only: importing the stages here would put them in every step's code key
+    from ..evaluate import Quality
     from ..source import Provenance
     from ..fit import FitResult
 
@@ -47,7 +48,7 @@ class Imatrix:
 
 
 @dataclass(frozen=True)
-class Quality:
+class Evaluation:
     """A variant against its line's unquantized GGUF: ``evaluate.EvalResult``'s figures (same names), rounded to
     6 digits as the step cache records them."""
 
@@ -71,15 +72,17 @@ class Quality:
     rms_delta_p: float
 
     @classmethod
-    def of(cls, figures: Any) -> Quality:
+    def of(cls, figures: Any) -> Evaluation:
         """From an ``EvalResult`` or a mapping with its names (the cached step's record)."""
         get = figures.get if isinstance(figures, dict) else (lambda k: getattr(figures, k))
         values = {f.name: get(f.name) for f in fields(cls)}
         return cls(**{k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()})
 
-    def headline(self) -> dict:
-        """The figures a bundle's manifest records."""
-        return {k: getattr(self, k) for k in ("mean_kld", "ppl", "ref_ppl", "delta_ppl", "top1_agreement")}
+    def headline(self) -> Quality:
+        """The figures fit, bundle manifests and the report carry (``evaluate.Quality``)."""
+        from ..evaluate import Quality
+
+        return Quality.from_json(self)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class Variant:
     sha256: str
     size_bytes: int
     imatrix: Imatrix | None = None
-    quality: Quality | None = None
+    quality: Evaluation | None = None
     bench: dict | None = None  # ``bench.ModelBench`` as JSON plus threads and host: timings, never in a manifest
 
     def to_json(self) -> dict:

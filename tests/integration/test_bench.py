@@ -43,12 +43,12 @@ def test_bench_tiny_models(ggufs, tmp_path):
                    eval_ctx=128, eval_text=text)
     q8, f16 = result.models
     # quality is edgepack.evaluate's: the reference against itself is exact, Q8_0 differs a little
-    assert f16.quality["kld"] == pytest.approx(0, abs=1e-6) and f16.quality["top1"] == 1.0
-    assert f16.quality["ppl_delta"] == pytest.approx(0, abs=1e-6)
-    assert 0 < q8.quality["kld"] < 0.05 and q8.quality["ppl"] > 1
+    assert f16.quality["mean_kld"] == pytest.approx(0, abs=1e-6) and f16.quality["top1_agreement"] == 1.0
+    assert f16.quality["delta_ppl"] == pytest.approx(0, abs=1e-6)
+    assert 0 < q8.quality["mean_kld"] < 0.05 and q8.quality["ppl"] > 1
     direct = evaluate(ggufs["q8_0"], ggufs["f16"], text=text, ctx=128, threads=2)
-    assert q8.quality["kld"] == pytest.approx(direct.mean_kld, rel=1e-6)
-    assert q8.quality["top1"] == pytest.approx(direct.top1_agreement)
+    assert q8.quality["mean_kld"] == pytest.approx(direct.mean_kld, rel=1e-6)
+    assert q8.quality["top1_agreement"] == pytest.approx(direct.top1_agreement)
     assert "ctx 128" in result.quality_note
     for m in result.models:
         assert m.pp.min > 0 and m.tg.min > 0 and m.pp.min <= m.pp.median <= m.pp.max
@@ -64,7 +64,7 @@ def test_bench_tiny_models(ggufs, tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(data))
     cal = variants_from_bench(json.loads((tmp_path / "b.json").read_text()))
     quality, host = cal[str(ggufs["q8_0"].resolve())]
-    assert quality.kld == q8.quality["kld"] and quality.top1 == q8.quality["top1"]
+    assert quality.mean_kld == q8.quality["mean_kld"] and quality.top1_agreement == q8.quality["top1_agreement"]
     assert host.tg_tokens_per_s == q8.tg.median
     assert host.per_token_overhead_s(describe_gguf(ggufs["q8_0"])) >= 0
 

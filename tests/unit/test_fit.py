@@ -40,7 +40,7 @@ def _profile(tmp_path: Path, name: str, usable_gb: float, eff: float = 0.5, base
 
 
 def _variant(config: dict, quant: str, kld: float | None) -> Variant:
-    return Variant(describe_config(config, quant, "llama8b"), Quality(kld=kld))
+    return Variant(describe_config(config, quant, "llama8b"), Quality(mean_kld=kld))
 
 
 def test_fit_picks_best_quality_that_fits_and_says_why_others_lost(tmp_path):

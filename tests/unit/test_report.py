@@ -20,7 +20,7 @@ PROFILES = ("pixel-6", "pixel-8", "galaxy-s23", "iphone-15-pro", "raspberry-pi-5
 
 
 def _fit_json(tmp_path_factory, cfg: dict, name: str, kinds) -> Path:
-    variants = [Variant(describe_config(cfg, q, name), Quality(kld=k)) for q, k in kinds]
+    variants = [Variant(describe_config(cfg, q, name), Quality(mean_kld=k)) for q, k in kinds]
     res = fit(variants, [get_profile(n) for n in PROFILES], n_ctx=4096, min_tps=10, max_kld=0.03)
     path = tmp_path_factory.mktemp("rep") / "fit.json"
     path.write_text(json.dumps(res.to_dict()))
@@ -85,7 +85,7 @@ def _bench_model(name: str, quant: str, imatrix: str | None, size_bytes: int, kl
     timing = {"median": 1.0, "min": 1.0, "max": 1.0}
     return {"name": name, "quant": quant, "imatrix": imatrix, "size_bytes": size_bytes, "bits_per_weight": 4.0,
             "load_s": timing, "pp": timing, "tg": timing, "peak_rss_mb": 10.0,
-            "quality": {"kld": kld, "ppl": ppl, "ppl_delta": 0.1, "top1": 0.9}}
+            "quality": {"mean_kld": kld, "ppl": ppl, "delta_ppl": 0.1, "top1_agreement": 0.9}}
 
 
 def test_types_built_with_and_without_an_imatrix_are_compared(tiny_results, tmp_path):

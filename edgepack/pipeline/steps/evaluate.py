@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ...fileio import sha256_file
-from ..artifacts import BaseGGUF, Quality, Variant
+from ..artifacts import BaseGGUF, Evaluation, Variant
 from ..context import BuildContext
 
 
@@ -30,7 +30,7 @@ def evaluate_line(ctx: BuildContext, variants: list[Variant], base: BaseGGUF) ->
     parts = {v.name: {"model": v.sha256, "ref": base.sha256, "text": text_sha, "tokens": cfg.eval_tokens,
                       "ctx": ctx_tokens} for v in variants}
     missing = [v for v in variants if not ctx.is_cached("eval", parts[v.name], __name__)]
-    measured: dict[str, Quality] = {}
+    measured: dict[str, Evaluation] = {}
     started = time.monotonic()
     if missing:
         title = f"[eval] {', '.join(v.name for v in missing)} vs {base.path.name}"
@@ -43,13 +43,13 @@ def evaluate_line(ctx: BuildContext, variants: list[Variant], base: BaseGGUF) ->
                                 encoding="utf-8")
             results = evaluate.evaluate_many([v.path for v in missing], base.path, text=text, ctx=ctx_tokens,
                                              threads=cfg.threads)
-        measured = {v.name: Quality.of(r) for v, r in zip(missing, results)}
+        measured = {v.name: Evaluation.of(r) for v, r in zip(missing, results)}
     share = round((time.monotonic() - started) / max(1, len(missing)), 2)  # the batch's time, shared out
     out = []
     for v in variants:
         done, _ = ctx.step("eval", v.name, parts[v.name], lambda tmp, name=v.name: dataclasses.asdict(measured[name]),
                            code=__name__, seconds=share)
-        out.append(dataclasses.replace(v, quality=Quality.of(done)))
+        out.append(dataclasses.replace(v, quality=Evaluation.of(done)))
     return out
 
 

@@ -36,8 +36,7 @@ def fit_lines(ctx: BuildContext, variants: list[Variant]) -> Fits | None:
             desc = fit_mod.describe_gguf(v.path)
             desc.name = v.name
             q = v.quality
-            quality = fit_mod.Quality(kld=q.mean_kld, ppl=q.ppl, ppl_delta=q.delta_ppl, top1=q.top1_agreement) \
-                if q else fit_mod.Quality()
+            quality = q.headline() if q else fit_mod.Quality()
             vs.append(fit_mod.Variant(desc, quality))  # no host calibration: manifests must not depend on timing
         if vs:
             results[line.name] = fit_mod.fit(vs, profiles, n_ctx=cfg.ctx, min_tps=cfg.min_tps, max_kld=cfg.max_kld)

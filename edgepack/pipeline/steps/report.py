@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...evaluate import Quality
 from ...fileio import sha256_file
 from ..artifacts import Fits, Variant
 from ..cache import content_key
@@ -58,7 +59,6 @@ def build_report(ctx: BuildContext, fits: Fits, variants: list[Variant]) -> tupl
 def bench_row(v: Variant) -> dict:
     """A variant's row in the report's measurements table."""
     q = v.quality
-    quality = {"kld": q.mean_kld, "ppl": q.ppl, "ppl_delta": q.delta_ppl, "top1": q.top1_agreement} if q else \
-        {"kld": None, "ppl": None, "ppl_delta": None, "top1": None}
+    quality = (q.headline() if q else Quality()).to_json()
     return {**v.bench, "path": str(v.path), "name": v.name, "imatrix": v.imatrix.file if v.imatrix else None,
             "quality": quality}
