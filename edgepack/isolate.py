@@ -32,8 +32,8 @@ def call(fn: Callable, *args, what: str, error_type: type[EdgepackError] = BadGG
     """``fn(*args)`` in a child process; its JSON result, or one typed error. ``fn`` is a module-level function
     (the child imports it by ``fn.__module__`` and ``fn.__qualname__``) taking and returning JSON-able values.
     ``timeout_s``: the child is killed after that long and the call fails."""
-    if "." in fn.__qualname__ or "<" in fn.__qualname__:
-        raise TypeError(f"isolate.call needs a module-level function, not {fn.__qualname__}")
+    if not callable(fn) or "." in fn.__qualname__ or "<" in fn.__qualname__:
+        raise TypeError(f"isolate.call needs a module-level function (the function itself), not {fn!r}")
     cmd = [sys.executable, "-m", "edgepack.isolate", f"{fn.__module__}:{fn.__qualname__}", json.dumps(list(args))]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout_s)

@@ -133,7 +133,7 @@ def check_projector_loads(mmproj: str | Path, name: str | None = None) -> int:
     from . import isolate
 
     return int(isolate.call(
-        "edgepack.mtmd:load_projector", str(mmproj), what=f"llama.cpp loading the projector {name or mmproj}",
+        load_projector, str(mmproj), what=f"llama.cpp loading the projector {name or mmproj}",
         hint="edgepack wrote a projector llama.cpp refuses: a converter bug for this family, please report it"))
 
 

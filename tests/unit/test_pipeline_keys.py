@@ -75,6 +75,11 @@ def test_only_isolate_imports_by_a_computed_name():
     users = {f.relative_to(PKG).as_posix() for f in PKG.rglob("*.py") if "import_module" in _calls(f)}
     assert users == {"isolate.py", "convert/families/__init__.py"}
     assert "iter_modules" in _calls(PKG / "convert" / "families" / "__init__.py")
+    for f in PKG.rglob("*.py"):  # and every isolate.call names its function, so the function's module is reached
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "call" and \
+                    getattr(node.func.value, "id", "") == "isolate":
+                assert isinstance(node.args[0], ast.Name), f"{f.relative_to(PKG)}:{node.lineno}: pass the function"
 
 
 def test_atomic_dir_builds_beside_then_renames(tmp_path):
