@@ -8,6 +8,7 @@ features are the ones the loaded llama.cpp build uses, in a profile's names.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from . import __version__
+from .fileio import stat_fingerprint
 
 
 def cpu_name() -> str:
@@ -98,6 +102,22 @@ class HostInfo:
                    llama_cpp_python=llama_cpp_version())
 
 
+def tool_versions() -> dict:
+    """edgepack, gguf-py and llama.cpp (llama-cpp-python's version and its build's system info)."""
+    versions = {"edgepack": __version__}
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+        versions["gguf"] = version("gguf")
+    try:
+        import llama_cpp
+        versions["llama_cpp_python"] = llama_cpp.__version__
+        info = llama_cpp.llama_print_system_info()
+        versions["llama_cpp_system_info"] = (info.decode() if isinstance(info, bytes) else str(info)).strip(" |")
+    except ImportError:  # pragma: no cover - llama-cpp-python is a dependency
+        versions["llama_cpp_python"] = None
+    return versions
+
+
 def llama_cpp_runtime() -> dict[str, str]:
     """The llama.cpp that quantizes, evaluates and benches: llama-cpp-python's version and a digest of the
     shared libraries it loads (libllama, libggml*). The libraries carry no commit id of their own (a build from
@@ -111,14 +131,14 @@ def llama_cpp_runtime() -> dict[str, str]:
     return {"llama_cpp_python": llama_cpp_version(), "libs": shared_libs_digest(lib_dir)}
 
 
-_LIB_DIGESTS: dict[tuple, str] = {}  # memo: (path, size, mtime) of each library -> digest
+_LIB_DIGESTS: dict[tuple, str] = {}  # memo: (path, fileio.stat_fingerprint) of each library -> digest
 
 
 def shared_libs_digest(folder: Path) -> str:
     """sha256 over the shared libraries in ``folder`` (each once, symlinks resolved), memoised on their stats."""
     libs = sorted({p.resolve() for p in Path(folder).glob("*") if p.is_file() and (
         ".so" in p.suffixes or p.suffix in (".dylib", ".dll"))})
-    stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in libs)
+    stats = tuple((str(p), stat_fingerprint(p)) for p in libs)
     if stats not in _LIB_DIGESTS:
         digest = hashlib.sha256()
         for p in libs:

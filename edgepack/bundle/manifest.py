@@ -3,16 +3,15 @@ integrity digest, and the tool versions. Written by ``write.py``, checked by ``v
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
 from .. import gguf_keys as keys
 from ..errors import BadGGUF, OutputError
 from ..ggufheader import GGUFHeader, SkippedArray, read_header
+from ..hostfacts import tool_versions  # noqa: F401  (the manifest's "tools"; bundle's API)
 
 SCHEMA = "edgepack.bundle"
 SCHEMA_VERSION = 2  # 2: the manifest carries its own digest (integrity)
@@ -122,22 +121,6 @@ def template_audit(template) -> dict | None:
     from ..chattemplate import audit
 
     return audit(template, allow_unsafe=True).to_json()
-
-
-def tool_versions() -> dict:
-    """edgepack, gguf-py and llama.cpp (llama-cpp-python's version and its build's system info)."""
-    versions = {"edgepack": __version__}
-    with contextlib.suppress(Exception):
-        from importlib.metadata import version
-        versions["gguf"] = version("gguf")
-    try:
-        import llama_cpp
-        versions["llama_cpp_python"] = llama_cpp.__version__
-        info = llama_cpp.llama_print_system_info()
-        versions["llama_cpp_system_info"] = (info.decode() if isinstance(info, bytes) else str(info)).strip(" |")
-    except ImportError:  # pragma: no cover - llama-cpp-python is a dependency
-        versions["llama_cpp_python"] = None
-    return versions
 
 
 def bundle_hash(folder: str | Path) -> str:

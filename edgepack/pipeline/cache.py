@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ..fileio import atomic_dir, atomic_write_text, sha256_file, sweep_temp_files
+from ..fileio import atomic_dir, atomic_write_text, sha256_file, stat_fingerprint, sweep_temp_files
 
 CACHE_DIR = ".edgepack-cache"
 DONE = "done.json"
@@ -74,7 +74,7 @@ class StepCache:
 
 
 class HashMemo:
-    """sha256 of files, memoised on (resolved path, size, mtime) in a JSON file in the cache: a re-run hashes
+    """sha256 of files, memoised on (resolved path, ``fileio.stat_fingerprint``) in a JSON file in the cache: a re-run hashes
     only what changed."""
 
     def __init__(self, path: Path):
@@ -93,8 +93,7 @@ class HashMemo:
 
     @staticmethod
     def _tag(path: Path) -> str:
-        st = path.stat()
-        return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        return f"{path.resolve()}|{stat_fingerprint(path)}"
 
     def sha256(self, path: Path) -> str:
         tag = self._tag(path)

@@ -4,7 +4,7 @@ record carries every figure evaluate measures. tests/unit/test_pipeline_keys.py 
 
 from __future__ import annotations
 
-from edgepack.pipeline.artifacts import Quality
+from edgepack.pipeline.artifacts import Evaluation as Quality
 from edgepack.pipeline.codekey import tools_key
 
 
