@@ -33,6 +33,7 @@ class BuildConfig:
     name: str
     source: Source
     outtype: str = "auto"
+    mmproj: str = "auto"  # the vision projector: "auto", "none" or its type (config.options.MMPROJ)
     quants: tuple[str, ...] = ("Q8_0", "Q4_K_M")
     adapters: tuple[AdapterSpec, ...] = ()
     profiles: tuple[str, ...] = ()  # empty: every shipped profile

@@ -12,6 +12,10 @@ from ..validate import safe_name
 ARCHIVES = ("none", "tar.zst", "zip")
 ADAPTER_MODES = ("convert", "merge", "both")
 OUTTYPES = ("auto", "f32", "f16", "bf16")
+# The projector of a vision-language source: "auto" (F16 when edgepack converts that class's projector, nothing
+# otherwise), "none", or a projector type (convert.mmproj's MMPROJ_OUTTYPES; spelled out here so that reading a
+# config imports no stage, and test_config checks the two agree).
+MMPROJ = ("auto", "none", "f16", "f32", "q8_0")
 
 
 class _Bad(ValueError):
@@ -125,6 +129,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("quantize.types", "quant_types", _list_of(_quant_name), "EDGEPACK_QUANTS", "llama.cpp quant types"),
     Option("quantize.bits", "quant_bits", _list_of(_bits), "EDGEPACK_BITS", "bit widths (their recommended type)"),
     Option("quantize.outtype", "outtype", _choice(OUTTYPES), "EDGEPACK_OUTTYPE", "type of the converted base"),
+    Option("quantize.mmproj", "mmproj", _choice(MMPROJ), "EDGEPACK_MMPROJ",
+           'vision projector: "auto" (F16 for a vision-language source), "none", "f16", "f32" or "q8_0"'),
     Option("quantize.imatrix", "imatrix", _imatrix, "EDGEPACK_IMATRIX",
            'importance matrix: "auto" (computed on quantize.calibration), an imatrix file, or false'),
     Option("quantize.calibration", "calibration", _str, "EDGEPACK_CALIBRATION",
@@ -146,5 +152,5 @@ _BY_KEY = {o.key: o for o in OPTIONS}
 _TABLES = {o.key.split(".")[0] for o in OPTIONS if "." in o.key}
 ADAPTER_KEYS = ("name", "path", "mode", "scale", "scales")
 
-DEFAULTS = {"quant_types": ("Q8_0", "Q4_K_M"), "outtype": "auto", "ctx": 2048, "eval_tokens": 2048, "threads": 2,
+DEFAULTS = {"quant_types": ("Q8_0", "Q4_K_M"), "outtype": "auto", "mmproj": "auto", "ctx": 2048, "eval_tokens": 2048, "threads": 2,
             "output_dir": "dist", "archive": "none", "report": True}

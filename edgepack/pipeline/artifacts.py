@@ -130,6 +130,23 @@ class AdapterGGUF:
 
 
 @dataclass(frozen=True)
+class ProjectorGGUF:
+    """The vision projector of a vision-language source (llama.cpp's mmproj GGUF), shipped in every bundle."""
+
+    path: Path
+    sha256: str
+    projector_type: str
+    outtype: str
+    size_bytes: int
+    compute_bytes: int  # the compute buffer libmtmd reserved when it loaded the file (fit counts it)
+
+    def to_json(self) -> dict:
+        return {"file": self.path.name, "path": str(self.path), "sha256": self.sha256,
+                "projector_type": self.projector_type, "outtype": self.outtype, "size_bytes": self.size_bytes,
+                "compute_bytes": self.compute_bytes}
+
+
+@dataclass(frozen=True)
 class Fits:
     """The fit of each line's variants onto the profiles (no host calibration: manifests must not depend on
     timing noise), and the profile facts a manifest records."""
@@ -180,6 +197,7 @@ class BuildResult:
     steps: list[StepRecord] = field(default_factory=list)
     variants: dict[str, Variant] = field(default_factory=dict)
     adapters: dict[str, AdapterGGUF] = field(default_factory=dict)
+    projector: ProjectorGGUF | None = None  # the source's vision projector, shipped in every bundle
     fits: Fits | None = None
     bundles: list[BundleSummary] = field(default_factory=list)
     report: Path | None = None
@@ -211,7 +229,8 @@ class BuildResult:
                 "adapters": {name: a.to_json() for name, a in self.adapters.items()},
                 "picks": self.picks, "bundles": [_paths_as_text(asdict(b)) for b in self.bundles],
                 "report": str(self.report) if self.report else None, "failures": list(self.failures),
-                "only": self.only, "seconds": self.seconds}
+                "only": self.only, "seconds": self.seconds,
+                **({"projector": self.projector.to_json()} if self.projector else {})}
 
 
 def _paths_as_text(d: dict) -> dict:

@@ -1,5 +1,6 @@
-"""The order of a build: source -> convert (and merges) -> per unit: imatrix + quantize, or adapter -> eval per
-line -> bench -> fit -> per line and profile: bundle (made, then published) -> report -> constraints.
+"""The order of a build: source -> the vision projector (of a vision-language source) -> convert (and merges) ->
+per unit: imatrix + quantize, or adapter -> eval per line -> bench -> fit -> per line and profile: bundle (made,
+then published) -> report -> constraints.
 
 ``build`` calls every step itself, so `edgepack build` is three calls from any stage: ``cli.build`` ->
 ``build`` -> ``steps.<step>`` -> the stage."""
@@ -25,6 +26,7 @@ from .steps.evaluate import evaluate_line
 from .steps.fit import constraint_failures, fit_lines
 from .steps.imatrix import line_imatrix
 from .steps.merge import merge_line
+from .steps.mmproj import convert_projector
 from .steps.quantize import quantize_variant
 from .steps.report import build_report, bundle_report
 from .steps.source import resolve_source
@@ -37,6 +39,7 @@ def build(config: BuildConfig, *, only: str | None = None, progress: Progress = 
     with folder_lock(prepare_output_dir(cfg.output_dir), "build"):  # two builds in one folder would race
         units = _start(ctx, only)
         src = resolve_source(ctx)
+        projector = convert_projector(ctx, src)  # first: what it refuses, it refuses before any other work
         bases = {BASE_LINE: convert_base(ctx, src)}
         bases |= {line.name: merge_line(ctx, src, line) for line in lines(cfg)[1:]
                   if any(u.line == line.name for u in units)}
@@ -53,8 +56,8 @@ def build(config: BuildConfig, *, only: str | None = None, progress: Progress = 
         variants = [bench_variant(ctx, measured[v.name]) for v in variants]
         by_name = {v.name: v for v in variants}
         if only is not None:
-            return _result(ctx, started, variants, adapters, only=only)
-        fits = fit_lines(ctx, variants)
+            return _result(ctx, started, variants, adapters, only=only, projector=projector)
+        fits = fit_lines(ctx, variants, projector)
         bundles: list[BundleSummary] = []
         for line, res in fits.lines.items() if fits else ():
             report_files = bundle_report(ctx, line, res.to_dict())
@@ -62,14 +65,15 @@ def build(config: BuildConfig, *, only: str | None = None, progress: Progress = 
                 if pick is None:
                     bundles.append(BundleSummary(profile, line, None, None, reason=res.summary[profile]))
                     continue
-                made = make_bundle(ctx, fits, line, profile, by_name[pick], src, adapters, report_files)
+                made = make_bundle(ctx, fits, line, profile, by_name[pick], src, adapters, report_files,
+                                   projector)
                 bundles.append(publish_bundle(ctx, made))
         remove_stale_bundles(ctx, bundles)
         report = build_report(ctx, fits, variants) if fits else None
         failures = constraint_failures(ctx, fits, variants)
         _ci_summary(ctx, fits, failures)
         return _result(ctx, started, variants, adapters, fits=fits, bundles=bundles, failures=failures,
-                       report=publish_report(ctx, *report) if report else None)
+                       projector=projector, report=publish_report(ctx, *report) if report else None)
 
 
 def _start(ctx: BuildContext, only: str | None) -> list[Unit]:

@@ -187,3 +187,18 @@ def test_imatrix_and_calibration_keys(tmp_path):
         resolve(write(tmp_path, 'source = "./model"\n[quantize]\ntypes = ["IQ2_XS"]\n'), env={})
     with pytest.raises(ConfigError, match=r":3: quantize.imatrix: file .*nope.gguf does not exist"):
         resolve(write(tmp_path, 'source = "./model"\n[quantize]\nimatrix = "nope.gguf"\n'), env={})
+
+
+def test_mmproj_key(tmp_path):
+    """quantize.mmproj: "auto" by default (the projector of a vision-language source, F16), a projector type, or
+    "none"; the choices are the converter's projector types plus those two."""
+    from edgepack.config.options import MMPROJ
+    from edgepack.convert.mmproj import MMPROJ_OUTTYPES
+
+    assert set(MMPROJ) == {"auto", "none", *MMPROJ_OUTTYPES}
+    assert resolve(write(tmp_path, 'source = "./model"\n'), env={}).mmproj == "auto"
+    cfg = resolve(write(tmp_path, 'source = "./model"\n[quantize]\nmmproj = "Q8_0"\n'), env={})
+    assert cfg.mmproj == "q8_0" and cfg.origins["mmproj"] == "file"
+    assert resolve(write(tmp_path, 'source = "./model"\n'), env={"EDGEPACK_MMPROJ": "none"}).mmproj == "none"
+    with pytest.raises(ConfigError, match=r"edgepack.toml:3: quantize.mmproj: must be one of auto, none, f16"):
+        resolve(write(tmp_path, 'source = "./model"\n[quantize]\nmmproj = "bf16"\n'), env={})

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ...errors import BadGGUF
-from ..artifacts import AdapterGGUF, Bundle, Fits, ResolvedSource, Variant
+from ..artifacts import AdapterGGUF, Bundle, Fits, ProjectorGGUF, ResolvedSource, Variant
 from ..context import BuildContext
 from ..plan import BASE_LINE, bundle_folder_name, line_model_name
 
@@ -17,9 +17,11 @@ FIT_FIELDS = ("memory_total_mb", "usable_mb", "fits", "tg_tokens_per_s", "pp_tok
 
 
 def make_bundle(ctx: BuildContext, fits: Fits, line: str, profile_name: str, variant: Variant, src: ResolvedSource,
-                adapters: list[AdapterGGUF], report_files: dict[str, Path]) -> Bundle:
+                adapters: list[AdapterGGUF], report_files: dict[str, Path],
+                projector: ProjectorGGUF | None = None) -> Bundle:
     """The bundle of ``variant``, the pick of ``profile_name`` on ``line``. ``adapters``: shipped beside the base
-    line's model; ``report_files``: {name in the bundle: file}."""
+    line's model; ``report_files``: {name in the bundle: file}; ``projector``: the source's vision projector,
+    shipped beside every line's model (role ``mmproj``)."""
     from ...bundle import MANIFEST, BundleAdapter, tool_versions, write_bundle
     from ...fileio import sha256_file
 
@@ -36,12 +38,16 @@ def make_bundle(ctx: BuildContext, fits: Fits, line: str, profile_name: str, var
              "adapter_files": [a.sha256 for a in shipped], "fit": fit, "quality": quality, "runtime": runtime,
              "source": src.facts, "profile": profile, "archive": cfg.archive, "tools": tool_versions(),
              "report": {k: sha256_file(f) for k, f in report_files.items()}}
+    if projector is not None:  # absent otherwise: a text model's bundle keys stay as they were
+        parts["mmproj"] = projector.sha256
 
     def work(tmp: Path) -> dict:
         b = write_bundle(tmp / name, model=variant.path, quant=variant.quant, profile=profile, source=src.facts,
                          adapters=shipped, extra_files=report_files, fit=fit, quality=quality, runtime=runtime,
                          report="report.html" if report_files else None, model_name=line_model_name(cfg, line),
-                         archive=cfg.archive, model_sha256=variant.sha256)
+                         archive=cfg.archive, model_sha256=variant.sha256,
+                         mmproj=projector.path if projector else None,
+                         mmproj_sha256=projector.sha256 if projector else None)
         files = {f"{name}/{f['path']}": f["sha256"] for f in b.manifest["files"]}
         files[f"{name}/{MANIFEST}"] = sha256_file(b.folder / MANIFEST)
         if b.archive:

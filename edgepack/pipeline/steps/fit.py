@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 
 from ...errors import UsageError
-from ..artifacts import Fits, Variant
+from ..artifacts import Fits, ProjectorGGUF, Variant
 from ..context import BuildContext
 from ..plan import BASE_LINE, lines
 
 
-def fit_lines(ctx: BuildContext, variants: list[Variant]) -> Fits | None:
+def fit_lines(ctx: BuildContext, variants: list[Variant], projector: ProjectorGGUF | None = None) -> Fits | None:
+    """Each line's variants on every profile; ``projector``: shipped beside every variant, so its memory counts."""
     from ... import fit as fit_mod
     from ...profiles import load_profiles
 
@@ -26,6 +27,7 @@ def fit_lines(ctx: BuildContext, variants: list[Variant]) -> Fits | None:
         raise UsageError(f"unknown device profile {missing[0]!r}",
                          "`edgepack profiles list` shows them: " + ", ".join(sorted(available)))
     profiles = [available[n] for n in names]
+    projector_bytes = fit_mod.projector_bytes(projector.path, projector.compute_bytes) if projector else 0
     started = time.monotonic()
     results = {}
     for line in lines(cfg):
@@ -39,7 +41,8 @@ def fit_lines(ctx: BuildContext, variants: list[Variant]) -> Fits | None:
             quality = q.headline() if q else fit_mod.Quality()
             vs.append(fit_mod.Variant(desc, quality))  # no host calibration: manifests must not depend on timing
         if vs:
-            results[line.name] = fit_mod.fit(vs, profiles, n_ctx=cfg.ctx, min_tps=cfg.min_tps, max_kld=cfg.max_kld)
+            results[line.name] = fit_mod.fit(vs, profiles, n_ctx=cfg.ctx, min_tps=cfg.min_tps, max_kld=cfg.max_kld,
+                                             projector_bytes=projector_bytes)
     ctx.record("fit", f"{len(variants)} variants x {len(profiles)} profiles", "", "computed", started)
     return Fits(lines=results, profiles={p.name: {"name": p.name, "display_name": p.display_name, "kind": p.kind}
                                         for p in profiles})
