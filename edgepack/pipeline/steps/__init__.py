@@ -9,9 +9,9 @@ Adding a step: a module here whose function builds its key parts (its inputs' ha
 for several, so the cache re-checks them), calls ``ctx.step(name, label, parts, work, code=__name__)`` and returns
 an artifact; then one call in ``..run.build``. For example:
 
-* a vision projector: ``steps/mmproj.py`` converts it (``convert.mmproj``) into a ``Projector(path, sha256)``
-  artifact; ``run.build`` hands it to ``make_bundle``, which passes it to ``bundle.write_bundle(mmproj=...)`` and
-  adds its sha256 to the bundle's key parts;
+* a vision projector (done: ``steps/mmproj.py``): converts it (``convert.mmproj``) into a ``ProjectorGGUF``
+  artifact; ``run.build`` hands it to ``fit_lines`` (its memory) and ``make_bundle``, which passes it to
+  ``bundle.write_bundle(mmproj=...)`` and adds its sha256 to the bundle's key parts;
 * a variant built with and without an importance matrix: ``plan.Unit`` gets the choice, ``plan.plan`` emits
   both units, and ``quantize_variant`` passes the line's ``Imatrix`` only where the unit asks for it (its
   sha256 is already in the key); ``steps/report.bench_row`` already carries the imatrix per variant;
