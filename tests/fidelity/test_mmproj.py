@@ -34,7 +34,8 @@ from tests.support.gemma_configs import GEMMA3_4B_IT, GEMMA3_4B_IT_PREPROCESSOR
 from tests.support.tinymodels import build_model, max_abs_and_cosine
 from tests.support.vision_cases import llama_cpp_image_prompt, nonsquare_image
 
-pytestmark = pytest.mark.slow  # a tiny VLM built with transformers (~30 s on 2 busy cores), then seconds per test
+# The tiny VLM costs ~6 CPU-seconds: F32 embeddings, the CLI and the refusals stay in the fast tier (Gemma 3 is the
+# projector family there); the other types, the bundle and the image prompt run in the full one.
 
 IMAGE_SIZE = 112  # 8 x 8 patches of 14 pixels, pooled 4 x 4 (gemma-3-4b-it's factor: 64 x 64 -> 16 x 16)
 TINY_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -95,7 +96,8 @@ def _transformers_embeddings(model, processor, image) -> np.ndarray:
         return model.get_image_features(pixels).pooler_output[0].numpy()
 
 
-@pytest.mark.parametrize("outtype", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("outtype", ["f32", pytest.param("f16", marks=pytest.mark.slow),
+                                     pytest.param("q8_0", marks=pytest.mark.slow)])
 def test_gemma3_mmproj_embeddings_match_transformers(gemma3_vlm, tmp_path, outtype):
     from PIL import Image
 
@@ -220,6 +222,7 @@ def test_gemma3_mmproj_refusals(gemma3_vlm, tmp_path):
         convert_mmproj(text_only, tmp_path / "out.gguf")
 
 
+@pytest.mark.slow
 def test_bundle_ships_and_verifies_the_projector(gemma3_vlm, tmp_path):
     """Role mmproj in the manifest, hashed; verify checks its facts against the text model and that mtmd loads it
     and encodes an image; a changed byte, a claim that is not the GGUF's, or a projector for another width fails."""
@@ -260,6 +263,7 @@ def test_bundle_ships_and_verifies_the_projector(gemma3_vlm, tmp_path):
                      mmproj=text)
 
 
+@pytest.mark.slow
 def test_gemma3_image_prompt_next_token_agrees(gemma3_vlm, tmp_path):
     """A prompt with the image in it: llama.cpp (text GGUF + mmproj through mtmd) and transformers
     (Gemma3ForConditionalGeneration with the same pixels and ids, the image block attending both ways) give the

@@ -58,11 +58,13 @@ def test_missing_config(model, tmp_path):
     assert_refused(run_cli("convert", str(model), "-o", str(tmp_path / "x.gguf")), tmp_path, code=3, words="config.json")
 
 
+@pytest.mark.slow
 def test_invalid_config(model, tmp_path):
     (model / "config.json").write_text("{ not json")
     assert_refused(run_cli("convert", str(model), "-o", str(tmp_path / "x.gguf")), tmp_path, code=3, words="valid JSON")
 
 
+@pytest.mark.slow
 def test_config_without_architecture(model, tmp_path):
     (model / "config.json").write_text(json.dumps({"hidden_size": 8}))
     assert_refused(run_cli("convert", str(model), "-o", str(tmp_path / "x.gguf")), tmp_path, code=3, words="architecture")
@@ -75,6 +77,7 @@ def test_unsupported_architecture_lists_supported(model, tmp_path):
     assert "LlamaForCausalLM" in result.stderr
 
 
+@pytest.mark.slow
 def test_unsupported_rope_scaling(model, tmp_path):
     config = tiny_llama_config(rope_scaling={"rope_type": "dynamic", "factor": 2.0})
     (model / "config.json").write_text(json.dumps(config))
@@ -126,11 +129,13 @@ def test_missing_tensor(model, tmp_path):
                    words="model.layers.1.mlp.up_proj.weight is missing")
 
 
+@pytest.mark.slow
 def test_unexpected_shape(model, tmp_path):
     (model / "config.json").write_text(json.dumps(tiny_llama_config(intermediate_size=768)))
     assert_refused(run_cli("convert", str(model), "-o", str(tmp_path / "x.gguf")), tmp_path, code=3, words="shape")
 
 
+@pytest.mark.slow
 def test_unexpected_tensor(model, tmp_path):
     import numpy as np
 

@@ -212,6 +212,7 @@ GGUF_VALUES = [("x", VT.STRING), (2**31, VT.UINT32), (2**32 - 1, VT.UINT32), (-1
                (["a", "b"], VT.ARRAY, VT.STRING), (True, VT.BOOL), (2**40, VT.UINT64), (-7.5, VT.FLOAT64)]
 
 
+@pytest.mark.slow
 def test_fuzz_gguf_metadata(base_gguf, tmp_path):
     rng = random.Random(4)
     keys = sorted(k for k in gguf.GGUFReader(base_gguf).fields if not k.startswith("GGUF."))
