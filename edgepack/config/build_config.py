@@ -41,8 +41,11 @@ class BuildConfig:
     ctx: int = 2048
     min_tps: float | None = None
     max_kld: float | None = None
-    imatrix: str | Path | None = None  # "auto" (computed on ``calibration``), an imatrix file, or None (none)
-    calibration: str | Path = "builtin"  # text for imatrix = "auto": a file, or edgepack's built-in set
+    # "auto" (computed on ``calibration``), "compare" (computed, and every type also built without it), an imatrix
+    # file, or None (none)
+    imatrix: str | Path | None = None
+    calibration: str | Path = "builtin"  # text for a computed imatrix and the mixes' trials: a file, or built-in
+    device_mixes: bool = False  # also a mix per named profile: the least KLD that fits it (<name>-MIX-<profile>)
     eval_text: Path | None = None  # text for perplexity / KLD (default: the built-in sample)
     eval_tokens: int = 2048
     threads: int = 2

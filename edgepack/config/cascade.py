@@ -14,7 +14,7 @@ from ..quants import quant_type, resolve_types
 from ..source import Source, check_revision, parse
 from ..validate import safe_name
 from .build_config import AdapterSpec, BuildConfig
-from .options import ADAPTER_KEYS, ADAPTER_MODES, DEFAULTS, OPTIONS, _Bad, _str
+from .options import ADAPTER_KEYS, ADAPTER_MODES, DEFAULTS, IMATRIX_COMPUTED, OPTIONS, _Bad, _str
 from .tomlfile import _FileValues, find_config, line_of, read_config_file
 
 
@@ -113,19 +113,23 @@ def resolve(config_file: str | os.PathLike | None = None, *, cli: dict[str, Any]
         if key in values:
             folder = raw[key][2]
             values[key] = (folder / values[key]) if not Path(values[key]).is_absolute() else Path(values[key])
-    for key in ("imatrix", "calibration"):  # files relative to the config's folder; "auto"/"builtin" are not
-        if values.get(key) not in (None, "auto", "builtin"):
+    for key in ("imatrix", "calibration"):  # files relative to the config's folder; "auto"/"builtin"... are not
+        if values.get(key) not in (None, *IMATRIX_COMPUTED, "builtin"):
             folder = raw[key][2]
             values[key] = folder / values[key] if not Path(values[key]).is_absolute() else Path(values[key])
             if not values[key].is_file():
                 raise fail(key, f"file {values[key]} does not exist",
                            "give a path relative to the config file" + (
-                               ', "auto" or false' if key == "imatrix" else ', or "builtin"'))
+                               ', "auto", "compare" or false' if key == "imatrix" else ', or "builtin"'))
     needs = [q for q in quants if _needs_imatrix(q)]
     if needs and values.get("imatrix") is None:
         raise fail("quant_types" if "quant_types" in raw else "imatrix",
                    f"{', '.join(needs)} need an importance matrix",
                    'set imatrix = "auto" under [quantize] (computed on the built-in calibration text)')
+    if values.get("device_mixes") and not values.get("profiles"):
+        # one mix per device: every shipped profile would be two dozen variants, mostly the same all-Q8_0 mix
+        raise fail("device_mixes", "device_mixes needs the devices named under [profiles] names",
+                   'list them, e.g. [profiles] names = ["pixel-8", "raspberry-pi-5-8gb"]')
     if "eval_text" in values and not Path(values["eval_text"]).is_file():
         raise fail("eval_text", f"text file {values['eval_text']} does not exist",
                    "give a UTF-8 text file (relative to the config file), or drop the key for the built-in text")

@@ -11,6 +11,7 @@ from ..validate import safe_name
 
 ARCHIVES = ("none", "tar.zst", "zip")
 ADAPTER_MODES = ("convert", "merge", "both")
+IMATRIX_COMPUTED = ("auto", "compare")  # imatrix values that mean "computed on the calibration text"
 OUTTYPES = ("auto", "f32", "f16", "bf16")
 # The projector of a vision-language source: "auto" (F16 when edgepack converts that class's projector, nothing
 # otherwise), "none", or a projector type (convert.mmproj's MMPROJ_OUTTYPES; spelled out here so that reading a
@@ -92,12 +93,12 @@ def _list_of(item):
 
 
 def _imatrix(v):
-    """``imatrix = "auto" | "path/to/file" | false``."""
+    """``imatrix = "auto" | "compare" | "path/to/file" | false``."""
     if v is False or (isinstance(v, str) and v.strip().lower() in ("false", "no", "off", "none", "0")):
         return None
     if not isinstance(v, str) or not v.strip():
-        raise _Bad('must be "auto", an imatrix file, or false')
-    return "auto" if v.strip().lower() == "auto" else v.strip()
+        raise _Bad('must be "auto", "compare", an imatrix file, or false')
+    return v.strip().lower() if v.strip().lower() in IMATRIX_COMPUTED else v.strip()
 
 
 def _quant_name(v):
@@ -132,9 +133,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("quantize.mmproj", "mmproj", _choice(MMPROJ), "EDGEPACK_MMPROJ",
            'vision projector: "auto" (F16 for a vision-language source), "none", "f16", "f32" or "q8_0"'),
     Option("quantize.imatrix", "imatrix", _imatrix, "EDGEPACK_IMATRIX",
-           'importance matrix: "auto" (computed on quantize.calibration), an imatrix file, or false'),
+           'importance matrix: "auto" (computed on quantize.calibration), "compare" (computed, and every type also '
+           'built without it, side by side in the report), an imatrix file, or false'),
     Option("quantize.calibration", "calibration", _str, "EDGEPACK_CALIBRATION",
-           'calibration text for imatrix = "auto": a text or .jsonl file, or "builtin"'),
+           'calibration text for a computed imatrix and the device mixes: a text or .jsonl file, or "builtin"'),
+    Option("quantize.device_mixes", "device_mixes", _bool, "EDGEPACK_DEVICE_MIXES",
+           "also build, for every profile under [profiles] names, the per-tensor mix of least measured KLD that "
+           "fits its memory (<name>-MIX-<profile>); fit then picks among all variants"),
     Option("adapters", "adapters", lambda v: v, None, "LoRA adapters ([[adapters]] tables)"),
     Option("profiles.names", "profiles", _list_of(_str), "EDGEPACK_PROFILES", "device profiles (default: all)"),
     Option("profiles.paths", "profile_paths", _list_of(_str), "EDGEPACK_PROFILE_PATHS", "extra profile files/folders"),
@@ -153,4 +158,5 @@ _TABLES = {o.key.split(".")[0] for o in OPTIONS if "." in o.key}
 ADAPTER_KEYS = ("name", "path", "mode", "scale", "scales")
 
 DEFAULTS = {"quant_types": ("Q8_0", "Q4_K_M"), "outtype": "auto", "mmproj": "auto", "ctx": 2048, "eval_tokens": 2048, "threads": 2,
-            "output_dir": "dist", "archive": "none", "report": True}
+            "output_dir": "dist", "archive": "none", "report": True,
+            "device_mixes": False}
