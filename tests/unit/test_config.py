@@ -187,11 +187,14 @@ def test_imatrix_and_calibration_keys(tmp_path):
         resolve(write(tmp_path, 'source = "./model"\n[quantize]\ntypes = ["IQ2_XS"]\n'), env={})
     with pytest.raises(ConfigError, match=r":3: quantize.imatrix: file .*nope.gguf does not exist"):
         resolve(write(tmp_path, 'source = "./model"\n[quantize]\nimatrix = "nope.gguf"\n'), env={})
-    compare = resolve(write(tmp_path, 'source = "./model"\n[quantize]\nimatrix = "Compare"\ndevice_mixes = true\n'),
-                      env={})
+    compare = resolve(write(tmp_path, 'source = "./model"\n[quantize]\nimatrix = "Compare"\ndevice_mixes = true\n'
+                                      '[profiles]\nnames = ["pixel-8"]\n'), env={})
     assert compare.imatrix == "compare" and compare.device_mixes is True
     assert compare.origins["device_mixes"] == "file"
-    assert resolve(write(tmp_path, 'source = "./model"\n'), env={"EDGEPACK_DEVICE_MIXES": "1"}).device_mixes is True
+    assert resolve(write(tmp_path, 'source = "./model"\n'), env={"EDGEPACK_DEVICE_MIXES": "1",
+                                                                 "EDGEPACK_PROFILES": "pixel-8"}).device_mixes is True
+    with pytest.raises(ConfigError, match=r":3: quantize.device_mixes: device_mixes needs the devices named"):
+        resolve(write(tmp_path, 'source = "./model"\n[quantize]\ndevice_mixes = true\n'), env={})
     assert resolve(write(tmp_path, 'source = "./model"\n'), env={}).device_mixes is False
     with pytest.raises(ConfigError, match=r":3: quantize.device_mixes: must be true or false"):
         resolve(write(tmp_path, 'source = "./model"\n[quantize]\ndevice_mixes = "per-device"\n'), env={})
