@@ -1,8 +1,10 @@
 """The plan of a build: its model lines and its independent units of work.
 
 A line is the base model, or the base with one adapter merged at one scale. A unit is what one CI job can do on
-its own (``edgepack build --only KEY``): one variant (quantize + eval + bench of one quant type on one line) or
-one adapter conversion. ``matrix`` is the plan as a GitHub Actions job matrix.
+its own (``edgepack build --only KEY``): one variant (quantize + eval + bench of one quant type on one line), one
+device's mix (``[quantize] device_mixes``: the mix of least measured KLD that fits the device, then eval + bench)
+or one adapter conversion. With ``[quantize] imatrix = "compare"`` each type is two units: without the importance
+matrix (``<name>-<TYPE>``) and with it (``<name>-<TYPE>-imatrix``); a type that needs one is only the second. ``matrix`` is the plan as a GitHub Actions job matrix.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ class Unit:
     """One independent unit of work (a matrix entry)."""
 
     key: str
-    kind: str  # "variant" | "adapter"
+    kind: str  # "variant" | "mix" | "adapter"
     line: str
     quant: str | None = None
     adapter: str | None = None
+    imatrix: bool | None = None  # "compare" builds: with (True) or without (False) the line's imatrix
+    profile: str | None = None  # a "mix" unit: the device it is made for
 
 
 def fmt_scale(scale: float) -> str:
@@ -50,11 +54,22 @@ def lines(config: BuildConfig) -> list[Line]:
 
 def plan(config: BuildConfig) -> list[Unit]:
     """The independent units of a build, in build order."""
+    from ..quants import quant_type
+
     units = []
     for line in lines(config):
+        prefix = "" if line.name == BASE_LINE else f"{line.name}-"
         for q in config.quants:
-            key = q.lower() if line.name == BASE_LINE else f"{line.name}-{q.lower()}"
-            units.append(Unit(key=key, kind="variant", line=line.name, quant=q))
+            key = prefix + q.lower()
+            if config.imatrix != "compare":
+                units.append(Unit(key=key, kind="variant", line=line.name, quant=q))
+                continue
+            if not quant_type(q).needs_imatrix:
+                units.append(Unit(key=key, kind="variant", line=line.name, quant=q, imatrix=False))
+            units.append(Unit(key=f"{key}-imatrix", kind="variant", line=line.name, quant=q, imatrix=True))
+        if config.device_mixes:
+            units += [Unit(key=f"{prefix}mix-{p}", kind="mix", line=line.name, quant=f"MIX-{p}", profile=p)
+                      for p in config.profiles]
     for a in config.adapters:
         if a.converts:
             units.append(Unit(key=f"adapter-{a.name}", kind="adapter", line=BASE_LINE, adapter=a.name))
@@ -69,7 +84,7 @@ def matrix(config: BuildConfig) -> dict:
 def variant_name(config: BuildConfig, unit: Unit) -> str:
     """The variant's name: the file stem of its GGUF and of the model in its bundles."""
     line = "" if unit.line == BASE_LINE else f"-{unit.line}"
-    return f"{config.name}{line}-{unit.quant}"
+    return f"{config.name}{line}-{unit.quant}" + ("-imatrix" if unit.imatrix else "")
 
 
 def line_model_name(config: BuildConfig, line: str) -> str:

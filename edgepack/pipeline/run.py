@@ -26,6 +26,7 @@ from .steps.evaluate import evaluate_line
 from .steps.fit import constraint_failures, fit_lines
 from .steps.imatrix import line_imatrix
 from .steps.merge import merge_line
+from .steps.mix import line_sensitivity, mix_variant
 from .steps.mmproj import convert_projector
 from .steps.quantize import quantize_variant
 from .steps.report import build_report, bundle_report
@@ -43,14 +44,21 @@ def build(config: BuildConfig, *, only: str | None = None, progress: Progress = 
         bases = {BASE_LINE: convert_base(ctx, src)}
         bases |= {line.name: merge_line(ctx, src, line) for line in lines(cfg)[1:]
                   if any(u.line == line.name for u in units)}
-        variants, adapters, imatrices = [], [], {}
+        variants, adapters, imatrices, sensitivities = [], [], {}, {}
         for unit in units:
             if unit.kind == "adapter":
                 adapters.append(convert_lora(ctx, next(a for a in cfg.adapters if a.name == unit.adapter), src))
                 continue
             if unit.line not in imatrices:
                 imatrices[unit.line] = line_imatrix(ctx, bases[unit.line])
-            variants.append(quantize_variant(ctx, unit, bases[unit.line], imatrices[unit.line]))
+            imatrix = imatrices[unit.line]
+            if unit.kind == "variant":
+                variants.append(quantize_variant(ctx, unit, bases[unit.line], imatrix))
+                continue
+            if unit.line not in sensitivities:  # a line's trials, measured once for all its devices
+                sensitivities[unit.line] = line_sensitivity(ctx, bases[unit.line], imatrix, [
+                    u.profile for u in units if u.kind == "mix" and u.line == unit.line])
+            variants.append(mix_variant(ctx, unit, bases[unit.line], imatrix, sensitivities[unit.line]))
         measured = {v.name: v for line, base in bases.items()  # one reference pass per line
                     for v in evaluate_line(ctx, [v for v in variants if v.line == line], base)}
         variants = [bench_variant(ctx, measured[v.name]) for v in variants]

@@ -12,9 +12,11 @@ an artifact; then one call in ``..run.build``. For example:
 * a vision projector (done: ``steps/mmproj.py``): converts it (``convert.mmproj``) into a ``ProjectorGGUF``
   artifact; ``run.build`` hands it to ``fit_lines`` (its memory) and ``make_bundle``, which passes it to
   ``bundle.write_bundle(mmproj=...)`` and adds its sha256 to the bundle's key parts;
-* a variant built with and without an importance matrix: ``plan.Unit`` gets the choice, ``plan.plan`` emits
-  both units, and ``quantize_variant`` passes the line's ``Imatrix`` only where the unit asks for it (its
-  sha256 is already in the key); ``steps/report.bench_row`` already carries the imatrix per variant;
-* a per-device quantization mix: a unit per (device, budget) and a step that calls the mix stage on the line's
-  base and returns a ``Variant``, so eval, bench, fit and bundles take it like any other.
+* a variant built with and without an importance matrix (``[quantize] imatrix = "compare"``): ``plan.Unit``
+  has the choice, ``plan.plan`` emits both units, and ``quantize_variant`` passes the line's ``Imatrix`` only
+  where the unit asks for it (its sha256 is already in the key); ``steps/report.bench_row`` carries the imatrix
+  and the quant per variant, which the report pairs;
+* a per-device quantization mix (``[quantize] device_mixes``, ``steps/mix.py``): a unit per device and a step
+  that calls the mix stage on the line's base and returns a ``Variant``, so eval, bench, fit and bundles take it
+  like any other.
 """

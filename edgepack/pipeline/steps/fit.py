@@ -14,19 +14,12 @@ from ..plan import BASE_LINE, lines
 def fit_lines(ctx: BuildContext, variants: list[Variant], projector: ProjectorGGUF | None = None) -> Fits | None:
     """Each line's variants on every profile; ``projector``: shipped beside every variant, so its memory counts."""
     from ... import fit as fit_mod
-    from ...profiles import load_profiles
 
     if not variants:
         ctx.skip("fit", "all variants", "no quantized variant was built")
         return None
     cfg = ctx.config
-    available = load_profiles([str(p) for p in cfg.profile_paths])
-    names = list(cfg.profiles) or sorted(available)
-    missing = [n for n in names if n not in available]
-    if missing:
-        raise UsageError(f"unknown device profile {missing[0]!r}",
-                         "`edgepack profiles list` shows them: " + ", ".join(sorted(available)))
-    profiles = [available[n] for n in names]
+    profiles = build_profiles(ctx)
     projector_bytes = fit_mod.projector_bytes(projector.path, projector.compute_bytes) if projector else 0
     started = time.monotonic()
     results = {}
@@ -46,6 +39,20 @@ def fit_lines(ctx: BuildContext, variants: list[Variant], projector: ProjectorGG
     ctx.record("fit", f"{len(variants)} variants x {len(profiles)} profiles", "", "computed", started)
     return Fits(lines=results, profiles={p.name: {"name": p.name, "display_name": p.display_name, "kind": p.kind}
                                         for p in profiles})
+
+
+def build_profiles(ctx: BuildContext) -> list:
+    """The profiles a build fits onto: those named under [profiles] names (every shipped one when none is)."""
+    from ...profiles import load_profiles
+
+    cfg = ctx.config
+    available = load_profiles([str(p) for p in cfg.profile_paths])
+    names = list(cfg.profiles) or sorted(available)
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise UsageError(f"unknown device profile {missing[0]!r}",
+                         "`edgepack profiles list` shows them: " + ", ".join(sorted(available)))
+    return [available[n] for n in names]
 
 
 def constraint_failures(ctx: BuildContext, fits: Fits | None, variants: list[Variant]) -> list[str]:

@@ -10,6 +10,8 @@ from ..artifacts import BaseGGUF, Imatrix
 from ..context import BuildContext
 from ..plan import BASE_LINE
 
+IMATRIX_COMPUTED = ("auto", "compare")  # config.options: the values that mean "computed on the calibration text"
+
 
 def line_imatrix(ctx: BuildContext, base: BaseGGUF) -> Imatrix | None:
     from ...calibration import calibration
@@ -18,7 +20,7 @@ def line_imatrix(ctx: BuildContext, base: BaseGGUF) -> Imatrix | None:
     cfg = ctx.config
     if cfg.imatrix is None:
         return None
-    if cfg.imatrix != "auto":
+    if cfg.imatrix not in IMATRIX_COMPUTED:
         path = Path(cfg.imatrix)
         return Imatrix(file=path.name, path=path, sha256=sha256_file(path),
                        calibration_sha256=read(path).calibration_sha256)

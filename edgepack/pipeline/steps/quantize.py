@@ -15,18 +15,27 @@ def quantize_variant(ctx: BuildContext, unit: Unit, base: BaseGGUF, imatrix: Ima
     from ...quantize import quantize
 
     name = variant_name(ctx.config, unit)
+    if unit.imatrix is False:  # "compare": the unit built without the line's imatrix
+        imatrix = None
 
     def work(tmp: Path) -> dict:
         [res] = quantize(base.path, [unit.quant], out_dir=tmp, threads=ctx.config.threads,
                          imatrix=imatrix.path if imatrix else None, progress=ctx.progress)
-        out = tmp / f"{name}.gguf"
-        os.replace(res.output, out)
-        for stray in tmp.iterdir():  # the quantizer's own re-run sidecar: the step cache does that job
-            if stray != out:
-                stray.unlink()
+        out = keep_only(tmp, res.output, name)
         return {"file": out.name, "sha256": sha256_file(out), "size_bytes": out.stat().st_size}
 
     done, folder = ctx.step("quantize", name, {"base": base.sha256, "quant": unit.quant,
                                                "imatrix": imatrix.sha256 if imatrix else None}, work, code=__name__)
     return Variant(name=name, line=unit.line, quant=unit.quant, unit=unit.key, path=folder / done["file"],
                    sha256=done["sha256"], size_bytes=done["size_bytes"], imatrix=imatrix)
+
+
+def keep_only(tmp: Path, made: Path, name: str) -> Path:
+    """``made`` renamed ``<name>.gguf`` in the step folder ``tmp``, and nothing else left there (the quantizer's
+    own re-run sidecar: the step cache does that job)."""
+    out = tmp / f"{name}.gguf"
+    os.replace(made, out)
+    for stray in tmp.iterdir():
+        if stray != out:
+            stray.unlink()
+    return out

@@ -60,5 +60,6 @@ def bench_row(v: Variant) -> dict:
     """A variant's row in the report's measurements table."""
     q = v.quality
     quality = (q.headline() if q else Quality()).to_json()
-    return {**v.bench, "path": str(v.path), "name": v.name, "imatrix": v.imatrix.file if v.imatrix else None,
+    return {**v.bench, "path": str(v.path), "name": v.name, "quant": v.quant,
+            "imatrix": v.imatrix.file if v.imatrix else None,
             "quality": quality}
