@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # types only: importing the stages here would put them in every step's code key
-    from ..evaluate import Quality
     from ..source import Provenance
     from ..fit import FitResult
 
@@ -50,7 +49,8 @@ class Imatrix:
 @dataclass(frozen=True)
 class Evaluation:
     """A variant against its line's unquantized GGUF: ``evaluate.EvalResult``'s figures (same names), rounded to
-    6 digits as the step cache records them."""
+    6 digits as the step cache records them. The steps that use it read its headline figures with
+    ``evaluate.Quality.from_json`` (not here: this module imports no stage, see the module doc)."""
 
     ctx: int
     n_chunks: int
@@ -77,12 +77,6 @@ class Evaluation:
         get = figures.get if isinstance(figures, dict) else (lambda k: getattr(figures, k))
         values = {f.name: get(f.name) for f in fields(cls)}
         return cls(**{k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()})
-
-    def headline(self) -> Quality:
-        """The figures fit, bundle manifests and the report carry (``evaluate.Quality``)."""
-        from ..evaluate import Quality
-
-        return Quality.from_json(self)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ record carries every figure evaluate measures. tests/unit/test_pipeline_keys.py 
 
 from __future__ import annotations
 
-from edgepack.pipeline.artifacts import Evaluation as Quality
+from edgepack.pipeline.artifacts import Evaluation
 from edgepack.pipeline.codekey import tools_key
 
 
@@ -23,4 +23,4 @@ def test_quality_carries_every_figure_of_evaluate():
     from edgepack.evaluate import EvalResult
 
     figures = {f.name for f in fields(EvalResult)} - {"model", "reference", "text", "seconds"}
-    assert {f.name for f in fields(Quality)} == figures
+    assert {f.name for f in fields(Evaluation)} == figures

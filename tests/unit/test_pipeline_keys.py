@@ -38,6 +38,17 @@ def test_a_steps_code_is_its_stage_not_the_others():
         assert "pipeline/__init__.py" not in files and "pipeline/codekey.py" not in files
 
 
+def test_what_every_step_reaches_imports_no_stage():
+    """The pipeline's own modules that every step imports (artifacts, cache, context, plan) reach no stage, not even
+    inside a function: a stage there would be in every step's key (an edit to it would redo every step)."""
+    for module in ("artifacts", "cache", "context", "plan"):
+        files = {f.relative_to(PKG).as_posix() for f in source_closure(f"edgepack.pipeline.{module}")[0]}
+        assert files <= {"__init__.py", "cilog.py", "progress.py", "fileio.py", "errors.py", "pipeline/artifacts.py",
+                         "pipeline/cache.py", "pipeline/context.py", "pipeline/plan.py",
+                         "quants.py"}, (module, sorted(files))  # quants: the type table plan names units by
+    assert "evaluate.py" not in closure("convert") and "evaluate.py" in closure("evaluate")
+
+
 def test_an_edit_changes_the_keys_of_the_steps_that_run_it_and_no_others(tmp_path):
     copy = tmp_path / "edgepack"
     shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("__pycache__"))

@@ -23,6 +23,7 @@ def make_bundle(ctx: BuildContext, fits: Fits, line: str, profile_name: str, var
     line's model; ``report_files``: {name in the bundle: file}; ``projector``: the source's vision projector,
     shipped beside every line's model (role ``mmproj``)."""
     from ...bundle import MANIFEST, BundleAdapter, tool_versions, write_bundle
+    from ...evaluate import Quality
     from ...fileio import sha256_file
 
     cfg = ctx.config
@@ -31,7 +32,7 @@ def make_bundle(ctx: BuildContext, fits: Fits, line: str, profile_name: str, var
     name = bundle_folder_name(profile_name, line)
     shipped = [BundleAdapter(name=a.name, file=a.path, scale=a.scales[0], sha256=a.sha256,
                              source_sha256=a.source_sha256) for a in adapters] if line == BASE_LINE else []
-    quality = variant.quality.headline().to_json() if variant.quality else {}
+    quality = Quality.from_json(variant.quality).to_json() if variant.quality else {}
     fit = {k: fit_row[k] for k in FIT_FIELDS}
     runtime = dict(fit_row["settings"])
     parts = {"model": variant.sha256, "adapters": [(a.name, a.scale, str(a.source_sha256)) for a in shipped],

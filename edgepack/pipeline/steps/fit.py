@@ -30,9 +30,8 @@ def fit_lines(ctx: BuildContext, variants: list[Variant], projector: ProjectorGG
                 continue
             desc = fit_mod.describe_gguf(v.path)
             desc.name = v.name
-            q = v.quality
-            quality = q.headline() if q else fit_mod.Quality()
-            vs.append(fit_mod.Variant(desc, quality))  # no host calibration: manifests must not depend on timing
+            # no host calibration: the fit (and so the manifests) must not depend on timing noise
+            vs.append(fit_mod.Variant(desc, fit_mod.Quality.from_json(v.quality)))
         if vs:
             results[line.name] = fit_mod.fit(vs, profiles, n_ctx=cfg.ctx, min_tps=cfg.min_tps, max_kld=cfg.max_kld,
                                              projector_bytes=projector_bytes)

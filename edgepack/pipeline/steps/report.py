@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ...evaluate import Quality
 from ...fileio import sha256_file
 from ..artifacts import Fits, Variant
 from ..cache import content_key
@@ -58,8 +57,9 @@ def build_report(ctx: BuildContext, fits: Fits, variants: list[Variant]) -> tupl
 
 def bench_row(v: Variant) -> dict:
     """A variant's row in the report's measurements table."""
-    q = v.quality
-    quality = (q.headline() if q else Quality()).to_json()
+    from ...evaluate import Quality
+
+    quality = Quality.from_json(v.quality).to_json()
     return {**v.bench, "path": str(v.path), "name": v.name, "quant": v.quant,
             "imatrix": v.imatrix.file if v.imatrix else None,
             "quality": quality}
