@@ -52,18 +52,20 @@ class DeviceMix:
     memory_total_bytes: int  # what fit says the file needs on the device
 
 
-def _memory(model: fit_mod.ModelDesc, profile: Profile, n_ctx: int) -> fit_mod.MemoryParts:
+def _memory(model: fit_mod.ModelDesc, profile: Profile, n_ctx: int, projector_bytes: int) -> fit_mod.MemoryParts:
     return fit_mod.memory_needed(model, n_ctx, BATCH, overhead_bytes=int(profile.runtime_overhead_mb.value * fit_mod.MB),
-                                 backend=profile.default_backend, isa=profile.isa)
+                                 backend=profile.default_backend, isa=profile.isa, projector_bytes=projector_bytes)
 
 
-def device_budget(base: str | Path | fit_mod.ModelDesc, profile: Profile, n_ctx: int) -> DeviceBudget:
+def device_budget(base: str | Path | fit_mod.ModelDesc, profile: Profile, n_ctx: int,
+                  projector_bytes: int = 0) -> DeviceBudget:
     """The bytes of tensor data a model (its GGUF, or fit's description of it) may take on ``profile`` at
-    ``n_ctx`` (see the module docstring)."""
+    ``n_ctx`` (see the module docstring); ``projector_bytes``: a vision projector shipped beside it
+    (``fit.projector_bytes``, which fit counts too)."""
     model = base if isinstance(base, fit_mod.ModelDesc) else fit_mod.describe_gguf(base)
-    parts = _memory(model, profile, n_ctx)
+    parts = _memory(model, profile, n_ctx, projector_bytes)
     other = {"kv_cache": parts.kv_cache_bytes, "compute": parts.compute_bytes, "output": parts.output_bytes,
-             "state": parts.state_bytes, "runtime": parts.overhead_bytes}
+             "state": parts.state_bytes, "runtime": parts.overhead_bytes, "projector": parts.projector_bytes}
     return DeviceBudget(profile=profile.name, n_ctx=n_ctx, usable_bytes=profile.usable_bytes, other_bytes=other,
                         weights_bytes=profile.usable_bytes - sum(other.values()))
 
@@ -100,20 +102,20 @@ def refuse_unreachable_devices(base_gguf: Path, budgets: list[DeviceBudget], *, 
 
 
 def device_mix(base_gguf: str | Path, sens: Sensitivity, profile: Profile, n_ctx: int, out_dir: str | Path,
-               name: str, *, imatrix: str | Path | None = None, threads: int = 0,
+               name: str, *, imatrix: str | Path | None = None, projector_bytes: int = 0, threads: int = 0,
                progress: Progress = QUIET) -> DeviceMix:
     """Choose, quantize (``<Model>-<name>.gguf`` in ``out_dir``) and check the mix of least predicted KLD that
     fits ``profile`` at ``n_ctx``. Refused in one line when none does."""
     base_gguf = Path(base_gguf)
     model = fit_mod.describe_gguf(base_gguf)
-    budget = device_budget(model, profile, n_ctx)
+    budget = device_budget(model, profile, n_ctx, projector_bytes)
     hint = _hint(budget, imatrix is not None)
     sens = device_sensitivity(sens, model, profile)
     plan = choose(sens, budget.weights_bytes, profile.name, file_budget=False, hint=hint)
     needed: dict[str, int] = {}
 
     def excess(result) -> int:
-        needed["total"] = _memory(fit_mod.describe_gguf(result.output), profile, n_ctx).total_bytes
+        needed["total"] = _memory(fit_mod.describe_gguf(result.output), profile, n_ctx, projector_bytes).total_bytes
         return needed["total"] - budget.usable_bytes
 
     result, plan, fits = realize(base_gguf, sens, plan, Path(out_dir), name, excess, file_budget=False,

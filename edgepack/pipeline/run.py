@@ -57,8 +57,8 @@ def build(config: BuildConfig, *, only: str | None = None, progress: Progress = 
                 continue
             if unit.line not in sensitivities:  # a line's trials, measured once for all its devices
                 sensitivities[unit.line] = line_sensitivity(ctx, bases[unit.line], imatrix, [
-                    u.profile for u in units if u.kind == "mix" and u.line == unit.line])
-            variants.append(mix_variant(ctx, unit, bases[unit.line], imatrix, sensitivities[unit.line]))
+                    u.profile for u in units if u.kind == "mix" and u.line == unit.line], projector)
+            variants.append(mix_variant(ctx, unit, bases[unit.line], imatrix, sensitivities[unit.line], projector))
         measured = {v.name: v for line, base in bases.items()  # one reference pass per line
                     for v in evaluate_line(ctx, [v for v in variants if v.line == line], base)}
         variants = [bench_variant(ctx, measured[v.name]) for v in variants]

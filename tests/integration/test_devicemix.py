@@ -127,3 +127,26 @@ def test_a_device_no_mix_fits_is_refused_in_one_line(f16, sens, tmp_path):
     with pytest.raises(UsageError, match="no mix fits snug: the smallest edgepack can make"):
         device_mix(f16, sens, snug, N_CTX, tmp_path / "out", "MIX-snug", threads=1)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.gguf"))
+
+
+def test_a_projector_shipped_beside_the_model_comes_off_the_weights(f16, sens, tmp_path):
+    """A vision projector in every bundle (fit counts its memory beside each variant) leaves less for the mix."""
+    model = fit_mod.describe_gguf(f16)
+    roomy = device_budget(model, _profile(tmp_path, "probe", 10**9), N_CTX)
+    with_projector = device_budget(model, _profile(tmp_path, "probe", 10**9), N_CTX, projector_bytes=123_456)
+    assert roomy.weights_bytes - with_projector.weights_bytes == 123_456
+    assert with_projector.other_bytes["projector"] == 123_456
+    others = 10**9 - roomy.weights_bytes
+    all_q8 = sens.fixed_data_bytes + sum(opts[0].bytes for opts in sens.options.values())
+    tight = _profile(tmp_path, "tight", others + int(all_q8 * 0.6))
+    alone = device_mix(f16, sens, tight, N_CTX, tmp_path / "alone", "MIX-tight", threads=1)
+    beside = device_mix(f16, sens, tight, N_CTX, tmp_path / "beside", "MIX-tight", projector_bytes=300_000, threads=1)
+    # the model's own memory shrinks (its file need not: a Q2_K embedding has no repacked copy to pay for)
+    assert beside.memory_total_bytes - 300_000 < alone.memory_total_bytes <= tight.usable_bytes
+    assert beside.plan.predicted_kld >= alone.plan.predicted_kld
+    res = fit_mod.fit([fit_mod.Variant(fit_mod.describe_gguf(beside.quantized.output))], [tight], n_ctx=N_CTX,
+                      projector_bytes=300_000)
+    assert res.rows[0].fits
+    res = fit_mod.fit([fit_mod.Variant(fit_mod.describe_gguf(alone.quantized.output))], [tight], n_ctx=N_CTX,
+                      projector_bytes=300_000)
+    assert not res.rows[0].fits  # the mix made without it would not fit beside the projector

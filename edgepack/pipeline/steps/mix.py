@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...fileio import sha256_file
-from ..artifacts import BaseGGUF, Imatrix, Variant
+from ..artifacts import BaseGGUF, Imatrix, ProjectorGGUF, Variant
 from ..cache import content_key
 from ..context import BuildContext
 from ..plan import Unit, variant_name
@@ -15,14 +15,15 @@ from .fit import build_profiles
 from .quantize import keep_only
 
 
-def line_sensitivity(ctx: BuildContext, base: BaseGGUF, imatrix: Imatrix | None, profiles: list[str]) -> dict:
+def line_sensitivity(ctx: BuildContext, base: BaseGGUF, imatrix: Imatrix | None, profiles: list[str],
+                     projector: ProjectorGGUF | None) -> dict:
     """The sensitivity table of a line (``mix.Sensitivity.to_dict``). A named device whose memory cannot hold
     even the smallest mix is refused first, before the trials."""
     from ...devicemix import device_budget, refuse_unreachable_devices
     from ...mix import default_candidates, measure, sensitivity_text_of
 
     cfg = ctx.config
-    budgets = [device_budget(base.path, p, cfg.ctx) for p in _profiles(ctx, profiles)]
+    budgets = [device_budget(base.path, p, cfg.ctx, _projector_bytes(projector)) for p in _profiles(ctx, profiles)]
     refuse_unreachable_devices(base.path, budgets, with_imatrix=imatrix is not None)
     text = sensitivity_text_of(cfg.calibration)
 
@@ -36,7 +37,8 @@ def line_sensitivity(ctx: BuildContext, base: BaseGGUF, imatrix: Imatrix | None,
     return done
 
 
-def mix_variant(ctx: BuildContext, unit: Unit, base: BaseGGUF, imatrix: Imatrix | None, sens: dict) -> Variant:
+def mix_variant(ctx: BuildContext, unit: Unit, base: BaseGGUF, imatrix: Imatrix | None, sens: dict,
+                projector: ProjectorGGUF | None) -> Variant:
     """The mix for ``unit.profile``: chosen from ``sens``, quantized, checked against the device with fit."""
     from ...devicemix import device_mix
     from ...mix import Sensitivity
@@ -47,7 +49,8 @@ def mix_variant(ctx: BuildContext, unit: Unit, base: BaseGGUF, imatrix: Imatrix 
 
     def work(tmp: Path) -> dict:
         made = device_mix(base.path, Sensitivity.from_dict(sens), profile, cfg.ctx, tmp, unit.quant,
-                          imatrix=imatrix.path if imatrix else None, threads=cfg.threads, progress=ctx.progress)
+                          imatrix=imatrix.path if imatrix else None, projector_bytes=_projector_bytes(projector),
+                          threads=cfg.threads, progress=ctx.progress)
         out = keep_only(tmp, made.quantized.output, name)
         return {"file": out.name, "sha256": sha256_file(out), "size_bytes": out.stat().st_size,
                 "mix": made.plan.tensor_types(), "predicted_kld": made.plan.predicted_kld,
@@ -55,7 +58,9 @@ def mix_variant(ctx: BuildContext, unit: Unit, base: BaseGGUF, imatrix: Imatrix 
 
     done, folder = ctx.step("quantize", name, {"base": base.sha256, "sensitivity": content_key(sens=sens),
                                                "profile": profile.raw, "ctx": cfg.ctx,
-                                               "imatrix": imatrix.sha256 if imatrix else None}, work, code=__name__)
+                                               "imatrix": imatrix.sha256 if imatrix else None,
+                                               "projector": projector.sha256 if projector else None}, work,
+                           code=__name__)
     return Variant(name=name, line=unit.line, quant=unit.quant, unit=unit.key, path=folder / done["file"],
                    sha256=done["sha256"], size_bytes=done["size_bytes"], imatrix=imatrix)
 
@@ -63,3 +68,10 @@ def mix_variant(ctx: BuildContext, unit: Unit, base: BaseGGUF, imatrix: Imatrix 
 def _profiles(ctx: BuildContext, names: list[str]):
     by_name = {p.name: p for p in build_profiles(ctx)}
     return [by_name[n] for n in names]
+
+
+def _projector_bytes(projector: ProjectorGGUF | None) -> int:
+    """A shipped vision projector's memory on the device (fit counts it beside every variant)."""
+    from ... import fit as fit_mod
+
+    return fit_mod.projector_bytes(projector.path, projector.compute_bytes) if projector else 0
