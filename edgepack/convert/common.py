@@ -79,6 +79,13 @@ def rope_metadata(config: HFConfig, supported: frozenset = frozenset({"linear", 
 YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0  # llama.cpp's only values: it reads no beta keys from a GGUF
 
 
+def mrope_metadata(config: HFConfig, section: list[int]) -> list[Metadata]:
+    """Multi-axis rope (Qwen3-VL, Qwen3.5): the plain rope keys and the sections, padded with 0 to the four that
+    llama.cpp reads (text, height, width, time)."""
+    return rope_metadata(config, frozenset()) + [
+        (K.Rope.DIMENSION_SECTIONS, (list(section) + [0, 0, 0, 0])[:4], gguf.GGUFValueType.ARRAY)]
+
+
 def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 

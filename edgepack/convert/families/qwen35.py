@@ -32,14 +32,13 @@ import numpy as np
 
 from ...errors import UnsupportedArchitecture
 from ..common import (DECODER_HPARAMS, EXPERT_HPARAMS, MULTIMODAL_TEXT_RENAMES, PLAIN_ROPE_TYPES, RMS_NORM_EPS,
-                      U32, F32, check_silu, head_size_metadata, stacked_experts)
+                      U32, check_silu, head_size_metadata, mrope_metadata, stacked_experts)
 from ..floats import bf16_to_f32
 from ..spec import ArchSpec, Expected, HFConfig, HParam, LayerSize, SizeFacts, register, uniform_sizes
 from .gemma import BOOL_ARRAY, plus_one
 
 K = gguf.Keys
 T = gguf.MODEL_TENSOR
-INT_ARRAY = gguf.GGUFValueType.ARRAY
 RECURRENT_LAYERS = "{arch}.attention.recurrent_layers"  # llama.cpp's key (src/llama-arch.cpp); not in gguf-py
 LAYER_TYPES = ("linear_attention", "full_attention")
 
@@ -105,9 +104,7 @@ def _check(config: HFConfig) -> None:
 
 
 def _metadata(config: HFConfig):
-    yield K.Rope.FREQ_BASE, float(config.rope_parameters.get("rope_theta", 10000.0)), F32
-    yield K.Rope.DIMENSION_COUNT, config.rotary_dims, U32
-    yield K.Rope.DIMENSION_SECTIONS, (_mrope_section(config) + [0, 0, 0, 0])[:4], INT_ARRAY
+    yield from mrope_metadata(config, _mrope_section(config))
     yield from head_size_metadata(config)
     yield K.SSM.INNER_SIZE, int(config.get("linear_value_head_dim")) * int(config.get("linear_num_value_heads")), U32
     yield RECURRENT_LAYERS, recurrent_layers(config), BOOL_ARRAY

@@ -22,12 +22,11 @@ from __future__ import annotations
 import gguf
 
 from ...errors import UnsupportedArchitecture
-from ..common import (DECODER_HPARAMS, MULTIMODAL_TEXT_RENAMES, PLAIN_ROPE_TYPES, RMS_NORM_EPS, U32, F32,
-                      check_silu, decoder_tensors, head_size_metadata)
+from ..common import (DECODER_HPARAMS, MULTIMODAL_TEXT_RENAMES, PLAIN_ROPE_TYPES, RMS_NORM_EPS, U32,
+                      check_silu, decoder_tensors, head_size_metadata, mrope_metadata)
 from ..spec import ArchSpec, HFConfig, register
 
 K = gguf.Keys
-INT_ARRAY = gguf.GGUFValueType.ARRAY
 
 # What transformers' Qwen3VLTextConfig / Qwen3VLVisionConfig fill in when config.json leaves a value out.
 QWEN3VL_TEXT_DEFAULTS = {"head_dim": 128, "rms_norm_eps": 1e-6}
@@ -67,9 +66,7 @@ def _check(config: HFConfig) -> None:
 
 
 def _metadata(config: HFConfig):
-    yield K.Rope.FREQ_BASE, float(config.rope_parameters.get("rope_theta", 10000.0)), F32
-    yield K.Rope.DIMENSION_COUNT, config.rotary_dims, U32
-    yield K.Rope.DIMENSION_SECTIONS, (mrope_section(config) + [0, 0, 0, 0])[:4], INT_ARRAY
+    yield from mrope_metadata(config, mrope_section(config))
     yield K.LLM.NUM_DEEPSTACK_LAYERS, deepstack_layers(config), U32
     yield from head_size_metadata(config)
 

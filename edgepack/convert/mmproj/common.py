@@ -74,6 +74,16 @@ def refuse(what: str, hint: str):
     raise UnsupportedArchitecture(f"cannot write the projector: {what}", hint)
 
 
+def square_grid_side(vision: HFConfig, key: str, hint: str) -> int:
+    """Patches per side of a position table whose size ``vision[key]`` must be a square (llama.cpp resizes or
+    resamples it as a square grid)."""
+    n = int(vision.get(key))
+    side = math.isqrt(n)
+    if side * side != n:
+        refuse(f"{key} {n} is not a square grid", hint)
+    return side
+
+
 # --- SigLIP ------------------------------------------------------------------------------------------------
 
 # transformers' SiglipVisionConfig defaults, which a config.json's vision_config leaves out when equal.

@@ -11,7 +11,7 @@ import math
 
 from ..spec import HFConfig
 from .common import (SIGLIP_DEFAULTS, STR, TANH_GELU, U32, K, ProjectorSpec, normalisation, refuse, register,
-                     siglip_metadata, siglip_shapes, siglip_tensors)
+                     siglip_metadata, siglip_shapes, siglip_tensors, square_grid_side)
 
 # Siglip2VisionConfig's defaults (num_patches: the position table, 16 x 16).
 SIGLIP2_DEFAULTS = {**SIGLIP_DEFAULTS, "num_patches": 256}
@@ -29,11 +29,7 @@ PROJECTOR = r"(?:model\.)?multi_modal_projector\."
 
 def _grid(vision: HFConfig) -> int:
     """Patches per side of the position table."""
-    n = int(vision.get("num_patches"))
-    side = math.isqrt(n)
-    if side * side != n:
-        refuse(f"num_patches {n} is not a square grid", "llama.cpp resizes a square position table")
-    return side
+    return square_grid_side(vision, "num_patches", "llama.cpp resizes a square position table")
 
 
 def _checks(config: dict, vision: HFConfig, preproc: dict) -> None:

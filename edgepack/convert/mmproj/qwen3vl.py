@@ -21,10 +21,9 @@ What llama.cpp does with an image, and what the converter therefore checks:
 
 from __future__ import annotations
 
-import math
 
 from ..spec import HFConfig
-from .common import BOOL, F32, STR, U32, K, ProjectorSpec, normalisation, refuse, register
+from .common import BOOL, F32, STR, U32, K, ProjectorSpec, normalisation, refuse, register, square_grid_side
 
 # transformers' Qwen3VLVisionConfig defaults (Qwen3_5VisionConfig's are the same but deepstack [])
 QWEN3VL_VISION_DEFAULTS = {"depth": 27, "hidden_size": 1152, "hidden_act": "gelu_pytorch_tanh",
@@ -86,11 +85,7 @@ def _split_frames(gguf_name: str, shape: tuple):
 
 def grid_side(vision: HFConfig) -> int:
     """Patches per side of the learned position grid (num_position_embeddings = side^2)."""
-    n = int(vision.get("num_position_embeddings"))
-    side = math.isqrt(n)
-    if side * side != n:
-        refuse(f"num_position_embeddings {n} is not a square grid", "llama.cpp resamples a square position grid")
-    return side
+    return square_grid_side(vision, "num_position_embeddings", "llama.cpp resamples a square position grid")
 
 
 def _factor(vision: HFConfig) -> int:
