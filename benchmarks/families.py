@@ -1,13 +1,14 @@
 """Per-family agreement table: every architecture family's tiny checkpoint converted and run in llama.cpp
 against transformers (logits) and Hugging Face tokenizers (token ids).
 
-    .venv/bin/python -m benchmarks.families [CASE ...]      (all cases, or only those named)
+    .venv/bin/python -m benchmarks.families [--spread] [CASE ...]      (all cases, or only those named)
 
 Columns: F32 max|Δ| and top-1 against transformers computing as llama.cpp does by design (ggml's FP16-table
 GELU for the GELU families; for F16 also weights and matmul inputs rounded to half), the same against plain
 transformers, and the share of the 83 multilingual conformance texts whose ids are identical. Cases and
-tokenizers are those of tests/fidelity/test_families.py (tests/support/family_cases.py). Needs
-torch/transformers (test extra).
+tokenizers are those of tests/fidelity/test_families.py (tests/support/family_cases.py). --spread adds how far
+each reference moves between float32 and float64 arithmetic (the same roundings by design): below that, llama.cpp's
+difference says nothing about the conversion. Needs torch/transformers (test extra).
 
     .venv/bin/python -m benchmarks.families --hybrid-convert [--llama-cpp DIR] [--repeats 3] [--workdir DIR]
 
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from edgepack.convert import convert
 from tests.support.family_cases import (CASES, as_llama_cpp_computes, build_tokenizer, case_config, conformance_texts,
-                                        half_precision_matmuls, hf_encoder, prompt_ids)
+                                        half_precision_matmuls, hf_encoder, prompt_ids, reference_spread)
 from tests.support.tinymodels import (build_model, compare, hf_logits, llama_cpp_logits, real_config,
                                       synthetic_checkpoint)
 
@@ -52,8 +53,8 @@ def token_agreement(folder: Path, work: Path) -> tuple[int, int]:
     return same, len(texts)
 
 
-def agreement_table(names: list[str]) -> None:
-    rows = []
+def agreement_table(names: list[str], spread: bool = False) -> None:
+    rows, spreads = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tokenizers: dict[str, Path] = {}
@@ -63,14 +64,17 @@ def agreement_table(names: list[str]) -> None:
             tok = tokenizers[case.tokenizer]
             folder = root / case.name
             config = case_config(case, tok)
-            model = build_model(config, folder / "model")
+            model = build_model(config, folder / "model", unscaled_attention=case.unscaled_attention)
             for f in tok.iterdir():
                 shutil.copy(f, folder / "model" / f.name)
             ids = prompt_ids(case, folder / "model")
             plain = hf_logits(model, ids)
             ref32 = hf_logits(model, ids) if as_llama_cpp_computes(case, model) else plain
+            spread32 = reference_spread(model, ids, ref32) if spread else None
             half_precision_matmuls(model)
             ref16 = hf_logits(model, ids)
+            if spread:
+                spreads.append((case.name, spread32, reference_spread(model, ids, ref16)))
             convert(folder / "model", folder / "f32.gguf", outtype="f32")
             convert(folder / "model", folder / "f16.gguf", outtype="f16")
             got32, got16 = llama_cpp_logits(folder / "f32.gguf", ids), llama_cpp_logits(folder / "f16.gguf", ids)
@@ -86,6 +90,11 @@ def agreement_table(names: list[str]) -> None:
         print(f"| {name}{mark} | {cls} | {tok} | {a32:.1e} | {t32:.0%} | {p32:.1e} | {a16:.1e} | {t16:.0%} "
               f"| {p16:.1e} ({pt16:.0%}) | {same}/{total} |")
     print("\n¹ GELU family: the reference runs ggml's FP16-table GELU (llama.cpp's kernel by design).")
+    if spread:
+        print("\n| case | reference F32: float32 vs float64 max\\|Δ\\| | reference F16: float32 vs float64 |")
+        print("|---|---|---|")
+        for name, s32, s16 in spreads:
+            print(f"| {name} | {s32:.1e} | {s16:.1e} |")
     print(json.dumps({"sequence_tokens": len(ids)}))
 
 
@@ -194,10 +203,12 @@ def main() -> None:
     parser.add_argument("--llama-cpp", type=Path, help="vendor/llama.cpp of the llama-cpp-python 0.3.36 sdist")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--spread", action="store_true",
+                        help="also the references' own float32-vs-float64 spread (their floor) per case")
     args = parser.parse_args()
     if args.hybrid_convert:
         sys.exit(0 if hybrid_convert(args.llama_cpp, args.repeats, args.workdir) else 1)
-    agreement_table(args.cases)
+    agreement_table(args.cases, args.spread)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,64 @@ def test_gemma4_structure_reaches_the_gguf(built, tmp_path):
     assert tensors["per_layer_token_embd.weight"].shape == (len(references["plain"][0]), 16 * 10)
 
 
+def _gemma4_hub_form(src, dst):
+    """The checkpoint as the Hub keeps it: each KV-shared layer (5-9) with k/v weights of its own, here those of
+    the layer it reads (3 for local layers, 4 for the global one)."""
+    from safetensors.numpy import load_file, save_file
+
+    _relayout(src, dst, lambda n: n)
+    tensors = load_file(dst / "model.safetensors")
+    prefix = "model.language_model.layers."
+    for i in range(5, 10):
+        source = 4 if i == 9 else 3
+        for name in ("k_proj.weight", "v_proj.weight", "k_norm.weight"):
+            tensors[f"{prefix}{i}.self_attn.{name}"] = tensors[f"{prefix}{source}.self_attn.{name}"]
+    save_file(tensors, dst / "model.safetensors")
+    return dst
+
+
+def _logits_with(path, ids, tensor: str, values) -> np.ndarray:
+    """llama.cpp's logits from a copy of the GGUF ``path`` whose ``tensor`` holds ``values`` (a conversion broken
+    on purpose)."""
+    changed = path.with_name(f"{path.stem}.{tensor}.gguf")
+    changed.write_bytes(path.read_bytes())
+    reader = gguf.GGUFReader(changed, "r+")
+    next(t for t in reader.tensors if t.name == tensor).data[...] = values
+    reader.data.flush()
+    del reader
+    return llama_cpp_logits(changed, ids)
+
+
+@pytest.mark.parametrize("built", [GEMMA4_E2B], indirect=True, ids=[GEMMA4_E2B.name])
+def test_gemma4_logits_catch_broken_kv_sharing_and_per_layer_embeddings(built, tmp_path, monkeypatch):
+    """The logits comparison fails, far beyond the case's tolerance, on a converter that ignores KV sharing (the
+    Hub form's k/v weights written and the shared-layer count 0: layers 5-9 compute K/V from their own input with
+    the weights of the layer they should read) or writes the per-layer embeddings of layers 0 and 1 swapped."""
+    import dataclasses
+
+    from edgepack.convert.families import gemma4
+
+    case, folder, ids, references = built
+    path = tmp_path / "e2b.gguf"
+    convert(folder / "model", path, outtype="f32")
+    assert compare(references["f32"], llama_cpp_logits(path, ids))[0] <= case.tolerance["f32"]
+    hub = _gemma4_hub_form(folder / "model", tmp_path / "hub")
+    unshared = [dataclasses.replace(x, shared_kv=False) for x in gemma4.layers(gemma4.HFConfig(
+        json.loads((hub / "config.json").read_text())))]
+    with monkeypatch.context() as m:
+        m.setattr(gemma4, "layers", lambda config: unshared)
+        convert(hub, tmp_path / "unshared.gguf", outtype="f32")
+    assert _fields(tmp_path / "unshared.gguf")["gemma4.attention.shared_kv_layers"] == 0
+    table = _tensors(path)["per_layer_token_embd.weight"]  # (vocab, 10 layers x 16)
+    swapped = table.reshape(len(table), 10, 16)[:, [1, 0, *range(2, 10)]].reshape(table.shape)
+    moved = {"KV sharing ignored": compare(references["f32"], llama_cpp_logits(tmp_path / "unshared.gguf", ids)),
+             "per-layer embeddings of layers 0/1 swapped": compare(
+                 references["f32"], _logits_with(path, ids, "per_layer_token_embd.weight", swapped))}
+    print("gemma4-e2b broken on purpose: " + "; ".join(f"{k} max|Δ| {v[0]:.2e} top1 {v[1]:.0%}"
+                                                       for k, v in moved.items()))
+    assert all(max_abs > 10 * case.tolerance["f32"] for max_abs, _ in moved.values()), moved
+
+
 @pytest.mark.parametrize("built", [GEMMA4_E2B], indirect=True, ids=[GEMMA4_E2B.name])
 def test_gemma4_both_save_forms_convert_alike(built, tmp_path):
     """transformers 5.x saves no k/v weights for KV-shared layers; a checkpoint that keeps them (as on the Hub)
@@ -177,15 +235,7 @@ def test_gemma4_both_save_forms_convert_alike(built, tmp_path):
     case, folder, ids, references = built
     convert(folder / "model", tmp_path / "ref.gguf", outtype="f32")
     reference = _tensors(tmp_path / "ref.gguf")
-    # Hub form: give each shared layer the k/v weights of a layer with its own
-    hub = tmp_path / "hub"
-    _relayout(folder / "model", hub, lambda n: n)
-    tensors = load_file(hub / "model.safetensors")
-    prefix = "model.language_model.layers."
-    for i, source in zip(range(5, 10), range(5)):
-        for name in ("k_proj.weight", "v_proj.weight", "k_norm.weight"):
-            tensors[f"{prefix}{i}.self_attn.{name}"] = tensors[f"{prefix}{source}.self_attn.{name}"]
-    save_file(tensors, hub / "model.safetensors")
+    hub = _gemma4_hub_form(folder / "model", tmp_path / "hub")
     result = convert(hub, tmp_path / "hub.gguf", outtype="f32")
     assert result.dropped["k/v weights of KV-shared layers (unused)"] == 15
     # causal-LM form
@@ -257,7 +307,8 @@ GEMMA3N_E2B = next(c for c in CASES if c.name == "gemma3n-e2b")
 def test_gemma3n_kv_sharing_reads_layers_18_and_19(built, tmp_path):
     """The KV-shared layers (20-24) read layer 18's K/V (local) and 19's (global): changing layer 18's k weights
     moves the logits far beyond the tolerance, changing a shared layer's placeholder k weights changes nothing.
-    Also: the AltUp projections are stacked in order, the per-layer embedding table is padded with token 0's row."""
+    Also: the AltUp projections are stacked in order, the per-layer embedding table is padded with token 0's row
+    (padded with zeros instead, the tokens beyond it lose their per-layer input: far beyond the tolerance)."""
     from safetensors.numpy import load_file
 
     case, folder, ids, references = built
@@ -276,21 +327,17 @@ def test_gemma3n_kv_sharing_reads_layers_18_and_19(built, tmp_path):
     assert np.array_equal(table[:1024], per_layer) and (table[1024:] == per_layer[0]).all()
     assert max(ids) >= 1024  # the prompt has tokens beyond the per-layer table
     baseline = llama_cpp_logits(path, ids)
-
-    def with_k(layer: int, values) -> np.ndarray:
-        changed = tmp_path / f"k{layer}.gguf"
-        changed.write_bytes(path.read_bytes())
-        reader = gguf.GGUFReader(changed, "r+")
-        tensor = next(t for t in reader.tensors if t.name == f"blk.{layer}.attn_k.weight")
-        tensor.data[...] = values
-        reader.data.flush()
-        del reader
-        return llama_cpp_logits(changed, ids)
-
-    assert np.array_equal(with_k(22, hf["model.layers.17.self_attn.k_proj.weight"]), baseline)
-    moved, _ = compare(baseline, with_k(18, hf["model.layers.17.self_attn.k_proj.weight"]))
-    print(f"layer 18's k replaced by layer 17's: max|Δ| {moved:.2e}")
-    assert moved > 10 * GEMMA3N_E2B.tolerance["f32"]
+    assert compare(references["f32"], baseline)[0] <= case.tolerance["f32"]
+    k17 = hf["model.layers.17.self_attn.k_proj.weight"]
+    assert np.array_equal(_logits_with(path, ids, "blk.22.attn_k.weight", k17), baseline)
+    zero_padded = np.where(np.arange(len(table))[:, None] < 1024, table, 0)
+    moved = {"layer 18's k replaced by layer 17's": compare(
+                 baseline, _logits_with(path, ids, "blk.18.attn_k.weight", k17)),
+             "per-layer table padded with zeros": compare(
+                 references["f32"], _logits_with(path, ids, "per_layer_token_embd.weight", zero_padded))}
+    print("gemma3n-e2b broken on purpose: " + "; ".join(f"{k} max|Δ| {v[0]:.2e} top1 {v[1]:.0%}"
+                                                        for k, v in moved.items()))
+    assert all(max_abs > 10 * case.tolerance["f32"] for max_abs, _ in moved.values()), moved
 
 
 @pytest.mark.parametrize("built", [GEMMA3N_E2B], indirect=True, ids=[GEMMA3N_E2B.name])

@@ -85,10 +85,17 @@ def copy_tokenizer(src_dir: Path, dst: Path, rename: dict[str, str] | None = Non
 
 # MoE routers' expert-selection biases: buffers (not parameters) that checkpoints carry.
 ROUTING_BIASES = ("expert_bias", "e_score_correction_bias")
+QK_NORMS = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")  # one gain per head dimension
 
 
-def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32"):
-    """Instantiate config['architectures'][0] with seeded random weights and save it as safetensors."""
+def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32", unscaled_attention: bool = False):
+    """Instantiate config['architectures'][0] with seeded random weights and save it as safetensors.
+
+    ``unscaled_attention``: the family does not divide attention scores by sqrt(head_dim) (Gemma 3n and Gemma 4:
+    transformers' scaling 1.0, the trained q/k norm gains carry the temperature). Their q/k norm gains are then
+    scattered around head_dim ** -0.25 rather than 1, so q.k has the unit variance a scaled attention gives. At
+    gain 1 the scores spread ~sqrt(head_dim) and the softmax turns last-bit differences into visible ones: Gemma 3n
+    E2B's reference moved 1.4e-2 between float32 and float64 arithmetic (top-1 47/48), 3.9e-4 with these gains."""
     import torch
     import transformers
 
@@ -106,7 +113,8 @@ def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32
                 # moved 5e-3 between float32 and float64 arithmetic, 9e-4 with the family's own gain of ~1).
                 if "norm" in name:
                     center = 0.0 if name.endswith("weight") and not p.any() else 1.0
-                    p.copy_(center + 0.1 * torch.randn_like(p))
+                    gain = p.numel() ** -0.25 if unscaled_attention and name.endswith(QK_NORMS) else 1.0
+                    p.copy_(gain * (center + 0.1 * torch.randn_like(p)))
                 else:
                     p.copy_(0.1 * torch.randn_like(p))
             else:
