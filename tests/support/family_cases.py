@@ -418,8 +418,10 @@ CASES = [
                # float64 spread 5.4e-4 (F32) / 9.9e-4 (F16). That is the FP16-table GELU's floor (MLP and per-layer
                # gates): two float32 evaluations round different GELU inputs to the other half-precision step, and
                # each step moves the next layers' inputs enough to flip more (rms of llama.cpp's and the reference's
-               # own differences alike, 5e-5); plain GELU in float32 vs float64: 2.6e-6.
-               gelu_table=True, unscaled_attention=True, tolerance={"f32": 6e-4, "f16": 2.5e-3}),
+               # own differences alike, 5e-5); plain GELU in float32 vs float64: 2.6e-6. The limits leave ~2.5x: the
+               # floor's maximum moves with the summation order and the seed (Gemma 3n: 3.7e-4 here, 6.3e-4 with its
+               # q/k gains drawn from another seed).
+               gelu_table=True, unscaled_attention=True, tolerance={"f32": 1e-3, "f16": 3e-3}),
     # Gemma 4 31B's text model on 6 layers: 2 KV heads on local layers, 1 on the global one, which has no v_proj.
     FamilyCase("gemma4-31b", GEMMA4_31B_TEXT, "gemma-trained", {"hidden": 128, "layers": 6, "heads": 4},
                {"head_dim": 32, "global_head_dim": 64, "num_global_key_value_heads": 1, "intermediate_size": 256,
@@ -427,7 +429,7 @@ CASES = [
                 "layer_types": ["sliding_attention"] * 5 + ["full_attention"]},
                # q/k norm gains as gemma4-e2b's: F32 2.8e-4 (the reference's float32 vs float64 spread 2.7e-4),
                # F16 8.1e-4, top-1 100% (at gain 1: 6.7e-4 / 3.6e-3, and 47/48 against plain GELU).
-               gelu_table=True, unscaled_attention=True, tolerance={"f32": 5e-4, "f16": 1.5e-3}),
+               gelu_table=True, unscaled_attention=True, tolerance={"f32": 6e-4, "f16": 2e-3}),
     # Gemma 3n E2B's structure on 25 layers: what llama.cpp hard-codes kept (AltUp 4, LAuReL 64, per-layer
     # embeddings of 256, K/V computed by layers 0-19, sparsity 0.95 on 0-9), the last 5 layers KV-shared (local
     # ones reading layer 18, the global one layer 19); per-layer embeddings cover only the first 1024 tokens.
@@ -442,7 +444,7 @@ CASES = [
                # spread 5.8e-4 / 1.7e-3 (the FP16-table GELU's floor, as gemma4-e2b). Against plain transformers
                # (population std in the sparsity cut, which moves the cut of the sparse layers) F32 8.6e-3.
                gelu_table=True, unscaled_attention=True, sample_std_sparsity=True,
-               tolerance={"f32": 6e-4, "f16": 3e-3, "plain_f32": 1.5e-2}),
+               tolerance={"f32": 1e-3, "f16": 4e-3, "plain_f32": 1.5e-2}),
     # head_dim 96 as the real model, so the 48 real LongRoPE factors fit unchanged. The original context is
     # shrunk with the same ratio (32x): above the sequence, HF and llama.cpp both use the short factors...
     FamilyCase("phi3.5-longrope-short", "phi-3_5", "phi3-mini", {"hidden": 384, "heads": 4,
