@@ -64,7 +64,8 @@ def agreement_table(names: list[str], spread: bool = False) -> None:
             tok = tokenizers[case.tokenizer]
             folder = root / case.name
             config = case_config(case, tok)
-            model = build_model(config, folder / "model", unscaled_attention=case.unscaled_attention)
+            model = build_model(config, folder / "model", unscaled_attention=case.unscaled_attention,
+                                stds=case.init_std, seed=case.seed)
             for f in tok.iterdir():
                 shutil.copy(f, folder / "model" / f.name)
             ids = prompt_ids(case, folder / "model")

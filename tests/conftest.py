@@ -61,7 +61,8 @@ def built(request, tmp_path_factory, tokenizer_folders):
     folder = tmp_path_factory.mktemp(case.name)
     tok = tokenizer_folders(case.tokenizer)
     model_dir = folder / "model"
-    model = build_model(case_config(case, tok), model_dir, unscaled_attention=case.unscaled_attention)
+    model = build_model(case_config(case, tok), model_dir, unscaled_attention=case.unscaled_attention,
+                        stds=case.init_std, seed=case.seed)
     for f in tok.iterdir():
         (model_dir / f.name).write_bytes(f.read_bytes())
     ids = prompt_ids(case, model_dir)

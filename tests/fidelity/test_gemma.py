@@ -6,6 +6,9 @@
 * Gemma 4: the KV-shared / per-layer-embedding / global-local structure reaches the GGUF key by key, both save
   forms (with and without k/v weights on shared layers) and the causal-LM form convert alike, llama.cpp's gemma4
   tokenizer gives HF's ids (refusals: tests/unit/test_family_refusals.py).
+* Gemma 4 26B-A4B (enable_moe_block): routing of the tiny model is decided far from ties (asserted), the experts
+  stack in order from the fused gate_up_proj with the router scales where llama.cpp reads them, and swapped experts
+  or per-expert scales left at 1 move the logits far beyond the tolerance.
 * Gemma 3n: the shared layers read layers 18/19 (changing those moves the logits, changing a shared layer's own
   unused weights does not), both save forms and the multimodal names convert alike, and the geometry llama.cpp
   hard-codes is checked.
@@ -22,9 +25,10 @@ from click.testing import CliRunner
 
 from edgepack.cli import cli
 from edgepack.convert import convert
-from tests.support.family_cases import CASES, _merged
+from tests.support.family_cases import (CASES, _merged, as_llama_cpp_computes, float64_copy,
+                                        half_precision_matmuls)
 from tests.support.gemma_configs import GEMMA3_4B_IT
-from tests.support.tinymodels import compare, llama_cpp_logits
+from tests.support.tinymodels import compare, llama_cpp_logits, reload_float32
 
 pytestmark = pytest.mark.slow  # Gemma checkpoints built with transformers, converted many ways (refusals: tests/unit)
 
@@ -183,13 +187,15 @@ def _gemma4_hub_form(src, dst):
     return dst
 
 
-def _logits_with(path, ids, tensor: str, values) -> np.ndarray:
-    """llama.cpp's logits from a copy of the GGUF ``path`` whose ``tensor`` holds ``values`` (a conversion broken
-    on purpose)."""
-    changed = path.with_name(f"{path.stem}.{tensor}.gguf")
+def _logits_with(path, ids, changes: dict) -> np.ndarray:
+    """llama.cpp's logits from a copy of the GGUF ``path`` in which each tensor named in ``changes`` holds the value
+    given there (a conversion broken on purpose)."""
+    changed = path.with_name(f"{path.stem}.{next(iter(changes))}.gguf")
     changed.write_bytes(path.read_bytes())
     reader = gguf.GGUFReader(changed, "r+")
-    next(t for t in reader.tensors if t.name == tensor).data[...] = values
+    for t in reader.tensors:
+        if t.name in changes:
+            t.data[...] = changes[t.name]
     reader.data.flush()
     del reader
     return llama_cpp_logits(changed, ids)
@@ -219,7 +225,7 @@ def test_gemma4_logits_catch_broken_kv_sharing_and_per_layer_embeddings(built, t
     swapped = table.reshape(len(table), 10, 16)[:, [1, 0, *range(2, 10)]].reshape(table.shape)
     moved = {"KV sharing ignored": compare(references["f32"], llama_cpp_logits(tmp_path / "unshared.gguf", ids)),
              "per-layer embeddings of layers 0/1 swapped": compare(
-                 references["f32"], _logits_with(path, ids, "per_layer_token_embd.weight", swapped))}
+                 references["f32"], _logits_with(path, ids, {"per_layer_token_embd.weight": swapped}))}
     print("gemma4-e2b broken on purpose: " + "; ".join(f"{k} max|Δ| {v[0]:.2e} top1 {v[1]:.0%}"
                                                        for k, v in moved.items()))
     assert all(max_abs > 10 * case.tolerance["f32"] for max_abs, _ in moved.values()), moved
@@ -299,6 +305,100 @@ def test_gemma4_token_ids_match_hf_tokenizers(tokenizer_folders, tmp_path):
 
 # --- Gemma 3n ------------------------------------------------------------------------------------------------
 
+GEMMA4_MOE = next(c for c in CASES if c.name == "gemma4-26b-a4b")
+# The smallest top-k logit gap over all tokens and layers, in units of how far the reference's router logits move
+# between float32 and float64 arithmetic (the movement llama.cpp's own arithmetic shows too): routing at this margin
+# is decided, not a coin flip. F16 rounds every matmul input to half, which moves the router's input ~4.5x more.
+MIN_ROUTING_MARGIN = {"f32": 10.0, "f16": 4.0}
+
+
+def _router_logits(model, ids):
+    """Every layer's router logits (layers, tokens, experts), in float64."""
+    import torch
+
+    out = []
+    hooks = [layer.router.proj.register_forward_hook(lambda _m, _a, o: out.append(o.detach().double()))
+             for layer in model.model.layers]
+    with torch.no_grad():
+        model(torch.tensor([ids]))
+    for h in hooks:
+        h.remove()
+    return torch.stack(out)
+
+
+def _routing_margin(model, ids, k: int) -> tuple[float, float]:
+    """(smallest gap between the k-th and (k+1)-th router logit, largest float32-vs-float64 movement of a router
+    logit) over all tokens and layers."""
+    narrow_logits, wide_logits = _router_logits(model, ids), _router_logits(float64_copy(model), ids)
+    ranked = narrow_logits.sort(-1, descending=True).values
+    return float((ranked[..., k - 1] - ranked[..., k]).min()), float((narrow_logits - wide_logits).abs().max())
+
+
+@pytest.mark.parametrize("built", [GEMMA4_MOE], indirect=True, ids=[GEMMA4_MOE.name])
+def test_gemma4_moe_routing_is_decisive(built):
+    """The MoE case's logits tests (test_families) mean something only if no token's expert choice is a near-tie
+    that llama.cpp's arithmetic could flip: against both references (F32 with the table GELU, F16), the smallest
+    top-k gap stays MIN_ROUTING_MARGIN times above the router logits' own float32-vs-float64 movement."""
+    case, folder, ids, _ = built
+    k = int(json.loads((folder / "model/config.json").read_text())["top_k_experts"])
+    model = reload_float32(folder / "model")
+    as_llama_cpp_computes(case, model)
+    margins = {"f32": _routing_margin(model, ids, k)}
+    half_precision_matmuls(model)
+    margins["f16"] = _routing_margin(model, ids, k)
+    print("gemma4 MoE routing: " + "; ".join(f"{o.upper()} min top-{k} gap {g:.2e}, float32-vs-float64 movement "
+                                             f"{n:.2e} ({g / n:.1f}x)" for o, (g, n) in margins.items()))
+    assert all(gap >= MIN_ROUTING_MARGIN[o] * moved for o, (gap, moved) in margins.items()), margins
+
+
+@pytest.mark.parametrize("built", [GEMMA4_MOE], indirect=True, ids=[GEMMA4_MOE.name])
+def test_gemma4_moe_block_reaches_the_gguf_in_expert_order(built, tmp_path):
+    """Expert counts; expert e's gate / up from its rows of the fused gate_up_proj and its down_proj; the router
+    scale and per-expert scales where llama.cpp reads them; fit plans the same tensors from config.json. Experts 0
+    and 1 swapped in every layer, or the per-expert scales left at 1, move the logits far beyond the tolerance."""
+    from safetensors.numpy import load_file
+
+    from edgepack.fit import describe_config, describe_gguf
+
+    case, folder, ids, references = built
+    config = json.loads((folder / "model/config.json").read_text())
+    path = tmp_path / "moe.gguf"
+    convert(folder / "model", path, outtype="f32")
+    kv = _fields(path)
+    assert (kv["gemma4.expert_count"], kv["gemma4.expert_used_count"], kv["gemma4.expert_feed_forward_length"]) == (
+        config["num_experts"], config["top_k_experts"], config["moe_intermediate_size"]) == (4, 2, 64)
+    stored, hf = _tensors(path), load_file(folder / "model" / "model.safetensors")
+    ff, n_layer = config["moe_intermediate_size"], config["num_hidden_layers"]
+    for i in range(n_layer):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        fused, down = hf[p + "experts.gate_up_proj"], hf[p + "experts.down_proj"]
+        assert np.array_equal(stored[b + "ffn_gate_exps.weight"], fused[:, :ff])
+        assert np.array_equal(stored[b + "ffn_up_exps.weight"], fused[:, ff:])
+        assert np.array_equal(stored[b + "ffn_down_exps.weight"], down)
+        assert np.array_equal(stored[b + "ffn_gate_inp.weight"], hf[p + "router.proj.weight"])
+        assert np.array_equal(stored[b + "ffn_gate_inp.scale"], hf[p + "router.scale"])
+        assert np.array_equal(stored[b + "ffn_down_exps.scale"], hf[p + "router.per_expert_scale"])
+        for gguf_norm, hf_norm in (("pre_ffw_norm_2", "pre_feedforward_layernorm_2"),
+                                   ("post_ffw_norm_1", "post_feedforward_layernorm_1"),
+                                   ("post_ffw_norm_2", "post_feedforward_layernorm_2")):
+            assert np.array_equal(stored[f"{b}{gguf_norm}.weight"], hf[f"{p}{hf_norm}.weight"])
+    planned, real = describe_config(config, "F32"), describe_gguf(path)
+    assert {t.name: t.shape for t in planned.tensors} == {t.name: t.shape for t in real.tensors}
+    assert (planned.n_expert, planned.n_expert_used) == (real.n_expert, real.n_expert_used) == (4, 2)
+
+    good = compare(references["f32"], llama_cpp_logits(path, ids))
+    swap = [1, 0, *range(2, config["num_experts"])]
+    swapped = {f"blk.{i}.ffn_{part}_exps.weight": stored[f"blk.{i}.ffn_{part}_exps.weight"][swap]
+               for i in range(n_layer) for part in ("gate", "up", "down")}
+    unscaled = {f"blk.{i}.ffn_down_exps.scale": np.ones(config["num_experts"], np.float32) for i in range(n_layer)}
+    moved = {"experts 0/1 swapped": compare(references["f32"], _logits_with(path, ids, swapped)),
+             "per-expert scales at 1": compare(references["f32"], _logits_with(path, ids, unscaled))}
+    print(f"gemma4 MoE: F32 max|Δ| {good[0]:.2e} top1 {good[1]:.0%}; broken on purpose: "
+          + "; ".join(f"{k} max|Δ| {v[0]:.2e} top1 {v[1]:.0%}" for k, v in moved.items()))
+    assert good[1] == 1.0 and good[0] <= case.tolerance["f32"]
+    assert all(max_abs > 10 * case.tolerance["f32"] for max_abs, _ in moved.values()), moved
+
+
 GEMMA3N_E2B = next(c for c in CASES if c.name == "gemma3n-e2b")
 
 
@@ -329,12 +429,12 @@ def test_gemma3n_kv_sharing_reads_layers_18_and_19(built, tmp_path):
     baseline = llama_cpp_logits(path, ids)
     assert compare(references["f32"], baseline)[0] <= case.tolerance["f32"]
     k17 = hf["model.layers.17.self_attn.k_proj.weight"]
-    assert np.array_equal(_logits_with(path, ids, "blk.22.attn_k.weight", k17), baseline)
+    assert np.array_equal(_logits_with(path, ids, {"blk.22.attn_k.weight": k17}), baseline)
     zero_padded = np.where(np.arange(len(table))[:, None] < 1024, table, 0)
     moved = {"layer 18's k replaced by layer 17's": compare(
-                 baseline, _logits_with(path, ids, "blk.18.attn_k.weight", k17)),
+                 baseline, _logits_with(path, ids, {"blk.18.attn_k.weight": k17})),
              "per-layer table padded with zeros": compare(
-                 references["f32"], _logits_with(path, ids, "per_layer_token_embd.weight", zero_padded))}
+                 references["f32"], _logits_with(path, ids, {"per_layer_token_embd.weight": zero_padded}))}
     print("gemma3n-e2b broken on purpose: " + "; ".join(f"{k} max|Δ| {v[0]:.2e} top1 {v[1]:.0%}"
                                                         for k, v in moved.items()))
     assert all(max_abs > 10 * case.tolerance["f32"] for max_abs, _ in moved.values()), moved

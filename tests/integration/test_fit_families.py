@@ -1,10 +1,10 @@
 """`edgepack fit --config` sizes every family convert supports, from the family's own ArchSpec.
 
-For every registered Hugging Face class: a tiny checkpoint of its real config structure (the family's test
-case in tests/support/family_cases.py, else a real config from tests/fixtures/configs, shrunk) is written with random
-weights, converted and quantized to Q4_K_M by llama.cpp. ``describe_config`` on the config alone must predict
-every tensor's type and size exactly, and the memory model must agree with the buffers llama.cpp reports when
-it loads the file (weights, KV cache, recurrent state, compute; within 10%).
+For every registered Hugging Face class (and VARIANT_CASES): a tiny checkpoint of its real config structure (the
+family's test case in tests/support/family_cases.py, else a real config from tests/fixtures/configs, shrunk) is
+written with random weights, converted and quantized to Q4_K_M by llama.cpp. ``describe_config`` on the config alone
+must predict every tensor's type and size exactly, and the memory model must agree with the buffers llama.cpp
+reports when it loads the file (weights, KV cache, recurrent state, compute; within 10%).
 """
 
 from __future__ import annotations
@@ -28,8 +28,16 @@ N_CTX, N_BATCH = 1024, 256
 LOG_STEP = 0.01 * 2**20  # llama.cpp logs buffer sizes in MiB with two decimals
 
 
+# Test cases sized on their own beside their class's first case: a structure the class holds only sometimes.
+VARIANT_CASES = ("gemma4-26b-a4b",)  # Gemma4ForCausalLM with the MoE block (experts beside the dense MLP)
+
+
 def tiny_config(hf_class: str) -> dict:
-    """The family's test case config, or a real config of that class shrunk (vocabulary 32000)."""
+    """The family's test case config (or the case of that name), or a real config of that class shrunk (vocabulary
+    32000)."""
+    for case in CASES:
+        if case.name == hf_class:
+            return case_config(case, TOKENIZER)
     for case in CASES:
         real = real_config(case.config) if isinstance(case.config, str) else case.config
         if case.overrides.get("architectures", real["architectures"])[0] == hf_class:  # a case may change the class
@@ -47,7 +55,7 @@ def tiny_config(hf_class: str) -> dict:
     raise AssertionError(f"no test config for {hf_class}: add a FamilyCase (tests/support/family_cases.py)")
 
 
-@pytest.fixture(scope="module", params=sorted(supported_architectures()))
+@pytest.fixture(scope="module", params=sorted(supported_architectures()) + list(VARIANT_CASES))
 def quantized(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     config = tiny_config(request.param)

@@ -20,8 +20,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .gemma_configs import (GEMMA3_4B_IT, GEMMA3N_E2B_TEXT, GEMMA4_31B_TEXT, GEMMA4_E2B_IT, TINY_GEMMA4_VISION,
-                           TINY_SIGLIP)
+from .gemma_configs import (GEMMA3_4B_IT, GEMMA3N_E2B_TEXT, GEMMA4_26B_A4B_TEXT, GEMMA4_31B_TEXT, GEMMA4_E2B_IT,
+                            TINY_GEMMA4_VISION, TINY_SIGLIP)
 from .tinymodels import TEXTS, TOKENIZERS, real_config, shrink
 from .tokenizer_cases import phi4_mini_json
 
@@ -197,11 +197,16 @@ class FamilyCase:
     # transformers as trained), where the reference itself moves more than the default allows: each is stated
     # with the reference's own spread, transformers run in float32 vs float64 with the same roundings.
     tolerance: dict = field(default_factory=dict)
+    # regex -> standard deviation of the matrices a trained model holds at another scale than the initializer's
+    # (tinymodels.build_model's ``stds``); stated with the reason where used.
+    init_std: dict = field(default_factory=dict)
+    # tinymodels.build_model's seed; a case that needs a particular draw says why.
+    seed: int = 0
 
 
 # Weights an F16 GGUF still holds in F32, as llama.cpp's converter keeps them (edgepack.convert.core.keeps_f32):
 # convolution kernels and MoE routers.
-KEPT_F32 = re.compile(r"(conv\.conv|conv1d|\.gate|router\.layer|shared_expert_gate)\.weight$")
+KEPT_F32 = re.compile(r"(conv\.conv|conv1d|\.gate|router\.(layer|proj)|shared_expert_gate)\.weight$")
 
 
 def half_precision_matmuls(model) -> None:
@@ -237,8 +242,8 @@ def _half_precision_experts(self, hidden_states, top_k_index, top_k_weights):
     """The experts computed as ggml's F16 mul_mat_id does: both matmuls' inputs rounded to half, F32 results."""
     import torch
 
-    def half(x):
-        return x.to(torch.float16).to(torch.float32)
+    def half(x):  # back to the input's own dtype, as round_input: reference_spread runs it in float64
+        return x.to(torch.float16).to(x.dtype)
 
     out = torch.zeros_like(hidden_states)
     for expert in range(self.gate_up_proj.shape[0]):
@@ -290,14 +295,23 @@ def sample_std_sparsity(model) -> None:
 def reference_spread(model, ids: list[int], logits) -> float:
     """max|Δ| between ``logits`` (the model run in float32) and the same model run in float64: how far the reference
     itself moves with its arithmetic's precision, the floor below which llama.cpp's difference cannot be judged."""
-    import copy
-
     import numpy as np
     import torch
 
     with torch.no_grad():
-        wide = copy.deepcopy(model).double()(torch.tensor([ids])).logits[0].numpy()
+        wide = float64_copy(model)(torch.tensor([ids])).logits[0].numpy()
     return float(np.max(np.abs(wide - logits)))
+
+
+def float64_copy(model):
+    """``model`` copied to float64; fused experts run by transformers' eager loop (its grouped matmul, the default,
+    takes float32 and half only)."""
+    import copy
+
+    wide = copy.deepcopy(model).double()
+    if any(type(m).__name__.endswith("Experts") for m in wide.modules()):
+        wide.set_experts_implementation("eager")
+    return wide
 
 
 def as_llama_cpp_computes(case: FamilyCase, model) -> bool:
@@ -430,6 +444,23 @@ CASES = [
                # q/k norm gains as gemma4-e2b's: F32 2.8e-4 (the reference's float32 vs float64 spread 2.7e-4),
                # F16 8.1e-4, top-1 100% (at gain 1: 6.7e-4 / 3.6e-3, and 47/48 against plain GELU).
                gelu_table=True, unscaled_attention=True, tolerance={"f32": 6e-4, "f16": 2e-3}),
+    # Gemma 4 26B-A4B's text model on 6 layers (5 local + 1 global, no v_proj on the global one), the MoE block on
+    # every layer: the dense MLP beside 4 routed GEGLU experts, 2 per token (the real 128 / 8), router scale and
+    # per-expert scales. The router's projection at std 1 gives logits spread ~1 (at the initializer's 0.02 they
+    # spread 0.02 and every chosen expert weighs ~1/2, so a wrong weighting could hide). Routing must not sit on a
+    # near-tie that the FP16-table GELU or F16 rounding flips: test_gemma4_moe_routing_is_decisive asserts the
+    # smallest top-2 logit gap over all tokens and layers against the reference's own float32-vs-float64 movement
+    # of the router logits. That ratio does not depend on the router's scale (the movement scales with it); seed 0
+    # gave 3.9 (F32) / 1.9 (F16), seed 3 gives 23 / 5.2 (gap 9.6e-3, movement 4.1e-4 / 1.9e-3), seeds 0-11 ranged
+    # 0.4-23 / 0.2-5.2. Measured with seed 3: F32 2.3e-4 (the reference's float32 vs float64 spread 2.5e-4, the
+    # GELU floor as gemma4-31b), F16 9.2e-4, top-1 100%.
+    FamilyCase("gemma4-26b-a4b", GEMMA4_26B_A4B_TEXT, "gemma-trained", {"hidden": 128, "layers": 6, "heads": 4},
+               {"head_dim": 32, "global_head_dim": 64, "num_key_value_heads": 2, "num_global_key_value_heads": 1,
+                "intermediate_size": 256, "sliding_window": SLIDING_WINDOW,
+                "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+                "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 64},
+               gelu_table=True, unscaled_attention=True, init_std={r"router\.proj\.weight$": 1.0}, seed=3,
+               tolerance={"f32": 6e-4, "f16": 2e-3}),
     # Gemma 3n E2B's structure on 25 layers: what llama.cpp hard-codes kept (AltUp 4, LAuReL 64, per-layer
     # embeddings of 256, K/V computed by layers 0-19, sparsity 0.95 on 0-9), the last 5 layers KV-shared (local
     # ones reading layer 18, the global one layer 19); per-layer embeddings cover only the first 1024 tokens.

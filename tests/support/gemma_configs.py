@@ -137,6 +137,16 @@ GEMMA4_31B_TEXT = {
     },
 }
 
+# google/gemma-4-26B-A4B-it's text model: the 31B's layout (5 local + 1 global, attention_k_eq_v, no per-layer
+# embeddings) on 30 layers of 2816, 8 KV heads local and 2 global, and the MoE block on every layer: the dense MLP
+# (2112) beside 128 routed GEGLU experts of 704, 8 per token.
+GEMMA4_26B_A4B_TEXT = dict(GEMMA4_31B_TEXT, **{
+    "hidden_size": 2816, "num_hidden_layers": 30, "intermediate_size": 2112, "num_attention_heads": 16,
+    "num_key_value_heads": 8, "num_global_key_value_heads": 2, "max_position_embeddings": 262144,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5,
+    "enable_moe_block": True, "num_experts": 128, "top_k_experts": 8, "moe_intermediate_size": 704,
+})
+
 # google/gemma-3n-E2B-it's text model: 30 layers (4 local + 1 global), the last 10 reusing layers 18 (local) and
 # 19 (global)'s K/V; AltUp over 4 streams, LAuReL of rank 64, 256-wide per-layer embeddings over the first 262144
 # tokens of a 262400-token vocabulary; activation sparsity 0.95 on the first 10 layers.

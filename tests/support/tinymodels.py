@@ -85,11 +85,16 @@ def copy_tokenizer(src_dir: Path, dst: Path, rename: dict[str, str] | None = Non
 
 # MoE routers' expert-selection biases: buffers (not parameters) that checkpoints carry.
 ROUTING_BIASES = ("expert_bias", "e_score_correction_bias")
+# Gemma 4's router gains (on the router's input and on each expert's output), which start at 1 as trained ones sit
+# around: at 0.1 x randn the per-expert scales would flip signs.
+ROUTER_GAINS = ("router.scale", "router.per_expert_scale")
 QK_NORMS = ("self_attn.q_norm.weight", "self_attn.k_norm.weight")  # one gain per head dimension
 
 
-def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32", unscaled_attention: bool = False):
-    """Instantiate config['architectures'][0] with seeded random weights and save it as safetensors.
+def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32", unscaled_attention: bool = False,
+                stds: dict | None = None):
+    """Instantiate config['architectures'][0] with seeded random weights and save it as safetensors. ``stds``:
+    regex -> standard deviation for the matrices whose names match (else the config's initializer_range).
 
     ``unscaled_attention``: the family does not divide attention scores by sqrt(head_dim) (Gemma 3n and Gemma 4:
     transformers' scaling 1.0, the trained q/k norm gains carry the temperature). Their q/k norm gains are then
@@ -115,10 +120,13 @@ def build_model(config: dict, out: Path, *, seed: int = 0, dtype: str = "float32
                     center = 0.0 if name.endswith("weight") and not p.any() else 1.0
                     gain = p.numel() ** -0.25 if unscaled_attention and name.endswith(QK_NORMS) else 1.0
                     p.copy_(gain * (center + 0.1 * torch.randn_like(p)))
+                elif name.endswith(ROUTER_GAINS):
+                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
                 else:
                     p.copy_(0.1 * torch.randn_like(p))
             else:
-                p.copy_(std * torch.randn_like(p))
+                scale = next((v for pattern, v in (stds or {}).items() if re.search(pattern, name)), std)
+                p.copy_(scale * torch.randn_like(p))
         for name, b in model.named_buffers():
             if name.endswith(ROUTING_BIASES):  # saved buffers that start at zero would hide a lost tensor
                 b.copy_(0.1 * torch.randn_like(b))

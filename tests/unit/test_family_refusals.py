@@ -223,7 +223,7 @@ def test_gemma3_multimodal_refusals(tmp_path):
 
 
 GEMMA4_REFUSALS = [
-    ({"enable_moe_block": True}, "enable_moe_block"),
+    ({"enable_moe_block": True}, "enable_moe_block but no num_experts"),
     ({"hidden_activation": "gelu"}, "activation 'gelu'"),
     ({"use_bidirectional_attention": "all"}, "use_bidirectional_attention 'all'"),
     # 35 layers, 19 shared: layer 15 (local) would be read by the shared global layers

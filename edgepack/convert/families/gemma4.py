@@ -1,4 +1,4 @@
-"""Gemma 4 (text): Gemma4ForCausalLM and the text model of Gemma4ForConditionalGeneration (E2B, E4B, 31B).
+"""Gemma 4 (text): Gemma4ForCausalLM and the text model of Gemma4ForConditionalGeneration (E2B, E4B, 31B, 26B-A4B).
 
 What llama.cpp's gemma4 graph does (src/models/gemma4.cpp, src/llama-model.cpp) and how the checkpoint maps:
 
@@ -21,7 +21,13 @@ What llama.cpp's gemma4 graph does (src/models/gemma4.cpp, src/llama-model.cpp) 
   projection of the main embedding, gated into each layer's output; ``use_double_wide_mlp`` doubles the FFN of
   the shared layers (``feed_forward_length`` per layer). Each layer's output is scaled by ``layer_scalar``.
 * The tokenizer is llama.cpp's ``gemma4`` (BPE by merge ranks, see vocab.py).
-MoE checkpoints (26B-A4B, ``enable_moe_block``) are refused for now.
+* MoE (26B-A4B, ``enable_moe_block``): every layer keeps its dense MLP and adds ``num_experts`` GEGLU experts, both
+  read from the attention output through their own norms (pre_feedforward_layernorm / _2, post_feedforward_layernorm
+  _1 / _2), summed, then post_feedforward_layernorm. The router RMS-normalises the attention output without a
+  weight, scales it by ``router.scale`` / sqrt(hidden), takes the softmax over all experts, keeps ``top_k_experts``
+  renormalised, and weights each chosen expert by ``router.per_expert_scale``: llama.cpp's gemma4 graph does the same
+  from ``ffn_gate_inp.scale`` and ``ffn_down_exps.scale``. The fused experts.gate_up_proj is written as ffn_gate_exps
+  and ffn_up_exps, expert by expert (common.stacked_experts).
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ import gguf
 import numpy as np
 
 from ...errors import UnsupportedArchitecture
-from ..common import F32, MULTIMODAL_TEXT_RENAMES, RMS_NORM_EPS, U32
-from ..spec import ArchSpec, Expected, HFConfig, HParam, LayerSize, Metadata, SizeFacts, register
+from ..common import F32, MULTIMODAL_TEXT_RENAMES, RMS_NORM_EPS, U32, stacked_experts
+from ..spec import ArchSpec, Expected, HFConfig, HParam, LayerSize, SizeFacts, register
 
 K = gguf.Keys
 ARRAY = gguf.GGUFValueType.ARRAY
@@ -48,6 +54,7 @@ GEMMA4_TEXT_DEFAULTS = {
     "tie_word_embeddings": True, "sliding_window": 512, "vocab_size_per_layer_input": 262_144,
     "hidden_size_per_layer_input": 256, "attention_k_eq_v": False, "num_kv_shared_layers": 0,
     "enable_moe_block": False, "use_double_wide_mlp": False, "attention_bias": False,
+    "num_experts": None, "top_k_experts": None, "moe_intermediate_size": None,
 }
 DEFAULT_ROPE = {SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
                 FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0}}
@@ -128,10 +135,14 @@ def _check(config: HFConfig) -> None:
     if act != "gelu_pytorch_tanh":
         raise UnsupportedArchitecture(f"activation {act!r} is not supported for Gemma 4",
                                       "llama.cpp's gemma4 graph uses the tanh approximation of GELU")
-    for key, hint in (("enable_moe_block", "Gemma 4 MoE checkpoints (26B-A4B) are not supported yet"),
-                      ("attention_bias", "llama.cpp's gemma4 graph has no attention biases")):
-        if config.get(key):
-            raise UnsupportedArchitecture(f"Gemma 4 with {key} is not supported", hint)
+    if config.get("attention_bias"):
+        raise UnsupportedArchitecture("Gemma 4 with attention_bias is not supported",
+                                      "llama.cpp's gemma4 graph has no attention biases")
+    if config.get("enable_moe_block"):
+        for key in ("num_experts", "top_k_experts", "moe_intermediate_size"):
+            if not config.get(key, default=None):
+                raise UnsupportedArchitecture(f"Gemma 4 with enable_moe_block but no {key} is not supported",
+                                              "config.json of a Gemma 4 MoE checkpoint names its experts")
     if config.get("use_bidirectional_attention", default=None) == "all":
         raise UnsupportedArchitecture("Gemma 4 with use_bidirectional_attention 'all' is not supported",
                                       "llama.cpp's gemma4 graph attends causally to text")
@@ -198,6 +209,8 @@ def _tensors(config: HFConfig) -> dict[str, Expected]:
         tensors[p + "mlp.gate_proj.weight"] = Expected((layer.n_ff, hidden))
         tensors[p + "mlp.up_proj.weight"] = Expected((layer.n_ff, hidden))
         tensors[p + "mlp.down_proj.weight"] = Expected((hidden, layer.n_ff))
+        if config.get("enable_moe_block"):
+            tensors.update(_moe_tensors(config, i))
         if ple:
             tensors[p + "per_layer_input_gate.weight"] = Expected((ple, hidden))
             tensors[p + "per_layer_projection.weight"] = Expected((hidden, ple))
@@ -205,6 +218,22 @@ def _tensors(config: HFConfig) -> dict[str, Expected]:
         tensors[p + "layer_scalar.weight"] = Expected((1,))
     tensors["model.norm.weight"] = Expected((hidden,))
     tensors["lm_head.weight"] = Expected((n_vocab, hidden), optional=True)
+    return tensors
+
+
+def _moe_tensors(config: HFConfig, i: int) -> dict[str, Expected]:
+    """Layer i's router, expert norms and stacked experts (see the module docstring)."""
+    hidden, n_expert, p = int(config.get("hidden_size")), int(config.get("num_experts")), f"model.layers.{i}."
+    router, down = (gguf.TENSOR_NAMES[kind].format(bid=i) for kind in (gguf.MODEL_TENSOR.FFN_GATE_INP,
+                                                                       gguf.MODEL_TENSOR.FFN_DOWN_EXP))
+    tensors = {
+        p + "router.proj.weight": Expected((n_expert, hidden)),
+        p + "router.scale": Expected((hidden,), gguf_name=router + ".scale"),
+        p + "router.per_expert_scale": Expected((n_expert,), gguf_name=down + ".scale"),
+    }
+    for norm in ("pre_feedforward_layernorm_2", "post_feedforward_layernorm_1", "post_feedforward_layernorm_2"):
+        tensors[f"{p}{norm}.weight"] = Expected((hidden,))
+    tensors.update(stacked_experts(config, i, p + "experts"))
     return tensors
 
 
@@ -233,6 +262,10 @@ def _metadata(config: HFConfig):
     yield K.Attention.SLIDING_WINDOW_PATTERN, [x.kind == SLIDING for x in ls], ARRAY
     yield K.Attention.SHARED_KV_LAYERS, sum(x.shared_kv for x in ls), U32
     yield K.LLM.EMBD_LENGTH_PER_LAYER_INP, int(config.get("hidden_size_per_layer_input") or 0), U32
+    if config.get("enable_moe_block"):
+        yield K.LLM.EXPERT_COUNT, int(config.get("num_experts")), U32
+        yield K.LLM.EXPERT_USED_COUNT, int(config.get("top_k_experts")), U32
+        yield K.LLM.EXPERT_FEED_FORWARD_LENGTH, int(config.get("moe_intermediate_size")), U32
     if config.get("final_logit_softcapping", default=None):
         yield K.LLM.FINAL_LOGIT_SOFTCAPPING, float(config.get("final_logit_softcapping")), F32
 
@@ -258,9 +291,12 @@ def _sizes(config: HFConfig) -> SizeFacts:
     window, each = int(config.get("sliding_window")), layers(config)
     sizes = tuple(LayerSize(config.n_head, x.n_head_kv, x.head_dim, x.head_dim,
                             sliding_window=window if x.kind == SLIDING else 0, kv_shared=x.shared_kv) for x in each)
+    moe = bool(config.get("enable_moe_block"))
     return SizeFacts(layers=sizes, n_embd=int(config.get("hidden_size")), n_vocab=int(config.get("vocab_size")),
-                     n_ff=max(x.n_ff for x in each),
+                     n_ff=max([x.n_ff for x in each] + [int(config.get("moe_intermediate_size")) if moe else 0]),
                      n_ctx_train=int(config.get("max_position_embeddings")),
+                     n_expert=int(config.get("num_experts")) if moe else 0,
+                     n_expert_used=int(config.get("top_k_experts")) if moe else 0,
                      lookup_tensors=("token_embd.weight", "per_layer_token_embd.weight"))
 
 
