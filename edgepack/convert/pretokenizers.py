@@ -54,6 +54,10 @@ KNOWN: dict[tuple[str, ...], str] = {
     # Ecka'tshausen), where tekken starts a word at the apostrophe. Digits are equal: tekken's vocabulary has no
     # multi-digit tokens, so o200k's 1-3 digit runs end up as single digits.
     (f"split:{TEKKEN_REGEX}", "bytelevel"): "granite-embed-multi-97m",
+    # Falcon (7B/40B/180B): runs of punctuation, then GPT-2's regex, then digits in threes. llama.cpp's "falcon" splits
+    # on the same three: HF's punctuation (Rust's ASCII punctuation or Unicode P*) is its \p{P} plus $+<=>^~|`. Ids
+    # equal on all 106 test texts and 4000 paragraphs of War and Peace.
+    ("punctuation-contiguous", "bytelevel-regex", "digits", "split:[0-9][0-9][0-9]"): "falcon",
     # SmolLM/SmolLM2, StarCoder: individual digits, then the GPT-2 regex.
     ("digits-individual", "bytelevel-regex"): "smollm",
 }
@@ -96,6 +100,8 @@ def _describe(step: dict) -> str:
         return f"split:{regex}"
     if kind == "Digits":
         return "digits-individual" if step.get("individual_digits") else "digits"
+    if kind == "Punctuation":  # "contiguous" keeps a run of punctuation together, "isolated" splits each mark
+        return f"punctuation-{str(step.get('behavior', 'Isolated')).lower()}"
     return str(kind)
 
 

@@ -89,8 +89,8 @@ def test_special_tokens_and_bos(vocab_gguf):
     case, folder, out, llm = vocab_gguf
     reader = gguf.GGUFReader(out)
     fields = {f.name: f for f in reader.fields.values()}
-    # Qwen's and SmolLM3's tokenizer files name no BOS (config.json's bos_token_id may) and add none.
-    no_bos = {"qwen3-json": "qwen2", "qwen3-vocab-merges": "qwen2", "smollm3-json": "llama-bpe"}
+    # Qwen's, SmolLM3's and Falcon's tokenizer files name no BOS (config.json's bos_token_id may) and add none.
+    no_bos = {"qwen3-json": "qwen2", "qwen3-vocab-merges": "qwen2", "smollm3-json": "llama-bpe", "falcon-json": "falcon"}
     if case.name in no_bos:
         assert llm.tokenize(b"Hello", add_bos=True) == llm.tokenize(b"Hello", add_bos=False)
         assert fields["tokenizer.ggml.pre"].contents() == no_bos[case.name]

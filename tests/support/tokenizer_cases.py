@@ -100,6 +100,10 @@ def _phi3_json(folder: Path) -> None:
     _copy(src / "tokenizer_config.json", folder / "tokenizer_config.json")
 
 
+def _falcon_json(folder: Path) -> None:
+    _copy(TOKENIZERS / "falcon-ortx/tokenizer.json", folder / "tokenizer.json")
+
+
 def _mistral(version: str):
     files = {"v1": "tokenizer.model.v1", "v3": "mistral_instruct_tokenizer_240323.model.v3"}
 
@@ -257,6 +261,7 @@ BUILDERS = {
     "phi4-mini-json": phi4_mini_json,
     "smollm3-json": _smollm3_json,
     "tekken-json": tekken_json,
+    "falcon-json": _falcon_json,
 }
 
 CASES = [
@@ -273,4 +278,5 @@ CASES = [
     TokenizerCase("phi4-mini-json", 200064, "tokenizers"),
     TokenizerCase("smollm3-json", 128256, "tokenizers"),
     TokenizerCase("tekken-json", 131072, "tokenizers"),
+    TokenizerCase("falcon-json", 65024, "tokenizers"),
 ]
