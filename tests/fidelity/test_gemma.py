@@ -306,6 +306,8 @@ def test_gemma4_token_ids_match_hf_tokenizers(tokenizer_folders, tmp_path):
 # --- Gemma 3n ------------------------------------------------------------------------------------------------
 
 GEMMA4_MOE = next(c for c in CASES if c.name == "gemma4-26b-a4b")
+# ... and as Hub checkpoints of the 26B-A4B save it (Gemma4ForConditionalGeneration): its own random draw, checked too.
+GEMMA4_MOES = [GEMMA4_MOE, next(c for c in CASES if c.name == "gemma4-26b-a4b-multimodal")]
 # The smallest top-k logit gap over all tokens and layers, in units of how far the reference's router logits move
 # between float32 and float64 arithmetic (the movement llama.cpp's own arithmetic shows too): routing at this margin
 # is decided, not a coin flip. F16 rounds every matmul input to half, which moves the router's input ~4.5x more.
@@ -317,8 +319,9 @@ def _router_logits(model, ids):
     import torch
 
     out = []
-    hooks = [layer.router.proj.register_forward_hook(lambda _m, _a, o: out.append(o.detach().double()))
-             for layer in model.model.layers]
+    hooks = [module.register_forward_hook(lambda _m, _a, o: out.append(o.detach().double()))
+             for name, module in model.named_modules() if name.endswith("router.proj")]  # text model at any depth
+    assert hooks, "no MoE router found"
     with torch.no_grad():
         model(torch.tensor([ids]))
     for h in hooks:
@@ -334,13 +337,14 @@ def _routing_margin(model, ids, k: int) -> tuple[float, float]:
     return float((ranked[..., k - 1] - ranked[..., k]).min()), float((narrow_logits - wide_logits).abs().max())
 
 
-@pytest.mark.parametrize("built", [GEMMA4_MOE], indirect=True, ids=[GEMMA4_MOE.name])
+@pytest.mark.parametrize("built", GEMMA4_MOES, indirect=True, ids=[c.name for c in GEMMA4_MOES])
 def test_gemma4_moe_routing_is_decisive(built):
     """The MoE case's logits tests (test_families) mean something only if no token's expert choice is a near-tie
     that llama.cpp's arithmetic could flip: against both references (F32 with the table GELU, F16), the smallest
     top-k gap stays MIN_ROUTING_MARGIN times above the router logits' own float32-vs-float64 movement."""
     case, folder, ids, _ = built
-    k = int(json.loads((folder / "model/config.json").read_text())["top_k_experts"])
+    config = json.loads((folder / "model/config.json").read_text())
+    k = int(config.get("text_config", config)["top_k_experts"])
     model = reload_float32(folder / "model")
     as_llama_cpp_computes(case, model)
     margins = {"f32": _routing_margin(model, ids, k)}

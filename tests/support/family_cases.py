@@ -461,6 +461,21 @@ CASES = [
                 "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 64},
                gelu_table=True, unscaled_attention=True, init_std={r"router\.proj\.weight$": 1.0}, seed=3,
                tolerance={"f32": 6e-4, "f16": 2e-3}),
+    # The same MoE text model as Hub checkpoints of the 26B-A4B save it: Gemma4ForConditionalGeneration, text under
+    # model.language_model, a vision tower (dropped) and no audio. The seed is picked as above for a decisive routing
+    # draw (this class initialises its parameters in another order, so seed 3's draw is not the same model).
+    FamilyCase("gemma4-26b-a4b-multimodal", GEMMA4_E2B_IT, "gemma-trained", {},
+               {"text_config": {"hidden_size": 128, "num_hidden_layers": 6, "num_attention_heads": 4,
+                                "num_key_value_heads": 2, "num_global_key_value_heads": 1, "head_dim": 32,
+                                "global_head_dim": 64, "attention_k_eq_v": True, "hidden_size_per_layer_input": 0,
+                                "num_kv_shared_layers": 0, "use_double_wide_mlp": False, "intermediate_size": 256,
+                                "sliding_window": SLIDING_WINDOW,
+                                "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+                                "enable_moe_block": True, "num_experts": 4, "top_k_experts": 2,
+                                "moe_intermediate_size": 64},
+                "vision_config": TINY_GEMMA4_VISION, "audio_config": None},
+               gelu_table=True, unscaled_attention=True, init_std={r"router\.proj\.weight$": 1.0}, seed=3,
+               tolerance={"f32": 6e-4, "f16": 2e-3}),
     # Gemma 3n E2B's structure on 25 layers: what llama.cpp hard-codes kept (AltUp 4, LAuReL 64, per-layer
     # embeddings of 256, K/V computed by layers 0-19, sparsity 0.95 on 0-9), the last 5 layers KV-shared (local
     # ones reading layer 18, the global one layer 19); per-layer embeddings cover only the first 1024 tokens.
