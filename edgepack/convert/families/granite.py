@@ -49,15 +49,11 @@ def check_granite_layers(config: HFConfig, family: str) -> None:
 
 
 def _check(config: HFConfig) -> None:
-    check_silu(config, "Granite")
-    check_multipliers(config)
+    check_granite_layers(config, "Granite")
     rope_metadata(config, frozenset({"linear"}))
-    if config.get("attention_bias", default=False) or config.get("mlp_bias", default=False):
+    if config.get("mlp_bias", default=False):
         raise UnsupportedArchitecture("Granite with attention_bias/mlp_bias is not supported",
                                       "released Granite 3.x models have no biases")
-    if config.head_dim * config.n_head != int(config.get("hidden_size")):
-        raise UnsupportedArchitecture(f"Granite with head_dim {config.head_dim} is not supported",
-                                      "llama.cpp's granite graph uses hidden_size / num_attention_heads")
 
 
 def _metadata(config: HFConfig):

@@ -21,7 +21,6 @@ What llama.cpp does with an image, and what the converter therefore checks:
 
 from __future__ import annotations
 
-
 from ..spec import HFConfig
 from .common import BOOL, F32, STR, U32, K, ProjectorSpec, normalisation, refuse, register, square_grid_side
 
