@@ -20,7 +20,7 @@ def fit_lines(ctx: BuildContext, variants: list[Variant], projector: ProjectorGG
         return None
     cfg = ctx.config
     profiles = build_profiles(ctx)
-    projector_bytes = fit_mod.projector_bytes(projector.path, projector.compute_bytes) if projector else 0
+    projector_bytes = shipped_projector_bytes(projector)
     started = time.monotonic()
     results = {}
     for line in lines(cfg):
@@ -38,6 +38,13 @@ def fit_lines(ctx: BuildContext, variants: list[Variant], projector: ProjectorGG
     ctx.record("fit", f"{len(variants)} variants x {len(profiles)} profiles", "", "computed", started)
     return Fits(lines=results, profiles={p.name: {"name": p.name, "display_name": p.display_name, "kind": p.kind}
                                         for p in profiles})
+
+
+def shipped_projector_bytes(projector: ProjectorGGUF | None) -> int:
+    """A shipped vision projector's memory on the device, which fit counts beside every variant (0: none)."""
+    from ... import fit as fit_mod
+
+    return fit_mod.projector_bytes(projector.path, projector.compute_bytes) if projector else 0
 
 
 def build_profiles(ctx: BuildContext) -> list:

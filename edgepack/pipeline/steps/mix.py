@@ -11,7 +11,7 @@ from ..artifacts import BaseGGUF, Imatrix, ProjectorGGUF, Variant
 from ..cache import content_key
 from ..context import BuildContext
 from ..plan import Unit, variant_name
-from .fit import build_profiles
+from .fit import build_profiles, shipped_projector_bytes
 from .quantize import keep_only
 
 
@@ -23,7 +23,8 @@ def line_sensitivity(ctx: BuildContext, base: BaseGGUF, imatrix: Imatrix | None,
     from ...mix import default_candidates, measure, sensitivity_text_of
 
     cfg = ctx.config
-    budgets = [device_budget(base.path, p, cfg.ctx, _projector_bytes(projector)) for p in _profiles(ctx, profiles)]
+    projector_bytes = shipped_projector_bytes(projector)
+    budgets = [device_budget(base.path, p, cfg.ctx, projector_bytes) for p in _profiles(ctx, profiles)]
     refuse_unreachable_devices(base.path, budgets, with_imatrix=imatrix is not None)
     text = sensitivity_text_of(cfg.calibration)
 
@@ -49,7 +50,7 @@ def mix_variant(ctx: BuildContext, unit: Unit, base: BaseGGUF, imatrix: Imatrix 
 
     def work(tmp: Path) -> dict:
         made = device_mix(base.path, Sensitivity.from_dict(sens), profile, cfg.ctx, tmp, unit.quant,
-                          imatrix=imatrix.path if imatrix else None, projector_bytes=_projector_bytes(projector),
+                          imatrix=imatrix.path if imatrix else None, projector_bytes=shipped_projector_bytes(projector),
                           threads=cfg.threads, progress=ctx.progress)
         out = keep_only(tmp, made.quantized.output, name)
         return {"file": out.name, "sha256": sha256_file(out), "size_bytes": out.stat().st_size,
@@ -68,10 +69,3 @@ def mix_variant(ctx: BuildContext, unit: Unit, base: BaseGGUF, imatrix: Imatrix 
 def _profiles(ctx: BuildContext, names: list[str]):
     by_name = {p.name: p for p in build_profiles(ctx)}
     return [by_name[n] for n in names]
-
-
-def _projector_bytes(projector: ProjectorGGUF | None) -> int:
-    """A shipped vision projector's memory on the device (fit counts it beside every variant)."""
-    from ... import fit as fit_mod
-
-    return fit_mod.projector_bytes(projector.path, projector.compute_bytes) if projector else 0
