@@ -28,6 +28,7 @@ from . import limits
 from .errors import BadGGUF, UsageError
 from .fit import describe_gguf
 from .hostfacts import HostInfo, build_has_amx, host_isa, measure_bandwidth_gb_s  # noqa: F401  (bench's API)
+from .mtmd import check_image_files
 from .progress import QUIET, Progress
 
 
@@ -212,11 +213,7 @@ def bench(paths: list[str | Path], *, ref: str | Path | None = None, n_ctx: int 
         raise UsageError("no models to benchmark", "give one or more .gguf files")
     if reps < 1 or n_prompt < 1 or n_gen < 1:
         raise UsageError("--reps, --n-prompt and --n-gen must be positive", "e.g. --reps 3")
-    if (mmproj is None) != (image is None):
-        raise UsageError("--image and --mmproj go together", "give the projector (mmproj-*.gguf) and an image file")
-    for what, f in (("projector", mmproj), ("image", image)):
-        if f is not None and not Path(f).is_file():
-            raise UsageError(f"the {what} {f} is not a file", f"give the path of the {what} file")
+    check_image_files(mmproj, image)
     threads = limits.threads(threads) or min(os.cpu_count() or 1, 8)
     progress.start("measuring host bandwidth", 1)
     host = HostInfo.current(threads)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import BadGGUF, UsageError
 from .evaluate import _check_model, _check_same_vocab, _log_softmax, _mean_err, open_llama, read_text
+from .mtmd import check_image_files
 
 DEFAULT_IMAGE_TEXT_TOKENS = 256
 # Positions for the image and the text: every one keeps its logits (n_ctx x vocabulary floats, 0.5 GB at 65k).
@@ -85,10 +86,8 @@ def evaluate_image(models: list[str | Path], ref: str | Path, *, mmproj: str | P
                    threads: int = 0) -> list[ImageEvalResult]:
     """Each of ``models`` against ``ref`` with ``image`` (through ``mmproj``) before the first ``n_tokens`` tokens
     of ``text`` (default: the built-in text)."""
+    check_image_files(mmproj, image)
     ref, mmproj, image = Path(ref), Path(mmproj), Path(image)
-    for what, f in (("projector", mmproj), ("image", image)):
-        if not f.is_file():
-            raise UsageError(f"the {what} {f} is not a file", f"give the path of the {what} file")
     if n_tokens < 2:
         raise UsageError(f"--image-tokens must be at least 2, not {n_tokens}", "e.g. --image-tokens 256")
     ref_header = _check_model(ref)

@@ -15,6 +15,15 @@ import numpy as np
 from .errors import BadGGUF, UsageError
 
 
+def check_image_files(mmproj: str | Path | None, image: str | Path | None) -> None:
+    """An image option's files (``bench``/``eval`` ``--mmproj`` and ``--image``): given together, both files."""
+    if (mmproj is None) != (image is None):
+        raise UsageError("--image and --mmproj go together", "give the projector (mmproj-*.gguf) and an image file")
+    for what, f in (("projector", mmproj), ("image", image)):
+        if f is not None and not Path(f).is_file():
+            raise UsageError(f"the {what} {f} is not a file", f"give the path of the {what} file")
+
+
 @contextlib.contextmanager
 def projector(model, mmproj: str | Path, n_threads: int = 2) -> Iterator:
     """An mtmd context: the projector ``mmproj`` loaded beside the loaded text model ``model`` (a llama_model
