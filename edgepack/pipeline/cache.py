@@ -62,7 +62,8 @@ class StepCache:
         final.parent.mkdir(parents=True, exist_ok=True)
         with atomic_dir(final) as tmp:
             result = fn(tmp)
-            atomic_write_text(tmp / DONE, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+            # last, and plainly: the folder becomes visible only by atomic_dir's rename, after its fsync of every file
+            (tmp / DONE).write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
         return result, True
 
     def sweep(self) -> int:
